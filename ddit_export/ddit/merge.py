@@ -1,0 +1,72 @@
+"""Merge one patch size's adapter into plain weights and build that size's engine module.
+
+The merged transformer is a fresh instance of the model class, built on the meta device and then
+given the DDiT model's own tensors (no copy) for every weight the adapter does not touch, and new
+merged tensors `W + scale * B @ A` for the FFN linears. So each size costs only its FFN weights in
+extra memory, the result has no peft wrapper, and casting it never changes the source model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .engine import PatchSizeEngine
+from .model import DDiTModel, adapter_name
+from .modules import FoldedRope
+
+
+def _lora_layers(transformer) -> dict:
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m for name, m in transformer.named_modules() if isinstance(m, LoraLayer)}
+
+
+def merged_transformer(model: DDiTModel, patch: int):
+    """A plain (peft-free) transformer with the adapter of `patch` merged; the base size merges nothing."""
+    transformer = model.transformer
+    state = {}
+    for key, value in transformer.state_dict().items():
+        if ".lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value
+    if patch != model.base_patch:
+        name = adapter_name(patch)
+        for layer_name, layer in _lora_layers(transformer).items():
+            base_weight = layer.get_base_layer().weight
+            delta = layer.get_delta_weight(name)
+            state[f"{layer_name}.weight"] = (base_weight.float() + delta.float()).to(base_weight.dtype)
+    with torch.device("meta"):
+        plain = type(transformer).from_config(transformer.config)
+    plain.load_state_dict(state, strict=True, assign=True)
+    return plain.eval()
+
+
+def rope_tables(model: DDiTModel, patch: int, latent_shape, text_len: int) -> FoldedRope:
+    """Compute the model's own RoPE once for this size's token coordinates, keep it in fp32."""
+    fam = model.family
+    ids = torch.cat([fam.text_ids(text_len), fam.image_ids(patch, latent_shape)]).float()
+    rope = getattr(model.transformer, fam.rope_name)
+    with torch.no_grad():
+        cos, sin = rope(ids)
+    device = next(model.transformer.parameters()).device
+    return FoldedRope(cos.to(device), sin.to(device))
+
+
+def build_engine(model: DDiTModel, patch: int, latent_shape, text_len: int) -> PatchSizeEngine:
+    """The uniform static-shape engine module of one patch size (plain torch, ready to export)."""
+    fam = model.family
+    fam.check_patch_sizes([model.base_patch, patch], latent_shape)
+    if patch not in model.patch_sizes:
+        raise ValueError(f"patch size {patch} is not attached (have {model.patch_sizes})")
+    plain = merged_transformer(model, patch)
+    residual = None
+    if patch != model.base_patch:
+        mods = model.extra[str(patch)]
+        setattr(plain, fam.embed_name, mods.embed.folded())
+        # Copies, so that casting an engine (e.g. to bf16) never touches the trainable model.
+        setattr(plain, fam.deembed_name, copy.deepcopy(mods.deembed))
+        residual = copy.deepcopy(mods.residual)
+    setattr(plain, fam.rope_name, rope_tables(model, patch, latent_shape, text_len))
+    return PatchSizeEngine(fam, plain, residual, patch, latent_shape, text_len).eval()

@@ -1,0 +1,123 @@
+"""FLUX family: loading, latent geometry, patch packing, positions and conditioning.
+
+FLUX works on a VAE latent `B x 16 x H/8 x W/8`. The stock pipeline packs 2x2 latent pixels into one
+token of 64 features ordered (channel, dy, dx); that is the base patch size p = 2. DDiT adds coarser
+sizes P = 2p, 4p whose tokens hold 16*P*P features in the same (channel, dy, dx) order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Family, TensorSpecLike
+
+FLUX_TINY_CONFIG = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=16,
+    guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+
+# Targets of the per-size LoRA adapters: every feed-forward linear. In single-stream blocks the MLP
+# is `proj_mlp` up and `proj_out` down (that one also mixes in the attention output). The top-level
+# `proj_out` (the de-embedding) is NOT a target, hence the anchored pattern.
+FLUX_LORA_TARGETS = (
+    r".*transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
+    r"|.*single_transformer_blocks\.\d+\.(proj_mlp|proj_out)"
+)
+
+
+class FluxFamily(Family):
+    name = "flux"
+    latent_channels = 16
+    base_patch = 2
+    vae_scale = 8
+    embed_name = "x_embedder"
+    deembed_name = "proj_out"
+    rope_name = "pos_embed"
+    lora_targets = FLUX_LORA_TARGETS
+    tiny_config = FLUX_TINY_CONFIG
+    default_text_len = 512
+
+    @staticmethod
+    def model_class():
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+
+    # ---- geometry -------------------------------------------------------------------------------
+    def check_image_size(self, height: int, width: int) -> None:
+        step = self.vae_scale * self.base_patch
+        if height % step or width % step or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width must be positive multiples of {step} for FLUX (got {height}x{width}); "
+                f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
+            )
+
+    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
+        return (batch, self.latent_channels, height // self.vae_scale, width // self.vae_scale)
+
+    def tokens(self, latent_shape: tuple[int, ...], patch: int) -> int:
+        h, w = latent_shape[-2:]
+        return (h // patch) * (w // patch)
+
+    def pack(self, latent: torch.Tensor, patch: int) -> torch.Tensor:
+        """`B x C x h x w` -> `B x (h/P * w/P) x (C*P*P)`, features ordered (c, dy, dx) like the pipeline."""
+        b, c, h, w = latent.shape
+        x = latent.reshape(b, c, h // patch, patch, w // patch, patch)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+    def unpack(self, tokens: torch.Tensor, patch: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        b, c, h, w = latent_shape
+        x = tokens.reshape(b, h // patch, w // patch, c, patch, patch)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def image_ids(self, patch: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """RoPE coordinates of each token in the BASE token grid.
+
+        A coarse token spanning s x s base tokens sits at the fractional centre s*i + (s-1)/2, so
+        tokens of every patch size share one coordinate system (ddit_method.md, Positions).
+        """
+        h, w = latent_shape[-2:]
+        s = patch // self.base_patch
+        rows = torch.arange(h // patch, dtype=torch.float64) * s + (s - 1) / 2
+        cols = torch.arange(w // patch, dtype=torch.float64) * s + (s - 1) / 2
+        ids = torch.zeros(h // patch, w // patch, 3, dtype=torch.float64)
+        ids[..., 1] = rows[:, None]
+        ids[..., 2] = cols[None, :]
+        return ids.reshape(-1, 3)
+
+    def text_ids(self, text_len: int) -> torch.Tensor:
+        return torch.zeros(text_len, 3, dtype=torch.float64)
+
+    # ---- conditioning ---------------------------------------------------------------------------
+    def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:
+        specs = [
+            ("encoder_hidden_states", (batch, text_len, config.joint_attention_dim)),
+            ("pooled_projections", (batch, config.pooled_projection_dim)),
+            ("timestep", (batch,)),
+        ]
+        if config.guidance_embeds:
+            specs.append(("guidance", (batch,)))
+        return specs
+
+    def call_transformer(self, transformer, tokens, conditioning: dict, img_ids, txt_ids) -> torch.Tensor:
+        return transformer(
+            hidden_states=tokens,
+            encoder_hidden_states=conditioning["encoder_hidden_states"],
+            pooled_projections=conditioning["pooled_projections"],
+            timestep=conditioning["timestep"],
+            guidance=conditioning.get("guidance"),
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            return_dict=False,
+        )[0]
+
+
+FLUX = FluxFamily()

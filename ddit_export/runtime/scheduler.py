@@ -1,0 +1,267 @@
+"""Training-free per-step patch-size scheduler of DDiT (arXiv 2602.16968).
+
+Each denoising step the runtime hands the scheduler the sampler's current latent ``z`` (the noisy
+state the sampler holds, *before* the model call) and gets back the patch size to run this step
+at. Patch sizes are in latent pixels: the base ``p`` (2 for FLUX and Wan) and coarser candidates
+such as 4 and 8.
+
+The statistic ("acceleration of the latent manifold")
+    The scheduler keeps the last four latents and forms the third backward difference
+    ``d3 = z[k] - 3 z[k-1] + 3 z[k-2] - z[k-3]`` (``k`` newest). For each candidate size ``P``
+    other than the base, ``d3`` is cut into non-overlapping ``P x P`` spatial blocks; the
+    population std of each block is taken over *every* element of the block (all channels, the
+    ``P x P`` pixels and, for 5-D video latents ``B x C x F x h x w``, all frames); the
+    ``rho``-quantile (linear interpolation, ``torch.quantile``) of those stds over all blocks of
+    the whole batch is the statistic of ``P``. The largest ``P`` whose statistic is strictly
+    below ``tau`` wins, otherwise the base size. So a coarse size is used when at least a
+    ``rho`` share of its blocks evolve smoothly; ``tau`` is absolute (it depends on latent scale
+    and step count) and is meant to be calibrated. Statistics are computed in float32.
+
+Warm-up
+    Until four latents have been observed (the first three calls after :meth:`reset`) there is
+    no third difference: the scheduler returns ``warmup_patch`` (default: the base) and
+    ``stats=None``. ``z[k-3]`` may be the initial noise.
+
+Padding
+    Where ``P`` does not divide ``h`` or ``w`` (e.g. Wan 480x832 gives a 60x104 latent and 8 does
+    not divide 60), ``d3`` is padded on the bottom/right to the next multiple of ``P`` with
+    ``replicate`` mode before blocking. The engines pad the latent the same way before
+    patchifying, and replicate padding commutes with the linear difference, so the blocks
+    measured here are exactly the tokens the engine will form (including the partly padded edge
+    tokens, whose std is lower than an unpadded block's would be).
+
+Cost
+    One ring of four latent-sized buffers (latent dtype, latent device) plus one float32
+    difference buffer, allocated once per trajectory layout and reused; one host
+    synchronisation per step (a single ``.tolist()`` of all candidates' statistics).
+
+Usage::
+
+    cfg = ScheduleConfig(patch_sizes=(2, 4, 8), tau=1e-3, rho=0.4)
+    sched = AccelerationScheduler(cfg, total_steps=50)
+    for i, t in enumerate(timesteps):
+        decision = sched.step(latents, i)          # before the model call
+        pred = engines[decision.patch_size](latents, t, ...)   # cond and uncond alike
+        latents = sampler.step(pred, t, latents)
+    sched.reset()                                  # next image (also automatic at step 0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "AccelerationScheduler",
+    "Decision",
+    "ScheduleConfig",
+    "block_statistics",
+    "select_patch",
+]
+
+# Number of latents a third backward difference needs.
+HISTORY = 4
+# d3 = sum(coeff[age] * z[k - age]) with age 0 the newest latent.
+_D3_COEFFS = (1.0, -3.0, 3.0, -1.0)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Settings of :class:`AccelerationScheduler`; validated on construction.
+
+    patch_sizes: every size the engines offer, base included, e.g. ``(2, 4, 8)``.
+    base_patch: the model's native patch size.
+    tau: absolute threshold on the statistic (calibratable; paper default 1e-3).
+    rho: quantile as a fraction (0.4 = 40th percentile, the paper default).
+    warmup_patch: size used before four latents exist; ``None`` means the base.
+    base_last_steps: force the base for the last N steps (needs ``total_steps``).
+    static_patch: if set, always this size (static runs); stats are then ``None``.
+    """
+
+    patch_sizes: tuple[int, ...]
+    base_patch: int = 2
+    tau: float = 1e-3
+    rho: float = 0.4
+    warmup_patch: int | None = None
+    base_last_steps: int = 0
+    static_patch: int | None = None
+
+    def __post_init__(self) -> None:
+        sizes = tuple(self.patch_sizes)
+        object.__setattr__(self, "patch_sizes", sizes)  # accept lists, store a hashable tuple
+        if not sizes:
+            raise ValueError("ScheduleConfig.patch_sizes must not be empty")
+        if not all(_is_int(p) and p > 0 for p in sizes):
+            raise ValueError(f"ScheduleConfig.patch_sizes must be positive ints, got {sizes}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"ScheduleConfig.patch_sizes has duplicates: {sizes}")
+        if not (_is_int(self.base_patch) and self.base_patch > 0):
+            raise ValueError(f"ScheduleConfig.base_patch must be a positive int, got {self.base_patch!r}")
+        if self.base_patch not in sizes:
+            raise ValueError(f"ScheduleConfig.base_patch={self.base_patch} is not in patch_sizes {sizes}")
+        bad = [p for p in sizes if p % self.base_patch]
+        if bad:
+            raise ValueError(
+                f"ScheduleConfig.patch_sizes {bad} are not multiples of base_patch={self.base_patch}"
+            )
+        if not (isinstance(self.rho, (int, float)) and 0.0 < self.rho < 1.0):
+            raise ValueError(f"ScheduleConfig.rho must be a fraction in (0, 1), got {self.rho!r}")
+        if not (isinstance(self.tau, (int, float)) and self.tau >= 0.0):  # also rejects NaN
+            raise ValueError(f"ScheduleConfig.tau must be >= 0, got {self.tau!r}")
+        if self.warmup_patch is not None and self.warmup_patch not in sizes:
+            raise ValueError(f"ScheduleConfig.warmup_patch={self.warmup_patch} is not in patch_sizes {sizes}")
+        if self.static_patch is not None and self.static_patch not in sizes:
+            raise ValueError(f"ScheduleConfig.static_patch={self.static_patch} is not in patch_sizes {sizes}")
+        if not (_is_int(self.base_last_steps) and self.base_last_steps >= 0):
+            raise ValueError(
+                f"ScheduleConfig.base_last_steps must be an int >= 0, got {self.base_last_steps!r}"
+            )
+
+    @property
+    def candidates(self) -> tuple[int, ...]:
+        """Sizes other than the base, largest first (the order they are tried in)."""
+        return tuple(sorted((p for p in self.patch_sizes if p != self.base_patch), reverse=True))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Patch size for one step, and the statistic of each candidate (largest first).
+
+    ``stats`` is ``None`` during warm-up and in static mode.
+    """
+
+    patch_size: int
+    stats: dict[int, float] | None
+
+
+def block_statistics(d3: torch.Tensor, sizes: Sequence[int], rho: float) -> torch.Tensor:
+    """Per-size ``rho``-quantile of block stds of ``d3``, as one float32 tensor on ``d3``'s device.
+
+    ``d3`` is ``B x C x h x w`` or ``B x C x F x h x w``. For each ``P`` in ``sizes`` the grid is
+    replicate-padded bottom/right to a multiple of ``P`` (as the engines pad the latent), cut into
+    ``P x P`` blocks, the population std is taken over every element of each block (channels,
+    frames and pixels), and the ``rho``-quantile is taken over all blocks of the batch.
+    No host synchronisation happens here. ``torch.quantile`` limits the number of blocks per size
+    to 2**24, far above any real latent.
+    """
+    if d3.dim() not in (4, 5):
+        raise ValueError(f"d3 must be B x C x h x w or B x C x F x h x w, got shape {tuple(d3.shape)}")
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"rho must be in (0, 1), got {rho!r}")
+    # Frames join channels: the std covers both, and the spatial blocking is the same per frame.
+    x = d3.float().flatten(1, -3)
+    b, c, h, w = x.shape
+    out = []
+    for p in sizes:  # a loop over sizes (2-3), never over blocks
+        if not (_is_int(p) and p > 0):
+            raise ValueError(f"block sizes must be positive ints, got {p!r}")
+        pad_h, pad_w = -h % p, -w % p
+        xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+        blocks = xp.reshape(b, c, (h + pad_h) // p, p, (w + pad_w) // p, p)
+        stds = blocks.std(dim=(1, 3, 5), correction=0)  # B x h/P x w/P
+        out.append(torch.quantile(stds.flatten(), rho))
+    return torch.stack(out) if out else x.new_empty(0)
+
+
+def select_patch(stats: Mapping[int, float], tau: float, base_patch: int) -> int:
+    """Largest size whose statistic is strictly below ``tau``; the base if none (NaN never wins)."""
+    passing = [p for p, value in stats.items() if value < tau]
+    return max(passing) if passing else base_patch
+
+
+class AccelerationScheduler:
+    """Stateful per-trajectory scheduler: call :meth:`step` once per denoising step.
+
+    One decision per step serves the whole batch, and both classifier-free-guidance passes.
+    """
+
+    def __init__(self, config: ScheduleConfig, total_steps: int | None = None) -> None:
+        self.config = config
+        self.total_steps = self._check_total_steps(total_steps)
+        self._ring: torch.Tensor | None = None  # HISTORY x latent shape, latent dtype/device
+        self._d3: torch.Tensor | None = None  # float32 latent-shaped work buffer
+        self._count = 0  # latents observed since the last reset
+
+    @staticmethod
+    def _check_total_steps(total_steps: int | None) -> int | None:
+        if total_steps is not None and not (_is_int(total_steps) and total_steps > 0):
+            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+        return total_steps
+
+    @property
+    def observed(self) -> int:
+        """Latents observed since the last reset."""
+        return self._count
+
+    def reset(self, total_steps: int | None = None) -> None:
+        """Start a new trajectory (new image / pipeline call); ``total_steps`` None keeps the old one.
+
+        Buffers are kept, so same-shaped trajectories never reallocate.
+        """
+        if total_steps is not None:
+            self.total_steps = self._check_total_steps(total_steps)
+        self._count = 0
+
+    @torch.no_grad()
+    def step(self, latent: torch.Tensor, step_index: int) -> Decision:
+        """Observe the pre-model latent of step ``step_index`` (0-based), then decide its patch size."""
+        cfg = self.config
+        if cfg.static_patch is not None:
+            return Decision(cfg.static_patch, None)
+        if not (_is_int(step_index) and step_index >= 0):
+            raise ValueError(f"step_index must be an int >= 0, got {step_index!r}")
+        force_base = False
+        if cfg.base_last_steps > 0:
+            if self.total_steps is None:
+                raise ValueError(
+                    f"ScheduleConfig.base_last_steps={cfg.base_last_steps} needs total_steps: pass "
+                    "AccelerationScheduler(config, total_steps=T) or reset(total_steps=T)"
+                )
+            force_base = step_index >= self.total_steps - cfg.base_last_steps
+        if step_index == 0:
+            self._count = 0  # step 0 always opens a new trajectory, even if reset() was forgotten
+
+        stats = self._observe(latent)
+        if stats is None:
+            patch = cfg.base_patch if force_base or cfg.warmup_patch is None else cfg.warmup_patch
+            return Decision(patch, None)
+        patch = cfg.base_patch if force_base else select_patch(stats, cfg.tau, cfg.base_patch)
+        return Decision(patch, stats)
+
+    def _observe(self, latent: torch.Tensor) -> dict[int, float] | None:
+        """Push ``latent`` into the ring; return the candidates' statistics once 4 latents exist."""
+        if latent.dim() not in (4, 5):
+            raise ValueError(
+                f"latent must be B x C x h x w or B x C x F x h x w, got shape {tuple(latent.shape)}"
+            )
+        ring = self._ring
+        if ring is None or ring.shape[1:] != latent.shape or ring.dtype != latent.dtype or (
+            ring.device != latent.device
+        ):
+            # A new layout is a new trajectory: (re)allocate once, then reuse every step.
+            self._ring = ring = torch.empty((HISTORY, *latent.shape), dtype=latent.dtype, device=latent.device)
+            self._d3 = torch.empty(latent.shape, dtype=torch.float32, device=latent.device)
+            self._count = 0
+        ring[self._count % HISTORY].copy_(latent)  # copy: the sampler may update latent in place
+        self._count += 1
+        if self._count < HISTORY:
+            return None
+
+        candidates = self.config.candidates
+        if not candidates:
+            return {}
+        newest = self._count - 1
+        d3 = self._d3
+        d3.copy_(ring[newest % HISTORY])  # float32 from here on
+        for age in range(1, HISTORY):
+            d3.add_(ring[(newest - age) % HISTORY], alpha=_D3_COEFFS[age])
+        values = block_statistics(d3, candidates, self.config.rho).tolist()  # the one host sync
+        return dict(zip(candidates, values))
+
