@@ -243,9 +243,7 @@ def test_ring_reused_and_latent_copied():
     assert sched._ring.data_ptr() == ring_ptr  # no reallocation per step
 
 
-@pytest.mark.parametrize(
-    "change", [lambda z: z[:, :, :8], lambda z: z.double(), lambda z: z.unsqueeze(2)]
-)
+@pytest.mark.parametrize("change", [lambda z: z[:, :, :8], lambda z: z.double(), lambda z: z.unsqueeze(2)])
 def test_layout_change_resets(change):
     sched = AccelerationScheduler(ScheduleConfig(SIZES, tau=1e30))
     lat = noise_latents(8)

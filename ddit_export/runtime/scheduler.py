@@ -187,6 +187,7 @@ class AccelerationScheduler:
         self.total_steps = self._check_total_steps(total_steps)
         self._ring: torch.Tensor | None = None  # HISTORY x latent shape, latent dtype/device
         self._d3: torch.Tensor | None = None  # float32 latent-shaped work buffer
+        self._layout: tuple | None = None  # (shape, dtype, device) the buffers were made for
         self._count = 0  # latents observed since the last reset
 
     @staticmethod
@@ -241,14 +242,15 @@ class AccelerationScheduler:
             raise ValueError(
                 f"latent must be B x C x h x w or B x C x F x h x w, got shape {tuple(latent.shape)}"
             )
-        ring = self._ring
-        if ring is None or ring.shape[1:] != latent.shape or ring.dtype != latent.dtype or (
-            ring.device != latent.device
-        ):
+        layout = (latent.shape, latent.dtype, latent.device)
+        if layout != self._layout:
             # A new layout is a new trajectory: (re)allocate once, then reuse every step.
-            self._ring = ring = torch.empty((HISTORY, *latent.shape), dtype=latent.dtype, device=latent.device)
-            self._d3 = torch.empty(latent.shape, dtype=torch.float32, device=latent.device)
+            shape, dtype, device = layout
+            self._ring = torch.empty((HISTORY, *shape), dtype=dtype, device=device)
+            self._d3 = torch.empty(shape, dtype=torch.float32, device=device)
+            self._layout = layout
             self._count = 0
+        ring = self._ring
         ring[self._count % HISTORY].copy_(latent)  # copy: the sampler may update latent in place
         self._count += 1
         if self._count < HISTORY:
@@ -264,4 +266,3 @@ class AccelerationScheduler:
             d3.add_(ring[(newest - age) % HISTORY], alpha=_D3_COEFFS[age])
         values = block_statistics(d3, candidates, self.config.rho).tolist()  # the one host sync
         return dict(zip(candidates, values))
-

@@ -1,0 +1,93 @@
+"""`manifest.json`: what an engine folder holds and how it was made.
+
+One manifest per engine folder: the model (id, config, weights hash), the adapters, the static
+geometry, the I/O spec shared by every engine, one entry per patch size per backend (file, sha256,
+validation), tool versions and the scheduler defaults. Runtimes load engines from it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+TOOLS = ("ddit-export", "torch", "diffusers", "peft", "onnx", "onnxscript", "onnxruntime", "polygraphy")
+
+
+class ManifestError(ValueError):
+    """A manifest or an artifact it names is missing, malformed or altered."""
+
+
+def sha256_file(path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tensors(state_dict) -> str:
+    """Content hash of a state dict (keys, dtypes, shapes and bytes), whatever its source format."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().contiguous().cpu()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def read_manifest(folder) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{folder} has no {MANIFEST}: build engines there first with `ddit-export flux ...`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path} is not valid JSON ({err})") from None
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{path}: manifest format {data.get('format')} is not {MANIFEST_FORMAT}; rebuild")
+    return data
+
+
+def write_manifest(folder, manifest: dict) -> Path:
+    path = Path(folder) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def engine_entries(manifest: dict, backend: str) -> dict[int, dict]:
+    """patch size -> engine entry for one backend."""
+    return {int(e["patch_size"]): e for e in manifest["engines"] if e["backend"] == backend}
+
+
+def artifact_paths(folder, entry: dict) -> list[Path]:
+    return [Path(folder) / f for f in entry["files"]]
+
+
+def verify_entry(folder, entry: dict) -> None:
+    """Refuse an artifact whose bytes are not those the manifest recorded."""
+    for rel, expected in zip(entry["files"], entry["sha256"]):
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise ManifestError(f"{path} named in the manifest is missing; rebuild with --force")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ManifestError(
+                f"{path} does not match its manifest (sha256 {actual[:12]}... != {expected[:12]}...): "
+                "the file was altered or replaced; rebuild with --force"
+            )

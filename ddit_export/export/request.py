@@ -1,0 +1,87 @@
+"""What an export is asked to build, checked before anything heavy happens."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..families.base import family_by_name
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ExportRequest:
+    family: str = "flux"
+    model: str = "tiny"
+    patch_sizes: tuple[int, ...] = (2, 4)
+    adapters: str | None = None
+    height: int = 1024
+    width: int = 1024
+    frames: int | None = None
+    batch: int = 1
+    text_len: int | None = None
+    dtype: str = "bf16"
+    opset: int = 20
+    out: str | None = None
+    force: bool = False
+    external_data: bool | None = None  # None: only when the graph is >= 2 GiB
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float = 0.9999
+    backends: tuple[str, ...] = field(default=("onnx",))
+
+    def __post_init__(self):
+        self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
+        fam = family_by_name(self.family)
+        if self.text_len is None:
+            self.text_len = fam.default_text_len
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
+        if self.batch < 1 or self.text_len < 1:
+            raise ValueError("--batch and --text-len must be at least 1")
+        if self.opset < 20:
+            raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
+        fam.check_image_size(self.height, self.width)
+        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
+        unknown = set(self.backends) - {"onnx"}
+        if unknown:
+            raise ValueError(f"unknown backend(s) {sorted(unknown)}; available: onnx")
+
+    @property
+    def family_obj(self):
+        return family_by_name(self.family)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(family_by_name(self.family).latent_shape(self.batch, self.height, self.width, self.frames))
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out).expanduser()
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model).strip("-")
+        return Path("engines") / f"{self.family}-{slug}-{self.height}x{self.width}"
+
+    def identity(self) -> dict:
+        """The inputs that make an engine folder what it is (sizes and opset may be added or changed)."""
+        keys = ("family", "model", "height", "width", "frames", "batch", "text_len", "dtype")
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+    def check_out_writable(self) -> None:
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        parent = out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out} is not writable (no write permission on {parent}); choose another --out")
