@@ -1,0 +1,50 @@
+"""`ddit-export`: thin command line over the library. Parse, call, print.
+
+Bad input is reported as one line on stderr with exit code 2; a failed validation (the tools ran
+but the engine is wrong) exits 1 with the measured error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .commands import export_cmd, inspect_cmd
+
+COMMANDS = {
+    "flux": (export_cmd, "export one static engine per patch size for a FLUX transformer"),
+    "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
+}
+
+
+def _optional_commands() -> dict:
+    """Commands whose modules may be absent in a partial install; each registers if importable."""
+    found = {}
+    try:
+        from .commands import generate_cmd
+
+        found["generate"] = (generate_cmd, "run a denoising loop on exported engines with DDiT scheduling")
+    except ImportError:
+        pass
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddit-export", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ddit-export {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in {**COMMANDS, **_optional_commands()}.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(handler=module.run, command_name=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""`ddit-export flux`: export one validated static-shape engine per patch size."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import run_guarded, stderr
+
+
+def patch_list(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patch sizes must be integers like 2,4,8 (got '{text}')") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one patch size, e.g. 2,4")
+    return sizes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch-sizes", type=patch_list, default=(2, 4), help="sizes in latent pixels, base first (default 2,4)")
+    p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
+                   help="'tiny', a diffusers pipeline/transformer folder, or a model id in the local HF cache")
+    p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--text-len", type=int, default=None, help="text tokens (default 512 for FLUX)")
+    p.add_argument("--dtype", default="bf16", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--opset", type=int, default=20)
+    p.add_argument("--out", help="output folder (default engines/<family>-<model>-<h>x<w>)")
+    p.add_argument("--force", action="store_true", help="rebuild even if --out holds engines from other inputs")
+    p.add_argument("--external-data", action="store_true", default=None,
+                   help="store weights in one .onnx.data file beside each graph (automatic beyond 2 GiB)")
+    p.add_argument("--atol", type=float, default=1e-4, help="validation absolute tolerance (fp32)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="validation relative tolerance (fp32)")
+
+
+class RichReporter:
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]p{task.fields[patch]}[/]"), TextColumn("{task.description}"),
+            BarColumn(), TimeElapsedColumn(), console=console, transient=False,
+        )
+        self.tasks = {}
+        self.stages = 4
+
+    def begin(self, sizes):
+        self.progress.start()
+        for p in sizes:
+            self.tasks[p] = self.progress.add_task("waiting", total=self.stages, patch=p)
+
+    def stage(self, patch, text):
+        self.progress.update(self.tasks[patch], description=text, advance=1 if text != "merge" else 0.5)
+
+    def done(self, patch, entry):
+        text = "reused (unchanged)" if entry.get("reused") else "[green]validated[/]"
+        self.progress.update(self.tasks[patch], description=text, completed=self.stages)
+
+    def warn(self, text):
+        stderr.print(f"[bold yellow]WARNING:[/] {text}")
+
+    def stop(self):
+        self.progress.stop()
+
+
+def summary_table(manifest: dict, out) -> Table:
+    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {manifest['latent_shape']})")
+    for col in ("patch", "tokens", "file", "on disk", "validation", "export s"):
+        table.add_column(col, justify="right" if col not in ("file", "validation") else "left")
+    for e in manifest["engines"]:
+        v = e["validation"]
+        verdict = f"max|err| {v['max_abs_err']:.1e} cos {v['cosine']:.6f} ({v['validated_as']})"
+        seconds = "reused" if e.get("reused") else f"{e['export_seconds']:.1f}"
+        table.add_row(str(e["patch_size"]), str(e["tokens"]), e["files"][0], human_bytes(e["bytes"]), verdict, seconds)
+    return table
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def run(args, family: str = "flux") -> int:
+    from ..export.build import export_engines
+    from ..export.request import ExportRequest
+
+    console = Console()
+
+    def body():
+        req = ExportRequest(
+            family=family, model=args.model, patch_sizes=args.patch_sizes, adapters=args.adapters,
+            height=args.height, width=args.width, batch=args.batch, text_len=args.text_len, dtype=args.dtype,
+            opset=args.opset, out=args.out, force=args.force, external_data=args.external_data,
+            atol=args.atol, rtol=args.rtol,
+        )
+        reporter = RichReporter(console)
+        try:
+            manifest = export_engines(req, reporter)
+        finally:
+            reporter.stop()
+        console.print(summary_table(manifest, req.out_dir))
+        console.print(f"manifest: {req.out_dir / 'manifest.json'}")
+
+    return run_guarded(body)

@@ -1,0 +1,199 @@
+"""Validate an exported ONNX graph against its PyTorch module, with Polygraphy.
+
+Polygraphy does the running and the comparison (`Comparator.run` + `compare_accuracy`); this
+module only adapts a kwargs-taking torch module to Polygraphy's runner interface and condenses
+the result into one `ValidationResult` that the CLI and the manifest can record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+from polygraphy.datatype import DataType
+from polygraphy.logger import G_LOGGER
+
+from ddit_export.export.iospec import IOSpec
+
+
+class ValidationError(Exception):
+    """An exported graph does not reproduce its PyTorch module."""
+
+
+@dataclass
+class ValidationResult:
+    passed: bool
+    max_abs_err: float  # max over outputs of the elementwise |onnx - torch|
+    max_rel_err: float  # same, relative to the torch output
+    cosine: float  # min over outputs, computed in float64
+    atol: float
+    rtol: float
+    backend: str
+    min_cosine: float | None = None
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        limits = f"atol {self.atol:.0e}, rtol {self.rtol:.0e}"
+        if self.min_cosine is not None:
+            limits += f", cos >= {self.min_cosine:g}"
+        return (
+            f"{verdict}  max|err| {self.max_abs_err:.1e}  rel {self.max_rel_err:.1e}  "
+            f"cos {self.cosine:.6f}  ({limits})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class TorchModuleRunner(BaseRunner):
+    """Polygraphy runner for a torch module called as `module(**feed)`.
+
+    Polygraphy's own PytRunner calls `model(*inputs)` positionally, moves inputs with `.cuda()`
+    and expects a sequence of outputs; our modules take keyword inputs, may live on CPU, and
+    return a tensor, a tuple or a diffusers output mapping.
+    """
+
+    def __init__(self, module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor],
+                 output_names: Sequence[str], name: str | None = None):
+        super().__init__(name=name, prefix="torch-runner")
+        self._module = module
+        # The examples fix each input's device and dtype (numpy feeds carry neither reliably).
+        self._placement = {k: (v.device, v.dtype, tuple(v.shape)) for k, v in example_inputs.items()}
+        self.output_names = list(output_names)
+
+    def activate_impl(self) -> None:
+        self._was_training = self._module.training
+        self._module.eval()
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        meta = TensorMetadata()
+        for name, (_, dtype, shape) in self._placement.items():
+            meta.add(name, dtype=DataType.from_dtype(dtype, "torch"), shape=shape)
+        return meta
+
+    def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
+        kwargs = {name: self._to_torch(name, value) for name, value in feed_dict.items()}
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs = _flatten_outputs(self._module(**kwargs))
+        self.inference_time = time.perf_counter() - start
+        if len(outputs) != len(self.output_names):
+            raise ValueError(f"module returned {len(outputs)} tensors, graph has outputs {self.output_names}")
+        return OrderedDict((name, _to_numpy(t)) for name, t in zip(self.output_names, outputs))
+
+    def deactivate_impl(self) -> None:
+        self._module.train(self._was_training)
+
+    def _to_torch(self, name: str, value: Any) -> torch.Tensor:
+        device, dtype, _ = self._placement[name]
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+        return tensor.to(device=device, dtype=dtype)
+
+
+def _flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """Tensors in the same order the exporter flattens them (dicts and diffusers outputs by key)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _flatten_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flatten_outputs(v)]
+    return []  # non-tensor leaves (None, numbers) are not graph outputs
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16; float32 holds every bf16 value exactly, so nothing is lost.
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.detach().cpu().numpy()
+
+
+def validate_onnx(
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    onnx_path: str | Path,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    min_cosine: float | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    verbose: bool = False,
+) -> ValidationResult:
+    """Run `module(**inputs)` and the graph at `onnx_path` on the same inputs; compare every output.
+
+    Passes when every element is within atol OR rtol (Polygraphy's elementwise check) and, if
+    `min_cosine` is given, every output's cosine similarity to torch is at least that.
+    """
+    spec = IOSpec.from_onnx(onnx_path)
+    feed = _numpy_feed(inputs, spec)
+    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.ERROR):
+        session = SessionFromOnnx(str(onnx_path), providers=list(providers))()
+        backend = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
+        # ONNX first, torch second: Polygraphy's relative error divides by the second runner's output,
+        # which should be the reference.
+        ort_runner = OnnxrtRunner(session, name="onnxruntime")
+        torch_runner = TorchModuleRunner(module, inputs, spec.output_names, name="torch")
+        run_results = Comparator.run([ort_runner, torch_runner], data_loader=[feed])
+        accuracy = Comparator.compare_accuracy(run_results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
+    max_abs, max_rel = _max_errors(accuracy)
+    cosine = _min_cosine(run_results, ort_runner.name, torch_runner.name, spec.output_names)
+    passed = bool(accuracy) and (min_cosine is None or cosine >= min_cosine)
+    return ValidationResult(passed, max_abs, max_rel, cosine, atol, rtol, backend, min_cosine)
+
+
+def require_valid(result: ValidationResult, what: str) -> ValidationResult:
+    """Raise ValidationError (with the measured error) unless `result` passed."""
+    if not result.passed:
+        raise ValidationError(f"{what}: ONNX graph does not match PyTorch: {result.summary()}")
+    return result
+
+
+def _numpy_feed(inputs: Mapping[str, torch.Tensor], spec: IOSpec) -> OrderedDict[str, np.ndarray]:
+    if list(inputs) != spec.input_names:
+        raise ValueError(f"inputs {list(inputs)} do not match the graph inputs {spec.input_names}")
+    bf16 = [name for name, t in inputs.items() if t.dtype == torch.bfloat16]
+    if bf16:
+        # ONNX Runtime's Python API cannot take bfloat16 numpy arrays (ml_dtypes or otherwise).
+        raise ValueError(f"bfloat16 inputs {bf16} cannot be fed to ONNX Runtime: validate the fp32 twin graph")
+    return OrderedDict((name, t.detach().cpu().numpy()) for name, t in inputs.items())
+
+
+def _max_errors(accuracy) -> tuple[float, float]:
+    """Max abs/rel error over all outputs, read from Polygraphy's per-output compare results."""
+    compared = [
+        out
+        for result in accuracy  # one AccuracyResult per compare function
+        for iterations in result.values()  # per runner pair
+        for iteration in iterations
+        for out in iteration.values()
+    ]
+    if not compared:
+        raise ValidationError("Polygraphy compared no outputs (no output names in common)")
+    return max(o.max_absdiff for o in compared), max(o.max_reldiff for o in compared)
+
+
+def _min_cosine(run_results, onnx_name: str, torch_name: str, output_names: Sequence[str]) -> float:
+    onnx_out, torch_out = run_results[onnx_name][0], run_results[torch_name][0]
+    return min(_cosine(np.asarray(onnx_out[n]), np.asarray(torch_out[n])) for n in output_names)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel()
+    b = b.astype(np.float64).ravel()
+    norm = np.linalg.norm(a) * np.linalg.norm(b)
+    if norm == 0.0:
+        # Two all-zero outputs agree perfectly; one all-zero output does not.
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.dot(a, b) / norm)
