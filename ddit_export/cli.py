@@ -41,8 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_third_party() -> None:
+    """Keep the terminal for our own progress: other libraries' chatter goes to errors only."""
+    import logging
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("torch._export").setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party()
     return args.handler(args)
 
 

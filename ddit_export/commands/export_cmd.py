@@ -66,16 +66,20 @@ class RichReporter:
         stderr.print(f"[bold yellow]WARNING:[/] {text}")
 
     def stop(self):
-        self.progress.stop()
+        if self.tasks:  # a Progress that never started would still print a blank line
+            self.progress.stop()
 
 
 def summary_table(manifest: dict, out) -> Table:
     table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {manifest['latent_shape']})")
-    for col in ("patch", "tokens", "file", "on disk", "validation", "export s"):
-        table.add_column(col, justify="right" if col not in ("file", "validation") else "left")
+    if manifest["dtype"] != "fp32":
+        table.caption = "* validated through the fp32 twin of the same merged module (ONNX Runtime CPU has no half math)"
+    for col in ("patch", "tokens", "file", "on disk", "max|err|  cosine", "export s"):
+        table.add_column(col, justify="left" if col in ("file", "max|err|  cosine") else "right")
     for e in manifest["engines"]:
         v = e["validation"]
-        verdict = f"max|err| {v['max_abs_err']:.1e} cos {v['cosine']:.6f} ({v['validated_as']})"
+        twin = "*" if v["validated_as"] == "fp32-twin" else ""
+        verdict = f"{v['max_abs_err']:.1e}  {v['cosine']:.6f}{twin}"
         seconds = "reused" if e.get("reused") else f"{e['export_seconds']:.1f}"
         table.add_row(str(e["patch_size"]), str(e["tokens"]), e["files"][0], human_bytes(e["bytes"]), verdict, seconds)
     return table

@@ -29,7 +29,8 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(name=str(data["name"]), shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"]))
+        shape = tuple(int(d) for d in data["shape"])
+        return cls(name=str(data["name"]), shape=shape, dtype=str(data["dtype"]))
 
 
 @dataclass(frozen=True)

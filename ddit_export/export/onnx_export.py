@@ -114,7 +114,9 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def _verify_graph(model: ir.Model, inputs: dict[str, torch.Tensor], output_names: list[str], opset: int) -> None:
+def _verify_graph(
+    model: ir.Model, inputs: dict[str, torch.Tensor], output_names: list[str], opset: int
+) -> None:
     """Fail loudly if the exported graph is not the one the manifest will describe."""
     _verify_inputs(model.graph.inputs, inputs)
     _verify_outputs(model.graph.outputs, output_names)

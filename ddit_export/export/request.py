@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,5 +84,8 @@ class ExportRequest:
         parent = out.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {out} is not writable (no write permission on {parent}); choose another --out")
+        try:  # ask the file system itself: permission bits say nothing about /proc, read-only mounts, quotas
+            probe = tempfile.mkdtemp(prefix=".ddit-probe-", dir=parent)
+            os.rmdir(probe)
+        except OSError as err:
+            raise ValueError(f"--out {out} is not writable ({err.strerror} in {parent}); choose another --out") from None

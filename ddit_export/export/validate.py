@@ -65,8 +65,13 @@ class TorchModuleRunner(BaseRunner):
     return a tensor, a tuple or a diffusers output mapping.
     """
 
-    def __init__(self, module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor],
-                 output_names: Sequence[str], name: str | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        example_inputs: Mapping[str, torch.Tensor],
+        output_names: Sequence[str],
+        name: str | None = None,
+    ):
         super().__init__(name=name, prefix="torch-runner")
         self._module = module
         # The examples fix each input's device and dtype (numpy feeds carry neither reliably).
@@ -146,7 +151,8 @@ def validate_onnx(
         ort_runner = OnnxrtRunner(session, name="onnxruntime")
         torch_runner = TorchModuleRunner(module, inputs, spec.output_names, name="torch")
         run_results = Comparator.run([ort_runner, torch_runner], data_loader=[feed])
-        accuracy = Comparator.compare_accuracy(run_results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
+        compare = SimpleCompareFunc(atol=atol, rtol=rtol)  # elementwise: |err| <= atol OR rel <= rtol
+        accuracy = Comparator.compare_accuracy(run_results, compare_func=compare)
     max_abs, max_rel = _max_errors(accuracy)
     cosine = _min_cosine(run_results, ort_runner.name, torch_runner.name, spec.output_names)
     passed = bool(accuracy) and (min_cosine is None or cosine >= min_cosine)
@@ -166,7 +172,7 @@ def _numpy_feed(inputs: Mapping[str, torch.Tensor], spec: IOSpec) -> OrderedDict
     bf16 = [name for name, t in inputs.items() if t.dtype == torch.bfloat16]
     if bf16:
         # ONNX Runtime's Python API cannot take bfloat16 numpy arrays (ml_dtypes or otherwise).
-        raise ValueError(f"bfloat16 inputs {bf16} cannot be fed to ONNX Runtime: validate the fp32 twin graph")
+        raise ValueError(f"bfloat16 inputs {bf16} cannot be fed to ONNX Runtime: validate the fp32 twin")
     return OrderedDict((name, t.detach().cpu().numpy()) for name, t in inputs.items())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +78,8 @@ class Family:
         """Load the transformer from `tiny`, a diffusers pipeline/transformer folder, or a cached id."""
         cls = self.model_class()
         if model == "tiny":
-            return self.tiny().to(dtype)
+            tiny = self.tiny()
+            return tiny if dtype == torch.float32 else tiny.to(dtype)
         path = Path(model).expanduser()
         if path.is_dir():
             if (path / "transformer" / "config.json").is_file():
@@ -91,7 +93,9 @@ class Family:
         if path.exists() or model.startswith((".", "/", "~")):
             raise ModelLoadError(f"model path {model} does not exist or is not a folder")
         try:
-            return cls.from_pretrained(model, subfolder="transformer", torch_dtype=dtype, local_files_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # hub deprecation chatter; the outcome is reported below
+                return cls.from_pretrained(model, subfolder="transformer", torch_dtype=dtype, local_files_only=True)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
                 f"model '{model}' is not a local folder and is not in the local Hugging Face cache "

@@ -1,0 +1,38 @@
+"""Engine runtimes behind one interface (`Backend`), chosen by name with `get_backend`.
+
+Backend modules are imported lazily, so using one never requires another's dependencies.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+import torch
+
+from .base import Backend, BackendError
+
+# name -> (module, class). Later issues add aoti, trt and torch-compile here.
+BACKENDS = {
+    "torch": ("torch_eager", "TorchEagerBackend"),
+    "onnx": ("onnxruntime", "OnnxRuntimeBackend"),
+}
+
+
+def available_backends() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend '{name}'; available: {', '.join(available_backends())}")
+    module, cls = BACKENDS[name]
+    return getattr(import_module(f"{__name__}.{module}"), cls)
+
+
+def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", **options) -> Backend:
+    """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``."""
+    return backend_class(name).load(folder, device, **options)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "available_backends", "backend_class", "get_backend"]

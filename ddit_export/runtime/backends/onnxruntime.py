@@ -1,0 +1,170 @@
+"""ONNX Runtime backend: one `InferenceSession` per patch size, straight from the manifest.
+
+Every artifact is checked against the sha256 the manifest recorded before a session is made, so
+an altered or swapped file is refused. Feed names and dtypes come from the manifest's I/O spec.
+
+Two ways to run:
+- CPU execution provider (default, and the only one a CPU-only onnxruntime has): torch CPU
+  tensors are handed over as zero-copy numpy views; ONNX Runtime allocates the output.
+- CUDA execution provider with I/O binding, used when the backend is loaded for a CUDA device,
+  onnxruntime-gpu offers ``CUDAExecutionProvider`` and the latent is a CUDA tensor: inputs are
+  bound by the torch tensors' ``data_ptr`` and the output to ONE preallocated torch tensor shared
+  by all sizes (only one engine runs at a time), so no host copies happen. The cost is ONNX
+  Runtime's own synchronisation: ``synchronize_inputs`` (torch may still be writing the inputs on
+  its stream) and the synchronous ``run_with_iobinding``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import torch
+
+from ...export.manifest import engine_entries, verify_entry
+from .base import Backend, BackendError
+
+# torch dtype -> ONNX element type, which `IOBinding.bind_*` accepts directly (covers bfloat16,
+# which numpy has no type for).
+ONNX_ELEMENT_TYPES = {
+    torch.float32: onnx.TensorProto.FLOAT,
+    torch.float16: onnx.TensorProto.FLOAT16,
+    torch.bfloat16: onnx.TensorProto.BFLOAT16,
+    torch.int64: onnx.TensorProto.INT64,
+    torch.int32: onnx.TensorProto.INT32,
+    torch.bool: onnx.TensorProto.BOOL,
+}
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a CPU tensor (bfloat16 through ml_dtypes)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """Zero-copy torch view of a numpy array (bfloat16 through ml_dtypes)."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def cuda_provider_available() -> bool:
+    import onnxruntime as ort
+
+    return CUDA_PROVIDER in ort.get_available_providers()
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime sessions of the manifest's ``onnx`` engines.
+
+    ``io_binding=True`` forces the I/O-binding path on whatever device the latent lives on (the
+    CUDA path's code, exercised on CPU by the tests); by default it is used exactly when the CUDA
+    execution provider runs the sessions.
+    """
+
+    name = "onnx"
+
+    def __init__(self, folder, manifest=None, device="cpu", *, io_binding: bool | None = None):
+        import onnxruntime as ort
+
+        super().__init__(folder, manifest, device)
+        entries = engine_entries(self.manifest, "onnx")
+        if not entries:
+            raise BackendError(f"{self.folder}: the manifest lists no onnx engines; export them first")
+        self.providers = self._providers()
+        self.on_cuda = self.providers[0] != CPU_PROVIDER
+        self.io_binding = self.on_cuda if io_binding is None else io_binding
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: node placement notes are not the user's concern
+        self._sessions = {}
+        for patch, entry in sorted(entries.items()):
+            verify_entry(self.folder, entry)  # refuses altered artifacts with the manifest's message
+            session = ort.InferenceSession(str(self.folder / entry["files"][0]), options, providers=self.providers)
+            self._check_signature(patch, session)
+            self._sessions[patch] = session
+        self._output_name = self.input_metadata.output_names[0]
+        self._bindings = {p: s.io_binding() for p, s in self._sessions.items()} if self.io_binding else {}
+        self._out: torch.Tensor | None = None  # the shared bound output, allocated on first use
+
+    def _providers(self) -> list:
+        if self.device.type != "cuda":
+            return [CPU_PROVIDER]
+        if not cuda_provider_available():
+            warnings.warn(
+                f"{CUDA_PROVIDER} is not available (install onnxruntime-gpu); the onnx backend runs on the CPU "
+                "and copies every step's tensors between devices",
+                stacklevel=3,
+            )
+            return [CPU_PROVIDER]
+        return [(CUDA_PROVIDER, {"device_id": self.device.index or 0}), CPU_PROVIDER]
+
+    def _check_signature(self, patch: int, session) -> None:
+        names = [i.name for i in session.get_inputs()]
+        if names != self.input_metadata.input_names:
+            raise BackendError(
+                f"{self.folder}: engine p{patch} takes inputs {names}, the manifest says "
+                f"{self.input_metadata.input_names}; rebuild with --force"
+            )
+
+    @property
+    def patch_sizes(self) -> tuple[int, ...]:
+        return tuple(self._sessions)
+
+    def _infer(self, patch, feeds, out_device):
+        session = self._sessions.get(patch)
+        if session is None:
+            raise self._engine_missing(patch)
+        if self.io_binding and (out_device.type == "cuda") == self.on_cuda:
+            return self._run_bound(patch, session, feeds, out_device)
+        arrays = {name: to_numpy(value) for name, value in feeds.items()}
+        (out,) = session.run([self._output_name], arrays)
+        return from_numpy(out).to(out_device)
+
+    def _run_bound(self, patch, session, feeds, device: torch.device) -> torch.Tensor:
+        """I/O binding as onnxruntime documents it: bind device pointers, run, output in place."""
+        binding = self._bindings[patch]
+        device_type, device_id = device.type, device.index or 0
+        for name, value in feeds.items():
+            value = feeds[name] = value.to(device)  # conditioning may still sit on the host; keep it alive
+            # Inputs are rebound every call: the latent is a new tensor each step.
+            binding.bind_input(
+                name=name,
+                device_type=device_type,
+                device_id=device_id,
+                element_type=ONNX_ELEMENT_TYPES[value.dtype],
+                shape=tuple(value.shape),
+                buffer_ptr=value.data_ptr(),
+            )
+        out = self._output_buffer(device)
+        binding.bind_output(
+            name=self._output_name,
+            device_type=device_type,
+            device_id=device_id,
+            element_type=ONNX_ELEMENT_TYPES[out.dtype],
+            shape=tuple(out.shape),
+            buffer_ptr=out.data_ptr(),
+        )
+        binding.synchronize_inputs()
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return out
+
+    def _output_buffer(self, device: torch.device) -> torch.Tensor:
+        out = self._out
+        if out is None or out.device != device:
+            spec = self.input_metadata.outputs[0]
+            out = self._out = torch.empty(spec.shape, dtype=getattr(torch, spec.dtype), device=device)
+        return out
+
+    def close(self) -> None:
+        self._bindings.clear()
+        self._sessions.clear()
+        self._out = None
