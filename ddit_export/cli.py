@@ -45,6 +45,8 @@ def quiet_third_party() -> None:
     """Keep the terminal for our own progress: other libraries' chatter goes to errors only."""
     import logging
 
+    import torch  # noqa: F401  (torch sets its loggers' levels on import: set ours after that)
+
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     logging.getLogger("torch._export").setLevel(logging.ERROR)
     try:

@@ -24,7 +24,7 @@ def patch_list(text: str) -> tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-sizes", type=patch_list, default=(2, 4), help="sizes in latent pixels, base first (default 2,4)")
     p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
-                   help="'tiny', a diffusers pipeline/transformer folder, or a model id in the local HF cache")
+                   help="'tiny' | 'medium' | 'smoke' (random weights), a diffusers pipeline/transformer folder, or a model id in the local HF cache")
     p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1024)

@@ -23,14 +23,19 @@ def _lora_layers(transformer) -> dict:
     return {name: m for name, m in transformer.named_modules() if isinstance(m, LoraLayer)}
 
 
+def base_state_dict(transformer) -> dict:
+    """The original model's state dict (names and tensors) seen through any peft wrappers."""
+    return {
+        key.replace(".base_layer.", "."): value
+        for key, value in transformer.state_dict().items()
+        if ".lora_" not in key
+    }
+
+
 def merged_transformer(model: DDiTModel, patch: int):
     """A plain (peft-free) transformer with the adapter of `patch` merged; the base size merges nothing."""
     transformer = model.transformer
-    state = {}
-    for key, value in transformer.state_dict().items():
-        if ".lora_" in key:
-            continue
-        state[key.replace(".base_layer.", ".")] = value
+    state = base_state_dict(transformer)
     if patch != model.base_patch:
         name = adapter_name(patch)
         for layer_name, layer in _lora_layers(transformer).items():

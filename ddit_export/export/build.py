@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
 from ..ddit.engine import ENGINE_OUTPUT
-from ..ddit.merge import build_engine
+from ..ddit.merge import base_state_dict, build_engine
 from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
 from ..families.base import config_hash
 from ..util.atomic import atomic_folder
@@ -177,7 +177,7 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
     req.check_out_writable()
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
-    weights_sha = sha256_tensors(model.transformer.state_dict())
+    weights_sha = sha256_tensors(base_state_dict(model.transformer))  # the base model, not adapters
     key_base = {
         "weights": weights_sha, "adapters": adapters["sha256"], "request": req.identity(), "opset": req.opset,
         "external_data": req.external_data, "tools": tool_versions(), "format": MANIFEST_FORMAT,

@@ -31,7 +31,7 @@ class Family:
     deembed_name: str  # attribute holding the output projection (de-embedding)
     rope_name: str  # attribute computing rotary embeddings
     lora_targets: str  # peft target_modules regex: the FFN linears
-    tiny_config: dict
+    presets: dict[str, dict]  # named random-weight configs: "tiny" for tests, reduced-depth real widths
     default_text_len: int
 
     @staticmethod
@@ -70,16 +70,20 @@ class Family:
                     f"that are multiples of {p * self.vae_scale} pixels, or drop size {p}"
                 )
 
-    def tiny(self, seed: int = 0):
+    def preset(self, name: str, seed: int = 0):
+        """A random-weight model from a named config; the seed makes every build identical."""
         torch.manual_seed(seed)
-        return self.model_class()(**self.tiny_config)
+        return self.model_class()(**self.presets[name])
+
+    def tiny(self, seed: int = 0):
+        return self.preset("tiny", seed)
 
     def load(self, model: str, dtype: torch.dtype = torch.float32):
-        """Load the transformer from `tiny`, a diffusers pipeline/transformer folder, or a cached id."""
+        """Load the transformer from a preset name, a diffusers pipeline/transformer folder, or a cached id."""
         cls = self.model_class()
-        if model == "tiny":
-            tiny = self.tiny()
-            return tiny if dtype == torch.float32 else tiny.to(dtype)
+        if model in self.presets:
+            built = self.preset(model)
+            return built if dtype == torch.float32 else built.to(dtype)
         path = Path(model).expanduser()
         if path.is_dir():
             if (path / "transformer" / "config.json").is_file():

@@ -24,6 +24,14 @@ FLUX_TINY_CONFIG = dict(
     axes_dims_rope=(4, 6, 6),
 )
 
+# FLUX.1-dev's real widths (head 128, RoPE axes 16/56/56, T5 4096, CLIP 768) at reduced depth:
+# "medium" for CPU latency work, "smoke" at full width 3072 / 24 heads for GPU smoke runs.
+FLUX_MEDIUM_CONFIG = dict(
+    FLUX_TINY_CONFIG, num_layers=2, num_single_layers=4, attention_head_dim=128, num_attention_heads=4,
+    joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56),
+)
+FLUX_SMOKE_CONFIG = dict(FLUX_MEDIUM_CONFIG, num_layers=2, num_single_layers=4, num_attention_heads=24)
+
 # Targets of the per-size LoRA adapters: every feed-forward linear. In single-stream blocks the MLP
 # is `proj_mlp` up and `proj_out` down (that one also mixes in the attention output). The top-level
 # `proj_out` (the de-embedding) is NOT a target, hence the anchored pattern.
@@ -42,7 +50,7 @@ class FluxFamily(Family):
     deembed_name = "proj_out"
     rope_name = "pos_embed"
     lora_targets = FLUX_LORA_TARGETS
-    tiny_config = FLUX_TINY_CONFIG
+    presets = {"tiny": FLUX_TINY_CONFIG, "medium": FLUX_MEDIUM_CONFIG, "smoke": FLUX_SMOKE_CONFIG}
     default_text_len = 512
 
     @staticmethod

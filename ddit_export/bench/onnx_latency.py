@@ -1,0 +1,53 @@
+"""Per-size latency of an engine folder's ONNX graphs on ONNX Runtime, measured side by side.
+
+Sizes are timed round-robin (one call of each size per round) after warm-up, so machine drift
+hits every size alike and the ratios between sizes are fair. The base size is the reference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from ..export.iospec import IOSpec, random_feed
+from ..export.manifest import engine_entries, read_manifest, verify_entry
+
+
+def _summary(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "mean_ms": 1e3 * statistics.fmean(ordered),
+        "p50_ms": 1e3 * statistics.median(ordered),
+        "p95_ms": 1e3 * ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "iters": len(ordered),
+    }
+
+
+def onnx_latency(folder, warmup: int = 3, iters: int = 10, providers=("CPUExecutionProvider",)) -> dict:
+    import onnxruntime as ort
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    spec = IOSpec.from_json(manifest["io"])
+    feed = random_feed(spec, seed=0)
+    sessions = {}
+    for patch, entry in sorted(engine_entries(manifest, "onnx").items()):
+        verify_entry(folder, entry)
+        sessions[patch] = ort.InferenceSession(str(folder / entry["files"][0]), providers=list(providers))
+    for _ in range(warmup):
+        for session in sessions.values():
+            session.run(None, feed)
+    samples = {p: [] for p in sessions}
+    for _ in range(iters):
+        for patch, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            samples[patch].append(time.perf_counter() - start)
+    base = manifest["base_patch"]
+    tokens = {e["patch_size"]: e["tokens"] for e in manifest["engines"]}
+    result = {p: {**_summary(s), "tokens": tokens[p]} for p, s in samples.items()}
+    for p, r in result.items():
+        r["speedup_vs_base"] = result[base]["mean_ms"] / r["mean_ms"]
+    return {"folder": str(folder), "providers": list(providers), "sizes": result,
+            "latent_shape": manifest["latent_shape"], "text_len": manifest["request"]["text_len"]}

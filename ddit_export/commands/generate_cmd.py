@@ -1,0 +1,153 @@
+"""`ddit-export generate`: run a full denoising loop on exported engines with DDiT scheduling.
+
+Writes into --out: `image.png` when the engines' model is a diffusers pipeline folder with a VAE
+(else the final latent as `latent.npy`) and always `trace.json` (per step: patch size, scheduler
+statistics, seconds). `--save-trajectory FILE.npz` also saves every sampler latent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .errors import run_guarded
+
+DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT,
+                   help="text prompt (models without text encoders get synthetic embeddings seeded from it)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's calibration)")
+    p.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    p.add_argument("--backend", default="onnx", help="engine runtime: torch | onnx (default onnx)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
+    p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
+    p.add_argument("--base-last-steps", type=int, default=0, metavar="N", help="force the base size for the last N steps")
+    p.add_argument("--guidance", type=float, help="embedded guidance scale (default 3.5 when the model has one)")
+    p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
+    p.add_argument("--save-trajectory", metavar="FILE.npz",
+                   help="save the sampler latent before each step and the final one as array 'latents'")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(lambda: generate_command(args, Console(highlight=False)))
+
+
+def _check_args(args, manifest: dict) -> torch.device:
+    """Everything that can be refused before loading engines; returns the device."""
+    from ..runtime.backends import backend_class
+
+    backend_class(args.backend)  # unknown name -> the list of backends
+    sizes = [int(p) for p in manifest["patch_sizes"]]
+    for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
+        if value is not None and value not in sizes:
+            raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1 (got {args.steps})")
+    if not 0 <= args.base_last_steps <= args.steps:
+        raise ValueError(f"--base-last-steps must be between 0 and --steps ({args.steps}), got {args.base_last_steps}")
+    if args.tau is not None and not args.tau >= 0:
+        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
+    if args.rho is not None and not 0 < args.rho < 1:
+        raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but this torch has no CUDA device; use --device cpu")
+    return device
+
+
+def generate_command(args: argparse.Namespace, console: Console) -> int:
+    from ..export.manifest import read_manifest
+    from ..runtime.backends import get_backend
+    from ..runtime.conditioning import make_conditioning
+    from ..runtime.dispatcher import schedule_config
+    from ..runtime.sampling import generate
+
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    manifest = read_manifest(folder)
+    device = _check_args(args, manifest)
+    out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+
+    with get_backend(args.backend, folder, device=device) as backend:
+        config = schedule_config(
+            backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
+            base_last_steps=args.base_last_steps,
+        )
+        conditioning = make_conditioning(manifest, args.prompt, args.guidance, device)
+        style = "yellow" if conditioning.synthetic else "green"
+        console.print(f"conditioning: [{style}]{conditioning.source}[/]")
+        result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
+                          return_trajectory=bool(args.save_trajectory))
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [_write_image_or_latent(manifest, result.latent, out, device)]
+    trace = result.trace
+    record = {
+        "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
+        "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
+        "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
+        "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
+        "base_last_steps": config.base_last_steps, "timesteps": result.timesteps.float().cpu().tolist(),
+        **trace.to_json(),
+    }
+    (out / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
+    written.append(out / "trace.json")
+    if args.save_trajectory:
+        path = Path(args.save_trajectory).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
+        np.savez(path, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
+        written.append(path)
+    _print_summary(console, trace, written)
+    return 0
+
+
+def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, device) -> Path:
+    from ..runtime.sampling import decode_images, vae_folder
+
+    folder = vae_folder(manifest)
+    if folder is None:
+        path = out / "latent.npy"
+        np.save(path, latent.float().cpu().numpy())
+        return path
+    images = decode_images(folder, latent, device)
+    paths = [out / ("image.png" if len(images) == 1 else f"image_{i}.png") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths[0]
+
+
+def _print_summary(console: Console, trace, written: list[Path]) -> None:
+    schedule = trace.schedule
+    console.print(f"schedule ({len(schedule)} steps): [bold]{' '.join(str(p) for p in schedule)}[/]")
+    counts = {p: schedule.count(p) for p in sorted(set(schedule))}
+    console.print("steps per patch size: " + ", ".join(f"p{p}: {n}" for p, n in counts.items()))
+    totals = trace.totals()
+    table = Table(title="where the time went")
+    for col in ("part", "seconds", "share"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    whole = totals["seconds"] or 1.0
+    for name, key in (("scheduler", "scheduler_seconds"), ("engine", "engine_seconds"), ("rest", "rest_seconds")):
+        table.add_row(name, f"{totals[key]:.4f}", f"{100 * totals[key] / whole:.1f}%")
+    table.add_row("total", f"{totals['seconds']:.4f}", "100%", style="bold")
+    console.print(table)
+    for path in written:
+        console.print(f"wrote {path}")

@@ -1,0 +1,102 @@
+"""Run each denoising step on the engine of the patch size the DDiT scheduler picks.
+
+    runner = DDiTRunner(backend, schedule_config(backend), total_steps=50)
+    for i, t in enumerate(timesteps):
+        pred = runner.step(latent, i, timestep=..., encoder_hidden_states=..., ...)
+        latent = sampler.step(pred, t, latent)
+    runner.finish()
+    runner.trace.schedule  # [2, 2, 2, 8, 8, 4, ...]
+
+With classifier-free guidance call `decide` once per step and `run` once per pass: both passes
+use the step's one decision, and the scheduler sees the step's latent once.
+
+The hot path adds nothing to what the scheduler and the engine do: no tensor allocation, no host
+synchronisation (the scheduler does its one `.tolist()`; timing uses CUDA events on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backends.base import Backend
+from .scheduler import AccelerationScheduler, Decision, ScheduleConfig
+from .trace import Trace, clock_for
+
+
+def schedule_config(
+    backend: Backend,
+    *,
+    tau: float | None = None,
+    rho: float | None = None,
+    static_patch: int | None = None,
+    warmup_patch: int | None = None,
+    base_last_steps: int = 0,
+) -> ScheduleConfig:
+    """Scheduler settings for a backend's engines; tau / rho default to the manifest's calibration."""
+    defaults = backend.manifest.get("scheduler", {})
+    return ScheduleConfig(
+        patch_sizes=tuple(backend.patch_sizes),
+        base_patch=backend.base_patch,
+        tau=float(defaults.get("tau", 1e-3) if tau is None else tau),
+        rho=float(defaults.get("rho", 0.4) if rho is None else rho),
+        warmup_patch=defaults.get("warmup_patch") if warmup_patch is None else warmup_patch,
+        base_last_steps=base_last_steps,
+        static_patch=static_patch,
+    )
+
+
+class DDiTRunner:
+    """Scheduler + backend for one trajectory at a time, with a per-step trace."""
+
+    def __init__(self, backend: Backend, config: ScheduleConfig, total_steps: int | None = None):
+        missing = sorted(set(config.patch_sizes) - set(backend.patch_sizes))
+        if missing:
+            raise ValueError(
+                f"the schedule uses patch sizes {missing} that the {backend.name} backend has no engine for "
+                f"(it has {list(backend.patch_sizes)})"
+            )
+        if config.base_patch != backend.base_patch:
+            raise ValueError(f"schedule base patch {config.base_patch} != engines' base patch {backend.base_patch}")
+        self.backend = backend
+        self.config = config
+        self.scheduler = AccelerationScheduler(config, total_steps)
+        self.clock = clock_for(backend.device)
+        self.trace = Trace(self.clock)
+        self.decision: Decision | None = None
+
+    def reset(self, total_steps: int | None = None) -> None:
+        """Start a new trajectory; the previous trace is resolved first and stays valid."""
+        self.trace.steps  # noqa: B018 - read every pending mark before the clock reuses them
+        self.clock.recycle()
+        self.trace = Trace(self.clock)
+        self.scheduler.reset(total_steps)
+        self.decision = None
+
+    def decide(self, latent: torch.Tensor, step_index: int) -> Decision:
+        """Observe this step's sampler latent (before the model call) and pick its patch size."""
+        if step_index == 0 and len(self.trace):
+            self.reset()  # step 0 always opens a new trajectory, as in the scheduler
+        start = self.clock.mark()
+        decision = self.scheduler.step(latent, step_index)
+        self.trace.open_step(step_index, decision, start, self.clock.mark())
+        self.decision = decision
+        return decision
+
+    def run(self, latent: torch.Tensor, **conditioning: torch.Tensor) -> torch.Tensor:
+        """One engine call at the current step's patch size (call again for a CFG pass)."""
+        if self.decision is None:
+            raise RuntimeError("DDiTRunner.run before decide: call decide(latent, step_index) first")
+        start = self.clock.mark()
+        out = self.backend(self.decision.patch_size, latent, **conditioning)
+        self.trace.add_engine_call(start, self.clock.mark())
+        return out
+
+    def step(self, latent: torch.Tensor, step_index: int, **conditioning: torch.Tensor) -> torch.Tensor:
+        """`decide` then `run`: the prediction for this step's latent."""
+        self.decide(latent, step_index)
+        return self.run(latent, **conditioning)
+
+    def finish(self) -> Trace:
+        """Close the trajectory's last step (after the final sampler update) and return the trace."""
+        self.trace.finish(self.clock.mark())
+        return self.trace
