@@ -14,6 +14,7 @@ from .commands import export_cmd, inspect_cmd
 
 COMMANDS = {
     "flux": (export_cmd, "export one static engine per patch size for a FLUX transformer"),
+    "wan": (export_cmd, "export one static engine per patch size for a Wan 2.1 video transformer"),
     "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
 }
 
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in {**COMMANDS, **_optional_commands()}.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(cmd)
+        if module is export_cmd:
+            module.add_arguments(cmd, family=name)
+        else:
+            module.add_arguments(cmd)
         cmd.set_defaults(handler=module.run, command_name=name)
     return parser
 

@@ -144,9 +144,20 @@ def test_casting_an_engine_leaves_the_source_model_untouched(ddit):
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
 
 
-def test_sizes_that_cannot_be_built_are_refused_clearly(ddit):
-    with pytest.raises(ValueError, match="does not divide the 12x12 latent grid"):
-        build_engine(ddit, 8, (1, 16, 12, 12), TEXT)
+def test_a_grid_the_block_does_not_divide_is_padded_and_cropped(ddit):
+    shape = (2, 16, 12, 20)  # 8 divides neither side: padded to 16 x 24
+    latent, cond = torch.randn(shape), conditioning()
+    assert FLUX.padded_shape(shape, 8) == (2, 16, 16, 24)
+    assert FLUX.tokens(shape, 8) == 6 and FLUX.padding_tokens(shape, 8) == pytest.approx(6 - 12 * 20 / 64)
+    padded = FLUX.pad(latent, 8)
+    assert torch.equal(padded[..., :12, :20], latent) and torch.equal(padded[..., 15, 23], latent[..., 11, 19])
+    with torch.no_grad():
+        eager = ddit(latent, 8, **cond)
+        engine = build_engine(ddit, 8, shape, TEXT)(latent, **cond)
+    assert eager.shape == shape and torch.allclose(engine, eager, atol=1e-5)
+
+
+def test_sizes_that_cannot_be_built_are_refused_clearly():
     with pytest.raises(ValueError, match="not a multiple of the base size"):
         FLUX.check_patch_sizes([2, 5], (1, 16, 20, 20))
     with pytest.raises(ValueError, match="base patch size 2 must be among"):

@@ -21,15 +21,22 @@ def patch_list(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
+    from ..families.base import family_by_name
+
+    fam = family_by_name(family)
+    presets = " | ".join(f"'{n}'" for n in fam.presets)
     p.add_argument("--patch-sizes", type=patch_list, default=(2, 4), help="sizes in latent pixels, base first (default 2,4)")
-    p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
-                   help="'tiny' | 'medium' | 'smoke' (random weights), a diffusers pipeline/transformer folder, or a model id in the local HF cache")
+    p.add_argument("--model", default=fam.default_model,
+                   help=f"{presets} (random weights), a diffusers pipeline/transformer folder, or a model id "
+                        f"in the local HF cache (default {fam.default_model})")
     p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--text-len", type=int, default=None, help="text tokens (default 512 for FLUX)")
+    p.add_argument("--height", type=int, default=fam.default_size[0])
+    p.add_argument("--width", type=int, default=fam.default_size[1])
+    if fam.default_frames:
+        p.add_argument("--frames", type=int, default=fam.default_frames, help="video frames, 4k+1")
+    p.add_argument("--batch", type=int, default=1, help="engine batch (2 = cond + uncond of CFG in one call)")
+    p.add_argument("--text-len", type=int, default=None, help=f"text tokens (default {fam.default_text_len})")
     p.add_argument("--dtype", default="bf16", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--opset", type=int, default=20)
     p.add_argument("--out", help="output folder (default engines/<family>-<model>-<h>x<w>)")
@@ -81,7 +88,11 @@ def summary_table(manifest: dict, out) -> Table:
         twin = "*" if v["validated_as"] == "fp32-twin" else ""
         verdict = f"{v['max_abs_err']:.1e}  {v['cosine']:.6f}{twin}"
         seconds = "reused" if e.get("reused") else f"{e['export_seconds']:.1f}"
-        table.add_row(str(e["patch_size"]), str(e["tokens"]), e["files"][0], human_bytes(e["bytes"]), verdict, seconds)
+        tokens = str(e["tokens"])
+        if e.get("padding_tokens"):
+            share = e["padding_tokens"] / (e["tokens"] - e["padding_tokens"])
+            tokens += f" (pad {e['padded_grid'][0]}x{e['padded_grid'][1]}: +{share:.0%})"
+        table.add_row(str(e["patch_size"]), tokens, e["files"][0], human_bytes(e["bytes"]), verdict, seconds)
     return table
 
 
@@ -93,16 +104,19 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
-def run(args, family: str = "flux") -> int:
+def run(args) -> int:
+    family = args.command_name
     from ..export.build import export_engines
     from ..export.request import ExportRequest
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for the summary table on one line per size
+        console.width = max(console.width, 120)
 
     def body():
         req = ExportRequest(
             family=family, model=args.model, patch_sizes=args.patch_sizes, adapters=args.adapters,
-            height=args.height, width=args.width, batch=args.batch, text_len=args.text_len, dtype=args.dtype,
+            height=args.height, width=args.width, frames=getattr(args, "frames", None), batch=args.batch, text_len=args.text_len, dtype=args.dtype,
             opset=args.opset, out=args.out, force=args.force, external_data=args.external_data,
             atol=args.atol, rtol=args.rtol,
         )

@@ -48,6 +48,8 @@ def _check_args(args, manifest: dict) -> torch.device:
     """Everything that can be refused before loading engines; returns the device."""
     from ..runtime.backends import backend_class
 
+    if manifest.get("family") != "flux":
+        raise ValueError(f"generate runs FLUX engines; {args.engine_dir} holds {manifest.get('family')} engines")
     backend_class(args.backend)  # unknown name -> the list of backends
     sizes = [int(p) for p in manifest["patch_sizes"]]
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):

@@ -17,6 +17,8 @@ def run(args) -> int:
     from ..export.manifest import read_manifest
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough for the summary table on one line per size
+        console.width = max(console.width, 120)
 
     def body():
         m = read_manifest(args.engine_dir)

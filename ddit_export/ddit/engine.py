@@ -28,10 +28,6 @@ class PatchSizeEngine(nn.Module):
         self.patch = patch
         self.latent_shape = tuple(latent_shape)
         self.text_len = text_len
-        # The transformer still concatenates ids before calling its RoPE module, which is folded
-        # and ignores them: one-row placeholders keep that dead code tiny.
-        self.register_buffer("img_ids", torch.zeros(1, 3), persistent=False)
-        self.register_buffer("txt_ids", torch.zeros(1, 3), persistent=False)
 
     def forward(
         self,
@@ -47,10 +43,7 @@ class PatchSizeEngine(nn.Module):
             "pooled_projections": pooled_projections,
             "guidance": guidance,
         }
-        return run_step(
-            self.family, self.transformer, self.residual, self.patch, latent, conditioning,
-            self.img_ids, self.txt_ids,
-        )
+        return run_step(self.family, self.transformer, self.residual, self.patch, latent, conditioning)
 
     def sample_inputs(self, batch_dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
         """Random inputs of the engine's static shapes, in graph input order."""
@@ -65,8 +58,9 @@ class PatchSizeEngine(nn.Module):
             if name not in shapes:
                 continue
             if name in ("timestep", "guidance"):
-                # timesteps arrive as the pipeline passes them: t/1000 in [0, 1]; guidance ~3.5/1000 scale
-                value = torch.rand(shapes[name], generator=gen) * (1.0 if name == "timestep" else 0.005)
+                # as the pipeline passes them: timestep sigma (FLUX) or sigma*1000 (Wan); guidance 3.5/1000
+                scale = self.family.timestep_scale if name == "timestep" else 0.005
+                value = torch.rand(shapes[name], generator=gen) * scale
             else:
                 value = torch.randn(shapes[name], generator=gen)
             inputs[name] = value.to(device=device, dtype=dtype)

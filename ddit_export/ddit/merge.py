@@ -33,28 +33,34 @@ def base_state_dict(transformer) -> dict:
 
 
 def merged_transformer(model: DDiTModel, patch: int):
-    """A plain (peft-free) transformer with the adapter of `patch` merged; the base size merges nothing."""
-    transformer = model.transformer
+    """A plain (peft-free) transformer with the adapter of `patch` merged; the base size merges nothing.
+
+    For an extra size the embedding and de-embedding are left for the caller to set (their shapes
+    differ from the base model's).
+    """
+    fam, transformer = model.family, model.transformer
     state = base_state_dict(transformer)
+    swapped = (f"{fam.embed_name}.", f"{fam.deembed_name}.")
     if patch != model.base_patch:
+        state = {k: v for k, v in state.items() if not k.startswith(swapped)}
         name = adapter_name(patch)
         for layer_name, layer in _lora_layers(transformer).items():
             base_weight = layer.get_base_layer().weight
             delta = layer.get_delta_weight(name)
             state[f"{layer_name}.weight"] = (base_weight.float() + delta.float()).to(base_weight.dtype)
     with torch.device("meta"):
-        plain = type(transformer).from_config(transformer.config)
-    plain.load_state_dict(state, strict=True, assign=True)
+        plain = type(transformer).from_config(fam.engine_config(transformer.config, patch))
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    if unexpected or any(not k.startswith(swapped) for k in missing):
+        raise RuntimeError(f"merge does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return plain.eval()
 
 
 def rope_tables(model: DDiTModel, patch: int, latent_shape, text_len: int) -> FoldedRope:
-    """Compute the model's own RoPE once for this size's token coordinates, keep it in fp32."""
+    """The model's own RoPE for this size's token coordinates (padded grid), computed once, in fp32."""
     fam = model.family
-    ids = torch.cat([fam.text_ids(text_len), fam.image_ids(patch, latent_shape)]).float()
-    rope = getattr(model.transformer, fam.rope_name)
     with torch.no_grad():
-        cos, sin = rope(ids)
+        cos, sin = fam.rope_tables(model.transformer, patch, fam.padded_shape(latent_shape, patch), text_len)
     device = next(model.transformer.parameters()).device
     return FoldedRope(cos.to(device), sin.to(device))
 
@@ -69,9 +75,24 @@ def build_engine(model: DDiTModel, patch: int, latent_shape, text_len: int) -> P
     residual = None
     if patch != model.base_patch:
         mods = model.extra[str(patch)]
-        setattr(plain, fam.embed_name, mods.embed.folded())
+        setattr(plain, fam.embed_name, fam.fold_embed(mods.embed))
         # Copies, so that casting an engine (e.g. to bf16) never touches the trainable model.
         setattr(plain, fam.deembed_name, copy.deepcopy(mods.deembed))
         residual = copy.deepcopy(mods.residual)
     setattr(plain, fam.rope_name, rope_tables(model, patch, latent_shape, text_len))
+    leftovers = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"engine p{patch} has unset tensors after merge: {leftovers[:3]}")
     return PatchSizeEngine(fam, plain, residual, patch, latent_shape, text_len).eval()
+
+
+def cast_engine(engine: PatchSizeEngine, dtype: torch.dtype) -> PatchSizeEngine:
+    """Cast to `dtype` but keep the modules the model class wants in fp32 (as from_pretrained does)."""
+    engine.to(dtype)
+    keep = getattr(engine.transformer, "_keep_in_fp32_modules", None) or []
+    if dtype != torch.float32 and keep:
+        # Same rule as diffusers' from_pretrained: a parameter stays fp32 if any part of its name is listed.
+        for name, param in engine.transformer.named_parameters():
+            if any(part in keep for part in name.split(".")):
+                param.data = param.data.float()
+    return engine

@@ -22,13 +22,13 @@ def adapter_name(patch: int) -> str:
     return f"p{patch}"
 
 
-def run_step(family: Family, transformer, residual, patch: int, latent, conditioning, img_ids, txt_ids):
-    """One model call at `patch`: pack, transformer, latent-space residual, unpack."""
-    tokens = family.pack(latent, patch)
-    out = family.call_transformer(transformer, tokens, conditioning, img_ids, txt_ids)
+def run_step(family: Family, transformer, residual, patch: int, latent, conditioning):
+    """One model call at `patch`: pad, the family's call, the latent-space residual, crop."""
+    padded = family.pad(latent, patch)
+    out = family.predict(transformer, padded, patch, conditioning)
     if residual is not None:
-        out = out + residual(tokens)
-    return family.unpack(out, patch, tuple(latent.shape))
+        out = out + family.unpack(residual(family.pack(padded, patch)), patch, tuple(padded.shape))
+    return family.crop(out, tuple(latent.shape))
 
 
 class DDiTModel(nn.Module):
@@ -51,12 +51,7 @@ class DDiTModel(nn.Module):
         self.lora_alpha = float(lora_alpha if lora_alpha is not None else lora_rank)
         embed = getattr(transformer, family.embed_name)
         deembed = getattr(transformer, family.deembed_name)
-        self.extra = nn.ModuleDict(
-            {
-                str(p): PatchSizeModules(embed, deembed, family.latent_channels, self.base_patch, p)
-                for p in self.extra_sizes
-            }
-        )
+        self.extra = nn.ModuleDict({str(p): PatchSizeModules(family, embed, deembed, p) for p in self.extra_sizes})
         for p in self.extra_sizes:
             config = LoraConfig(
                 r=lora_rank, lora_alpha=self.lora_alpha, target_modules=family.lora_targets, init_lora_weights=True
@@ -85,25 +80,27 @@ class DDiTModel(nn.Module):
             yield None
             return
         t, fam, mods = self.transformer, self.family, self.extra[str(patch)]
-        saved = getattr(t, fam.embed_name), getattr(t, fam.deembed_name)
-        setattr(t, fam.embed_name, mods.embed)
-        setattr(t, fam.deembed_name, mods.deembed)
+        swaps = {fam.embed_name: mods.embed, fam.deembed_name: mods.deembed}
+        rope = fam.eager_rope(t, patch)
+        if rope is not None:
+            swaps[fam.rope_name] = rope
+        saved = {name: getattr(t, name) for name in swaps}
+        for name, module in swaps.items():
+            setattr(t, name, module)
         t.enable_adapters()
         t.set_adapter(adapter_name(patch))
         try:
-            yield mods.residual
+            with fam.patch_config(t, patch):
+                yield mods.residual
         finally:
-            setattr(t, fam.embed_name, saved[0])
-            setattr(t, fam.deembed_name, saved[1])
+            for name, module in saved.items():
+                setattr(t, name, module)
             t.disable_adapters()
 
     def forward(self, latent: torch.Tensor, patch: int, **conditioning) -> torch.Tensor:
         """Full-resolution prediction for `latent` computed at patch size `patch` (eager, trainable)."""
-        fam = self.family
-        img_ids = fam.image_ids(patch, tuple(latent.shape)).to(latent.device, torch.float32)
-        txt_ids = fam.text_ids(conditioning["encoder_hidden_states"].shape[1]).to(latent.device, torch.float32)
         with self.patch_size(patch) as residual:
-            return run_step(fam, self.transformer, residual, patch, latent, conditioning, img_ids, txt_ids)
+            return run_step(self.family, self.transformer, residual, patch, latent, conditioning)
 
     def ddit_parameters(self, patch: int):
         """The parameters distillation trains for one size: its modules and its LoRA adapter."""

@@ -2,52 +2,71 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from .resize import pi_resize_embedding, upsampled_deembedding
+
+
+def linear_from(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
 
 
 class PatchEmbed(nn.Module):
-    """Token embedding for size P plus the learned patch-size vector (zero-init) added to every token."""
+    """A size's token embedding (Linear for FLUX, Conv3d for Wan) plus the learned patch-size vector.
 
-    def __init__(self, in_features: int, dim: int):
+    The vector (zero-init) is added to every token: on the last dim of `B x N x d` tokens, or on the
+    channel dim of a Conv3d's `B x d x F x h x w` output (`channel_dim=1`).
+    """
+
+    def __init__(self, proj: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, channel_dim: int = -1):
         super().__init__()
-        self.proj = nn.Linear(in_features, dim)
-        self.patch_vector = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.proj(tokens) + self.patch_vector
-
-    def folded(self) -> nn.Linear:
-        """A plain Linear with the patch vector folded into the bias (what engines carry)."""
-        out = nn.Linear(self.proj.in_features, self.proj.out_features, device=self.proj.weight.device)
+        self.proj = proj.to(device=weight.device, dtype=weight.dtype)
+        self.channel_dim = channel_dim
         with torch.no_grad():
-            out.weight.copy_(self.proj.weight)
-            out.bias.copy_(self.proj.bias + self.patch_vector)
-        return out.to(self.proj.weight.dtype)
+            self.proj.weight.copy_(weight.reshape(self.proj.weight.shape))
+            if bias is not None:
+                self.proj.bias.copy_(bias)
+        self.patch_vector = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype))
+
+    def _vector(self, ndim: int) -> torch.Tensor:
+        if self.channel_dim == -1:
+            return self.patch_vector
+        shape = [1] * ndim
+        shape[self.channel_dim] = -1
+        return self.patch_vector.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.proj(x)
+        return out + self._vector(out.dim())
+
+    def folded(self) -> nn.Module:
+        """The plain projection with the patch vector folded into its bias (what engines carry)."""
+        out = copy.deepcopy(self.proj)
+        with torch.no_grad():
+            out.bias.add_(self.patch_vector.to(out.bias.dtype))
+        return out
 
 
 class PatchSizeModules(nn.Module):
     """Embedding, de-embedding and latent-space residual of one extra patch size."""
 
-    def __init__(self, base_embed: nn.Linear, base_deembed: nn.Linear, channels: int, p: int, P: int):
+    def __init__(self, family, base_embed: nn.Module, base_deembed: nn.Linear, patch: int):
         super().__init__()
-        dim = base_embed.out_features
-        features = channels * P * P
-        ref = base_embed.weight
-        self.embed = PatchEmbed(features, dim).to(device=ref.device, dtype=ref.dtype)
-        self.deembed = nn.Linear(dim, features, bias=base_deembed.bias is not None).to(ref.device, ref.dtype)
+        ref = base_deembed.weight
+        features = family.patch_features(patch)
+        self.embed = family.new_embed(base_embed, patch)
+        self.deembed = family.new_deembed(base_deembed, patch)
         # The residual maps the input patch straight to the output patch; zero-init so the initial
         # model is exactly the resized base model.
-        self.residual = nn.Linear(features, features, bias=False).to(ref.device, ref.dtype)
+        self.residual = nn.Linear(features, features, bias=False, device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            self.embed.proj.weight.copy_(pi_resize_embedding(base_embed.weight, channels, p, P))
-            self.embed.proj.bias.copy_(base_embed.bias)
-            w, b = upsampled_deembedding(base_deembed.weight, base_deembed.bias, channels, p, P)
-            self.deembed.weight.copy_(w)
-            if b is not None:
-                self.deembed.bias.copy_(b)
             self.residual.weight.zero_()
 
 

@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
 from ..ddit.engine import ENGINE_OUTPUT
-from ..ddit.merge import base_state_dict, build_engine
+from ..ddit.merge import base_state_dict, build_engine, cast_engine
 from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
 from ..families.base import config_hash
 from ..util.atomic import atomic_folder
@@ -129,8 +129,9 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, key: str, rep
     if half:
         shutil.rmtree(twin.parent, ignore_errors=True)
         reporter.stage(patch, f"export {req.dtype}")
-        engine = engine.to(req.torch_dtype)
-        inputs = {k: v.to(req.torch_dtype) for k, v in inputs.items()}
+        engine = cast_engine(engine, req.torch_dtype)
+        keep = req.family_obj.float32_inputs
+        inputs = {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
         spec = export_onnx(engine, inputs, [ENGINE_OUTPUT], path, opset=req.opset, external_data=req.external_data)
     files = [rel] + ([f"{rel}.data"] if (tmp / f"{rel}.data").exists() else [])
     entry = {
@@ -140,6 +141,9 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, key: str, rep
         "sha256": [sha256_file(tmp / f) for f in files],
         "bytes": sum((tmp / f).stat().st_size for f in files),
         "tokens": req.family_obj.tokens(req.latent_shape, patch),
+        # Padding cost where the block does not divide the grid: tokens beyond the grid's exact area.
+        "padded_grid": list(req.family_obj.padded_shape(req.latent_shape, patch)[-2:]),
+        "padding_tokens": round(req.family_obj.padding_tokens(req.latent_shape, patch), 3),
         "validation": validation,
         "export_seconds": round(time.perf_counter() - started, 3),
         "stage_key": key,

@@ -41,13 +41,15 @@ class ExportRequest:
         fam = family_by_name(self.family)
         if self.text_len is None:
             self.text_len = fam.default_text_len
+        if self.frames is None:
+            self.frames = fam.default_frames
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
         if self.batch < 1 or self.text_len < 1:
             raise ValueError("--batch and --text-len must be at least 1")
         if self.opset < 20:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
-        fam.check_image_size(self.height, self.width)
+        fam.check_image_size(self.height, self.width, self.frames)
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
         unknown = set(self.backends) - {"onnx"}
         if unknown:
@@ -70,7 +72,8 @@ class ExportRequest:
         if self.out:
             return Path(self.out).expanduser()
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.model).name or self.model).strip("-")
-        return Path("engines") / f"{self.family}-{slug}-{self.height}x{self.width}"
+        frames = f"x{self.frames}f" if self.frames else ""
+        return Path("engines") / f"{self.family}-{slug}-{self.height}x{self.width}{frames}"
 
     def identity(self) -> dict:
         """The inputs that make an engine folder what it is (sizes and opset may be added or changed)."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 TensorSpecLike = tuple[str, tuple[int, ...]]
 
@@ -23,6 +25,13 @@ class ModelLoadError(ValueError):
 
 
 class Family:
+    """Per-family facts and the few operations that differ between model families.
+
+    Patch space is shared by all families: a token of size P holds the `C x P x P` block of one
+    latent frame, features ordered (channel, dy, dx). Video latents (`B x C x F x h x w`) give
+    F times more tokens; image latents are `B x C x h x w`.
+    """
+
     name: str
     latent_channels: int
     base_patch: int
@@ -33,25 +42,91 @@ class Family:
     lora_targets: str  # peft target_modules regex: the FFN linears
     presets: dict[str, dict]  # named random-weight configs: "tiny" for tests, reduced-depth real widths
     default_text_len: int
+    default_frames: int | None = None
+    timestep_scale: float = 1.0  # what the pipeline passes as timestep: sigma (1.0) or sigma*1000
+    float32_inputs: tuple[str, ...] = ()  # engine inputs the pipeline passes in fp32 whatever the model dtype
+    default_model: str = ""
+    default_size: tuple[int, int] = (1024, 1024)
 
     @staticmethod
     def model_class():
         raise NotImplementedError
 
-    # -- the following are implemented per family (see flux.py) --
-    def check_image_size(self, height: int, width: int) -> None: ...
+    # -- implemented per family (see flux.py, wan.py) --
+    def check_image_size(self, height: int, width: int, frames: int | None = None) -> None: ...
     def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None): ...
-    def tokens(self, latent_shape, patch: int) -> int: ...
-    def pack(self, latent: torch.Tensor, patch: int) -> torch.Tensor: ...
-    def unpack(self, tokens: torch.Tensor, patch: int, latent_shape) -> torch.Tensor: ...
-    def image_ids(self, patch: int, latent_shape) -> torch.Tensor: ...
-    def text_ids(self, text_len: int) -> torch.Tensor: ...
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]: ...
-    def call_transformer(self, transformer, tokens, conditioning, img_ids, txt_ids): ...
+    def predict(self, transformer, latent, patch: int, conditioning: dict): ...
+    def new_embed(self, base_embed, patch: int): ...
+    def fold_embed(self, embed): ...
+    def new_deembed(self, base_deembed, patch: int): ...
+    def rope_tables(self, transformer, patch: int, latent_shape, text_len: int): ...
 
-    # -- shared --
+    def eager_rope(self, transformer, patch: int):
+        """RoPE module for an eager call at `patch`, or None when positions come in as ids (FLUX)."""
+        return None
+
+    def engine_config(self, config, patch: int) -> dict:
+        """Config of the merged per-size model instance (Wan's forward reads its patch size from it)."""
+        return dict(config)
+
+    @contextmanager
+    def patch_config(self, transformer, patch: int):
+        """Temporarily make the model's config say `patch` where its forward reads it; FLUX needn't."""
+        yield
+
+    # -- shared geometry --
     def patch_features(self, patch: int) -> int:
         return self.latent_channels * patch * patch
+
+    def padded_shape(self, latent_shape, patch: int) -> tuple[int, ...]:
+        """The latent shape rounded up so that `patch` divides the grid (ddit_method.md, padding)."""
+        *lead, h, w = latent_shape
+        return (*lead, -(-h // patch) * patch, -(-w // patch) * patch)
+
+    def tokens(self, latent_shape, patch: int) -> int:
+        """Image/video tokens the engine of `patch` processes (on the padded grid)."""
+        *_, h, w = self.padded_shape(latent_shape, patch)
+        frames = latent_shape[2] if len(latent_shape) == 5 else 1
+        return frames * (h // patch) * (w // patch)
+
+    def padding_tokens(self, latent_shape, patch: int) -> float:
+        """Extra tokens padding costs: padded token count minus the grid's exact token area."""
+        *_, h, w = latent_shape
+        frames = latent_shape[2] if len(latent_shape) == 5 else 1
+        return self.tokens(latent_shape, patch) - frames * h * w / patch**2
+
+    def pad(self, latent: torch.Tensor, patch: int) -> torch.Tensor:
+        """Replicate-pad the grid bottom/right to a multiple of `patch` (the scheduler pads alike)."""
+        *_, h, w = latent.shape
+        ph, pw = -h % patch, -w % patch
+        if not (ph or pw):
+            return latent
+        squeeze = latent.dim() == 4
+        x = latent.unsqueeze(2) if squeeze else latent  # replicate padding of the last 2 dims needs 5-D
+        x = F.pad(x, (0, pw, 0, ph, 0, 0), mode="replicate")
+        return x.squeeze(2) if squeeze else x
+
+    @staticmethod
+    def crop(prediction: torch.Tensor, latent_shape) -> torch.Tensor:
+        *_, h, w = latent_shape
+        if tuple(prediction.shape[-2:]) == (h, w):
+            return prediction
+        return prediction[..., :h, :w]
+
+    def pack(self, latent: torch.Tensor, patch: int) -> torch.Tensor:
+        """`B x C [x F] x h x w` -> `B x tokens x (C*P*P)`, features ordered (c, dy, dx)."""
+        x = latent if latent.dim() == 5 else latent.unsqueeze(2)
+        b, c, f, h, w = x.shape
+        x = x.reshape(b, c, f, h // patch, patch, w // patch, patch)
+        return x.permute(0, 2, 3, 5, 1, 4, 6).reshape(b, f * (h // patch) * (w // patch), c * patch * patch)
+
+    def unpack(self, tokens: torch.Tensor, patch: int, latent_shape) -> torch.Tensor:
+        video = len(latent_shape) == 5
+        b, c, f, h, w = latent_shape if video else (latent_shape[0], latent_shape[1], 1, *latent_shape[2:])
+        x = tokens.reshape(b, f, h // patch, w // patch, c, patch, patch)
+        x = x.permute(0, 4, 1, 2, 5, 3, 6).reshape(b, c, f, h, w)
+        return x if video else x.squeeze(2)
 
     def check_patch_sizes(self, sizes: list[int], latent_shape) -> None:
         """Refuse sizes the engines cannot build, with a line that says how to fix the request."""
@@ -60,15 +135,12 @@ class Family:
                 f"the base patch size {self.base_patch} must be among --patch-sizes (got {sizes}); "
                 f"e.g. --patch-sizes {self.base_patch},{2 * self.base_patch}"
             )
-        h, w = latent_shape[-2:]
         for p in sizes:
             if p <= 0 or p % self.base_patch:
                 raise ValueError(f"patch size {p} is not a multiple of the base size {self.base_patch}")
-            if h % p or w % p:
-                raise ValueError(
-                    f"patch size {p} does not divide the {h}x{w} latent grid; choose height and width "
-                    f"that are multiples of {p * self.vae_scale} pixels, or drop size {p}"
-                )
+        h, w = latent_shape[-2:]
+        if h % self.base_patch or w % self.base_patch:
+            raise ValueError(f"the base patch {self.base_patch} must divide the {h}x{w} latent grid")
 
     def preset(self, name: str, seed: int = 0):
         """A random-weight model from a named config; the seed makes every build identical."""
@@ -117,8 +189,9 @@ def config_hash(config) -> str:
 
 def family_by_name(name: str) -> Family:
     from .flux import FLUX
+    from .wan import WAN
 
-    families = {"flux": FLUX}
+    families = {"flux": FLUX, "wan": WAN}
     if name not in families:
         raise ValueError(f"unknown model family '{name}'; known: {', '.join(sorted(families))}")
     return families[name]

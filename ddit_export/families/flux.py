@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from torch import nn
+
+from ..ddit.modules import PatchEmbed, linear_from
+from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
 from .base import Family, TensorSpecLike
 
 FLUX_TINY_CONFIG = dict(
@@ -52,6 +56,8 @@ class FluxFamily(Family):
     lora_targets = FLUX_LORA_TARGETS
     presets = {"tiny": FLUX_TINY_CONFIG, "medium": FLUX_MEDIUM_CONFIG, "smoke": FLUX_SMOKE_CONFIG}
     default_text_len = 512
+    default_model = "black-forest-labs/FLUX.1-dev"
+    default_size = (1024, 1024)
 
     @staticmethod
     def model_class():
@@ -60,31 +66,18 @@ class FluxFamily(Family):
         return FluxTransformer2DModel
 
     # ---- geometry -------------------------------------------------------------------------------
-    def check_image_size(self, height: int, width: int) -> None:
+    def check_image_size(self, height: int, width: int, frames: int | None = None) -> None:
         step = self.vae_scale * self.base_patch
         if height % step or width % step or height <= 0 or width <= 0:
             raise ValueError(
                 f"height and width must be positive multiples of {step} for FLUX (got {height}x{width}); "
                 f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
             )
+        if frames not in (None, 1):
+            raise ValueError("FLUX makes images: --frames does not apply")
 
     def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
         return (batch, self.latent_channels, height // self.vae_scale, width // self.vae_scale)
-
-    def tokens(self, latent_shape: tuple[int, ...], patch: int) -> int:
-        h, w = latent_shape[-2:]
-        return (h // patch) * (w // patch)
-
-    def pack(self, latent: torch.Tensor, patch: int) -> torch.Tensor:
-        """`B x C x h x w` -> `B x (h/P * w/P) x (C*P*P)`, features ordered (c, dy, dx) like the pipeline."""
-        b, c, h, w = latent.shape
-        x = latent.reshape(b, c, h // patch, patch, w // patch, patch)
-        return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
-
-    def unpack(self, tokens: torch.Tensor, patch: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
-        b, c, h, w = latent_shape
-        x = tokens.reshape(b, h // patch, w // patch, c, patch, patch)
-        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
     def image_ids(self, patch: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """RoPE coordinates of each token in the BASE token grid.
@@ -104,7 +97,7 @@ class FluxFamily(Family):
     def text_ids(self, text_len: int) -> torch.Tensor:
         return torch.zeros(text_len, 3, dtype=torch.float64)
 
-    # ---- conditioning ---------------------------------------------------------------------------
+    # ---- model ----------------------------------------------------------------------------------
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:
         specs = [
             ("encoder_hidden_states", (batch, text_len, config.joint_attention_dim)),
@@ -115,10 +108,14 @@ class FluxFamily(Family):
             specs.append(("guidance", (batch,)))
         return specs
 
-    def call_transformer(self, transformer, tokens, conditioning: dict, img_ids, txt_ids) -> torch.Tensor:
-        return transformer(
-            hidden_states=tokens,
-            encoder_hidden_states=conditioning["encoder_hidden_states"],
+    def predict(self, transformer, latent, patch: int, conditioning: dict) -> torch.Tensor:
+        """One call the way FluxPipeline makes it, with this size's tokens and positions."""
+        ehs = conditioning["encoder_hidden_states"]
+        img_ids = self.image_ids(patch, tuple(latent.shape)).to(latent.device, torch.float32)
+        txt_ids = self.text_ids(ehs.shape[1]).to(latent.device, torch.float32)
+        out = transformer(
+            hidden_states=self.pack(latent, patch),
+            encoder_hidden_states=ehs,
             pooled_projections=conditioning["pooled_projections"],
             timestep=conditioning["timestep"],
             guidance=conditioning.get("guidance"),
@@ -126,6 +123,23 @@ class FluxFamily(Family):
             txt_ids=txt_ids,
             return_dict=False,
         )[0]
+        return self.unpack(out, patch, tuple(latent.shape))
+
+    def new_embed(self, base_embed, patch: int) -> PatchEmbed:
+        weight = pi_resize_embedding(base_embed.weight, self.latent_channels, self.base_patch, patch)
+        return PatchEmbed(nn.Linear(weight.shape[1], weight.shape[0]), weight, base_embed.bias)
+
+    def fold_embed(self, embed: PatchEmbed) -> nn.Linear:
+        return embed.folded()
+
+    def new_deembed(self, base_deembed, patch: int) -> nn.Linear:
+        w, b = upsampled_deembedding(base_deembed.weight, base_deembed.bias, self.latent_channels,
+                                     self.base_patch, patch)
+        return linear_from(w, b)
+
+    def rope_tables(self, transformer, patch: int, latent_shape, text_len: int):
+        ids = torch.cat([self.text_ids(text_len), self.image_ids(patch, latent_shape)]).float()
+        return getattr(transformer, self.rope_name)(ids)
 
 
 FLUX = FluxFamily()

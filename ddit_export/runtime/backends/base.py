@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+from typing_extensions import Self
 
 from ...export.iospec import IOSpec
 from ...export.manifest import read_manifest
@@ -83,7 +84,7 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the engines; the backend is unusable afterwards."""
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

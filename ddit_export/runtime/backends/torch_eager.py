@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ...ddit.merge import build_engine
+from ...ddit.merge import base_state_dict, build_engine
 from ...ddit.model import DDiTModel
 from ...export.build import Reporter, load_ddit_model
 from ...export.manifest import ManifestError, sha256_file, sha256_tensors
@@ -23,8 +23,8 @@ from .base import Backend
 def load_manifest_model(manifest: dict) -> DDiTModel:
     """The DDiT model (fp32, CPU, eval) a manifest was built from, verified against its hashes.
 
-    Uses the export's own loader so that every step (including random initialisation of untrained
-    modules, which the tiny model seeds) happens exactly as it did at export time.
+    Uses the export's own loader, so the DDiT modules are attached exactly as at export time; the
+    base weights must hash as the manifest says, and a trained adapter pack as its file hash.
     """
     adapters = manifest["adapters"].get("path")
     if adapters and manifest["adapters"].get("sha256"):
@@ -40,7 +40,7 @@ def load_manifest_model(manifest: dict) -> DDiTModel:
         **manifest["request"], patch_sizes=tuple(manifest["patch_sizes"]), adapters=adapters, backends=("onnx",)
     )
     model, _ = load_ddit_model(request, Reporter())
-    actual = sha256_tensors(model.transformer.state_dict())
+    actual = sha256_tensors(base_state_dict(model.transformer))  # as the export hashes it: base weights only
     expected = manifest["model"]["weights_sha256"]
     if actual != expected:
         raise ManifestError(

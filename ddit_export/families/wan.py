@@ -1,0 +1,181 @@
+"""Wan 2.1 family: video latents, 3D patches, 3D RoPE (diffusers `WanTransformer3DModel`).
+
+Wan's latent is `B x 16 x F x H/8 x W/8` with F = (frames - 1) / 4 + 1; its patch is (1, 2, 2).
+DDiT changes only the spatial size: (1, 4, 4), (1, 8, 8). Wan's forward embeds, positions and
+unpatchifies by itself (reading `config.patch_size`), so a size swaps the model's
+`patch_embedding` (Conv3d), `rope` and `proj_out`, and the config's patch size.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..ddit.modules import PatchEmbed, linear_from
+from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
+from .base import Family, TensorSpecLike
+
+WAN_TINY_CONFIG = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+    text_dim=32, freq_dim=32, ffn_dim=48, num_layers=2, rope_max_seq_len=64,
+)
+# Wan 2.1 1.3B's real widths (1536 = 12 x 128, FFN 8960, UMT5 4096) at reduced depth, for latency work.
+WAN_MEDIUM_CONFIG = dict(
+    WAN_TINY_CONFIG, num_attention_heads=12, attention_head_dim=128, text_dim=4096, freq_dim=256,
+    ffn_dim=8960, num_layers=2, rope_max_seq_len=1024,
+)
+ROPE_THETA = 10000.0  # WanTransformer3DModel builds its RoPE with the default theta and keeps no copy
+
+# Every feed-forward linear of every block.
+WAN_LORA_TARGETS = r".*blocks\.\d+\.ffn\.net\.(0\.proj|2)"
+
+
+def _axis_tables(dim: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    return get_1d_rotary_pos_embed(
+        dim, positions, ROPE_THETA, use_real=True, repeat_interleave_real=True, freqs_dtype=torch.float64
+    )
+
+
+class FractionalWanRope(nn.Module):
+    """Wan's 3D RoPE with coarse tokens at fractional centres s*i + (s-1)/2 of the base grid.
+
+    Same layout as diffusers' `WanRotaryPosEmbed` (frames, rows, cols axes; `1 x N x 1 x D`); with
+    s = 1 it reproduces it exactly (tested).
+    """
+
+    def __init__(self, base_rope, patch: int, base_patch: int):
+        super().__init__()
+        self.dims = (base_rope.t_dim, base_rope.h_dim, base_rope.w_dim)
+        self.patch, self.scale = patch, patch // base_patch
+        self._cache: dict = {}
+
+    def tables(self, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, p = self.scale, self.patch
+        axes = (
+            torch.arange(frames, dtype=torch.float64),
+            torch.arange(height // p, dtype=torch.float64) * s + (s - 1) / 2,
+            torch.arange(width // p, dtype=torch.float64) * s + (s - 1) / 2,
+        )
+        sizes = [len(a) for a in axes]
+        cos_parts, sin_parts = [], []
+        for axis, (dim, pos) in enumerate(zip(self.dims, axes)):
+            cos, sin = _axis_tables(dim, pos)
+            view = [1, 1, 1, -1]
+            view[axis] = sizes[axis]
+            cos_parts.append(cos.view(view).expand(*sizes, -1))
+            sin_parts.append(sin.view(view).expand(*sizes, -1))
+        n = sizes[0] * sizes[1] * sizes[2]
+        return (torch.cat(cos_parts, -1).reshape(1, n, 1, -1), torch.cat(sin_parts, -1).reshape(1, n, 1, -1))
+
+    def forward(self, hidden_states: torch.Tensor):
+        _, _, f, h, w = hidden_states.shape
+        key = (f, h, w, hidden_states.device)
+        if key not in self._cache:  # eager training calls repeat the same geometry
+            self._cache[key] = tuple(t.to(hidden_states.device) for t in self.tables(f, h, w))
+        return self._cache[key]
+
+
+class WanFamily(Family):
+    name = "wan"
+    latent_channels = 16
+    base_patch = 2
+    vae_scale = 8
+    temporal_scale = 4
+    embed_name = "patch_embedding"
+    deembed_name = "proj_out"
+    rope_name = "rope"
+    lora_targets = WAN_LORA_TARGETS
+    presets = {"tiny": WAN_TINY_CONFIG, "medium": WAN_MEDIUM_CONFIG}
+    default_text_len = 512
+    default_frames = 81
+    timestep_scale = 1000.0  # WanPipeline passes the scheduler's timestep (sigma * 1000)...
+    float32_inputs = ("timestep",)  # ...in fp32, whatever the transformer's dtype
+    default_model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    default_size = (480, 832)
+
+    @staticmethod
+    def model_class():
+        from diffusers import WanTransformer3DModel
+
+        return WanTransformer3DModel
+
+    # ---- geometry -------------------------------------------------------------------------------
+    def check_image_size(self, height: int, width: int, frames: int | None = None) -> None:
+        step = self.vae_scale * self.base_patch
+        if height % step or width % step or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width must be positive multiples of {step} for Wan (got {height}x{width}); "
+                f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
+            )
+        frames = self.default_frames if frames is None else frames
+        if frames < 1 or (frames - 1) % self.temporal_scale:
+            k = max(0, round((frames - 1) / self.temporal_scale))
+            raise ValueError(
+                f"--frames must be 4k+1 for Wan's VAE (got {frames}); try {4 * k + 1} or {4 * k + 5}"
+            )
+
+    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
+        frames = self.default_frames if frames is None else frames
+        latent_frames = (frames - 1) // self.temporal_scale + 1
+        return (batch, self.latent_channels, latent_frames, height // self.vae_scale, width // self.vae_scale)
+
+    # ---- model ----------------------------------------------------------------------------------
+    def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:
+        return [("encoder_hidden_states", (batch, text_len, config.text_dim)), ("timestep", (batch,))]
+
+    def predict(self, transformer, latent, patch: int, conditioning: dict) -> torch.Tensor:
+        return transformer(
+            hidden_states=latent,
+            timestep=conditioning["timestep"],
+            encoder_hidden_states=conditioning["encoder_hidden_states"],
+            return_dict=False,
+        )[0]
+
+    def new_embed(self, base_embed: nn.Conv3d, patch: int) -> PatchEmbed:
+        flat = base_embed.weight.reshape(base_embed.out_channels, -1)  # (d, C*1*p*p): (c, dy, dx) order
+        weight = pi_resize_embedding(flat, self.latent_channels, self.base_patch, patch)
+        conv = nn.Conv3d(self.latent_channels, base_embed.out_channels, (1, patch, patch), stride=(1, patch, patch))
+        return PatchEmbed(conv, weight, base_embed.bias, channel_dim=1)
+
+    def fold_embed(self, embed: PatchEmbed) -> nn.Conv3d:
+        return embed.folded()
+
+    def new_deembed(self, base_deembed: nn.Linear, patch: int) -> nn.Linear:
+        # Wan orders output features (dy, dx, channel); the init maths works in (channel, dy, dx).
+        c, p, d = self.latent_channels, self.base_patch, base_deembed.in_features
+        weight = base_deembed.weight.reshape(p * p, c, d).transpose(0, 1).reshape(c * p * p, d)
+        bias = base_deembed.bias.reshape(p * p, c).T.reshape(-1)
+        w, b = upsampled_deembedding(weight, bias, c, p, patch)
+        w = w.reshape(c, patch * patch, d).transpose(0, 1).reshape(patch * patch * c, d)
+        b = b.reshape(c, patch * patch).T.reshape(-1)
+        return linear_from(w.contiguous(), b.contiguous())
+
+    def eager_rope(self, transformer, patch: int):
+        return FractionalWanRope(getattr(transformer, self.rope_name), patch, self.base_patch)
+
+    def rope_tables(self, transformer, patch: int, latent_shape, text_len: int):
+        rope = getattr(transformer, self.rope_name)
+        if patch != self.base_patch:
+            return FractionalWanRope(rope, patch, self.base_patch).tables(*latent_shape[2:])
+        return rope(torch.empty(latent_shape, device="meta"))  # diffusers' RoPE reads only the shape
+
+    def engine_config(self, config, patch: int) -> dict:
+        return {**dict(config), "patch_size": (1, patch, patch)}
+
+    @contextmanager
+    def patch_config(self, transformer, patch: int):
+        from diffusers.configuration_utils import FrozenDict
+
+        saved = transformer._internal_dict
+        transformer._internal_dict = FrozenDict({**saved, "patch_size": (1, patch, patch)})
+        try:
+            yield
+        finally:
+            transformer._internal_dict = saved
+
+
+WAN = WanFamily()

@@ -1,0 +1,104 @@
+"""Prompt conditioning for training: one set of embeddings per prompt, stacked along dim 0.
+
+Three sources, in the order `TrainConfig` allows them:
+- precomputed embeddings (`--prompt-embeds`): a safetensors file with the model's embedding
+  inputs stacked per prompt (`encoder_hidden_states` [N,T,D], `pooled_projections` [N,D] for FLUX);
+- the pipeline's own text encoders, when `--model` is a diffusers pipeline folder holding them;
+- otherwise SYNTHETIC embeddings: the runtime's rule (`runtime.conditioning`), a generator seeded
+  from sha256(prompt), so training and `ddit-export generate` see the same tensors for one prompt.
+
+Timestep and guidance are not part of this: they change per sample / are constants of the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PER_CALL_INPUTS = ("timestep", "guidance")  # set per sample by the trainer, never per prompt
+
+
+def embedding_specs(family, model_config, text_len: int) -> dict[str, tuple[int, ...]]:
+    """Shapes (without batch) of the per-prompt embedding inputs the family's transformer takes."""
+    specs = family.condition_specs(model_config, 1, text_len)
+    return {name: tuple(shape[1:]) for name, shape in specs if name not in PER_CALL_INPUTS}
+
+
+def describe(specs: dict[str, tuple[int, ...]]) -> str:
+    """`encoder_hidden_states [N, T, 4096], pooled_projections [N, 768]`: N prompts, T any text length."""
+    def dims(shape):
+        return ", ".join(["N", *(["T"] if len(shape) == 2 else []), str(shape[-1])])
+
+    return ", ".join(f"{name} [{dims(shape)}]" for name, shape in specs.items())
+
+
+def read_prompts(path) -> list[str]:
+    """One prompt per line; blank lines are skipped."""
+    prompts = [line.strip() for line in Path(path).expanduser().read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompts (one per line)")
+    return prompts
+
+
+def load_prompt_embeds(path, family, model_config) -> dict[str, torch.Tensor]:
+    """Precomputed embeddings, checked against what the model takes (the text length may be any)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(path).expanduser()))
+    specs = embedding_specs(family, model_config, text_len=1)
+    missing = [name for name in specs if name not in tensors]
+    if missing:
+        raise ValueError(f"--prompt-embeds {path} lacks {missing} (it has {sorted(tensors)}); "
+                         f"this model takes {describe(specs)}")
+    counts = {tensors[name].shape[0] for name in specs}
+    if len(counts) != 1:
+        raise ValueError(f"--prompt-embeds {path}: the tensors hold different numbers of prompts {sorted(counts)}")
+    for name, shape in specs.items():
+        got = tuple(tensors[name].shape[1:])
+        if len(got) != len(shape) or got[-1] != shape[-1]:
+            raise ValueError(f"--prompt-embeds {path}: {name} has shape {list(tensors[name].shape)}; "
+                             f"this model takes {describe(specs)}")
+    return {name: tensors[name].float() for name in specs}
+
+
+def synthetic_conditions(prompts: list[str], family, model_config, text_len: int) -> dict[str, torch.Tensor]:
+    from ..export.iospec import IOSpec, TensorSpec
+    from ..runtime.conditioning import synthetic_conditioning
+
+    specs = embedding_specs(family, model_config, text_len)
+    io = IOSpec(inputs=[TensorSpec(name, (1, *shape), "float32") for name, shape in specs.items()], outputs=[])
+    per_prompt = [synthetic_conditioning(prompt, io, guidance=None) for prompt in prompts]
+    out = {"encoder_hidden_states": torch.cat([c.encoder_hidden_states for c in per_prompt])}
+    if "pooled_projections" in specs:
+        out["pooled_projections"] = torch.cat([c.pooled_projections for c in per_prompt])
+    return out
+
+
+def encoded_conditions(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
+    """FLUX text encoders of a pipeline folder, loaded once for all prompts."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+    states, pooled = [], []
+    with torch.no_grad():
+        for prompt in prompts:
+            s, p, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=torch.device(device),
+                                         num_images_per_prompt=1, max_sequence_length=text_len)
+            states.append(s.float().cpu())
+            pooled.append(p.float().cpu())
+    del pipe
+    return {"encoder_hidden_states": torch.cat(states), "pooled_projections": torch.cat(pooled)}
+
+
+def prompt_conditions(prompts: list[str], family, model_config, model_id: str, text_len: int,
+                      device="cpu") -> tuple[dict[str, torch.Tensor], str]:
+    """Embeddings for `prompts` and a line saying where they came from."""
+    from ..runtime.conditioning import pipeline_folder_with_text_encoders
+
+    folder = pipeline_folder_with_text_encoders(model_id)
+    if folder is not None and family.name == "flux":
+        return encoded_conditions(folder, prompts, text_len, device), f"text encoders of {folder}"
+    return (synthetic_conditions(prompts, family, model_config, text_len),
+            "synthetic (seeded from sha256 of each prompt; the model has no text encoders here)")

@@ -1,0 +1,156 @@
+"""What a distillation run is asked to do, checked before anything heavy happens."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..families.base import family_by_name
+
+TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+OPTIMIZERS = ("adamw", "prodigy")
+DEFAULT_LR = {"adamw": 1e-4, "prodigy": 1.0}  # the paper's Wan (AdamW) and FLUX (Prodigy) settings
+DEFAULT_GUIDANCE = 3.5  # FluxPipeline's default embedded guidance scale
+DEFAULT_TEACHER_STEPS = 28  # FluxPipeline's default num_inference_steps
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    family: str = "flux"
+    model: str = "black-forest-labs/FLUX.1-dev"
+    patch_sizes: tuple[int, ...] = (2, 4, 8)
+    # data: exactly one of images / prompts / prompt_embeds
+    images: str | None = None
+    vae: str | None = None
+    prompts: str | None = None
+    prompt_embeds: str | None = None
+    teacher_steps: int = DEFAULT_TEACHER_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    height: int = 1024
+    width: int = 1024
+    text_len: int | None = None
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 1
+    seed: int = 0
+    lora_rank: int = 32
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float = 0.0  # decay would pull the PI-resize init towards zero, away from the teacher
+    dtype: str = "bf16"
+    gradient_checkpointing: bool = False
+    # run management
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
+        fam = family_by_name(self.family)
+        if self.text_len is None:
+            self.text_len = fam.default_text_len
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.optimizer]
+        self._check(fam)
+
+    def _check(self, fam) -> None:
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)} (got {self.dtype})")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer})")
+        positive = {"--steps": self.steps, "--batch-size": self.batch_size, "--lora-rank": self.lora_rank,
+                    "--teacher-steps": self.teacher_steps, "--text-len": self.text_len,
+                    "--keep-checkpoints": self.keep_checkpoints}
+        for flag, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1 (got {value})")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint-every must be 0 (off) or positive (got {self.checkpoint_every})")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive (got {self.lr})")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite discards it: pass one of them")
+        fam.check_image_size(self.height, self.width)
+        self._check_patch_sizes(fam)
+        self._check_data()
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out} exists and is not a folder")
+
+    def _check_patch_sizes(self, fam) -> None:
+        grid = self.latent_shape[-2:]
+        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
+        too_big = [p for p in self.patch_sizes if p > min(grid)]
+        if too_big:
+            raise ValueError(
+                f"patch size(s) {too_big} do not fit in the {grid[0]}x{grid[1]} latent grid of a "
+                f"{self.height}x{self.width} image; drop them or train at a larger --height/--width"
+            )
+        if len(self.patch_sizes) < 2:
+            raise ValueError(f"nothing to train: give the base size and at least one larger size, "
+                             f"e.g. --patch-sizes {fam.base_patch},{2 * fam.base_patch}")
+
+    def _check_data(self) -> None:
+        sources = [flag for flag, value in (("--images", self.images), ("--prompts", self.prompts),
+                                            ("--prompt-embeds", self.prompt_embeds)) if value]
+        if len(sources) != 1:
+            raise ValueError("give exactly one data source: --images DIR (with --vae), --prompts FILE or "
+                             f"--prompt-embeds FILE.safetensors (got {', '.join(sources) or 'none'})")
+        if self.images:
+            folder = Path(self.images).expanduser()
+            if not folder.is_dir():
+                raise ValueError(f"--images {self.images} is not a folder")
+            if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+                raise ValueError(f"--images {self.images} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for flag, value in (("--prompts", self.prompts), ("--prompt-embeds", self.prompt_embeds),
+                            ("--vae", self.vae)):
+            if value and not Path(value).expanduser().exists():
+                raise ValueError(f"{flag} {value} does not exist")
+
+    @property
+    def family_obj(self):
+        return family_by_name(self.family)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TRAIN_DTYPES[self.dtype]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.family_obj.latent_shape(1, self.height, self.width))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out).expanduser()
+
+    def identity(self) -> dict:
+        """What must match for `--resume` to continue a run (`steps` may grow, checkpointing may change)."""
+        keep = ("family", "model", "patch_sizes", "teacher_steps", "guidance", "height", "width", "text_len",
+                "batch_size", "seed", "lora_rank", "optimizer", "lr", "weight_decay", "dtype")
+        ident = {k: v for k, v in asdict(self).items() if k in keep}
+        ident["patch_sizes"] = list(self.patch_sizes)
+        ident["data"] = self.data_fingerprint()
+        return ident
+
+    def data_fingerprint(self) -> str:
+        """Hash of the data inputs' names and bytes, so a resumed run trains on the same data."""
+        digest = hashlib.sha256()
+        for flag, value in (("images", self.images), ("vae", self.vae), ("prompts", self.prompts),
+                            ("prompt_embeds", self.prompt_embeds)):
+            if not value:
+                continue
+            path = Path(value).expanduser()
+            digest.update(flag.encode())
+            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+            if flag == "vae":
+                files = []  # a VAE folder is large; its path is enough to say which one it is
+                digest.update(str(path.resolve()).encode())
+            for f in files:
+                digest.update(f.name.encode())
+                digest.update(hashlib.sha256(f.read_bytes()).digest())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,49 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def torch_single_thread():
+    """One intra-op thread: on a small shared machine, multi-threaded tiny ops wait on busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_engines(tmp_path_factory) -> Path:
+    """Tiny FLUX engines (sizes 2/4/8, 128x128 -> 16x16 latent, text_len 8, fp32, ONNX), built once.
+
+    Read-only for tests: copy the folder before altering anything in it.
+    """
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+
+    out = tmp_path_factory.mktemp("tiny_flux") / "engines"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(
+            model="tiny", patch_sizes=(2, 4, 8), height=128, width=128, text_len=8, dtype="fp32", out=str(out),
+        ))
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_backends(tiny_flux_engines) -> dict:
+    """{"torch": TorchEagerBackend, "onnx": OnnxRuntimeBackend} on `tiny_flux_engines`, loaded once (do not close)."""
+    from ddit_export.runtime.backends import get_backend
+
+    backends = {name: get_backend(name, tiny_flux_engines) for name in ("torch", "onnx")}
+    yield backends
+    for backend in backends.values():
+        backend.close()
