@@ -47,3 +47,17 @@ def tiny_flux_backends(tiny_flux_engines) -> dict:
     yield backends
     for backend in backends.values():
         backend.close()
+
+
+@pytest.fixture
+def tiny_flux_vae():
+    """A 16-latent-channel, 8x-downsampling AutoencoderKL small enough to decode in milliseconds."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+        scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+    )

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 def engine_inputs(backend, seed: int = 0, device="cpu") -> tuple[torch.Tensor, dict]:
     gen = torch.Generator().manual_seed(seed)
     latent = torch.randn(backend.latent_shape, generator=gen)
-    cond = make_conditioning(backend.manifest, "a lighthouse").engine_inputs(backend.input_metadata, device, torch.float32)
+    cond = make_conditioning(backend.manifest, "a lighthouse")
+    cond = cond.engine_inputs(backend.input_metadata, device, torch.float32)
     return latent.to(device), {**cond, "timestep": torch.full((backend.latent_shape[0],), 0.6, device=device)}
 
 
@@ -68,7 +69,7 @@ def test_io_binding_path_matches_plain_run(tiny_flux_engines, tiny_flux_backends
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch here is a CPU build")
-@pytest.mark.skipif(not cuda_provider_available(), reason="onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+@pytest.mark.skipif(not cuda_provider_available(), reason="onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu)")
 def test_onnx_cuda_io_binding_matches_cpu(tiny_flux_engines, tiny_flux_backends):
     latent, cond = engine_inputs(tiny_flux_backends["onnx"])
     with get_backend("onnx", tiny_flux_engines, device="cuda") as gpu:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
 from ddit_export.families.flux import FLUX
 from ddit_export.runtime.conditioning import make_conditioning
@@ -18,26 +18,15 @@ STEPS = 8
 HUGE_TAU = 1e9
 
 
-def tiny_vae() -> AutoencoderKL:
-    """A 16-latent-channel, 8x-downsampling VAE small enough to decode in milliseconds."""
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-        scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def backend(tiny_flux_backends):
     return tiny_flux_backends["onnx"]
 
 
 @pytest.fixture
-def pipe(backend):
+def pipe(backend, tiny_flux_vae):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, **FLUX_SHIFT)
-    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_vae(), text_encoder=None, tokenizer=None,
+    pipe = FluxPipeline(scheduler=scheduler, vae=tiny_flux_vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=None)
     pipe.transformer = DDiTFluxTransformer(backend, schedule_config(backend, tau=HUGE_TAU))
     pipe.set_progress_bar_config(disable=True)
@@ -54,13 +43,27 @@ def embeds(backend):
 
 
 def call(pipe, embeds, cfg: float = 1.0, **kwargs):
-    args = dict(height=128, width=128, num_inference_steps=STEPS, max_sequence_length=8, guidance_scale=3.5,
-                generator=torch.Generator().manual_seed(0), prompt_embeds=embeds["prompt_embeds"],
-                pooled_prompt_embeds=embeds["pooled_prompt_embeds"])
+    args = {
+        "height": 128, "width": 128, "num_inference_steps": STEPS, "max_sequence_length": 8, "guidance_scale": 3.5,
+        "generator": torch.Generator().manual_seed(0), "prompt_embeds": embeds["prompt_embeds"],
+        "pooled_prompt_embeds": embeds["pooled_prompt_embeds"],
+    }
     if cfg > 1:
         args.update(true_cfg_scale=cfg, negative_prompt_embeds=embeds["negative_prompt_embeds"],
                     negative_pooled_prompt_embeds=embeds["negative_pooled_prompt_embeds"])
     return pipe(**{**args, **kwargs})
+
+
+def by_hand(backend) -> tuple[DDiTFluxTransformer, dict]:
+    """A fresh drop-in and the keyword arguments FluxPipeline would pass besides latent and timestep."""
+    dropin = DDiTFluxTransformer(backend, schedule_config(backend, tau=HUGE_TAU))
+    cond = make_conditioning(backend.manifest, "a")
+    kwargs = {
+        "encoder_hidden_states": cond.encoder_hidden_states, "pooled_projections": cond.pooled_projections,
+        "guidance": torch.tensor([3.5]), "img_ids": FLUX.image_ids(2, backend.latent_shape).float(),
+        "txt_ids": torch.zeros(8, 3), "joint_attention_kwargs": {}, "return_dict": False,
+    }
+    return dropin, kwargs
 
 
 def test_stock_pipeline_runs_end_to_end(pipe, embeds):
@@ -90,11 +93,7 @@ def test_true_cfg_passes_share_one_decision_per_step(pipe, embeds):
 
 
 def test_cfg_halves_driven_by_hand_share_one_history_entry(backend):
-    dropin = DDiTFluxTransformer(backend, schedule_config(backend, tau=HUGE_TAU))
-    cond = make_conditioning(backend.manifest, "a")
-    kwargs = dict(encoder_hidden_states=cond.encoder_hidden_states, pooled_projections=cond.pooled_projections,
-                  guidance=torch.tensor([3.5]), img_ids=FLUX.image_ids(2, backend.latent_shape).float(),
-                  txt_ids=torch.zeros(8, 3), return_dict=False)
+    dropin, kwargs = by_hand(backend)
     hidden = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0))
     decisions = []
     for i in range(6):
@@ -116,10 +115,7 @@ def test_a_new_pipeline_call_starts_a_new_history(pipe, embeds, backend):
     assert len(first) == STEPS and pipe.transformer.trace.schedule == [2, 2, 2, 8, 8]
 
     # Without the pipeline's end-of-call hook: a timestep that does not decrease opens a new call.
-    dropin = DDiTFluxTransformer(backend, schedule_config(backend, tau=HUGE_TAU))
-    cond = make_conditioning(backend.manifest, "a")
-    kwargs = dict(encoder_hidden_states=cond.encoder_hidden_states, pooled_projections=cond.pooled_projections,
-                  guidance=torch.tensor([3.5]), return_dict=False)
+    dropin, kwargs = by_hand(backend)
     for t in (1.0, 0.8, 0.6, 0.4, 0.2, 1.0, 0.8):
         dropin(hidden_states=torch.randn(1, 64, 64), timestep=torch.tensor([t]), **kwargs)
     assert dropin.trace.schedule == [2, 2]
@@ -136,7 +132,8 @@ def test_drop_in_exposes_what_the_pipeline_reads(backend):
 
 
 def test_wrong_geometry_is_refused_clearly(pipe, embeds):
-    with pytest.raises(ValueError, match=r"runs at 64x256 pixels, the engines were built for 128x128 .*height=128, width=128"):
+    expected = r"runs at 64x256 pixels, the engines were built for 128x128 .*height=128, width=128"
+    with pytest.raises(ValueError, match=expected):
         call(pipe, embeds, height=64, width=256)
     with pytest.raises(ValueError, match=r"runs at 256x256 pixels"):
         call(pipe, embeds, height=256, width=256)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -18,7 +19,7 @@ class CommandExit(Exception):
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    stderr.print(f"[bold red]ddit-export: error:[/] {message}")
+    stderr.print(f"[bold red]ddit-export: error:[/] {escape(message)}")  # messages hold [brackets] literally
     return code
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -43,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if --out holds engines from other inputs")
     p.add_argument("--external-data", action="store_true", default=None,
                    help="store weights in one .onnx.data file beside each graph (automatic beyond 2 GiB)")
+    p.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()), default=None,
+                   help="comma list of onnx, aoti, trt (default: onnx, plus trt where TensorRT and CUDA are present)")
     p.add_argument("--atol", type=float, default=1e-4, help="validation absolute tolerance (fp32)")
     p.add_argument("--rtol", type=float, default=1e-3, help="validation relative tolerance (fp32)")
 
@@ -70,7 +73,7 @@ class RichReporter:
         self.progress.update(self.tasks[patch], description=text, completed=self.stages)
 
     def warn(self, text):
-        stderr.print(f"[bold yellow]WARNING:[/] {text}")
+        stderr.print(f"[bold yellow]WARNING:[/] {escape(text)}")
 
     def stop(self):
         if self.tasks:  # a Progress that never started would still print a blank line
@@ -81,8 +84,8 @@ def summary_table(manifest: dict, out) -> Table:
     table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {manifest['latent_shape']})")
     if manifest["dtype"] != "fp32":
         table.caption = "* validated through the fp32 twin of the same merged module (ONNX Runtime CPU has no half math)"
-    for col in ("patch", "tokens", "file", "on disk", "max|err|  cosine", "export s"):
-        table.add_column(col, justify="left" if col in ("file", "max|err|  cosine") else "right")
+    for col in ("patch", "backend", "tokens", "file", "on disk", "max|err|  cosine", "export s"):
+        table.add_column(col, justify="left" if col in ("backend", "file", "max|err|  cosine") else "right")
     for e in manifest["engines"]:
         v = e["validation"]
         twin = "*" if v["validated_as"] == "fp32-twin" else ""
@@ -92,7 +95,8 @@ def summary_table(manifest: dict, out) -> Table:
         if e.get("padding_tokens"):
             share = e["padding_tokens"] / (e["tokens"] - e["padding_tokens"])
             tokens += f" (pad {e['padded_grid'][0]}x{e['padded_grid'][1]}: +{share:.0%})"
-        table.add_row(str(e["patch_size"]), tokens, e["files"][0], human_bytes(e["bytes"]), verdict, seconds)
+        table.add_row(str(e["patch_size"]), e["backend"], tokens, e["files"][0], human_bytes(e["bytes"]), verdict,
+                      seconds)
     return table
 
 
@@ -118,7 +122,7 @@ def run(args) -> int:
             family=family, model=args.model, patch_sizes=args.patch_sizes, adapters=args.adapters,
             height=args.height, width=args.width, frames=getattr(args, "frames", None), batch=args.batch, text_len=args.text_len, dtype=args.dtype,
             opset=args.opset, out=args.out, force=args.force, external_data=args.external_data,
-            atol=args.atol, rtol=args.rtol,
+            atol=args.atol, rtol=args.rtol, backends=args.backends,
         )
         reporter = RichReporter(console)
         try:

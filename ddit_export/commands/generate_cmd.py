@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
     p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
-    p.add_argument("--base-last-steps", type=int, default=0, metavar="N", help="force the base size for the last N steps")
+    p.add_argument("--base-last-steps", type=int, default=0, metavar="N",
+                   help="force the base size for the last N steps")
     p.add_argument("--guidance", type=float, help="embedded guidance scale (default 3.5 when the model has one)")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",

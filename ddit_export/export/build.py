@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,8 +19,7 @@ import torch
 
 from .. import __version__
 from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
-from ..ddit.engine import ENGINE_OUTPUT
-from ..ddit.merge import base_state_dict, build_engine, cast_engine
+from ..ddit.merge import base_state_dict, build_engine
 from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
 from ..families.base import config_hash
 from ..util.atomic import atomic_folder
@@ -37,9 +35,8 @@ from .manifest import (
     verify_entry,
     write_manifest,
 )
-from .onnx_export import export_onnx
 from .request import ExportRequest
-from .validate import require_valid, validate_onnx
+from .stages import SizeJob, aoti_stage, onnx_stage, trt_stage
 
 DEFAULT_TAU = 1e-3
 DEFAULT_RHO = 0.4
@@ -81,8 +78,9 @@ def _previous_manifest(req: ExportRequest) -> dict | None:
     return None if req.force else old
 
 
-def _stage_key(base: dict, patch: int) -> str:
-    return hashlib.sha256(json.dumps({**base, "patch": patch}, sort_keys=True).encode()).hexdigest()[:20]
+def _stage_key(base: dict, patch: int, backend: str) -> str:
+    text = json.dumps({**base, "patch": patch, "backend": backend}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _reuse(old: dict | None, old_dir: Path, key: str, tmp: Path) -> dict | None:
@@ -107,48 +105,22 @@ def _reuse(old: dict | None, old_dir: Path, key: str, tmp: Path) -> dict | None:
     return None
 
 
-def _export_size(model, req: ExportRequest, patch: int, tmp: Path, key: str, reporter: Reporter) -> tuple[dict, IOSpec]:
-    started = time.perf_counter()
-    reporter.stage(patch, "merge")
-    engine = build_engine(model, patch, req.latent_shape, req.text_len)
-    inputs = engine.sample_inputs(torch.float32, seed=patch)
-    rel = f"onnx/p{patch}.onnx"
-    path = tmp / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    half = req.torch_dtype != torch.float32
-    # ONNX Runtime on CPU has no bf16/fp16 math: a half engine is validated through its fp32 twin,
-    # traced from the same merged module, and (on CUDA) directly with relative metrics.
-    twin = tmp / ".twin" / f"p{patch}.onnx" if half else path
-    twin.parent.mkdir(parents=True, exist_ok=True)
-    reporter.stage(patch, "export fp32" + (" twin" if half else ""))
-    spec = export_onnx(engine, inputs, [ENGINE_OUTPUT], twin, opset=req.opset, external_data=req.external_data)
-    reporter.stage(patch, "validate")
-    result = validate_onnx(engine, inputs, twin, atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
-    require_valid(result, f"patch size {patch} ({'fp32 twin' if half else 'fp32'})")
-    validation = {**result.to_json(), "validated_as": "fp32-twin" if half else "fp32"}
-    if half:
-        shutil.rmtree(twin.parent, ignore_errors=True)
-        reporter.stage(patch, f"export {req.dtype}")
-        engine = cast_engine(engine, req.torch_dtype)
-        keep = req.family_obj.float32_inputs
-        inputs = {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
-        spec = export_onnx(engine, inputs, [ENGINE_OUTPUT], path, opset=req.opset, external_data=req.external_data)
-    files = [rel] + ([f"{rel}.data"] if (tmp / f"{rel}.data").exists() else [])
-    entry = {
-        "patch_size": patch,
-        "backend": "onnx",
-        "files": files,
-        "sha256": [sha256_file(tmp / f) for f in files],
-        "bytes": sum((tmp / f).stat().st_size for f in files),
-        "tokens": req.family_obj.tokens(req.latent_shape, patch),
-        # Padding cost where the block does not divide the grid: tokens beyond the grid's exact area.
-        "padded_grid": list(req.family_obj.padded_shape(req.latent_shape, patch)[-2:]),
-        "padding_tokens": round(req.family_obj.padding_tokens(req.latent_shape, patch), 3),
-        "validation": validation,
-        "export_seconds": round(time.perf_counter() - started, 3),
-        "stage_key": key,
-    }
-    return entry, spec
+def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base, reporter) -> list[dict]:
+    """Every requested backend of one size; unchanged artifacts of the previous build are reused."""
+    keys = {b: _stage_key(key_base, patch, b) for b in req.backends}
+    entries = {b: _reuse(old, req.out_dir, keys[b], tmp) for b in req.backends}
+    if any(e is None for e in entries.values()):
+        reporter.stage(patch, "merge")
+        engine = build_engine(model, patch, req.latent_shape, req.text_len)
+        job = SizeJob(req, patch, engine, engine.sample_inputs(torch.float32, seed=patch), tmp, reporter)
+        with torch.no_grad():
+            if entries["onnx"] is None:
+                entries["onnx"] = onnx_stage(job)
+            if "aoti" in entries and entries["aoti"] is None:
+                entries["aoti"] = aoti_stage(job)
+            if "trt" in entries and entries["trt"] is None:
+                entries["trt"] = trt_stage(job, entries["onnx"])
+    return [{**entries[b], "stage_key": keys[b]} for b in req.backends]
 
 
 def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, dict]:
@@ -190,15 +162,11 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
     entries, specs = [], {}
     with atomic_folder(req.out_dir, replace=True) as tmp:
         for patch in req.patch_sizes:
-            key = _stage_key(key_base, patch)
-            entry = _reuse(old, req.out_dir, key, tmp)
-            if entry is None:
-                with torch.no_grad():
-                    entry, specs[patch] = _export_size(model, req, patch, tmp, key, reporter)
-            else:
-                specs[patch] = IOSpec.from_onnx(tmp / entry["files"][0])
-            entries.append(entry)
-            reporter.done(patch, entry)
+            size_entries = _export_size(model, req, patch, tmp, old, key_base, reporter)
+            onnx_entry = next(e for e in size_entries if e["backend"] == "onnx")
+            specs[patch] = IOSpec.from_onnx(tmp / onnx_entry["files"][0])
+            entries.extend(size_entries)
+            reporter.done(patch, onnx_entry)
         reference = specs[req.patch_sizes[0]]
         for patch, spec in specs.items():
             if spec.to_json() != reference.to_json():

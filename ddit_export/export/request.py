@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..families.base import family_by_name
 
+BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -34,7 +35,7 @@ class ExportRequest:
     atol: float = 1e-4
     rtol: float = 1e-3
     min_cosine: float = 0.9999
-    backends: tuple[str, ...] = field(default=("onnx",))
+    backends: tuple[str, ...] | None = None  # None: onnx, plus trt where TensorRT and CUDA are present
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -51,9 +52,22 @@ class ExportRequest:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
         fam.check_image_size(self.height, self.width, self.frames)
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
-        unknown = set(self.backends) - {"onnx"}
+        self.backends = self._checked_backends()
+
+    def _checked_backends(self) -> tuple[str, ...]:
+        from .tensorrt import unavailable_reason
+
+        if self.backends is None:
+            return ("onnx",) if unavailable_reason() else ("onnx", "trt")
+        backends = tuple(dict.fromkeys(self.backends))  # de-duplicated, order kept
+        unknown = set(backends) - set(BACKENDS)
         if unknown:
-            raise ValueError(f"unknown backend(s) {sorted(unknown)}; available: onnx")
+            raise ValueError(f"unknown backend(s) {sorted(unknown)}; available: {', '.join(BACKENDS)}")
+        if "onnx" not in backends:
+            raise ValueError("--backends must include onnx: the I/O spec and TensorRT plans are made from it")
+        if "trt" in backends and unavailable_reason():
+            raise ValueError(f"--backends trt: {unavailable_reason()}")
+        return tuple(b for b in BACKENDS if b in backends)
 
     @property
     def family_obj(self):

@@ -79,8 +79,10 @@ class TorchModuleRunner(BaseRunner):
         self.output_names = list(output_names)
 
     def activate_impl(self) -> None:
-        self._was_training = self._module.training
-        self._module.eval()
+        # Any callable works (an AOTInductor package, a compiled function); only modules have a mode.
+        self._was_training = getattr(self._module, "training", None)
+        if self._was_training is not None:
+            self._module.eval()
 
     def get_input_metadata_impl(self) -> TensorMetadata:
         meta = TensorMetadata()
@@ -99,7 +101,8 @@ class TorchModuleRunner(BaseRunner):
         return OrderedDict((name, _to_numpy(t)) for name, t in zip(self.output_names, outputs))
 
     def deactivate_impl(self) -> None:
-        self._module.train(self._was_training)
+        if self._was_training is not None:
+            self._module.train(self._was_training)
 
     def _to_torch(self, name: str, value: Any) -> torch.Tensor:
         device, dtype, _ = self._placement[name]
@@ -146,23 +149,52 @@ def validate_onnx(
     with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.ERROR):
         session = SessionFromOnnx(str(onnx_path), providers=list(providers))()
         backend = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
-        # ONNX first, torch second: Polygraphy's relative error divides by the second runner's output,
-        # which should be the reference.
-        ort_runner = OnnxrtRunner(session, name="onnxruntime")
-        torch_runner = TorchModuleRunner(module, inputs, spec.output_names, name="torch")
-        run_results = Comparator.run([ort_runner, torch_runner], data_loader=[feed])
-        compare = SimpleCompareFunc(atol=atol, rtol=rtol)  # elementwise: |err| <= atol OR rel <= rtol
-        accuracy = Comparator.compare_accuracy(run_results, compare_func=compare)
+        candidate = OnnxrtRunner(session, name="onnxruntime")
+        return compare_with_torch(candidate, module, inputs, feed, spec.output_names, backend,
+                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+def compare_with_torch(
+    candidate: BaseRunner,
+    module,
+    inputs: Mapping[str, torch.Tensor],
+    feed: Mapping[str, Any],
+    output_names: Sequence[str],
+    backend: str,
+    *,
+    atol: float,
+    rtol: float,
+    min_cosine: float | None,
+) -> ValidationResult:
+    """Compare any Polygraphy runner with the torch reference `module(**inputs)` on one feed."""
+    # Candidate first, torch second: Polygraphy's relative error divides by the second runner's
+    # output, which should be the reference.
+    torch_runner = TorchModuleRunner(module, inputs, output_names, name="torch")
+    run_results = Comparator.run([candidate, torch_runner], data_loader=[feed])
+    compare = SimpleCompareFunc(atol=atol, rtol=rtol)  # elementwise: |err| <= atol OR rel <= rtol
+    accuracy = Comparator.compare_accuracy(run_results, compare_func=compare)
     max_abs, max_rel = _max_errors(accuracy)
-    cosine = _min_cosine(run_results, ort_runner.name, torch_runner.name, spec.output_names)
+    cosine = _min_cosine(run_results, candidate.name, torch_runner.name, output_names)
     passed = bool(accuracy) and (min_cosine is None or cosine >= min_cosine)
     return ValidationResult(passed, max_abs, max_rel, cosine, atol, rtol, backend, min_cosine)
+
+
+def validate_callable(
+    module, inputs: dict[str, torch.Tensor], candidate, backend: str, *, output_names=("prediction",),
+    atol: float = 1e-4, rtol: float = 1e-4, min_cosine: float | None = None,
+) -> ValidationResult:
+    """Validate an in-process compiled callable (AOTInductor, torch.compile) against eager torch."""
+    feed = OrderedDict((k, v) for k, v in inputs.items())
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        runner = TorchModuleRunner(candidate, inputs, output_names, name=backend.split()[0])
+        return compare_with_torch(runner, module, inputs, feed, output_names, backend,
+                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
 
 
 def require_valid(result: ValidationResult, what: str) -> ValidationResult:
     """Raise ValidationError (with the measured error) unless `result` passed."""
     if not result.passed:
-        raise ValidationError(f"{what}: ONNX graph does not match PyTorch: {result.summary()}")
+        raise ValidationError(f"{what}: {result.backend} does not match PyTorch: {result.summary()}")
     return result
 
 
@@ -192,7 +224,12 @@ def _max_errors(accuracy) -> tuple[float, float]:
 
 def _min_cosine(run_results, onnx_name: str, torch_name: str, output_names: Sequence[str]) -> float:
     onnx_out, torch_out = run_results[onnx_name][0], run_results[torch_name][0]
-    return min(_cosine(np.asarray(onnx_out[n]), np.asarray(torch_out[n])) for n in output_names)
+    return min(_cosine(_as_numpy(onnx_out[n]), _as_numpy(torch_out[n])) for n in output_names)
+
+
+def _as_numpy(value) -> np.ndarray:
+    # TensorRT's runner returns torch (possibly bf16, on CUDA) when fed torch tensors.
+    return _to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

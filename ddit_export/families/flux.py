@@ -8,7 +8,6 @@ sizes P = 2p, 4p whose tokens hold 16*P*P features in the same (channel, dy, dx)
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from ..ddit.modules import PatchEmbed, linear_from

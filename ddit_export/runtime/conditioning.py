@@ -77,7 +77,8 @@ def synthetic_conditioning(prompt: str, io: IOSpec, guidance: float | None) -> C
     pooled = None
     if "pooled_projections" in shapes:
         pooled = torch.randn((1, shapes["pooled_projections"][1]), generator=gen).expand(batch, -1)
-    return Conditioning(states, pooled, guidance, source=f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)})")
+    source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)})"
+    return Conditioning(states, pooled, guidance, source=source)
 
 
 def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float | None, device="cpu") -> Conditioning:

@@ -20,7 +20,8 @@ Trajectories are found from the calls alone (the pipeline never says when it sta
   end of every call, which ends the trajectory too.
 - Otherwise: the next step of the current trajectory.
 Reading the timestep costs one host read of a scalar per call (a sync when it is a CUDA tensor;
-it lands where the scheduler's own sync would wait anyway). Caveat: a bf16 timestep schedule of
+it lands where the scheduler's own sync would wait anyway), and each new pipeline call compares
+its `img_ids` with the engines' grid once. Caveat: a bf16 timestep schedule of
 more than ~80 steps can round two consecutive timesteps to the same value, which reads as a new
 call; run long schedules with fp32 latents.
 """
@@ -57,7 +58,7 @@ class DDiTFluxTransformer(nn.Module):
         self._text_len = int(backend.manifest["request"]["text_len"])
         self._pixels = (int(backend.manifest["request"]["height"]), int(backend.manifest["request"]["width"]))
         self._img_ids = FLUX.image_ids(FLUX.base_patch, self.latent_shape).float()
-        self._static: dict[str, torch.Tensor] = {}
+        self._inputs = frozenset(backend.input_metadata.input_names)
         self._prev: tuple | None = None  # (timestep, hidden_states, its version) of the last call
         self._latent: torch.Tensor | None = None  # the unpacked latent of the current step
         self._step = -1
@@ -142,11 +143,9 @@ class DDiTFluxTransformer(nn.Module):
             conditioning["guidance"] = guidance
         pred = self.runner.run(self._latent, **conditioning)
         out = FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype)
+        if out.data_ptr() == pred.data_ptr():
+            out = out.clone()  # the backend may reuse its output buffer for the CFG pass
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
-
-    @property
-    def _inputs(self) -> list[str]:
-        return self.backend.input_metadata.input_names
 
     def _start_trajectory(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
         self._check_geometry(hidden_states, img_ids)

@@ -104,6 +104,7 @@ class Trace:
     def finish(self, end=None) -> None:
         """Mark the end of the last step (e.g. after the final sampler update)."""
         self._end = end if end is not None else self.clock.mark()
+        self._steps = None  # the last step's length changes
 
     # -- reading ------------------------------------------------------------------------------------
     def __len__(self) -> int:

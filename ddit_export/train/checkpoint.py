@@ -84,7 +84,7 @@ def load_checkpoint(path, model, optimizer) -> dict:
     """Restore adapters, optimizer and RNG from checkpoint `path` into a freshly built run; return its state."""
     path = Path(path)
     load_adapter_pack(model, path / "adapters")
-    device = next(p for p in model.parameters() if p.requires_grad).device
+    device = next(model.parameters()).device
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))  # our own file: numpy's state is a pickle
     return read_state(path)

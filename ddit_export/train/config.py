@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,6 +73,9 @@ class TrainConfig:
                 raise ValueError(f"{flag} must be at least 1 (got {value})")
         if self.checkpoint_every < 0:
             raise ValueError(f"--checkpoint-every must be 0 (off) or positive (got {self.checkpoint_every})")
+        if self.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
+            raise ValueError("--optimizer prodigy needs the prodigyopt package (`pip install prodigyopt`); "
+                             "or use --optimizer adamw")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive (got {self.lr})")
         if self.resume and self.overwrite:

@@ -63,9 +63,9 @@ class SampleStream(Dataset):
         return self.length
 
     def order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._orders:
-            self._orders = {epoch: torch.randperm(len(self.samples),
-                                                  generator=torch.Generator().manual_seed(mixed_seed(self.seed, epoch)))}
+        if epoch not in self._orders:  # only the current epoch is kept
+            gen = torch.Generator().manual_seed(mixed_seed(self.seed, epoch))
+            self._orders = {epoch: torch.randperm(len(self.samples), generator=gen)}
         return self._orders[epoch]
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:

@@ -10,9 +10,27 @@ gradient from their own term.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@contextmanager
+def requires_grad_kept(module: nn.Module):
+    """Restore every parameter's requires_grad flag after a `DDiTModel` call.
+
+    Switching peft adapters (which `DDiTModel` does per call) sets requires_grad on LoRA weights:
+    True for the active adapter, False for all on the way out. Autograd drops the gradient of a
+    leaf whose flag is False when backward reaches it, so without this the LoRA would never train.
+    """
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def freeze_for_distillation(model, sizes=None) -> list[nn.Parameter]:
@@ -47,13 +65,19 @@ class DistillationObjective(nn.Module):
         self.sizes = model.extra_sizes if sizes is None else list(sizes)
 
     def teacher(self, latent: torch.Tensor, conditioning: dict) -> torch.Tensor:
-        with torch.no_grad():
+        # Autograd stays on: if any weight the base path uses were trainable, the prediction would
+        # carry gradient and we stop. When nothing requires grad, autograd records (and keeps) nothing.
+        with requires_grad_kept(self.model):
             target = self.model(latent, self.model.base_patch, **conditioning)
-        if target.requires_grad:  # the base path must stay the untouched model
-            raise RuntimeError("the teacher prediction carries gradient: the base path is not frozen")
+        if target.requires_grad:
+            raise RuntimeError("the teacher (base size) prediction carries gradient: the base model is not frozen")
         return target.float()
 
     def forward(self, latent: torch.Tensor, conditioning: dict) -> torch.Tensor:
         target = self.teacher(latent, conditioning)
-        losses = [F.mse_loss(self.model(latent, patch, **conditioning).float(), target) for patch in self.sizes]
+        losses = []
+        for patch in self.sizes:
+            with requires_grad_kept(self.model):
+                prediction = self.model(latent, patch, **conditioning)
+            losses.append(F.mse_loss(prediction.float(), target))
         return torch.stack(losses)

@@ -26,8 +26,9 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
             raise ValueError(f"--resume: {out} does not exist, so there is no checkpoint to continue from")
         return
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    if names - OURS:
-        raise ValueError(f"--out {out} holds files that are not a training run's ({', '.join(sorted(names - OURS)[:3])}); "
+    foreign = sorted(names - OURS)
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not a training run's ({', '.join(foreign[:3])}); "
                          "choose another --out")
     if resume:
         if not list_checkpoints(out):

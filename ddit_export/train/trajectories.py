@@ -45,8 +45,13 @@ def base_tokens(family, latent_shape) -> int:
 def pipeline_timestep(t: torch.Tensor, batch: int, dtype: torch.dtype, family) -> torch.Tensor:
     """The timestep tensor the pipeline hands the transformer for scheduler timestep `t`."""
     if family.timestep_scale == 1.0:
-        return t.expand(batch).to(dtype) / 1000  # FluxPipeline: sigma in [0, 1]
+        return t.expand(batch).to(dtype) / 1000  # FluxPipeline: sigma in [0, 1], in the latent dtype
     return t.expand(batch).to(torch.float32)
+
+
+def timestep_like_pipeline(timestep: torch.Tensor, latent_dtype: torch.dtype, family) -> torch.Tensor:
+    """A per-sample timestep already on the model's scale, in the dtype the pipeline would use."""
+    return timestep.to(latent_dtype if family.timestep_scale == 1.0 else torch.float32)
 
 
 def call_conditions(conditions: dict, guidance: float | None, batch: int, dtype, device) -> dict:

@@ -51,6 +51,9 @@ class Backend(ABC):
         self.folder = Path(folder)
         self.manifest = manifest if manifest is not None else read_manifest(self.folder)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            # An explicit index, so device comparisons (and preallocated buffers) are stable.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.input_metadata = IOSpec.from_json(self.manifest["io"])
         self.latent_shape = tuple(self.manifest["latent_shape"])
         self.dtype = DTYPES[self.manifest["dtype"]]
@@ -81,6 +84,7 @@ class Backend(ABC):
         feeds = self._feeds(latent, conditioning)
         return self._infer(patch, feeds, latent.device)
 
+    @abstractmethod
     def close(self) -> None:
         """Release the engines; the backend is unusable afterwards."""
 

@@ -23,7 +23,7 @@ import onnx
 import torch
 
 from ...export.manifest import engine_entries, verify_entry
-from .base import Backend, BackendError
+from .base import Backend, BackendError, torch_dtype
 
 # torch dtype -> ONNX element type, which `IOBinding.bind_*` accepts directly (covers bfloat16,
 # which numpy has no type for).
@@ -123,21 +123,23 @@ class OnnxRuntimeBackend(Backend):
         if session is None:
             raise self._engine_missing(patch)
         if self.io_binding and (out_device.type == "cuda") == self.on_cuda:
-            return self._run_bound(patch, session, feeds, out_device)
+            return self._run_bound(patch, session, feeds).to(out_device)
         arrays = {name: to_numpy(value) for name, value in feeds.items()}
         (out,) = session.run([self._output_name], arrays)
         return from_numpy(out).to(out_device)
 
-    def _run_bound(self, patch, session, feeds, device: torch.device) -> torch.Tensor:
+    def _run_bound(self, patch: int, session, feeds) -> torch.Tensor:
         """I/O binding as onnxruntime documents it: bind device pointers, run, output in place."""
+        device = self.device if self.on_cuda else torch.device("cpu")
+        device_id = device.index or 0
         binding = self._bindings[patch]
-        device_type, device_id = device.type, device.index or 0
         for name, value in feeds.items():
-            value = feeds[name] = value.to(device)  # conditioning may still sit on the host; keep it alive
-            # Inputs are rebound every call: the latent is a new tensor each step.
+            # Inputs are rebound every call (the latent is a new tensor each step); the dict keeps
+            # any device copy alive until the run is over.
+            value = feeds[name] = value.to(device)
             binding.bind_input(
                 name=name,
-                device_type=device_type,
+                device_type=device.type,
                 device_id=device_id,
                 element_type=ONNX_ELEMENT_TYPES[value.dtype],
                 shape=tuple(value.shape),
@@ -146,12 +148,14 @@ class OnnxRuntimeBackend(Backend):
         out = self._output_buffer(device)
         binding.bind_output(
             name=self._output_name,
-            device_type=device_type,
+            device_type=device.type,
             device_id=device_id,
             element_type=ONNX_ELEMENT_TYPES[out.dtype],
             shape=tuple(out.shape),
             buffer_ptr=out.data_ptr(),
         )
+        # On CUDA both are a device-wide sync: torch may still be writing the inputs on its own
+        # stream, and the output must be complete before torch reads it.
         binding.synchronize_inputs()
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
@@ -161,7 +165,7 @@ class OnnxRuntimeBackend(Backend):
         out = self._out
         if out is None or out.device != device:
             spec = self.input_metadata.outputs[0]
-            out = self._out = torch.empty(spec.shape, dtype=getattr(torch, spec.dtype), device=device)
+            out = self._out = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype), device=device)
         return out
 
     def close(self) -> None:

@@ -57,13 +57,15 @@ def _shared_cast(device: torch.device, dtype: torch.dtype):
     The engines of all sizes share every weight their adapters do not touch (see merge.py); a plain
     `.to()` per engine would copy those shared weights once per size.
     """
-    done: dict[tuple, torch.Tensor] = {}
+    # key -> (source, cast). Holding the source keeps its address from being reused by another
+    # tensor (which would then wrongly hit this entry) while the engines are being cast.
+    done: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def cast(t: torch.Tensor) -> torch.Tensor:
         key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device)
         if key not in done:
-            done[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        return done[key]
+            done[key] = (t, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype))
+        return done[key][1]
 
     return cast
 

@@ -1,0 +1,94 @@
+"""`ddit-export train {flux}`: distil DDiT adapters (per extra patch size) from the frozen base model.
+
+Writes an adapter pack into --out (what `ddit-export flux --adapters OUT` consumes), a
+`train_log.json`, and with --checkpoint-every N resumable checkpoints under OUT/checkpoints/.
+Runs unchanged under `accelerate launch -m ddit_export.cli train ...` for data-parallel training.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from .errors import run_guarded
+from .export_cmd import patch_list
+
+FAMILIES = ["flux"]  # wan joins when its trainer data path is in
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("family", choices=FAMILIES, help="model family")
+    p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
+                   help="'tiny' | 'medium' | 'smoke' (random weights), a diffusers pipeline/transformer folder, "
+                        "or a model id in the local HF cache")
+    p.add_argument("--patch-sizes", type=patch_list, default=(2, 4, 8),
+                   help="base size and the sizes to train, in latent pixels (default 2,4,8)")
+    p.add_argument("--out", required=True, help="output folder: the adapter pack, train_log.json, checkpoints/")
+    data = p.add_argument_group("data (give one of --images, --prompts, --prompt-embeds)")
+    data.add_argument("--images", metavar="DIR",
+                      help="image folder, encoded with --vae; NAME.txt beside an image is its prompt")
+    data.add_argument("--vae",
+                      help="AutoencoderKL folder or diffusers pipeline folder (default: --model's, if a pipeline)")
+    data.add_argument("--prompts", metavar="FILE",
+                      help="data-free: one prompt per line; samples are the teacher's own trajectories")
+    data.add_argument("--prompt-embeds", metavar="FILE", help="data-free with precomputed embeddings: safetensors with "
+                      "encoder_hidden_states [N,T,D] and pooled_projections [N,D]")
+    data.add_argument("--teacher-steps", type=int, default=28, help="sampling steps per trajectory (default 28)")
+    data.add_argument("--guidance", type=float, default=3.5,
+                      help="embedded guidance scale for guidance-distilled models (default 3.5)")
+    data.add_argument("--height", type=int, default=1024)
+    data.add_argument("--width", type=int, default=1024)
+    data.add_argument("--text-len", type=int, default=None, help="text tokens for prompts (default 512 for FLUX)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
+    opt.add_argument("--batch-size", type=int, default=1, help="samples per step and process (default 1)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--lora-rank", type=int, default=32)
+    opt.add_argument("--optimizer", choices=("adamw", "prodigy"), default="adamw",
+                     help="adamw (default) or prodigy (needs `pip install prodigyopt`)")
+    opt.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 AdamW, 1.0 Prodigy)")
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16",
+                     help="frozen backbone dtype; bf16 runs under autocast with fp32 trained weights (default bf16)")
+    opt.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations (less memory)")
+    run_group = p.add_argument_group("run")
+    run_group.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                           help="save a resumable checkpoint every N steps, 0 = never (default 500)")
+    run_group.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
+    run_group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    run_group.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start over")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..train.config import TrainConfig
+
+    return TrainConfig(
+        out=args.out, family=args.family, model=args.model, patch_sizes=args.patch_sizes,
+        images=args.images, vae=args.vae, prompts=args.prompts, prompt_embeds=args.prompt_embeds,
+        teacher_steps=args.teacher_steps, guidance=args.guidance, height=args.height, width=args.width,
+        text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        lora_rank=args.lora_rank, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume, overwrite=args.overwrite,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, highlight=False)
+
+    def body():
+        from ..train.distill import train
+
+        config = config_from_args(args)
+        result = train(config, status=console.print)
+        if result.resumed_from is not None and result.resumed_from >= config.steps:
+            console.print(f"nothing to train: the newest checkpoint is at step {result.resumed_from} >= --steps")
+        if result.log:
+            last = result.log[-1]
+            sizes = ", ".join(f"p{p} {v:.4g}" for p, v in last["loss_per_size"].items())
+            console.print(f"step {last['step']}: loss {last['loss']:.4g} ({sizes}); {result.seconds:.1f} s")
+        console.print(f"adapter pack: {result.out} (use: ddit-export {config.family} --adapters {result.out})")
+
+    return run_guarded(body)

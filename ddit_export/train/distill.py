@@ -1,0 +1,154 @@
+"""The distillation run: load, attach DDiT, collect data, optimise, checkpoint, write the adapter pack.
+
+Runs unchanged under `accelerate launch` (data parallel): accelerate wraps the objective, optimizer
+and loader; each process draws its own batches of one global, position-seeded stream; only the
+main process writes files. `--dtype bf16` keeps the frozen backbone in bf16 and runs the forward
+under autocast, while the trained parameters and optimizer state stay fp32.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..ddit.model import DDiTModel
+from .checkpoint import load_checkpoint, newest_checkpoint, read_state, save_checkpoint
+from .config import TrainConfig
+from .data import SampleSet, SampleStream, model_inputs
+from .objective import DistillationObjective, freeze_for_distillation
+from .optim import make_optimizer
+from .outputs import prepare_out, publish_pack, write_train_log
+from .recompute import enable_gradient_checkpointing
+from .sources import build_samples, guidance_for
+from .trajectories import base_tokens, call_conditions, shift_mu, teacher_sampler, timestep_like_pipeline
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model: DDiTModel  # the trained model (unwrapped), on the training device
+    samples: SampleSet
+    log: list[dict] = field(default_factory=list)  # one entry per step, resumed steps included
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+
+def say(message: str) -> None:
+    """Default status printer (the CLI passes its own)."""
+    print(message, file=sys.stderr)
+
+
+def check_resumable(saved: dict, config: TrainConfig, checkpoint: Path) -> None:
+    current = config.identity()
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        raise ValueError(f"--resume: {checkpoint} was trained with other settings ({details}); "
+                         "use the original arguments (only --steps and checkpointing may change)")
+
+
+def build_model(config: TrainConfig, device) -> DDiTModel:
+    fam = config.family_obj
+    transformer = fam.load(config.model, config.torch_dtype)
+    model = DDiTModel(fam, transformer, config.patch_sizes, lora_rank=config.lora_rank).to(device)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(transformer)
+    return model
+
+
+def train(config: TrainConfig, status=say) -> TrainResult:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    out = config.out_dir
+    # Mixed precision is ours (autocast below), not accelerate's: the trained parameters stay fp32.
+    accelerator = Accelerator(mixed_precision="no")
+    main = accelerator.is_main_process
+    if main:
+        prepare_out(out, config.resume, config.overwrite)
+    accelerator.wait_for_everyone()
+    device = accelerator.device
+    bf16 = config.dtype == "bf16"
+    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext
+
+    model = build_model(config, device)
+    trainable = freeze_for_distillation(model)
+    status(f"model {config.model}: training sizes {model.extra_sizes} against the base {model.base_patch} "
+           f"({sum(p.numel() for p in trainable):,} parameters, LoRA rank {config.lora_rank}, {config.dtype})")
+
+    show = main and sys.stderr.isatty()
+    with tqdm(total=None, desc="teacher data", disable=not show, leave=False) as bar:
+        samples = build_samples(config, model, device, autocast, progress=bar.update)
+    status(f"data: {len(samples)} samples: {samples.source}")
+
+    optimizer = make_optimizer(config.optimizer, trainable, config.lr, config.weight_decay)
+    start, log, resumed_from = 0, [], None
+    if config.resume:
+        checkpoint = newest_checkpoint(out)
+        check_resumable(read_state(checkpoint)["identity"], config, checkpoint)
+        state = load_checkpoint(checkpoint, model, optimizer)
+        start, log, resumed_from = state["step"], state["log"], state["step"]
+        status(f"resuming from {checkpoint} (step {start})")
+
+    global_batch = config.batch_size * accelerator.num_processes
+    stream = SampleStream(samples, config.seed, length=config.steps * global_batch)
+    loader = DataLoader(stream, batch_size=config.batch_size, sampler=range(start * global_batch, len(stream)))
+    objective, optimizer, loader = accelerator.prepare(DistillationObjective(model), optimizer, loader)
+    mu = shift_mu(teacher_sampler(config.model), base_tokens(model.family, config.latent_shape))
+    guidance = guidance_for(model, config)
+    sizes = model.extra_sizes
+
+    def save(step: int) -> None:
+        if main:
+            state = {"position": step * global_batch, "log": log, "identity": config.identity()}
+            save_checkpoint(out, step, accelerator.unwrap_model(objective).model, optimizer, state,
+                            config.model, config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    objective.train()
+    batches = iter(loader)
+    with tqdm(total=config.steps, initial=start, desc="distill", disable=not show, dynamic_ncols=True) as bar:
+        for step in range(start + 1, config.steps + 1):
+            tick = time.perf_counter()
+            batch = next(batches)
+            latent, timestep = model_inputs(batch, config.seed, mu, model.family.timestep_scale)
+            latent = latent.to(config.torch_dtype)
+            timestep = timestep_like_pipeline(timestep, latent.dtype, model.family)
+            cond = call_conditions({k: batch[k] for k in samples.conditions}, guidance, latent.shape[0],
+                                   config.torch_dtype, device)
+            with autocast():
+                losses = objective(latent, {**cond, "timestep": timestep})
+            accelerator.backward(losses.sum())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            per_size = accelerator.reduce(losses.detach(), reduction="mean").tolist()
+            log.append({"step": step, "loss": sum(per_size),
+                        "loss_per_size": {str(p): v for p, v in zip(sizes, per_size)},
+                        "seconds": round(time.perf_counter() - tick, 4)})
+            bar.update()
+            bar.set_postfix(loss=f"{sum(per_size):.4g}")
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                save(step)
+    if config.checkpoint_every and config.steps > start and config.steps % config.checkpoint_every:
+        save(config.steps)  # the end state too, so a later `--resume --steps MORE` can extend the run
+
+    trained = accelerator.unwrap_model(objective).model
+    seconds = time.perf_counter() - started
+    if main:
+        publish_pack(trained, out, base_model=config.model)
+        write_train_log(out, {
+            "family": config.family, "model": config.model, "patch_sizes": list(config.patch_sizes),
+            "trained_sizes": sizes, "data": samples.source, "samples": len(samples), "steps": config.steps,
+            "resumed_from": resumed_from, "processes": accelerator.num_processes, "config": config.identity(),
+            "seconds": round(seconds, 3), "log": log,
+        })
+    accelerator.wait_for_everyone()
+    return TrainResult(out=out, model=trained, samples=samples, log=log, resumed_from=resumed_from, seconds=seconds)

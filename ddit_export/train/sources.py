@@ -1,0 +1,60 @@
+"""Turn the run's data arguments into a `SampleSet` held in memory."""
+
+from __future__ import annotations
+
+import torch
+
+from .conditioning import load_prompt_embeds, prompt_conditions, read_prompts, synthetic_conditions
+from .config import TrainConfig
+from .data import SampleSet
+from .images import encode_image_folder, resolve_vae
+from .trajectories import collect_trajectories, teacher_sampler
+
+
+def guidance_for(model, config: TrainConfig) -> float | None:
+    """FLUX-dev style models take an embedded guidance scale; others (schnell, Wan) take none."""
+    names = [name for name, _ in model.family.condition_specs(model.config, 1, 1)]
+    return config.guidance if "guidance" in names else None
+
+
+def image_samples(config: TrainConfig, model, device) -> SampleSet:
+    fam = model.family
+    folder = encode_image_folder(config.images, resolve_vae(config.vae, config.model), fam, config.height,
+                                 config.width, batch_size=config.batch_size, device=device)
+    captioned = [i for i, c in enumerate(folder.captioned) if c]
+    bare = [i for i, c in enumerate(folder.captioned) if not c]
+    parts, source = {}, "synthetic (seeded from each image's file name)"
+    if captioned:
+        conds, source = prompt_conditions([folder.prompts[i] for i in captioned], fam, model.config, config.model,
+                                          config.text_len, device)
+        parts.update({i: {k: v[n] for k, v in conds.items()} for n, i in enumerate(captioned)})
+    if bare:
+        conds = synthetic_conditions([folder.prompts[i] for i in bare], fam, model.config, config.text_len)
+        parts.update({i: {k: v[n] for k, v in conds.items()} for n, i in enumerate(bare)})
+    names = parts[0].keys()
+    conditions = {k: torch.stack([parts[i][k] for i in range(len(parts))]) for k in names}
+    n = folder.latents.shape[0]
+    return SampleSet(latents=folder.latents, prompt_index=torch.arange(n), conditions=conditions, timesteps=None,
+                     source=f"{n} image(s) from {config.images} ({len(captioned)} captioned; conditioning: {source})")
+
+
+def trajectory_samples(config: TrainConfig, model, device, autocast=None, progress=None) -> SampleSet:
+    fam = model.family
+    if config.prompt_embeds:
+        conditions, source = load_prompt_embeds(config.prompt_embeds, fam, model.config), config.prompt_embeds
+    else:
+        prompts = read_prompts(config.prompts)
+        conditions, source = prompt_conditions(prompts, fam, model.config, config.model, config.text_len, device)
+    samples = collect_trajectories(
+        model, conditions, config.latent_shape, config.teacher_steps, config.seed, guidance_for(model, config),
+        batch_size=config.batch_size, sampler=teacher_sampler(config.model), device=device,
+        dtype=config.torch_dtype, autocast=autocast, progress=progress,
+    )
+    samples.source += f" (conditioning: {source})"
+    return samples
+
+
+def build_samples(config: TrainConfig, model, device, autocast=None, progress=None) -> SampleSet:
+    if config.images:
+        return image_samples(config, model, device)
+    return trajectory_samples(config, model, device, autocast, progress)
