@@ -10,12 +10,13 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import export_cmd, inspect_cmd
+from .commands import export_cmd, inspect_cmd, train_cmd
 
 COMMANDS = {
     "flux": (export_cmd, "export one static engine per patch size for a FLUX transformer"),
     "wan": (export_cmd, "export one static engine per patch size for a Wan 2.1 video transformer"),
     "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
+    "train": (train_cmd, "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
 
 
@@ -55,8 +56,10 @@ def quiet_third_party() -> None:
     logging.getLogger("torch._export").setLevel(logging.ERROR)
     try:
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
         diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
     except ImportError:
         pass
 

@@ -43,7 +43,7 @@ def run_guarded(body) -> int:
     except CommandExit as done:
         return done.code
     except KeyboardInterrupt:
-        stderr.print("interrupted; nothing was written")
+        stderr.print("interrupted (exports write nothing until they finish; training keeps its last checkpoint)")
         return 130
 
 

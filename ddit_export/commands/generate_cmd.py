@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's calibration)")
     p.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
-    p.add_argument("--backend", default="onnx", help="engine runtime: torch | onnx (default onnx)")
+    p.add_argument("--backend", default="onnx", help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
     p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")

@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
         config = config_from_args(args)
         result = train(config, status=console.print)
+        if not result.main_process:
+            return
         if result.resumed_from is not None and result.resumed_from >= config.steps:
             console.print(f"nothing to train: the newest checkpoint is at step {result.resumed_from} >= --steps")
         if result.log:

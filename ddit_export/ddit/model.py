@@ -85,10 +85,14 @@ class DDiTModel(nn.Module):
         if rope is not None:
             swaps[fam.rope_name] = rope
         saved = {name: getattr(t, name) for name in swaps}
+        # peft's set_adapter / enable / disable also flip requires_grad of LoRA weights; what the
+        # caller chose to train must survive routing, or autograd silently drops LoRA gradients.
+        trainable = {p: p.requires_grad for k, p in t.named_parameters() if ".lora_" in k}
         for name, module in swaps.items():
             setattr(t, name, module)
         t.enable_adapters()
         t.set_adapter(adapter_name(patch))
+        self._restore(trainable)
         try:
             with fam.patch_config(t, patch):
                 yield mods.residual
@@ -96,6 +100,12 @@ class DDiTModel(nn.Module):
             for name, module in saved.items():
                 setattr(t, name, module)
             t.disable_adapters()
+            self._restore(trainable)
+
+    @staticmethod
+    def _restore(flags: dict) -> None:
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
 
     def forward(self, latent: torch.Tensor, patch: int, **conditioning) -> torch.Tensor:
         """Full-resolution prediction for `latent` computed at patch size `patch` (eager, trainable)."""

@@ -1,6 +1,6 @@
 """Prompt conditioning for training: one set of embeddings per prompt, stacked along dim 0.
 
-Three sources, in the order `TrainConfig` allows them:
+Three sources:
 - precomputed embeddings (`--prompt-embeds`): a safetensors file with the model's embedding
   inputs stacked per prompt (`encoder_hidden_states` [N,T,D], `pooled_projections` [N,D] for FLUX);
 - the pipeline's own text encoders, when `--model` is a diffusers pipeline folder holding them;

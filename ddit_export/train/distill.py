@@ -38,11 +38,16 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)  # one entry per step, resumed steps included
     resumed_from: int | None = None
     seconds: float = 0.0
+    main_process: bool = True  # False on the other ranks of a data-parallel run
 
 
 def say(message: str) -> None:
     """Default status printer (the CLI passes its own)."""
     print(message, file=sys.stderr)
+
+
+def quiet(_message: str) -> None:
+    """Status printer of the other processes under `accelerate launch`: one voice is enough."""
 
 
 def check_resumable(saved: dict, config: TrainConfig, checkpoint: Path) -> None:
@@ -52,6 +57,15 @@ def check_resumable(saved: dict, config: TrainConfig, checkpoint: Path) -> None:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
         raise ValueError(f"--resume: {checkpoint} was trained with other settings ({details}); "
                          "use the original arguments (only --steps and checkpointing may change)")
+
+
+def step_inputs(batch: dict, seed: int, mu: float, guidance, names, family, dtype, device) -> tuple:
+    """(z_t, conditioning with timestep) for one batch, in the dtypes FluxPipeline would pass."""
+    latent, timestep = model_inputs(batch, seed, mu, family.timestep_scale)
+    latent = latent.to(dtype)
+    conditioning = call_conditions({k: batch[k] for k in names}, guidance, latent.shape[0], dtype, device)
+    conditioning["timestep"] = timestep_like_pipeline(timestep, latent.dtype, family)
+    return latent, conditioning
 
 
 def build_model(config: TrainConfig, device) -> DDiTModel:
@@ -72,6 +86,7 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     # Mixed precision is ours (autocast below), not accelerate's: the trained parameters stay fp32.
     accelerator = Accelerator(mixed_precision="no")
     main = accelerator.is_main_process
+    status = status if main else quiet
     if main:
         prepare_out(out, config.resume, config.overwrite)
     accelerator.wait_for_everyone()
@@ -90,25 +105,29 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     status(f"data: {len(samples)} samples: {samples.source}")
 
     optimizer = make_optimizer(config.optimizer, trainable, config.lr, config.weight_decay)
-    start, log, resumed_from = 0, [], None
+    start, position, log, resumed_from = 0, 0, [], None
     if config.resume:
         checkpoint = newest_checkpoint(out)
         check_resumable(read_state(checkpoint)["identity"], config, checkpoint)
         state = load_checkpoint(checkpoint, model, optimizer)
-        start, log, resumed_from = state["step"], state["log"], state["step"]
+        start, position, log, resumed_from = state["step"], state["position"], state["log"], state["step"]
         status(f"resuming from {checkpoint} (step {start})")
 
+    # One global stream of sample positions; a step takes the next `global_batch` of them (accelerate
+    # hands each process its own `batch_size` slice). The saved position, not step * batch, is where
+    # a resumed run continues, so it may even use another number of processes.
     global_batch = config.batch_size * accelerator.num_processes
-    stream = SampleStream(samples, config.seed, length=config.steps * global_batch)
-    loader = DataLoader(stream, batch_size=config.batch_size, sampler=range(start * global_batch, len(stream)))
+    stream = SampleStream(samples, config.seed, length=position + max(0, config.steps - start) * global_batch)
+    loader = DataLoader(stream, batch_size=config.batch_size, sampler=range(position, len(stream)))
     objective, optimizer, loader = accelerator.prepare(DistillationObjective(model), optimizer, loader)
-    mu = shift_mu(teacher_sampler(config.model), base_tokens(model.family, config.latent_shape))
-    guidance = guidance_for(model, config)
+    inputs = partial(step_inputs, seed=config.seed, mu=shift_mu(teacher_sampler(config.model),
+                     base_tokens(model.family, config.latent_shape)), guidance=guidance_for(model, config),
+                     names=list(samples.conditions), family=model.family, dtype=config.torch_dtype, device=device)
     sizes = model.extra_sizes
 
     def save(step: int) -> None:
         if main:
-            state = {"position": step * global_batch, "log": log, "identity": config.identity()}
+            state = {"position": position + (step - start) * global_batch, "log": log, "identity": config.identity()}
             save_checkpoint(out, step, accelerator.unwrap_model(objective).model, optimizer, state,
                             config.model, config.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -118,14 +137,9 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     with tqdm(total=config.steps, initial=start, desc="distill", disable=not show, dynamic_ncols=True) as bar:
         for step in range(start + 1, config.steps + 1):
             tick = time.perf_counter()
-            batch = next(batches)
-            latent, timestep = model_inputs(batch, config.seed, mu, model.family.timestep_scale)
-            latent = latent.to(config.torch_dtype)
-            timestep = timestep_like_pipeline(timestep, latent.dtype, model.family)
-            cond = call_conditions({k: batch[k] for k in samples.conditions}, guidance, latent.shape[0],
-                                   config.torch_dtype, device)
+            latent, conditioning = inputs(next(batches))
             with autocast():
-                losses = objective(latent, {**cond, "timestep": timestep})
+                losses = objective(latent, conditioning)
             accelerator.backward(losses.sum())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -151,4 +165,5 @@ def train(config: TrainConfig, status=say) -> TrainResult:
             "seconds": round(seconds, 3), "log": log,
         })
     accelerator.wait_for_everyone()
-    return TrainResult(out=out, model=trained, samples=samples, log=log, resumed_from=resumed_from, seconds=seconds)
+    return TrainResult(out=out, model=trained, samples=samples, log=log, resumed_from=resumed_from, seconds=seconds,
+                       main_process=main)

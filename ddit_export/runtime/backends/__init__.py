@@ -12,10 +12,13 @@ import torch
 
 from .base import Backend, BackendError
 
-# name -> (module, class). Later issues add aoti, trt and torch-compile here.
+# name -> (module, class).
 BACKENDS = {
     "torch": ("torch_eager", "TorchEagerBackend"),
+    "torch-compile": ("torch_compile", "TorchCompileBackend"),
     "onnx": ("onnxruntime", "OnnxRuntimeBackend"),
+    "aoti": ("aoti", "AotiBackend"),
+    "trt": ("tensorrt", "TensorRTBackend"),
 }
 
 
