@@ -23,31 +23,51 @@ def patch_list(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
+    """Every setting defaults to None here: the request fills family defaults, a recipe fills the rest."""
     from ..families.base import family_by_name
 
     fam = family_by_name(family)
     presets = " | ".join(f"'{n}'" for n in fam.presets)
-    p.add_argument("--patch-sizes", type=patch_list, default=(2, 4), help="sizes in latent pixels, base first (default 2,4)")
-    p.add_argument("--model", default=fam.default_model,
-                   help=f"{presets} (random weights), a diffusers pipeline/transformer folder, or a model id "
-                        f"in the local HF cache (default {fam.default_model})")
+    h, w = fam.default_size
+    p.add_argument("--recipe", help="YAML file of settings (see recipes/); flags given here override it")
+    p.add_argument("--patch-sizes", type=patch_list, help="sizes in latent pixels, base included (default 2,4)")
+    p.add_argument("--model", help=f"{presets} (random weights), a diffusers pipeline/transformer folder, or a "
+                                   f"model id in the local HF cache (default {fam.default_model})")
     p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
-    p.add_argument("--height", type=int, default=fam.default_size[0])
-    p.add_argument("--width", type=int, default=fam.default_size[1])
+    p.add_argument("--height", type=int, help=f"pixels (default {h})")
+    p.add_argument("--width", type=int, help=f"pixels (default {w})")
     if fam.default_frames:
-        p.add_argument("--frames", type=int, default=fam.default_frames, help="video frames, 4k+1")
-    p.add_argument("--batch", type=int, default=1, help="engine batch (2 = cond + uncond of CFG in one call)")
-    p.add_argument("--text-len", type=int, default=None, help=f"text tokens (default {fam.default_text_len})")
-    p.add_argument("--dtype", default="bf16", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--opset", type=int, default=20)
+        p.add_argument("--frames", type=int, help=f"video frames, 4k+1 (default {fam.default_frames})")
+    p.add_argument("--batch", type=int, help="engine batch (default 1; 2 = cond + uncond of CFG in one call)")
+    p.add_argument("--text-len", type=int, help=f"text tokens (default {fam.default_text_len})")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="engine precision (default bf16)")
+    p.add_argument("--opset", type=int, help="ONNX opset, >= 20 (default 20)")
     p.add_argument("--out", help="output folder (default engines/<family>-<model>-<h>x<w>)")
     p.add_argument("--force", action="store_true", help="rebuild even if --out holds engines from other inputs")
     p.add_argument("--external-data", action="store_true", default=None,
-                   help="store weights in one .onnx.data file beside each graph (automatic beyond 2 GiB)")
-    p.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()), default=None,
+                   help="store weights in one .onnx.data file beside each graph (automatic beyond 1.5 GiB)")
+    p.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
                    help="comma list of onnx, aoti, trt (default: onnx, plus trt where TensorRT and CUDA are present)")
-    p.add_argument("--atol", type=float, default=1e-4, help="validation absolute tolerance (fp32)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="validation relative tolerance (fp32)")
+    p.add_argument("--tau", type=float, help="the engines' default DDiT threshold (default 0.001)")
+    p.add_argument("--rho", type=float, help="the engines' default percentile as a fraction (default 0.4)")
+    p.add_argument("--atol", type=float, help="validation absolute tolerance, fp32 (default 1e-4)")
+    p.add_argument("--rtol", type=float, help="validation relative tolerance, fp32 (default 1e-3)")
+
+
+REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
+                 "opset", "out", "force", "external_data", "backends", "tau", "rho", "atol", "rtol")
+
+
+def request_settings(args, family: str) -> dict:
+    """Recipe first, then every flag actually given on the command line."""
+    from ..export.recipe import load_recipe
+
+    settings = load_recipe(args.recipe, family) if args.recipe else {}
+    for name in REQUEST_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            settings[name] = value
+    return settings
 
 
 class RichReporter:
@@ -109,7 +129,6 @@ def human_bytes(n: int) -> str:
 
 
 def run(args) -> int:
-    family = args.command_name
     from ..export.build import export_engines
     from ..export.request import ExportRequest
 
@@ -117,13 +136,10 @@ def run(args) -> int:
     if not console.is_terminal:  # logs and pipes: wide enough for the summary table on one line per size
         console.width = max(console.width, 120)
 
+    family = args.command_name
+
     def body():
-        req = ExportRequest(
-            family=family, model=args.model, patch_sizes=args.patch_sizes, adapters=args.adapters,
-            height=args.height, width=args.width, frames=getattr(args, "frames", None), batch=args.batch, text_len=args.text_len, dtype=args.dtype,
-            opset=args.opset, out=args.out, force=args.force, external_data=args.external_data,
-            atol=args.atol, rtol=args.rtol, backends=args.backends,
-        )
+        req = ExportRequest(family=family, **request_settings(args, family))
         reporter = RichReporter(console)
         try:
             manifest = export_engines(req, reporter)

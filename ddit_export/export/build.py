@@ -38,9 +38,6 @@ from .manifest import (
 from .request import ExportRequest
 from .stages import SizeJob, aoti_stage, onnx_stage, trt_stage
 
-DEFAULT_TAU = 1e-3
-DEFAULT_RHO = 0.4
-
 
 class ExportInputError(ValueError):
     """The request cannot be built as asked (bad input, not a failure of the tools)."""
@@ -186,7 +183,7 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
             "opset": req.opset,
             "io": reference.to_json(),
             "engines": entries,
-            "scheduler": {"tau": DEFAULT_TAU, "rho": DEFAULT_RHO, "warmup_patch": model.base_patch,
+            "scheduler": {"tau": req.tau, "rho": req.rho, "warmup_patch": model.base_patch,
                           "calibration": None},
             "tools": tool_versions() | {"ddit-export": __version__},
         }

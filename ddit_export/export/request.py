@@ -19,11 +19,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @dataclass
 class ExportRequest:
     family: str = "flux"
-    model: str = "tiny"
+    model: str | None = None  # None: the family's default model (FLUX.1-dev, Wan 2.1 1.3B)
     patch_sizes: tuple[int, ...] = (2, 4)
     adapters: str | None = None
-    height: int = 1024
-    width: int = 1024
+    height: int | None = None  # None: the family's default resolution
+    width: int | None = None
     frames: int | None = None
     batch: int = 1
     text_len: int | None = None
@@ -36,10 +36,17 @@ class ExportRequest:
     rtol: float = 1e-3
     min_cosine: float = 0.9999
     backends: tuple[str, ...] | None = None  # None: onnx, plus trt where TensorRT and CUDA are present
+    tau: float = 1e-3  # the engines' default schedule, recorded in the manifest (calibrate refines it)
+    rho: float = 0.4
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
         fam = family_by_name(self.family)
+        self.model = self.model or fam.default_model
+        self.height = self.height or fam.default_size[0]
+        self.width = self.width or fam.default_size[1]
+        if not (self.tau >= 0 and 0 < self.rho < 1):
+            raise ValueError(f"scheduler tau must be >= 0 and rho in (0, 1) (got tau {self.tau}, rho {self.rho})")
         if self.text_len is None:
             self.text_len = fam.default_text_len
         if self.frames is None:

@@ -1,0 +1,52 @@
+"""Recipes: YAML files holding an export's settings (`ddit-export flux --recipe recipes/flux-dev-1024.yaml`).
+
+Keys are the names of `ExportRequest` fields (`patch_sizes`, `height`, `dtype`, ...) plus `family`
+and an optional `scheduler: {tau, rho}` block (the engines' default schedule). Flags given on the
+command line override the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from .request import ExportRequest
+
+NOT_IN_RECIPES = {"out", "force"}  # where and whether to overwrite is the caller's business
+
+
+def recipe_keys() -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(ExportRequest) if f.name not in NOT_IN_RECIPES)
+
+
+def load_recipe(path, family: str) -> dict:
+    """ExportRequest keyword arguments from a recipe file, checked against the command's family."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must be a mapping of settings")
+    data = dict(data)
+    recipe_family = data.pop("family", family)
+    if recipe_family != family:
+        raise ValueError(f"recipe {path} is for `ddit-export {recipe_family}`, not `{family}`")
+    data.pop("description", None)
+    scheduler = data.pop("scheduler", None) or {}
+    data.update({k: scheduler[k] for k in ("tau", "rho") if k in scheduler})
+    unknown = sorted(set(data) - set(recipe_keys()))
+    if unknown:
+        raise ValueError(f"recipe {path} has unknown key(s) {unknown}; known: {', '.join(recipe_keys())}")
+    for key in ("patch_sizes", "backends"):
+        if key in data and isinstance(data[key], str):
+            data[key] = [part.strip() for part in data[key].split(",")]
+    if "patch_sizes" in data:
+        data["patch_sizes"] = tuple(int(p) for p in data["patch_sizes"])
+    if "backends" in data:
+        data["backends"] = tuple(data["backends"])
+    return data
