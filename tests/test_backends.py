@@ -27,9 +27,11 @@ def engine_inputs(backend, seed: int = 0, device="cpu") -> tuple[torch.Tensor, d
 
 
 def test_registry_lists_backends_and_refuses_unknown_names(tiny_flux_engines):
-    assert available_backends() == ["onnx", "torch"]
-    with pytest.raises(BackendError, match=r"unknown backend 'trt'; available: onnx, torch"):
-        get_backend("trt", tiny_flux_engines)
+    assert available_backends() == ["aoti", "onnx", "onnx-trt", "torch", "torch-compile", "trt"]
+    with pytest.raises(BackendError, match=r"unknown backend 'tvm'; available: aoti, onnx, onnx-trt, torch"):
+        get_backend("tvm", tiny_flux_engines)
+    with pytest.raises(BackendError, match="has no AOTInductor packages: export with `--backends onnx,aoti`"):
+        get_backend("aoti", tiny_flux_engines)
 
 
 def test_backends_expose_the_manifest_interface(tiny_flux_backends, tiny_flux_engines):

@@ -2,26 +2,17 @@
 
 Sizes are timed round-robin (one call of each size per round) after warm-up, so machine drift
 hits every size alike and the ratios between sizes are fair. The base size is the reference.
+Raw ORT sessions on numpy feeds (no torch in the loop); `latency.py` times every backend through
+the runtime and is what `ddit-export bench` uses. Both share the summaries of `timing.py`.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 from ..export.iospec import IOSpec, random_feed
 from ..export.manifest import engine_entries, read_manifest, verify_entry
-
-
-def _summary(samples: list[float]) -> dict:
-    ordered = sorted(samples)
-    return {
-        "mean_ms": 1e3 * statistics.fmean(ordered),
-        "p50_ms": 1e3 * statistics.median(ordered),
-        "p95_ms": 1e3 * ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-        "iters": len(ordered),
-    }
+from .timing import Stopwatch, rotated, summarize
 
 
 def onnx_latency(folder, warmup: int = 3, iters: int = 10, providers=("CPUExecutionProvider",)) -> dict:
@@ -39,14 +30,15 @@ def onnx_latency(folder, warmup: int = 3, iters: int = 10, providers=("CPUExecut
         for session in sessions.values():
             session.run(None, feed)
     samples = {p: [] for p in sessions}
-    for _ in range(iters):
-        for patch, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feed)
-            samples[patch].append(time.perf_counter() - start)
+    watch = Stopwatch("cpu")  # numpy feeds: ORT returns when the outputs are on the host
+    for r in range(iters):
+        for patch in rotated(list(sessions), r):
+            watch.start()
+            sessions[patch].run(None, feed)
+            samples[patch].append(watch.stop())
     base = manifest["base_patch"]
     tokens = {e["patch_size"]: e["tokens"] for e in manifest["engines"]}
-    result = {p: {**_summary(s), "tokens": tokens[p]} for p, s in samples.items()}
+    result = {p: {**summarize(s), "tokens": tokens[p]} for p, s in samples.items()}
     for p, r in result.items():
         r["speedup_vs_base"] = result[base]["mean_ms"] / r["mean_ms"]
     return {"folder": str(folder), "providers": list(providers), "sizes": result,

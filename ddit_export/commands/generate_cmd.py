@@ -3,6 +3,11 @@
 Writes into --out: `image.png` when the engines' model is a diffusers pipeline folder with a VAE
 (else the final latent as `latent.npy`) and always `trace.json` (per step: patch size, scheduler
 statistics, seconds). `--save-trajectory FILE.npz` also saves every sampler latent.
+
+Wan engines: always the final video latent `latent.npy` (`B x 16 x F x h x w`), plus `video.gif`
+(`video_<i>.gif` per video) when the model folder has an `AutoencoderKLWan` in `vae/`. `--guidance`
+is the classifier-free guidance scale (default 5.0, 1 disables it); engines exported with twice
+the video batch (`--batch 2`) run cond and uncond in one call per step, others make two calls.
 """
 
 from __future__ import annotations
@@ -29,13 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's calibration)")
     p.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
-    p.add_argument("--backend", default="onnx", help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
+    p.add_argument("--backend", default="onnx",
+                   help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
     p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
     p.add_argument("--base-last-steps", type=int, default=0, metavar="N",
                    help="force the base size for the last N steps")
-    p.add_argument("--guidance", type=float, help="embedded guidance scale (default 3.5 when the model has one)")
+    p.add_argument("--guidance", type=float,
+                   help="FLUX: embedded guidance scale (default 3.5 when the model has one); "
+                        "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
+    p.add_argument("--negative-prompt", default="",
+                   help="Wan with CFG: the negative prompt (default empty, as WanPipeline)")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -49,8 +59,11 @@ def _check_args(args, manifest: dict) -> torch.device:
     """Everything that can be refused before loading engines; returns the device."""
     from ..runtime.backends import backend_class
 
-    if manifest.get("family") != "flux":
-        raise ValueError(f"generate runs FLUX engines; {args.engine_dir} holds {manifest.get('family')} engines")
+    if manifest.get("family") not in ("flux", "wan"):
+        family = manifest.get("family")
+        raise ValueError(f"generate runs FLUX and Wan engines; {args.engine_dir} holds {family} engines")
+    if manifest.get("family") == "wan" and args.guidance is not None and not args.guidance > 0:
+        raise ValueError(f"--guidance is Wan's CFG scale and must be > 0 (1 disables CFG); got {args.guidance}")
     backend_class(args.backend)  # unknown name -> the list of backends
     sizes = [int(p) for p in manifest["patch_sizes"]]
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
@@ -94,14 +107,17 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps,
         )
-        conditioning = make_conditioning(manifest, args.prompt, args.guidance, device)
+        conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
         result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
                           return_trajectory=bool(args.save_trajectory))
 
     out.mkdir(parents=True, exist_ok=True)
-    written = [_write_image_or_latent(manifest, result.latent, out, device)]
+    if manifest["family"] == "wan":
+        written = _write_latent_and_video(manifest, result.latent, out, device)
+    else:
+        written = [_write_image_or_latent(manifest, result.latent, out, device)]
     trace = result.trace
     record = {
         "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
@@ -109,6 +125,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
         "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
         "base_last_steps": config.base_last_steps, "timesteps": result.timesteps.float().cpu().tolist(),
+        **_wan_record(args, conditioning, result),
         **trace.to_json(),
     }
     (out / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -136,6 +153,32 @@ def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, devi
     for image, path in zip(images, paths):
         image.save(path)
     return paths[0]
+
+
+def _wan_record(args, conditioning, result) -> dict:
+    """Wan-only trace.json keys (FLUX's record is unchanged): the CFG scale and how it ran."""
+    if result.cfg is None:
+        return {}
+    negative = args.negative_prompt if result.cfg != "off" else None
+    return {"guidance_scale": conditioning.guidance, "cfg": result.cfg, "negative_prompt": negative}
+
+
+def _write_latent_and_video(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
+    """Wan: the video latent always; a GIF per video when the model folder has Wan's VAE."""
+    from ..runtime.sampling import vae_folder
+    from ..runtime.sampling_wan import decode_video
+
+    path = out / "latent.npy"
+    np.save(path, latent.float().cpu().numpy())
+    written = [path]
+    folder = vae_folder(manifest)
+    if folder is not None:
+        videos = decode_video(folder, latent, device)
+        for i, frames in enumerate(videos):
+            gif = out / ("video.gif" if len(videos) == 1 else f"video_{i}.gif")
+            frames[0].save(gif, save_all=True, append_images=frames[1:], duration=62, loop=0)  # 16 fps, Wan's rate
+            written.append(gif)
+    return written
 
 
 def _print_summary(console: Console, trace, written: list[Path]) -> None:

@@ -104,7 +104,9 @@ def _reuse(old: dict | None, old_dir: Path, key: str, tmp: Path) -> dict | None:
 
 def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base, reporter) -> list[dict]:
     """Every requested backend of one size; unchanged artifacts of the previous build are reused."""
-    keys = {b: _stage_key(key_base, patch, b) for b in req.backends}
+    # Compiled artifacts are bound to the device they were built on; ONNX graphs are not.
+    keys = {b: _stage_key({**key_base, "device": None if b == "onnx" else req.device}, patch, b)
+            for b in req.backends}
     entries = {b: _reuse(old, req.out_dir, keys[b], tmp) for b in req.backends}
     if any(e is None for e in entries.values()):
         reporter.stage(patch, "merge")
@@ -150,6 +152,7 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
     req.check_out_writable()
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
+    model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))  # the base model, not adapters
     key_base = {
         "weights": weights_sha, "adapters": adapters["sha256"], "request": req.identity(), "opset": req.opset,

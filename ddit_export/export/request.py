@@ -36,6 +36,7 @@ class ExportRequest:
     rtol: float = 1e-3
     min_cosine: float = 0.9999
     backends: tuple[str, ...] | None = None  # None: onnx, plus trt where TensorRT and CUDA are present
+    device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
     tau: float = 1e-3  # the engines' default schedule, recorded in the manifest (calibrate refines it)
     rho: float = 0.4
 
@@ -60,6 +61,10 @@ class ExportRequest:
         fam.check_image_size(self.height, self.width, self.frames)
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
         self.backends = self._checked_backends()
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: no CUDA device is visible; use --device cpu")
 
     def _checked_backends(self) -> tuple[str, ...]:
         from .tensorrt import unavailable_reason

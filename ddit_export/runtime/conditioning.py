@@ -10,6 +10,11 @@
   and backend agreement, not for images. `Conditioning.source` says which one was used.
 
 Guidance (FLUX's embedded guidance scale) defaults to 3.5 when the engines take a guidance input.
+
+Wan: `guidance` is the classifier-free guidance scale (WanPipeline's default 5.0; <= 1 turns CFG
+off), and with CFG a negative prompt (WanPipeline's default "") is encoded the same way. Wan's
+embeddings have the VIDEO batch: half the engine batch when the engines run cond and uncond in one
+call (see `sampling_wan.cfg_layout`). A Wan pipeline folder needs only `text_encoder/` (UMT5).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ..export.iospec import IOSpec
 
 DEFAULT_GUIDANCE = 3.5
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
+WAN_TEXT_ENCODER_FOLDERS = ("text_encoder",)
 
 
 @dataclass
@@ -32,8 +38,9 @@ class Conditioning:
 
     encoder_hidden_states: torch.Tensor  # B x T x D
     pooled_projections: torch.Tensor | None  # B x D_pooled
-    guidance: float | None
+    guidance: float | None  # FLUX: embedded guidance; Wan: classifier-free guidance scale
     source: str  # human-readable: which encoder (or the synthetic rule) produced the embeddings
+    negative_encoder_hidden_states: torch.Tensor | None = None  # Wan with CFG: the negative prompt's
 
     @property
     def synthetic(self) -> bool:
@@ -59,12 +66,12 @@ def prompt_seed(prompt: str) -> int:
     return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "little")
 
 
-def pipeline_folder_with_text_encoders(model_id: str) -> Path | None:
+def pipeline_folder_with_text_encoders(model_id: str, folders=TEXT_ENCODER_FOLDERS) -> Path | None:
     """The model's folder when it is a diffusers pipeline folder holding text encoders, else None."""
     path = Path(model_id).expanduser()
     if not (path / "model_index.json").is_file():
         return None
-    if all((path / sub / "config.json").is_file() for sub in TEXT_ENCODER_FOLDERS):
+    if all((path / sub / "config.json").is_file() for sub in folders):
         return path
     return None
 
@@ -96,8 +103,15 @@ def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float 
     return Conditioning(states, pooled, guidance, source=f"text encoders of {folder}")
 
 
-def make_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu") -> Conditioning:
-    """Conditioning for ``prompt`` on the engines described by ``manifest`` (text encoders run on ``device``)."""
+def make_conditioning(
+    manifest: dict, prompt: str, guidance: float | None = None, device="cpu", negative_prompt: str = ""
+) -> Conditioning:
+    """Conditioning for ``prompt`` on the engines described by ``manifest`` (text encoders run on ``device``).
+
+    ``negative_prompt`` is used by Wan with classifier-free guidance only.
+    """
+    if manifest.get("family") == "wan":
+        return wan_conditioning(manifest, prompt, guidance, device, negative_prompt)
     io = IOSpec.from_json(manifest["io"])
     if guidance is None and "guidance" in io.input_names:
         guidance = DEFAULT_GUIDANCE
@@ -105,3 +119,34 @@ def make_conditioning(manifest: dict, prompt: str, guidance: float | None = None
     if folder is not None:
         return encoded_conditioning(folder, prompt, io, guidance, device)
     return synthetic_conditioning(prompt, io, guidance)
+
+
+def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = ""):
+    """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch."""
+    from .sampling_wan import DEFAULT_CFG, cfg_layout
+
+    guidance = DEFAULT_CFG if guidance is None else float(guidance)
+    io = IOSpec.from_json(manifest["io"])
+    engine_batch, text_len, dim = {t.name: t.shape for t in io.inputs}["encoder_hidden_states"]
+    layout = cfg_layout(engine_batch, guidance)
+    folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], WAN_TEXT_ENCODER_FOLDERS)
+    if folder is not None:
+        from diffusers import WanPipeline
+
+        # Only the text side is loaded; the engines replace the transformer.
+        pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+        with torch.no_grad():
+            cond, neg = pipe.encode_prompt(
+                prompt=prompt, negative_prompt=negative_prompt if layout.guided else None,
+                do_classifier_free_guidance=layout.guided, num_videos_per_prompt=layout.video_batch,
+                max_sequence_length=text_len, device=torch.device(device),
+            )
+        return Conditioning(cond, None, guidance, f"text encoder of {folder}", neg)
+
+    def draw(text: str) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(prompt_seed(text))
+        return torch.randn((1, text_len, dim), generator=gen).expand(layout.video_batch, -1, -1)
+
+    neg = draw(negative_prompt) if layout.guided else None
+    source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)})"
+    return Conditioning(draw(prompt), None, guidance, source, neg)

@@ -1,12 +1,13 @@
 """Denoising loop for engines used without a diffusers pipeline (the `generate` command, tests).
 
-It reproduces what `FluxPipeline` does around the transformer: diffusers'
+For FLUX it reproduces what `FluxPipeline` does around the transformer: diffusers'
 `FlowMatchEulerDiscreteScheduler` with FLUX.1's resolution-dependent shift (`calculate_shift`
 with base_image_seq_len 256, max 4096, base_shift 0.5, max_shift 1.15; sigmas
 `np.linspace(1, 1/steps, steps)`), the pipeline's noise (`randn_tensor` on the unpacked latent
 shape with a CPU generator, so a seed gives the same noise on any device), and timesteps passed
 as t/1000 in the latent dtype. The only change: every step goes through `DDiTRunner`, which picks
-the patch size.
+the patch size. Wan engines are sampled as `WanPipeline` does, in `sampling_wan.py` (`generate`
+dispatches on the manifest's family).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def initial_noise(shape, seed: int, device, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass
 class GenerationResult:
-    latent: torch.Tensor  # final sampler latent, B x C x h x w
+    latent: torch.Tensor  # final sampler latent, B x C [x F] x h x w
     trace: Trace
-    trajectory: torch.Tensor | None  # [steps + 1, B, C, h, w]: latent before each step, then the final one
+    trajectory: torch.Tensor | None  # [steps + 1, B, C, [F,] h, w]: latent before each step, then the final one
     timesteps: torch.Tensor
+    cfg: str | None = None  # Wan: classifier-free guidance "off" | "batched" | "two-calls"; FLUX: None
 
 
 def generate(
@@ -77,11 +79,16 @@ def generate(
     latents: torch.Tensor | None = None,
     return_trajectory: bool = False,
 ) -> GenerationResult:
-    """Sample one batch with DDiT patch scheduling on ``backend``'s engines.
+    """Sample one batch with DDiT patch scheduling on ``backend``'s engines (Wan: `generate_wan`).
 
     ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
+    if backend.manifest.get("family") == "wan":  # Wan's sampler, float32 latent and CFG: sampling_wan.py
+        from .sampling_wan import generate_wan
+
+        return generate_wan(backend, conditioning, schedule, steps=steps, seed=seed, latents=latents,
+                            return_trajectory=return_trajectory)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer (got {steps!r})")
     device, dtype, shape = backend.device, backend.dtype, backend.latent_shape

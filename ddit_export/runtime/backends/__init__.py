@@ -17,6 +17,7 @@ BACKENDS = {
     "torch": ("torch_eager", "TorchEagerBackend"),
     "torch-compile": ("torch_compile", "TorchCompileBackend"),
     "onnx": ("onnxruntime", "OnnxRuntimeBackend"),
+    "onnx-trt": ("onnxruntime", "OnnxRuntimeTensorRTBackend"),
     "aoti": ("aoti", "AotiBackend"),
     "trt": ("tensorrt", "TensorRTBackend"),
 }

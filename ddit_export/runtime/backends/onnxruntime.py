@@ -36,6 +36,8 @@ ONNX_ELEMENT_TYPES = {
     torch.bool: onnx.TensorProto.BOOL,
 }
 CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+ORT_TRT_CACHE = "ort_trt_cache"  # inside the engine folder: ORT's TensorRT engines and timing cache
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
@@ -106,6 +108,7 @@ class OnnxRuntimeBackend(Backend):
             return [CPU_PROVIDER]
         return [(CUDA_PROVIDER, {"device_id": self.device.index or 0}), CPU_PROVIDER]
 
+
     def _check_signature(self, patch: int, session) -> None:
         names = [i.name for i in session.get_inputs()]
         if names != self.input_metadata.input_names:
@@ -172,3 +175,34 @@ class OnnxRuntimeBackend(Backend):
         self._bindings.clear()
         self._sessions.clear()
         self._out = None
+
+
+class OnnxRuntimeTensorRTBackend(OnnxRuntimeBackend):
+    """The same ONNX graphs through ONNX Runtime's TensorRT execution provider (CUDA as fallback).
+
+    ORT builds a TensorRT engine per graph on first load and caches it, with its timing cache,
+    in `<engine folder>/ort_trt_cache/`, so later loads skip the build.
+    """
+
+    name = "onnx-trt"
+
+    def _providers(self) -> list:
+        import onnxruntime as ort
+
+        if self.device.type != "cuda" or TENSORRT_PROVIDER not in ort.get_available_providers():
+            raise BackendError(
+                f"the onnx-trt backend needs onnxruntime-gpu with {TENSORRT_PROVIDER} and a CUDA device "
+                f"(have {ort.get_available_providers()}, device {self.device}); use --backend onnx or trt"
+            )
+        cache = self.folder / ORT_TRT_CACHE
+        cache.mkdir(exist_ok=True)
+        device_id = self.device.index or 0
+        trt_options = {
+            "device_id": device_id,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_builder_optimization_level": 3,
+        }
+        return [(TENSORRT_PROVIDER, trt_options), (CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]

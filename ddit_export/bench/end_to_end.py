@@ -1,0 +1,110 @@
+"""End to end: static base engine vs DDiT dynamic vs PyTorch eager base, same steps and seeds.
+
+Every image goes through the runtime's public `generate` (the path of `ddit-export generate`), so
+a family works here as soon as the runtime can sample it. The three modes are interleaved
+(each seed's images in a rotated mode order, after one warm-up image per mode) so that all
+speed-ups come from one run. Besides wall time, a schedule's cost is reported as its token sum
+and FLOP sum over steps relative to the all-base schedule: noise-free speed-up estimates.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from .timing import Stopwatch, rotated, summarize
+
+MODES = ("static", "dynamic", "eager")
+
+
+def schedule_cost(schedule: list[int], per_call: dict[int, float], base: int) -> float:
+    """Cost of a schedule relative to running every step at the base size (1.0 = no saving)."""
+    return sum(per_call[p] for p in schedule) / (len(schedule) * per_call[base])
+
+
+def timed_generate(backend, conditioning, schedule, steps: int, seed: int, watch: Stopwatch):
+    """(seconds, GenerationResult) of one image on ``backend``."""
+    from ..runtime.sampling import generate
+
+    watch.start()
+    result = generate(backend, conditioning, schedule, steps=steps, seed=seed)
+    return watch.stop(), result
+
+
+def _mode_configs(engine, eager, tau, rho) -> dict:
+    from ..runtime.dispatcher import schedule_config
+
+    configs = {
+        "static": (engine, schedule_config(engine, static_patch=engine.base_patch)),
+        "dynamic": (engine, schedule_config(engine, tau=tau, rho=rho)),
+    }
+    if eager is not None:
+        configs["eager"] = (eager, schedule_config(eager, static_patch=eager.base_patch))
+    return configs
+
+
+def end_to_end(engine, eager, *, steps: int, seeds: list[int], repeats: int, tau=None, rho=None,
+               prompt: str = "a photograph of a red fox in fresh snow", tokens: dict, flops: dict) -> dict:
+    """Time per image of each mode on ``engine`` (a Backend) and ``eager`` (the torch Backend or None)."""
+    from ..runtime.conditioning import make_conditioning
+
+    if steps < 1 or repeats < 1 or not seeds:
+        raise ValueError("end to end needs --steps >= 1, --e2e-repeats >= 1 and at least one seed")
+    configs = _mode_configs(engine, eager, tau, rho)
+    modes = list(configs)
+    conditioning = make_conditioning(engine.manifest, prompt, device=engine.device)
+    watch = Stopwatch(engine.device)
+    with torch.no_grad():
+        for mode in modes:  # warm-up: first calls allocate, compile kernels, fill caches
+            backend, config = configs[mode]
+            timed_generate(backend, conditioning, config, steps, seeds[0], watch)
+        runs = {m: [] for m in modes}
+        for r in range(repeats):
+            for i, seed in enumerate(seeds):
+                for mode in rotated(modes, r * len(seeds) + i):
+                    backend, config = configs[mode]
+                    seconds, result = timed_generate(backend, conditioning, config, steps, seed, watch)
+                    runs[mode].append({**result.trace.totals(), "seed": seed, "wall_seconds": seconds,
+                                       "schedule": result.trace.schedule})
+    base = engine.base_patch
+    report = {"backend": engine.name, "eager_backend": eager.name if eager else None, "steps": steps,
+              "seeds": list(seeds), "repeats": repeats, "tau": configs["dynamic"][1].tau,
+              "rho": configs["dynamic"][1].rho, "conditioning": conditioning.source,
+              "modes": {m: _mode_summary(runs[m], steps) for m in modes}}
+    dyn = report["modes"]["dynamic"]
+    dyn["schedules"] = {str(run["seed"]): run["schedule"] for run in runs["dynamic"]}
+    token_ratio = sum(schedule_cost(s, tokens, base) for s in dyn["schedules"].values()) / len(seeds)
+    flop_ratio = sum(schedule_cost(s, flops, base) for s in dyn["schedules"].values()) / len(seeds)
+    mean = {m: report["modes"][m]["seconds_per_image"] for m in modes}
+    report["speedups"] = {
+        "dynamic_vs_static": mean["static"] / mean["dynamic"],
+        "dynamic_vs_eager": mean["eager"] / mean["dynamic"] if eager else None,
+        "static_vs_eager": mean["eager"] / mean["static"] if eager else None,
+    }
+    report["cost"] = {"token_ratio": token_ratio, "token_speedup": 1 / token_ratio,
+                      "flop_ratio": flop_ratio, "flop_speedup": 1 / flop_ratio}
+    report["scheduler_overhead"] = {
+        "ms_per_step": dyn["scheduler_ms_per_step"],
+        "share_of_step": dyn["scheduler_share"],
+        # what deciding costs beyond a static run's (trivial) decision
+        "extra_ms_per_step_vs_static": dyn["scheduler_ms_per_step"] - report["modes"]["static"]["scheduler_ms_per_step"],
+    }
+    return report
+
+
+def _mode_summary(runs: list[dict], steps: int) -> dict:
+    scheduler = sum(r["scheduler_seconds"] for r in runs)
+    engine = sum(r["engine_seconds"] for r in runs)
+    traced = sum(r["seconds"] for r in runs) or 1.0  # the trace's: step 0's decision to the last update
+    counts = Counter(p for r in runs for p in r["schedule"])
+    stats = summarize([r["wall_seconds"] for r in runs])
+    return {
+        **stats,
+        "seconds_per_image": stats["mean_ms"] / 1e3,
+        "scheduler_ms_per_step": 1e3 * scheduler / (steps * len(runs)),
+        "engine_ms_per_step": 1e3 * engine / (steps * len(runs)),
+        "scheduler_share": scheduler / traced,
+        "steps_per_patch": {str(p): n / len(runs) for p, n in sorted(counts.items())},
+        "images": len(runs),
+    }

@@ -1,0 +1,81 @@
+"""PNG plots of benchmark and calibration results (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency(rows: list[dict], path) -> Path:
+    """Grouped bars: mean latency per patch size, one bar per backend; whiskers to p95."""
+    plt = _pyplot()
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    sizes = sorted({r["patch_size"] for r in rows})
+    width = 0.8 / max(1, len(backends))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, name in enumerate(backends):
+        picked = {r["patch_size"]: r for r in rows if r["backend"] == name}
+        xs = [j + i * width for j, p in enumerate(sizes) if p in picked]
+        means = [picked[p]["mean_ms"] for p in sizes if p in picked]
+        p95 = [picked[p]["p95_ms"] - picked[p]["mean_ms"] for p in sizes if p in picked]
+        ax.bar(xs, means, width, yerr=[[0] * len(p95), p95], capsize=3, label=name)
+    ax.set_xticks([j + width * (len(backends) - 1) / 2 for j in range(len(sizes))])
+    ax.set_xticklabels([f"p{p}\n{next(r['tokens'] for r in rows if r['patch_size'] == p)} tok" for p in sizes])
+    ax.set_ylabel("latency per call (ms, mean; whisker p95)")
+    ax.set_title("engine latency per patch size and backend")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_schedule(schedules: dict[str, list[int]], base: int, path) -> Path:
+    """Patch size per denoising step for each seed of the dynamic run (the static base as reference)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    steps = max((len(s) for s in schedules.values()), default=0)
+    ax.step(range(steps), [base] * steps, where="mid", color="grey", linestyle="--", label="static base")
+    for seed, schedule in schedules.items():
+        ax.step(range(len(schedule)), schedule, where="mid", label=f"DDiT seed {seed}")
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("patch size")
+    ax.set_yticks(sorted({base, *(p for s in schedules.values() for p in s)}))
+    ax.set_title("schedule timeline")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_calibration(points: list[dict], chosen: dict | None, metric: str, budget: float, speed_key: str,
+                     path) -> Path:
+    """Speed-up vs quality of every (tau, rho) point; Pareto front, budget line, chosen point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([p[speed_key] for p in points], [p[metric] for p in points], s=18, label="(tau, rho) points")
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p[speed_key])
+    ax.plot([p[speed_key] for p in front], [p[metric] for p in front], color="tab:orange", label="Pareto front")
+    ax.axhline(budget, color="tab:red", linestyle="--", label=f"budget {metric} >= {budget:g}")
+    if chosen is not None:
+        ax.scatter([chosen[speed_key]], [chosen[metric]], s=90, marker="*", color="tab:green", zorder=3,
+                   label=f"chosen tau={chosen['tau']:.3g}, rho={chosen['rho']:g}")
+    ax.set_xlabel(speed_key.replace("_", " "))
+    ax.set_ylabel(f"{metric} vs static base")
+    ax.set_title("speed vs quality")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,95 @@
+"""Markdown tables and JSON for benchmark and calibration results (pure formatting, no timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _num(value, fmt: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def engines_markdown(rows: list[dict]) -> list[str]:
+    header = ["backend", "patch", "tokens", "GFLOP/call", "mean ms", "p50 ms", "p95 ms", "p99 ms", "GFLOP/s",
+              "t(base)/t"]
+    body = [[r["backend"], r["patch_size"], r["tokens"], _num(r["flops"] / 1e9, ".4g"), _num(r["mean_ms"]),
+             _num(r["p50_ms"]), _num(r["p95_ms"]), _num(r["p99_ms"]), _num(r["flops_per_s"] / 1e9, ".4g"),
+             _num(r["speedup_vs_base"])] for r in rows]
+    return _table(header, body)
+
+
+def e2e_markdown(e2e: dict) -> list[str]:
+    if "skipped" in e2e:
+        return [f"End to end skipped: {e2e['skipped']}"]
+    names = {"static": f"static base ({e2e['backend']})", "dynamic": f"DDiT dynamic ({e2e['backend']})",
+             "eager": f"PyTorch eager base ({e2e['eager_backend']})"}
+    body = [[names[m], _num(s["seconds_per_image"], ".4f"), _num(s["p50_ms"] / 1e3, ".4f"),
+             _num(s["scheduler_ms_per_step"], ".3f"), _num(s["engine_ms_per_step"], ".3f"),
+             " ".join(f"p{p}:{n:g}" for p, n in s["steps_per_patch"].items())]
+            for m, s in e2e["modes"].items()]
+    lines = [f"{e2e['steps']} steps, seeds {e2e['seeds']} x {e2e['repeats']} repeats, tau {e2e['tau']:g}, "
+             f"rho {e2e['rho']:g}; conditioning: {e2e['conditioning']}", ""]
+    lines += _table(["mode", "s/image (mean)", "s/image (p50)", "scheduler ms/step", "engine ms/step",
+                     "steps per size"], body)
+    sp, cost, over = e2e["speedups"], e2e["cost"], e2e["scheduler_overhead"]
+    lines += ["", f"Speed-ups (wall, one run): dynamic vs static {_num(sp['dynamic_vs_static'])}x, "
+              f"dynamic vs eager {_num(sp['dynamic_vs_eager'])}x, static vs eager {_num(sp['static_vs_eager'])}x.",
+              f"Schedule cost (noise-free): token speed-up {_num(cost['token_speedup'])}x, "
+              f"FLOP speed-up {_num(cost['flop_speedup'])}x.",
+              f"Scheduler overhead: {_num(over['ms_per_step'], '.3f')} ms/step "
+              f"({_num(100 * over['share_of_step'], '.1f')}% of a step)."]
+    return lines
+
+
+def bench_markdown(report: dict) -> str:
+    lines = [f"# ddit-export bench: {report['engine_dir']}", "",
+             f"{report['family']}, latent {report['latent_shape']}, text {report['text_len']} tokens, "
+             f"{report['dtype']}, device {report['device']} ({report['clock']}); "
+             f"{report['warmup']} warm-up + {report['iters']} timed round-robin rounds.", "",
+             "## Per engine", ""]
+    lines += engines_markdown(report["engines"])
+    for name, reason in report.get("skipped_backends", {}).items():
+        lines.append(f"\nBackend {name} skipped: {reason}")
+    if report.get("end_to_end") is not None:
+        lines += ["", "## End to end", ""] + e2e_markdown(report["end_to_end"])
+    if report.get("peer") is not None:
+        lines += ["", "## Peer baseline (optimum-onnx)", ""] + peer_markdown(report["peer"])
+    return "\n".join(lines) + "\n"
+
+
+def peer_markdown(peer: dict) -> list[str]:
+    if "skipped" in peer:
+        return [f"Skipped: {peer['skipped']}"]
+    body = [[r["name"], _num(r["mean_ms"]), _num(r["p50_ms"]), _num(r["p95_ms"])] for r in peer["rows"]]
+    return _table(["engine", "mean ms", "p50 ms", "p95 ms"], body) + [
+        "", f"ours / optimum (mean): {_num(peer['ours_vs_peer'])}x faster"]
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` completely or not at all (temp file beside it, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(path, data: dict) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,196 @@
+"""`ddit-export bench`: per-engine latency, FLOPs and end-to-end speed-ups of an engine folder.
+
+Writes into --out: `bench.json`, `bench.md` (the tables), `latency.png` (latency per size and
+backend) and `schedule.png` (the DDiT schedule timeline). Every number comes from one run:
+engines are timed round-robin, the end-to-end modes interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import run_guarded
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
+    p.add_argument("--backends", help="comma list of torch | torch-compile | onnx | aoti | trt "
+                   "(default: every backend the folder has engines for that loads on --device)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up rounds before timing (default 10)")
+    p.add_argument("--iters", type=int, default=50, help="timed round-robin rounds (default 50)")
+    p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/bench.json)")
+    p.add_argument("--out", help="folder for bench.json, bench.md and plots (default outputs/bench-<engine dir>)")
+    e2e = p.add_argument_group("end to end (static base vs DDiT dynamic vs PyTorch eager base)")
+    e2e.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    e2e.add_argument("--seeds", default="0", help="comma list of noise seeds (default 0)")
+    e2e.add_argument("--e2e-repeats", type=int, default=1, help="images per seed and mode (default 1)")
+    e2e.add_argument("--e2e-backend", help="engine backend of the static and dynamic modes (default: the first timed)")
+    e2e.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's)")
+    e2e.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    e2e.add_argument("--prompt", default="a photograph of a red fox in fresh snow, golden hour")
+    e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
+    e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
+    p.add_argument("--peer", action="store_true",
+                   help="also time optimum-onnx's export of the base transformer (needs the [optimum] extra)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(lambda: bench_command(args, Console(highlight=False)))
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes a comma list of integers (got {text!r})") from None
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def check_device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but this torch has no CUDA device; use --device cpu")
+    return device
+
+
+def _check_args(args) -> None:
+    if args.iters < 1 or args.warmup < 0:
+        raise ValueError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
+    if args.steps < 1 or args.e2e_repeats < 1:
+        raise ValueError(f"--steps and --e2e-repeats must be >= 1 (got {args.steps}, {args.e2e_repeats})")
+    if args.tau is not None and not args.tau >= 0:
+        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
+    if args.rho is not None and not 0 < args.rho < 1:
+        raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
+
+
+def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console) -> tuple[dict, dict]:
+    """name -> Backend; asked-for backends must load, defaults that cannot are skipped with a reason."""
+    from ..bench.latency import manifest_backends
+    from ..runtime.backends import BackendError, backend_class, get_backend
+
+    explicit = names is not None
+    names = names if explicit else manifest_backends(manifest)
+    for name in names:
+        backend_class(name)  # unknown name -> the list of backends, before loading anything
+    loaded, skipped = {}, {}
+    for name in names:
+        try:
+            loaded[name] = get_backend(name, folder, device=device)
+        except BackendError as err:
+            if explicit:
+                raise
+            skipped[name] = str(err)
+            console.print(f"[yellow]skipping backend {name}: {err}[/]")
+    if not loaded:
+        raise ValueError(f"no backend could be loaded for {folder} on {device}: {skipped}")
+    return loaded, skipped
+
+
+def bench_command(args: argparse.Namespace, console: Console) -> int:
+    from ..bench import latency, plots, report
+    from ..export.manifest import read_manifest, tool_versions
+
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    manifest = read_manifest(folder)
+    _check_args(args)
+    seeds = parse_ints(args.seeds, "--seeds")
+    device = check_device(args.device)
+    names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
+    out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+
+    backends, skipped = load_backends(folder, manifest, names, device, console)
+    try:
+        console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines round-robin: "
+                      f"{args.warmup} warm-up + {args.iters} rounds")
+        rows = latency.engine_latency(folder, backends, args.warmup, args.iters, device)
+        e2e = None if args.no_e2e else _end_to_end(args, folder, manifest, backends, seeds, device, console)
+    finally:
+        for backend in backends.values():
+            backend.close()
+    peer = None
+    if args.peer:
+        from ..bench.peer_optimum import peer_latency
+
+        peer = peer_latency(folder, args.warmup, args.iters)
+    from ..bench.timing import Stopwatch
+
+    result = {
+        "engine_dir": str(folder), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "family": manifest["family"], "dtype": manifest["dtype"], "latent_shape": manifest["latent_shape"],
+        "text_len": manifest["request"]["text_len"], "device": str(device), "clock": Stopwatch(device).kind,
+        "warmup": args.warmup, "iters": args.iters, "backends": list(backends), "skipped_backends": skipped,
+        "engines": rows, "end_to_end": e2e, "peer": peer, "tools": tool_versions(),
+    }
+    written = [report.write_json(Path(args.json).expanduser() if args.json else out / "bench.json", result),
+               report.write_text_atomic(out / "bench.md", report.bench_markdown(result)),
+               plots.plot_latency(rows, out / "latency.png")]
+    if e2e and "skipped" not in e2e:
+        written.append(plots.plot_schedule(e2e["modes"]["dynamic"]["schedules"], int(manifest["base_patch"]),
+                                           out / "schedule.png"))
+    _print(console, result, written)
+    return 0
+
+
+def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dict:
+    from ..bench.end_to_end import end_to_end
+    from ..bench.flops import flops_table
+    from ..runtime.backends import get_backend
+
+    engine_name = args.e2e_backend or next((n for n in backends if n != "torch"), next(iter(backends)))
+    if engine_name not in backends:
+        raise ValueError(f"--e2e-backend {engine_name} is not among the timed backends {list(backends)}")
+    eager = None
+    if not args.no_eager:
+        eager = backends.get("torch") or get_backend("torch", folder, device=device)
+    tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+    try:
+        return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
+                          tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens, flops=flops_table(manifest))
+    except NotImplementedError as err:  # the runtime cannot sample this family (yet): keep the engine timings
+        console.print(f"[yellow]end to end skipped: {err}[/]")
+        return {"skipped": str(err)}
+    finally:
+        if eager is not None and "torch" not in backends:
+            eager.close()
+
+
+def _print(console: Console, result: dict, written: list[Path]) -> None:
+    table = Table(title=f"per engine ({result['clock']})")
+    for col in ("backend", "patch", "tokens", "GFLOP", "mean ms", "p50", "p95", "p99", "GFLOP/s", "t(base)/t"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for r in result["engines"]:
+        sp = r["speedup_vs_base"]
+        table.add_row(r["backend"], str(r["patch_size"]), str(r["tokens"]), f"{r['flops'] / 1e9:.4g}",
+                      f"{r['mean_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['flops_per_s'] / 1e9:.4g}", "n/a" if sp is None else f"{sp:.2f}")
+    console.print(table)
+    e2e = result["end_to_end"]
+    if e2e and "skipped" not in e2e:
+        for mode, s in e2e["modes"].items():
+            console.print(f"{mode:>8}: {s['seconds_per_image']:.4f} s/image")
+        sp, cost = e2e["speedups"], e2e["cost"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
+        console.print(f"speed-ups: dynamic/static {fmt(sp['dynamic_vs_static'])}, dynamic/eager "
+                      f"{fmt(sp['dynamic_vs_eager'])}, static/eager {fmt(sp['static_vs_eager'])}; "
+                      f"token speed-up {fmt(cost['token_speedup'])}; scheduler "
+                      f"{e2e['scheduler_overhead']['ms_per_step']:.3f} ms/step")
+    for path in written:
+        console.print(f"wrote {path}")

@@ -1,0 +1,141 @@
+"""`ddit-export calibrate`: sweep the scheduler's tau (log grid) and rho, pick tau for a quality
+budget, and store it in the engine folder's manifest as the default.
+
+Writes into --out: `calibration.json` (every point), `calibration.md` (the Pareto table) and
+`calibration.png` (speed vs quality). The manifest is rewritten atomically; `--dry-run` leaves it.
+Exit 1 when no grid point meets the budget (nothing stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from .bench_cmd import check_device, parse_ints
+from .errors import EXIT_FAILED, fail, run_guarded
+
+SPEED_FLAGS = {"tokens": "token_speedup", "flops": "flop_speedup", "wall": "wall_speedup"}
+DEFAULT_BUDGETS = {"psnr": 30.0, "ssim": 0.9, "image_psnr": 30.0, "image_ssim": 0.9}
+DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
+    p.add_argument("--backend", default="onnx", help="engine runtime to calibrate on (default onnx)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    p.add_argument("--seeds", default="0,1", help="comma list of noise seeds (default 0,1)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for several; samples = prompts x seeds)")
+    p.add_argument("--taus", help="explicit comma list of tau values (overrides the log grid)")
+    p.add_argument("--tau-min", type=float, default=1e-4, help="log grid start (default 1e-4)")
+    p.add_argument("--tau-max", type=float, default=1.0, help="log grid end (default 1)")
+    p.add_argument("--tau-points", type=int, default=9, help="log grid points (default 9)")
+    p.add_argument("--rhos", default="0.2,0.4,0.6", help="comma list of rho fractions (default 0.2,0.4,0.6)")
+    p.add_argument("--metric", choices=sorted(DEFAULT_BUDGETS), default="psnr",
+                   help="quality metric of the budget: on final latents, or image_* on decoded images (needs a VAE)")
+    p.add_argument("--budget", type=float,
+                   help="minimum mean quality vs the static base (default psnr 30 dB, ssim 0.9)")
+    p.add_argument("--speed", choices=sorted(SPEED_FLAGS), default="tokens",
+                   help="speed-up maximised: tokens / flops (noise-free schedule cost) or wall (default tokens)")
+    p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest as it is")
+    p.add_argument("--out", help="folder for calibration.json/.md/.png (default outputs/calibrate-<engine dir>)")
+    p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/calibration.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(lambda: calibrate_command(args, Console(highlight=False)))
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes a comma list of numbers (got {text!r})") from None
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def _grid(args) -> tuple[list[float], list[float]]:
+    from ..bench.calibrate import log_grid
+
+    taus = _floats(args.taus, "--taus") if args.taus else log_grid(args.tau_min, args.tau_max, args.tau_points)
+    if any(not t >= 0 for t in taus):
+        raise ValueError(f"tau values must be >= 0 (got {taus})")
+    rhos = _floats(args.rhos, "--rhos")
+    if any(not 0 < r < 1 for r in rhos):
+        raise ValueError(f"--rhos are fractions in (0, 1) (got {rhos})")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1 (got {args.steps})")
+    return taus, rhos
+
+
+def calibrate_command(args: argparse.Namespace, console: Console) -> int:
+    from ..bench import calibrate, plots, report
+    from ..bench.flops import flops_table
+    from ..export.manifest import read_manifest
+    from ..runtime.backends import backend_class, get_backend
+    from ..runtime.sampling import decode_images, vae_folder
+
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    manifest = read_manifest(folder)
+    taus, rhos = _grid(args)
+    seeds = parse_ints(args.seeds, "--seeds")
+    samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
+    device = check_device(args.device)
+    backend_class(args.backend)
+    vae = vae_folder(manifest)
+    if args.metric.startswith("image_") and vae is None:
+        raise ValueError(f"--metric {args.metric} needs decoded images, but {manifest['model']['id']} has no VAE; "
+                         "use --metric psnr or ssim (on latents)")
+    budget = DEFAULT_BUDGETS[args.metric] if args.budget is None else args.budget
+    speed = SPEED_FLAGS[args.speed]
+    out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+
+    tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+    decode = (lambda latent: decode_images(vae, latent, device)) if vae else None
+    total = len(taus) * len(rhos)
+    console.print(f"sweeping {len(taus)} tau x {len(rhos)} rho = {total} points over {len(samples)} samples, "
+                  f"{args.steps} steps, backend {args.backend}")
+
+    def progress(point, done, of):
+        console.print(f"  [{done}/{of}] tau {point['tau']:.3g} rho {point['rho']:g}: "
+                      f"token speed-up {point['token_speedup']:.2f}x, {args.metric} "
+                      f"{point.get(args.metric, float('nan')):.3f}")
+
+    with get_backend(args.backend, folder, device=device) as backend:
+        try:
+            points, static = calibrate.sweep(backend, samples, taus, rhos, args.steps, decode=decode, tokens=tokens,
+                                             flops=flops_table(manifest), progress=progress)
+        except NotImplementedError as err:
+            raise ValueError(f"the runtime cannot sample {manifest['family']} engines yet: {err}") from None
+    calibrate.mark_pareto(points, speed, args.metric)
+    chosen = calibrate.pick_point(points, args.metric, budget, speed)
+    record = calibrate.calibration_record(
+        chosen or {}, points, metric=args.metric, budget=budget, speed=speed, taus=taus, rhos=rhos,
+        samples=samples, steps=args.steps, backend_name=args.backend, device=device, static=static)
+    table = calibrate.pareto_markdown(points, args.metric, speed, chosen)
+    written = [report.write_json(Path(args.json).expanduser() if args.json else out / "calibration.json",
+                                 calibrate.json_safe({"engine_dir": str(folder), **record})),
+               report.write_text_atomic(out / "calibration.md", f"# calibration of {folder}\n\n{table}"),
+               plots.plot_calibration(points, chosen, args.metric, budget, speed, out / "calibration.png")]
+    console.print(table)
+    for path in written:
+        console.print(f"wrote {path}")
+    if chosen is None:
+        return fail(f"no grid point reaches {args.metric} >= {budget:g}; the manifest is unchanged "
+                    "(lower --tau-min, or relax --budget)", EXIT_FAILED)
+    console.print(f"chosen: tau {chosen['tau']:.4g}, rho {chosen['rho']:g} ({speed} {chosen[speed]:.2f}x, "
+                  f"{args.metric} {chosen[args.metric]:.3f} >= {budget:g})")
+    if args.dry_run:
+        console.print("--dry-run: manifest unchanged")
+    else:
+        calibrate.store_calibration(folder, manifest, chosen["tau"], chosen["rho"], record)
+        console.print(f"stored as the default in {folder / 'manifest.json'}")
+    return 0

@@ -1,0 +1,182 @@
+"""Denoising loop for Wan 2.1 engines used without a diffusers pipeline (`generate`, tests).
+
+It reproduces what `WanPipeline` does around the transformer, so that the drop-in and this loop
+give the same video for the same seed:
+- Sampler: diffusers' `UniPCMultistepScheduler` for flow matching, with the configuration Wan 2.1
+  ships (`flow_prediction`, `use_flow_sigmas`, `flow_shift` 3.0 = Wan's 480p value, solver order 2,
+  bh2); the pipeline folder's own `scheduler/` when the engines' model is a pipeline folder.
+  (WanPipeline's signature names FlowMatchEulerDiscreteScheduler, but the released checkpoints
+  run UniPC, which is what their videos were made with.)
+- Noise: `randn_tensor` in float32 with a CPU generator, as WanPipeline's `prepare_latents`.
+  The sampler latent stays float32 whatever the engine dtype; the model sees `latent.to(dtype)`.
+- Timesteps: the sampler's integer timesteps (sigma * 1000), expanded to the batch and passed in
+  float32 (Wan's `float32_inputs`); `set_begin_index(0)` avoids the sampler's timestep lookup.
+- Classifier-free guidance (`guidance > 1`): `uncond + g * (cond - uncond)` as WanPipeline. One
+  DDiT decision per step serves both passes. An engine built with twice the video batch
+  (`--batch 2` for one video) runs cond and uncond in ONE call: the latent is written into both
+  halves of a preallocated input, the prompt and negative embeddings are concatenated once per
+  request, and the prediction is split. Otherwise the step makes two calls of the same engine.
+
+Host synchronisations per step: the DDiT scheduler's one `.tolist()`; nothing here adds one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .backends.base import Backend
+from .conditioning import Conditioning
+from .dispatcher import DDiTRunner
+from .sampling import GenerationResult, initial_noise
+from .scheduler import ScheduleConfig
+
+DEFAULT_CFG = 5.0  # WanPipeline's default guidance_scale
+# Wan 2.1's released scheduler configuration (Wan-AI/Wan2.1-T2V-*-Diffusers, scheduler/).
+WAN_UNIPC = dict(
+    num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+    solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True, final_sigmas_type="zero",
+)
+
+
+@dataclass(frozen=True)
+class CfgLayout:
+    """How one step's model calls are laid out on an engine of a given batch."""
+
+    video_batch: int  # videos sampled at once (the sampler latent's batch)
+    guided: bool  # classifier-free guidance on (scale > 1)
+    batched: bool  # cond and uncond in one call of a 2 x video_batch engine
+
+    @property
+    def mode(self) -> str:
+        return "off" if not self.guided else ("batched" if self.batched else "two-calls")
+
+
+def cfg_layout(engine_batch: int, guidance: float | None, batched: bool | None = None) -> CfgLayout:
+    """With CFG an even engine batch is read as cond + uncond halves (``batched=None``: auto).
+
+    ``batched=False`` forces two calls per step (the engine batch is then the video batch).
+    """
+    guided = guidance is not None and guidance > 1.0
+    if not guided:
+        return CfgLayout(engine_batch, False, False)
+    if batched is None:
+        batched = engine_batch % 2 == 0
+    if batched and engine_batch % 2:
+        raise ValueError(f"one-call CFG needs an engine batch of 2 x videos; these engines have batch {engine_batch}")
+    return CfgLayout(engine_batch // 2 if batched else engine_batch, True, batched)
+
+
+def wan_sampler(manifest: dict | None = None):
+    """The pipeline folder's scheduler if the engines' model has one, else Wan 2.1's UniPC."""
+    from diffusers import UniPCMultistepScheduler
+
+    if manifest is not None:
+        folder = Path(manifest["model"]["id"]).expanduser()
+        if (folder / "scheduler" / "scheduler_config.json").is_file():
+            import diffusers
+
+            config = UniPCMultistepScheduler.load_config(folder, subfolder="scheduler")
+            return getattr(diffusers, config["_class_name"]).from_config(config)
+    return UniPCMultistepScheduler(**WAN_UNIPC)
+
+
+def generate_wan(
+    backend: Backend,
+    conditioning: Conditioning,
+    schedule: ScheduleConfig,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    latents: torch.Tensor | None = None,
+    return_trajectory: bool = False,
+    batched_cfg: bool | None = None,
+) -> GenerationResult:
+    """Sample one batch of Wan videos with DDiT patch scheduling; see the module docstring.
+
+    ``conditioning.guidance`` is the CFG scale (None or <= 1: no guidance); its embeddings have
+    the video batch. ``batched_cfg`` None picks one-call CFG when the engine batch allows it.
+    """
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer (got {steps!r})")
+    device, dtype, engine_shape = backend.device, backend.dtype, backend.latent_shape
+    layout = cfg_layout(engine_shape[0], conditioning.guidance, batched_cfg)
+    shape = (layout.video_batch, *engine_shape[1:])
+    if latents is None:
+        latent = initial_noise(shape, seed, device, torch.float32)
+    else:
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; these engines sample {shape}")
+        latent = latents.to(device=device, dtype=torch.float32)
+    cond, uncond = _embeddings(conditioning, layout, device, dtype)
+
+    sampler = wan_sampler(backend.manifest)
+    sampler.set_timesteps(steps, device=device)
+    sampler.set_begin_index(0)  # as WanPipeline: no timestep lookup (a host sync) per step
+    timesteps = sampler.timesteps
+    # Every step's engine timestep made up front, so the loop only takes views.
+    engine_timesteps = timesteps.float().unsqueeze(1).expand(-1, engine_shape[0]).contiguous()
+    # One-call CFG: cond and uncond halves of one input, filled in place each step (no allocation).
+    doubled = torch.empty(engine_shape, dtype=dtype, device=device) if layout.batched else None
+    both = torch.cat([cond, uncond]) if layout.batched else None
+    scale = float(conditioning.guidance) if layout.guided else 1.0
+
+    trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
+    runner = DDiTRunner(backend, schedule, total_steps=steps)
+    for i, t in enumerate(timesteps):
+        if trajectory is not None:
+            trajectory[i].copy_(latent)
+        x = latent.to(dtype)  # what WanPipeline hands the transformer (and so what DDiT observes)
+        runner.decide(x, i)
+        ts = engine_timesteps[i]
+        if not layout.guided:
+            pred = runner.run(x, encoder_hidden_states=cond, timestep=ts)
+        elif layout.batched:
+            b = layout.video_batch
+            doubled[:b].copy_(x)
+            doubled[b:].copy_(x)
+            pred_cond, pred_uncond = runner.run(doubled, encoder_hidden_states=both, timestep=ts).chunk(2)
+            pred = pred_uncond + scale * (pred_cond - pred_uncond)
+        else:
+            # The backend may reuse its output storage on the next call: keep the cond pass.
+            pred_cond = runner.run(x, encoder_hidden_states=cond, timestep=ts).clone()
+            pred_uncond = runner.run(x, encoder_hidden_states=uncond, timestep=ts)
+            pred = pred_uncond + scale * (pred_cond - pred_uncond)
+        latent = sampler.step(pred, t, latent, return_dict=False)[0]
+    if trajectory is not None:
+        trajectory[steps].copy_(latent)
+    return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps,
+                            cfg=layout.mode)
+
+
+def _embeddings(conditioning: Conditioning, layout: CfgLayout, device, dtype):
+    """Prompt (and negative) embeddings of the video batch, on the engines' device and dtype."""
+    cond = conditioning.encoder_hidden_states
+    if cond.shape[0] != layout.video_batch:
+        raise ValueError(f"the prompt embeddings have batch {cond.shape[0]}; this run samples {layout.video_batch}")
+    cond = cond.to(device=device, dtype=dtype)
+    if not layout.guided:
+        return cond, None
+    neg = conditioning.negative_encoder_hidden_states
+    if neg is None or tuple(neg.shape) != tuple(cond.shape):
+        got = None if neg is None else tuple(neg.shape)
+        raise ValueError(f"classifier-free guidance needs negative embeddings of shape {tuple(cond.shape)} (got {got})")
+    return cond, neg.to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def decode_video(folder: Path, latent: torch.Tensor, device="cpu") -> list[list]:
+    """PIL frames per video from a final Wan latent (`B x 16 x F x h x w`) with the folder's VAE."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.video_processor import VideoProcessor
+
+    vae = AutoencoderKLWan.from_pretrained(folder, subfolder="vae").to(device)
+    cfg = vae.config
+    # As WanPipeline: undo the per-channel latent normalisation, decode, postprocess to PIL.
+    mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(device, vae.dtype)
+    inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(device, vae.dtype)
+    z = latent.to(device=device, dtype=vae.dtype) / inv_std + mean
+    video = vae.decode(z, return_dict=False)[0]
+    return VideoProcessor(vae_scale_factor=cfg.scale_factor_spatial).postprocess_video(video, output_type="pil")
