@@ -76,6 +76,15 @@ class Family:
         yield
 
     # -- shared geometry --
+    def check_pixels(self, height: int, width: int) -> None:
+        """The VAE and the base patch need height and width in multiples of vae_scale * base_patch."""
+        step = self.vae_scale * self.base_patch
+        if height % step or width % step or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width must be positive multiples of {step} for {self.name} (got {height}x{width}); "
+                f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
+            )
+
     def patch_features(self, patch: int) -> int:
         return self.latent_channels * patch * patch
 

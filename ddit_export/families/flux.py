@@ -66,12 +66,7 @@ class FluxFamily(Family):
 
     # ---- geometry -------------------------------------------------------------------------------
     def check_image_size(self, height: int, width: int, frames: int | None = None) -> None:
-        step = self.vae_scale * self.base_patch
-        if height % step or width % step or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height and width must be positive multiples of {step} for FLUX (got {height}x{width}); "
-                f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
-            )
+        self.check_pixels(height, width)
         if frames not in (None, 1):
             raise ValueError("FLUX makes images: --frames does not apply")
 

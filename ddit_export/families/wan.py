@@ -105,12 +105,7 @@ class WanFamily(Family):
 
     # ---- geometry -------------------------------------------------------------------------------
     def check_image_size(self, height: int, width: int, frames: int | None = None) -> None:
-        step = self.vae_scale * self.base_patch
-        if height % step or width % step or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height and width must be positive multiples of {step} for Wan (got {height}x{width}); "
-                f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
-            )
+        self.check_pixels(height, width)
         frames = self.default_frames if frames is None else frames
         if frames < 1 or (frames - 1) % self.temporal_scale:
             k = max(0, round((frames - 1) / self.temporal_scale))
