@@ -61,3 +61,57 @@ def tiny_flux_vae():
         block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
         scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
     )
+
+
+WAN_GEOMETRY = dict(frames=5, height=96, width=160, text_len=8)  # latent 1 x 16 x 2 x 12 x 20; 8 pads 12 -> 16
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_engines(tmp_path_factory) -> Path:
+    """Tiny Wan engines (sizes 2/8, 5 frames of 96x160, text_len 8, batch 1, fp32, ONNX), built once.
+
+    Two sizes, not three: each ONNX export costs ~20 s of a shared CPU. Read-only for tests.
+    """
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+
+    out = tmp_path_factory.mktemp("tiny_wan") / "engines"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(family="wan", model="tiny", patch_sizes=(2, 8), dtype="fp32", out=str(out),
+                                     **WAN_GEOMETRY))
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_cfg_engines(tiny_wan_engines, tmp_path_factory) -> Path:
+    """The same engines at batch 2 (cond + uncond of one video in one call), for the torch backend only.
+
+    Its manifest is `tiny_wan_engines`' with every batch dimension doubled and no artifacts: the
+    torch backend rebuilds each engine from the model at the manifest's shapes (exactly what an
+    export with --batch 2 traces), which saves a second ONNX export.
+    """
+    import json
+
+    manifest = json.loads((tiny_wan_engines / "manifest.json").read_text())
+    manifest["request"]["batch"] = 2
+    manifest["latent_shape"][0] = 2
+    for spec in manifest["io"]["inputs"] + manifest["io"]["outputs"]:
+        spec["shape"][0] = 2
+    manifest["engines"] = []
+    out = tmp_path_factory.mktemp("tiny_wan_cfg") / "engines"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture
+def tiny_wan_vae():
+    """An `AutoencoderKLWan` (16 latent channels, 8x spatial, 4x temporal) that decodes in well under a second."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()

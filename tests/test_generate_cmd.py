@@ -75,7 +75,8 @@ def test_bad_input_is_one_line_and_exit_2(tiny_flux_engines, tmp_path, capsys):
     cases = [
         ([str(tmp_path / "missing")], "does not exist"),
         ([str(tmp_path)], "has no manifest.json"),
-        ([str(tiny_flux_engines), "--backend", "trt"], "unknown backend 'trt'; available: onnx, torch"),
+        ([str(tiny_flux_engines), "--backend", "tvm"], "unknown backend 'tvm'; available: aoti, onnx"),
+        ([str(tiny_flux_engines), "--backend", "aoti"], "has no AOTInductor packages"),
         ([str(tiny_flux_engines), "--static", "16"], "--static 16 is not a patch size of these engines"),
         ([str(tiny_flux_engines), "--warmup-patch", "3"], "--warmup-patch 3 is not a patch size"),
         ([str(tiny_flux_engines), "--steps", "0"], "--steps must be at least 1"),

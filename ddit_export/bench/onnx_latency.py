@@ -39,7 +39,7 @@ def onnx_latency(folder, warmup: int = 3, iters: int = 10, providers=("CPUExecut
     base = manifest["base_patch"]
     tokens = {e["patch_size"]: e["tokens"] for e in manifest["engines"]}
     result = {p: {**summarize(s), "tokens": tokens[p]} for p, s in samples.items()}
-    for p, r in result.items():
+    for r in result.values():
         r["speedup_vs_base"] = result[base]["mean_ms"] / r["mean_ms"]
     return {"folder": str(folder), "providers": list(providers), "sizes": result,
             "latent_shape": manifest["latent_shape"], "text_len": manifest["request"]["text_len"]}

@@ -59,6 +59,8 @@ def bench_markdown(report: dict) -> str:
     lines += engines_markdown(report["engines"])
     for name, reason in report.get("skipped_backends", {}).items():
         lines.append(f"\nBackend {name} skipped: {reason}")
+    for note in report.get("notes", []):
+        lines.append(f"\nNote: {note}")
     if report.get("end_to_end") is not None:
         lines += ["", "## End to end", ""] + e2e_markdown(report["end_to_end"])
     if report.get("peer") is not None:

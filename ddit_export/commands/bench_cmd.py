@@ -100,6 +100,17 @@ def load_backends(folder: Path, manifest: dict, names: list[str] | None, device,
     return loaded, skipped
 
 
+def contention_notes(names: list[str], device) -> list[str]:
+    """Known ways side-by-side CPU timing misleads, stated next to the numbers."""
+    torch_based = {"torch", "torch-compile", "aoti"} & set(names)
+    if device.type == "cpu" and "onnx" in names and torch_based:
+        # Measured on a 2-core box: aoti 20 ms alone, 230 ms interleaved with ORT (spinning on), 20 ms (off).
+        return [f"on the CPU, ONNX Runtime's intra-op threads spin-wait after each call and starve "
+                f"{', '.join(sorted(torch_based))} in the round-robin; compare those backends in separate runs "
+                "or disable ORT spinning (session.intra_op.allow_spinning=0)"]
+    return []
+
+
 def bench_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import latency, plots, report
     from ..export.manifest import read_manifest, tool_versions
@@ -117,6 +128,9 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--out {out} exists and is not a folder")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
+    notes = contention_notes(list(backends), device)
+    for note in notes:
+        console.print(f"[yellow]note: {note}[/]")
     try:
         console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines round-robin: "
                       f"{args.warmup} warm-up + {args.iters} rounds")
@@ -137,7 +151,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         "family": manifest["family"], "dtype": manifest["dtype"], "latent_shape": manifest["latent_shape"],
         "text_len": manifest["request"]["text_len"], "device": str(device), "clock": Stopwatch(device).kind,
         "warmup": args.warmup, "iters": args.iters, "backends": list(backends), "skipped_backends": skipped,
-        "engines": rows, "end_to_end": e2e, "peer": peer, "tools": tool_versions(),
+        "engines": rows, "end_to_end": e2e, "peer": peer, "notes": notes, "tools": tool_versions(),
     }
     written = [report.write_json(Path(args.json).expanduser() if args.json else out / "bench.json", result),
                report.write_text_atomic(out / "bench.md", report.bench_markdown(result)),
@@ -164,7 +178,7 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
     try:
         return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
                           tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens, flops=flops_table(manifest))
-    except NotImplementedError as err:  # the runtime cannot sample this family (yet): keep the engine timings
+    except (NotImplementedError, ValueError) as err:  # the runtime cannot sample this family: keep the timings
         console.print(f"[yellow]end to end skipped: {err}[/]")
         return {"skipped": str(err)}
     finally:

@@ -112,6 +112,8 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
         result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
                           return_trajectory=bool(args.save_trajectory))
+        if result.cfg is not None:  # Wan: say how the guidance passes ran (one call or two per step)
+            console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
     out.mkdir(parents=True, exist_ok=True)
     if manifest["family"] == "wan":

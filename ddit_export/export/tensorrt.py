@@ -15,7 +15,7 @@ ALIGNMENT = 256  # bytes; TensorRT and CUDA allocations are at least this aligne
 TIMING_CACHE = "trt/timing.cache"
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(ValueError):
     """TensorRT or CUDA is not present on this machine."""
 
 

@@ -11,89 +11,32 @@ the scheduler picks, and the prediction is packed back. The engines have a stati
 height, width, batch and text length must be those the engines were built for (clear errors
 otherwise; pass `max_sequence_length=<text_len>` to the pipeline).
 
-Trajectories are found from the calls alone (the pipeline never says when it starts):
-- Same step: the call has the previous call's timestep AND the very same latent tensor (same
-  storage, not modified since). That is FluxPipeline's true-CFG second pass (`true_cfg_scale > 1`
-  with a negative prompt): it reuses the step's decision and is NOT recorded as a new latent.
-- New pipeline call: otherwise, when the timestep does not decrease (t >= previous t). The
-  scheduler history and the trace restart. FluxPipeline also calls `_reset_stateful_cache` at the
-  end of every call, which ends the trajectory too.
-- Otherwise: the next step of the current trajectory.
-Reading the timestep costs one host read of a scalar per call (a sync when it is a CUDA tensor;
-it lands where the scheduler's own sync would wait anyway), and each new pipeline call compares
-its `img_ids` with the engines' grid once. Caveat: a bf16 timestep schedule of
+How trajectories and the true-CFG pass are told apart: see `dropin_base`. Each new pipeline
+call also compares its `img_ids` with the engines' grid once. Caveat: a bf16 timestep schedule of
 more than ~80 steps can round two consecutive timesteps to the same value, which reads as a new
 call; run long schedules with fp32 latents.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
-from diffusers.configuration_utils import FrozenDict
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from torch import nn
 
 from ..families.flux import FLUX
 from .backends.base import Backend
-from .dispatcher import DDiTRunner, schedule_config
-from .scheduler import Decision, ScheduleConfig
-from .trace import Trace
+from .dropin_base import DropInTransformer
+from .scheduler import ScheduleConfig
 
 
-class DDiTFluxTransformer(nn.Module):
+class DDiTFluxTransformer(DropInTransformer):
     """`FluxTransformer2DModel` stand-in: scheduler + static engines behind the same call."""
 
     def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
-        super().__init__()
-        schedule = schedule or schedule_config(backend)
-        if schedule.base_last_steps and total_steps is None:
-            raise ValueError("base_last_steps needs total_steps (the pipeline's num_inference_steps)")
-        self.backend = backend
-        self.runner = DDiTRunner(backend, schedule, total_steps)
-        # What the pipeline reads: config.in_channels (latent channels * 4), config.guidance_embeds.
-        self.config = FrozenDict(backend.manifest["model"]["config"])
-        self.latent_shape = backend.latent_shape
-        self._text_len = int(backend.manifest["request"]["text_len"])
-        self._pixels = (int(backend.manifest["request"]["height"]), int(backend.manifest["request"]["width"]))
+        super().__init__(backend, schedule, total_steps)
+        request = backend.manifest["request"]
+        self._pixels = (int(request["height"]), int(request["width"]))
         self._img_ids = FLUX.image_ids(FLUX.base_patch, self.latent_shape).float()
         self._inputs = frozenset(backend.input_metadata.input_names)
-        self._prev: tuple | None = None  # (timestep, hidden_states, its version) of the last call
-        self._latent: torch.Tensor | None = None  # the unpacked latent of the current step
-        self._step = -1
-        self._ended = True  # the next call opens a new trajectory
 
-    # -- attributes the pipeline and DiffusionPipeline read ------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.backend.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.backend.device
-
-    @property
-    def trace(self) -> Trace:
-        """Trace of the current (or last finished) pipeline call."""
-        return self.runner.trace
-
-    @property
-    def decision(self) -> Decision | None:
-        return self.runner.decision
-
-    @contextmanager
-    def cache_context(self, name: str, **kwargs):
-        """FluxPipeline wraps each pass in this (for diffusers' caches); engines need nothing."""
-        yield
-
-    def _reset_stateful_cache(self) -> None:
-        """Called by the pipeline at the end of every call: the next call is a new trajectory."""
-        self._ended = True
-        self._prev = None
-        self._latent = None
-
-    # -- the call ------------------------------------------------------------------------------------
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -118,22 +61,11 @@ class DDiTFluxTransformer(nn.Module):
                 f"the prompt embeddings have {encoder_hidden_states.shape[1]} tokens, the engines were built for "
                 f"{self._text_len}: call the pipeline with max_sequence_length={self._text_len}"
             )
-        t = float(timestep.reshape(-1)[0])  # the one host read of a call
-        version = hidden_states._version
-        same_step = (
-            self._prev is not None
-            and t == self._prev[0]
-            and hidden_states is self._prev[1]
-            and version == self._prev[2]
+        latent = self._track(
+            hidden_states, timestep,
+            to_latent=lambda packed: FLUX.unpack(packed, FLUX.base_patch, self.latent_shape),
+            check_geometry=lambda: self._check_geometry(hidden_states, img_ids),
         )
-        if not same_step:
-            if self._ended or t >= self._prev[0]:
-                self._start_trajectory(hidden_states, img_ids)
-            self._step += 1
-            self._latent = FLUX.unpack(hidden_states, FLUX.base_patch, self.latent_shape)
-            self.runner.decide(self._latent, self._step)
-        self._prev = (t, hidden_states, version)
-
         conditioning = {"encoder_hidden_states": encoder_hidden_states, "timestep": timestep}
         if "pooled_projections" in self._inputs:
             conditioning["pooled_projections"] = pooled_projections
@@ -141,17 +73,8 @@ class DDiTFluxTransformer(nn.Module):
             if guidance is None:
                 raise ValueError("the engines were built with guidance embeds; the pipeline passed no guidance")
             conditioning["guidance"] = guidance
-        pred = self.runner.run(self._latent, **conditioning)
-        out = FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype)
-        if out.data_ptr() == pred.data_ptr():
-            out = out.clone()  # the backend may reuse its output buffer for the CFG pass
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
-
-    def _start_trajectory(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
-        self._check_geometry(hidden_states, img_ids)
-        self.runner.reset()
-        self._step = -1
-        self._ended = False
+        pred = self.runner.run(latent, **conditioning)
+        return self._output(FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype), pred, return_dict)
 
     def _check_geometry(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
         """Once per pipeline call: the pipeline's image must be the engines' static geometry."""

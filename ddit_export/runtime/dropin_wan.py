@@ -10,15 +10,10 @@ transformer's dtype), which is what the engines and the scheduler work on: no pa
 engines have a static geometry, so frames, height, width, batch and text length must be those
 the engines were built for (clear errors otherwise; pass `max_sequence_length=<text_len>`).
 
-Trajectories are found from the calls alone, with FLUX's drop-in rules (see dropin_flux.py):
-- Same step: the call has the previous call's timestep AND the very same latent tensor (same
-  storage, not modified since). That is WanPipeline's classifier-free guidance: with
-  `guidance_scale > 1` it calls the transformer twice per step (cond, uncond) with one
-  `latent_model_input`; the second call reuses the step's decision and is NOT recorded as a latent.
-- New pipeline call: otherwise, when the timestep does not decrease (t >= previous t), or after
-  `_reset_stateful_cache`, which WanPipeline calls (through `maybe_free_model_hooks`) at the end
-  of every call. The scheduler history and the trace restart.
-- Otherwise: the next step of the current trajectory.
+Trajectories and the guidance pass are told apart as `dropin_base` says: WanPipeline with
+`guidance_scale > 1` calls the transformer twice per step (cond, uncond) with one
+`latent_model_input`; the second call reuses the step's decision and is not recorded as a latent,
+and `_reset_stateful_cache` (through `maybe_free_model_hooks`) ends each pipeline call.
 Cost per call: one host read of the timestep scalar (a sync on CUDA, where the scheduler's own
 sync would wait anyway) and one copy of the prediction (the backend may reuse its output storage,
 and the pipeline keeps the cond prediction across the uncond call).
@@ -30,70 +25,21 @@ Wan 2.2's second expert (`transformer_2`, `boundary_ratio`) is not driven by DDi
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
-from diffusers.configuration_utils import FrozenDict
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
-from torch import nn
 
 from ..families.wan import WAN
 from .backends.base import Backend
-from .dispatcher import DDiTRunner, schedule_config
-from .scheduler import Decision, ScheduleConfig
-from .trace import Trace
+from .dropin_base import DropInTransformer
+from .scheduler import ScheduleConfig
 
 
-class DDiTWanTransformer(nn.Module):
+class DDiTWanTransformer(DropInTransformer):
     """`WanTransformer3DModel` stand-in: scheduler + static engines behind the same call."""
 
     def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
-        super().__init__()
-        if backend.manifest.get("family") != "wan":
-            raise ValueError(f"DDiTWanTransformer needs Wan engines; {backend.folder} holds "
-                             f"{backend.manifest.get('family')} engines")
-        schedule = schedule or schedule_config(backend)
-        if schedule.base_last_steps and total_steps is None:
-            raise ValueError("base_last_steps needs total_steps (the pipeline's num_inference_steps)")
-        self.backend = backend
-        self.runner = DDiTRunner(backend, schedule, total_steps)
-        # What the pipeline reads: config.patch_size (its size rounding), config.in_channels.
-        self.config = FrozenDict(backend.manifest["model"]["config"])
-        self.latent_shape = backend.latent_shape
+        super().__init__(backend, schedule, total_steps)
         request = backend.manifest["request"]
-        self._text_len = int(request["text_len"])
         self._video = (int(request["frames"]), int(request["height"]), int(request["width"]))
-        self._prev: tuple | None = None  # (timestep, hidden_states, its version) of the last call
-        self._step = -1
-        self._ended = True  # the next call opens a new trajectory
-
-    # -- attributes the pipeline and DiffusionPipeline read ------------------------------------------
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.backend.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.backend.device
-
-    @property
-    def trace(self) -> Trace:
-        """Trace of the current (or last finished) pipeline call."""
-        return self.runner.trace
-
-    @property
-    def decision(self) -> Decision | None:
-        return self.runner.decision
-
-    @contextmanager
-    def cache_context(self, name: str, **kwargs):
-        """WanPipeline wraps each pass in this (for diffusers' caches); engines need nothing."""
-        yield
-
-    def _reset_stateful_cache(self) -> None:
-        """Called by the pipeline at the end of every call: the next call is a new trajectory."""
-        self._ended = True
-        self._prev = None
 
     # -- the call ------------------------------------------------------------------------------------
     def forward(
@@ -107,32 +53,10 @@ class DDiTWanTransformer(nn.Module):
     ):
         """Same arguments as `WanTransformer3DModel.forward` (image conditioning is refused)."""
         self._check_call(timestep, encoder_hidden_states, encoder_hidden_states_image, attention_kwargs)
-        t = float(timestep.reshape(-1)[0])  # the one host read of a call
-        version = hidden_states._version
-        same_step = (
-            self._prev is not None
-            and t == self._prev[0]
-            and hidden_states is self._prev[1]
-            and version == self._prev[2]
-        )
-        if not same_step:
-            if self._ended or t >= self._prev[0]:
-                self._start_trajectory(hidden_states)
-            self._step += 1
-            self.runner.decide(hidden_states, self._step)
-        self._prev = (t, hidden_states, version)
-
-        pred = self.runner.run(hidden_states, encoder_hidden_states=encoder_hidden_states, timestep=timestep)
-        out = pred.to(hidden_states.dtype)
-        if out.data_ptr() == pred.data_ptr():
-            out = out.clone()  # the backend may reuse its output buffer for the uncond pass
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
-
-    def _start_trajectory(self, hidden_states: torch.Tensor) -> None:
-        self._check_geometry(hidden_states)
-        self.runner.reset()
-        self._step = -1
-        self._ended = False
+        latent = self._track(hidden_states, timestep, to_latent=lambda x: x,
+                             check_geometry=lambda: self._check_geometry(hidden_states))
+        pred = self.runner.run(latent, encoder_hidden_states=encoder_hidden_states, timestep=timestep)
+        return self._output(pred.to(hidden_states.dtype), pred, return_dict)
 
     def _check_call(self, timestep, encoder_hidden_states, image_states, attention_kwargs) -> None:
         """Every call (host metadata only): what the engines cannot take, with the fix."""

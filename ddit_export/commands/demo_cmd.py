@@ -1,0 +1,114 @@
+"""`ddit-export demo`: the whole story offline on the embedded demo model, in a few minutes on a CPU.
+
+Exports the demo engines (ONNX, CPU; reused when unchanged), samples N images with the static base
+and with DDiT on the same backend, and prints time per image, speed-up, the schedule histogram, PSNR
+/ SSIM of DDiT against the base, class accuracy and Frechet distance of both. Writes a base-vs-DDiT
+PNG grid, a schedule plot and, with --report, the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import run_guarded
+
+# Chosen by a sweep on the demo (tools/demo_tau_sweep.py; numbers in the demo's train_report.json):
+# the largest tau whose DDiT samples keep PSNR >= 25 dB against the base and the base's accuracy.
+DEFAULT_TAU = 0.05
+DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
+DEFAULT_SAMPLES = 16
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", "-n", type=int, default=DEFAULT_SAMPLES,
+                   help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
+    p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
+    p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
+    p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
+    p.add_argument("--force", action="store_true", help="rebuild the engines even if --engines holds others")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(lambda: demo_command(args, Console(highlight=False)))
+
+
+def _check(args) -> None:
+    from ..demo.classes import CLASS_NAMES
+
+    if args.samples < len(CLASS_NAMES):
+        raise ValueError(f"--samples must be at least {len(CLASS_NAMES)} (one per class; got {args.samples})")
+    if args.steps < 4:
+        raise ValueError(f"--steps must be at least 4: DDiT needs 3 warm-up steps (got {args.steps})")
+    if not args.tau >= 0:
+        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
+
+
+def demo_command(args: argparse.Namespace, console: Console) -> int:
+    from ..demo.classifier import load_classifier
+    from ..demo.engines import export_demo_engines
+    from ..demo.evaluate import figures, real_features, sample_labels, sample_runs, warm_up
+    from ..demo.plots import write_grid, write_schedule_plot
+    from ..runtime.backends import get_backend
+
+    _check(args)
+    out = Path(args.out).expanduser()
+    started = time.perf_counter()
+    with console.status("exporting the demo engines (ONNX, CPU; reused when unchanged)"):
+        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force)
+    export_seconds = time.perf_counter() - started
+    sizes = manifest["patch_sizes"]
+    console.print(f"engines: {args.engines} (sizes {sizes}, {export_seconds:.0f} s)")
+
+    labels = sample_labels(args.samples)
+    with get_backend("onnx", args.engines) as backend:
+        warm_up(backend)
+        with console.status(f"sampling {args.samples} images x (base, DDiT tau {args.tau:g}), {args.steps} steps"):
+            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau])
+    ddit = ddit[args.tau]
+    classifier = load_classifier()
+    result = figures(base, ddit, labels, classifier, real_features(classifier), sizes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    grid = write_grid(base.images, ddit.images, labels, out / "samples_base_vs_ddit.png")
+    plot = write_schedule_plot(ddit.schedules, labels, sizes, args.tau, out / "schedule.png")
+    report = {
+        "model": "demo", "backend": "onnx", "device": "cpu", "samples": args.samples, "steps": args.steps,
+        "tau": args.tau, "rho": manifest["scheduler"]["rho"], "seed": args.seed,
+        "export_seconds": export_seconds, "total_seconds": time.perf_counter() - started,
+        "grid": str(grid), "schedule_plot": str(plot), **result,
+    }
+    _print_table(console, report, sizes)
+    if args.report:
+        path = Path(args.report).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        console.print(f"wrote {path}")
+    console.print(f"wrote {grid} (left: static base, right: DDiT) and {plot}")
+    return 0
+
+
+def _print_table(console: Console, r: dict, sizes) -> None:
+    table = Table(title=f"demo: {r['samples']} samples, {r['steps']} steps, ONNX Runtime CPU, tau {r['tau']:g}")
+    table.add_column("figure")
+    table.add_column("static base", justify="right")
+    table.add_column("DDiT", justify="right")
+    table.add_row("seconds / image", f"{r['seconds_per_image_base']:.3f}", f"{r['seconds_per_image_ddit']:.3f}")
+    table.add_row("speed-up", "1.00x", f"{r['speedup']:.2f}x", style="bold")
+    hist = r["schedule_histogram"]
+    base_hist = {str(p): 0 for p in sizes} | {str(sizes[0]): r["samples"] * r["steps"]}
+    table.add_row("steps at p" + "/".join(str(p) for p in sizes),
+                  " / ".join(str(base_hist[str(p)]) for p in sizes), " / ".join(str(hist[str(p)]) for p in sizes))
+    table.add_row("PSNR vs base (dB)", "inf", f"{r['psnr_db']:.2f}")
+    table.add_row("SSIM vs base", "1.000", f"{r['ssim']:.3f}")
+    table.add_row("class accuracy", f"{100 * r['accuracy_base']:.1f}%", f"{100 * r['accuracy_ddit']:.1f}%")
+    table.add_row("Frechet distance to real", f"{r['fd_base']:.3f}", f"{r['fd_ddit']:.3f}")
+    console.print(table)

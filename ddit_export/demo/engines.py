@@ -1,0 +1,25 @@
+"""Export the demo's engines with the library's export flow (ONNX, fp32, sizes 2/4/8, trained adapters)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..export.build import Reporter, export_engines
+from ..export.request import ExportRequest
+from .model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
+
+DEMO_PATCH_SIZES = (2, 4, 8)
+DEFAULT_ENGINE_DIR = Path("engines") / "demo"
+
+
+def demo_request(out: Path, force: bool = False) -> ExportRequest:
+    return ExportRequest(
+        family="flux", model=DEMO_MODEL_ID, patch_sizes=DEMO_PATCH_SIZES, adapters=str(require(ADAPTERS_DIR)),
+        height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN, dtype="fp32", out=str(out), force=force,
+        backends=("onnx",),
+    )
+
+
+def export_demo_engines(out: Path = DEFAULT_ENGINE_DIR, force: bool = False, reporter: Reporter | None = None) -> dict:
+    """Build (or reuse, when unchanged) the demo engines in `out`; returns the manifest."""
+    return export_engines(demo_request(Path(out), force), reporter)

@@ -1,0 +1,109 @@
+"""Sample the demo engines with the static base and with DDiT, and score both.
+
+Base and DDiT runs of one sample are interleaved (same class, same seed, one after the other), so
+drift of a shared machine hits both alike. Time per image is the wall time of the library's
+`generate` call: scheduler, engine calls and sampler updates, everything a user waits for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..bench.quality import frechet_distance, psnr, ssim
+from ..runtime.dispatcher import schedule_config
+from ..runtime.sampling import generate
+from .classes import CLASS_NAMES
+from .classifier import DemoClassifier, score
+from .codec import decode
+from .conditioning import demo_conditioning
+from .data import sample_batch
+
+REAL_SAMPLES = 512  # procedural reference images for the Frechet distance
+REAL_SEED = 10_000  # disjoint from anything the demo samples with
+
+
+@dataclass
+class Run:
+    """N samples of one configuration (static base, or DDiT at one tau)."""
+
+    images: list[torch.Tensor] = field(default_factory=list)  # each 3 x 32 x 32 in [0, 1]
+    seconds: list[float] = field(default_factory=list)
+    schedules: list[list[int]] = field(default_factory=list)
+
+    def add(self, result, seconds: float) -> None:
+        self.images.append(decode(result.latent.float())[0])
+        self.seconds.append(seconds)
+        self.schedules.append(result.trace.schedule)
+
+    @property
+    def batch(self) -> torch.Tensor:
+        return torch.stack(self.images)
+
+
+def sample_labels(n: int) -> torch.Tensor:
+    """Classes in turn, so every class appears (n >= number of classes)."""
+    return torch.arange(n) % len(CLASS_NAMES)
+
+
+def timed_generate(backend, conditioning, config, steps: int, seed: int):
+    start = time.perf_counter()
+    result = generate(backend, conditioning, config, steps=steps, seed=seed)
+    return result, time.perf_counter() - start
+
+
+def warm_up(backend, steps: int = 4) -> None:
+    """One short run per engine: ONNX Runtime's first calls allocate and are not representative."""
+    cond = demo_conditioning(CLASS_NAMES[0])
+    for patch in backend.patch_sizes:
+        generate(backend, cond, schedule_config(backend, static_patch=patch), steps=steps, seed=0)
+
+
+def sample_runs(backend, n: int, steps: int, seed: int, taus: list[float], progress=None) -> tuple[Run, dict]:
+    """The static base run and one DDiT run per tau, sample by sample interleaved."""
+    base, ddit = Run(), {tau: Run() for tau in taus}
+    static = schedule_config(backend, static_patch=backend.base_patch)
+    dynamic = {tau: schedule_config(backend, tau=tau) for tau in taus}
+    for i, label in enumerate(sample_labels(n).tolist()):
+        cond = demo_conditioning(CLASS_NAMES[label])
+        base.add(*timed_generate(backend, cond, static, steps, seed + i))
+        for tau in taus:
+            ddit[tau].add(*timed_generate(backend, cond, dynamic[tau], steps, seed + i))
+        if progress:
+            progress()
+    return base, ddit
+
+
+def real_features(classifier: DemoClassifier) -> torch.Tensor:
+    images, labels = sample_batch(REAL_SAMPLES, torch.Generator().manual_seed(REAL_SEED))
+    return score(classifier, images, labels)[1]
+
+
+def histogram(schedules: list[list[int]], sizes) -> dict[str, int]:
+    flat = [p for s in schedules for p in s]
+    return {str(p): flat.count(p) for p in sizes}
+
+
+def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifier, real: torch.Tensor,
+            sizes) -> dict:
+    """Every number the demo reports for one DDiT configuration against the static base."""
+    acc_base, feats_base = score(classifier, base.batch, labels)
+    acc_ddit, feats_ddit = score(classifier, ddit.batch, labels)
+    t_base = sum(base.seconds) / len(base.seconds)
+    t_ddit = sum(ddit.seconds) / len(ddit.seconds)
+    return {
+        "seconds_per_image_base": t_base,
+        "seconds_per_image_ddit": t_ddit,
+        "speedup": t_base / t_ddit,
+        "psnr_db": psnr(ddit.batch, base.batch),
+        "psnr_db_per_sample": [psnr(d[None], b[None]) for d, b in zip(ddit.images, base.images)],
+        "ssim": ssim(ddit.batch, base.batch),
+        "accuracy_base": acc_base,
+        "accuracy_ddit": acc_ddit,
+        "fd_base": frechet_distance(feats_base, real),
+        "fd_ddit": frechet_distance(feats_ddit, real),
+        "schedule_histogram": histogram(ddit.schedules, sizes),
+        "schedules": ddit.schedules,
+    }

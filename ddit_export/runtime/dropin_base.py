@@ -1,0 +1,105 @@
+"""What every drop-in `pipe.transformer` shares: the runner, the attributes pipelines read, and how
+trajectories and guidance passes are told apart from the calls alone.
+
+A pipeline never says when it starts or which pass a call is, so:
+- Same step: the call has the previous call's timestep AND the very same latent tensor (same
+  storage, not modified since): the guidance pass of that step. It reuses the step's decision and
+  is NOT recorded as a new latent.
+- New pipeline call: otherwise, when the timestep does not decrease (t >= previous t), or after
+  the pipeline's end-of-call `_reset_stateful_cache`. The scheduler history and the trace restart.
+- Otherwise: the next step of the current trajectory.
+Reading the timestep costs one host read of a scalar per call (a sync when it is a CUDA tensor,
+landing where the scheduler's own sync would wait anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from diffusers.configuration_utils import FrozenDict
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+
+from .backends.base import Backend
+from .dispatcher import DDiTRunner, schedule_config
+from .scheduler import Decision, ScheduleConfig
+from .trace import Trace
+
+
+class DropInTransformer(nn.Module):
+    """Scheduler + static engines behind a diffusers transformer's call (subclassed per family)."""
+
+    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
+        super().__init__()
+        schedule = schedule or schedule_config(backend)
+        if schedule.base_last_steps and total_steps is None:
+            raise ValueError("base_last_steps needs total_steps (the pipeline's num_inference_steps)")
+        self.backend = backend
+        self.runner = DDiTRunner(backend, schedule, total_steps)
+        # Pipelines read the model config (in_channels, guidance_embeds, patch_size, ...).
+        self.config = FrozenDict(backend.manifest["model"]["config"])
+        self.latent_shape = backend.latent_shape
+        self._text_len = int(backend.manifest["request"]["text_len"])
+        self._prev: tuple | None = None  # (timestep, hidden_states, its version) of the last call
+        self._latent: torch.Tensor | None = None  # the current step's latent, as the engines take it
+        self._step = -1
+        self._ended = True  # the next call opens a new trajectory
+
+    # -- attributes the pipelines and DiffusionPipeline read -----------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backend.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def trace(self) -> Trace:
+        """Trace of the current (or last finished) pipeline call."""
+        return self.runner.trace
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.runner.decision
+
+    @contextmanager
+    def cache_context(self, name: str, **kwargs):
+        """Pipelines wrap each pass in this (for diffusers' caches); engines need nothing."""
+        yield
+
+    def _reset_stateful_cache(self) -> None:
+        """Called by the pipeline at the end of every call: the next call is a new trajectory."""
+        self._ended = True
+        self._prev = None
+        self._latent = None
+
+    # -- for subclasses ------------------------------------------------------------------------------
+    def _track(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
+               to_latent: Callable[[torch.Tensor], torch.Tensor], check_geometry: Callable[[], None]) -> torch.Tensor:
+        """The step's latent: a new step is observed and decided; the guidance pass reuses it."""
+        t = float(timestep.reshape(-1)[0])  # the one host read of a call
+        version = hidden_states._version
+        same_step = (
+            self._prev is not None and t == self._prev[0]
+            and hidden_states is self._prev[1] and version == self._prev[2]
+        )
+        if not same_step:
+            if self._ended or t >= self._prev[0]:
+                check_geometry()
+                self.runner.reset()
+                self._step = -1
+                self._ended = False
+            self._step += 1
+            self._latent = to_latent(hidden_states)
+            self.runner.decide(self._latent, self._step)
+        self._prev = (t, hidden_states, version)
+        return self._latent
+
+    @staticmethod
+    def _output(out: torch.Tensor, pred: torch.Tensor, return_dict: bool):
+        if out.data_ptr() == pred.data_ptr():
+            out = out.clone()  # the backend may reuse its output buffer for the guidance pass
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
