@@ -1,6 +1,6 @@
-"""`ddit-export train {flux}`: distil DDiT adapters (per extra patch size) from the frozen base model.
+"""`ddit-export train {flux,wan}`: distil DDiT adapters (per extra patch size) from the frozen base model.
 
-Writes an adapter pack into --out (what `ddit-export flux --adapters OUT` consumes), a
+Writes an adapter pack into --out (what `ddit-export {flux,wan} --adapters OUT` consumes), a
 `train_log.json`, and with --checkpoint-every N resumable checkpoints under OUT/checkpoints/.
 Runs unchanged under `accelerate launch -m ddit_export.cli train ...` for data-parallel training.
 """
@@ -14,32 +14,36 @@ from rich.console import Console
 from .errors import run_guarded
 from .export_cmd import patch_list
 
-FAMILIES = ["flux"]  # wan joins when its trainer data path is in
+FAMILIES = ["flux", "wan"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("family", choices=FAMILIES, help="model family")
-    p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
+    p.add_argument("--model", default=None,
                    help="'tiny' | 'medium' | 'smoke' (random weights), a diffusers pipeline/transformer folder, "
-                        "or a model id in the local HF cache")
+                        "or a model id in the local HF cache (default FLUX.1-dev / Wan2.1-T2V-1.3B)")
     p.add_argument("--patch-sizes", type=patch_list, default=(2, 4, 8),
                    help="base size and the sizes to train, in latent pixels (default 2,4,8)")
     p.add_argument("--out", required=True, help="output folder: the adapter pack, train_log.json, checkpoints/")
     data = p.add_argument_group("data (give one of --images, --prompts, --prompt-embeds)")
     data.add_argument("--images", metavar="DIR",
-                      help="image folder, encoded with --vae; NAME.txt beside an image is its prompt")
+                      help="FLUX only: image folder, encoded with --vae; NAME.txt beside an image is its prompt")
     data.add_argument("--vae",
                       help="AutoencoderKL folder or diffusers pipeline folder (default: --model's, if a pipeline)")
     data.add_argument("--prompts", metavar="FILE",
                       help="data-free: one prompt per line; samples are the teacher's own trajectories")
     data.add_argument("--prompt-embeds", metavar="FILE", help="data-free with precomputed embeddings: safetensors with "
-                      "encoder_hidden_states [N,T,D] and pooled_projections [N,D]")
-    data.add_argument("--teacher-steps", type=int, default=28, help="sampling steps per trajectory (default 28)")
-    data.add_argument("--guidance", type=float, default=3.5,
-                      help="embedded guidance scale for guidance-distilled models (default 3.5)")
-    data.add_argument("--height", type=int, default=1024)
-    data.add_argument("--width", type=int, default=1024)
-    data.add_argument("--text-len", type=int, default=None, help="text tokens for prompts (default 512 for FLUX)")
+                      "encoder_hidden_states [N,T,D] (FLUX also pooled_projections [N,D]; Wan with --guidance > 1 "
+                      "also negative_encoder_hidden_states [1 or N,T,D])")
+    data.add_argument("--teacher-steps", type=int, default=None,
+                      help="sampling steps per trajectory (default: the pipeline's, 28 FLUX, 50 Wan)")
+    data.add_argument("--guidance", type=float, default=None,
+                      help="FLUX: embedded guidance scale (default 3.5); Wan: classifier-free guidance of the "
+                           "teacher's trajectories with the negative prompt '' (default 1 = off; 5 as WanPipeline)")
+    data.add_argument("--height", type=int, default=None, help="pixels (default 1024 FLUX, 480 Wan)")
+    data.add_argument("--width", type=int, default=None, help="pixels (default 1024 FLUX, 832 Wan)")
+    data.add_argument("--frames", type=int, default=None, help="Wan only: video frames, 4k+1 (default 81)")
+    data.add_argument("--text-len", type=int, default=None, help="text tokens for prompts (default 512)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
     opt.add_argument("--batch-size", type=int, default=1, help="samples per step and process (default 1)")
@@ -67,7 +71,7 @@ def config_from_args(args: argparse.Namespace):
         out=args.out, family=args.family, model=args.model, patch_sizes=args.patch_sizes,
         images=args.images, vae=args.vae, prompts=args.prompts, prompt_embeds=args.prompt_embeds,
         teacher_steps=args.teacher_steps, guidance=args.guidance, height=args.height, width=args.width,
-        text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        frames=args.frames, text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         lora_rank=args.lora_rank, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,

@@ -3,7 +3,7 @@
     config = TrainConfig(out="adapters/", model="tiny", patch_sizes=(2, 4, 8), prompts="prompts.txt")
     result = train(config)          # writes adapters.json + adapters.safetensors + train_log.json
 
-The output folder is an adapter pack (`ddit-export flux --adapters OUT`). The objective is in
+The output folder is an adapter pack (`ddit-export {flux,wan} --adapters OUT`). The objective is in
 `objective.py`, the data sources in `images.py` and `trajectories.py`.
 """
 

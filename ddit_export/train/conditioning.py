@@ -2,8 +2,10 @@
 
 Three sources:
 - precomputed embeddings (`--prompt-embeds`): a safetensors file with the model's embedding
-  inputs stacked per prompt (`encoder_hidden_states` [N,T,D], `pooled_projections` [N,D] for FLUX);
-- the pipeline's own text encoders, when `--model` is a diffusers pipeline folder holding them;
+  inputs stacked per prompt (`encoder_hidden_states` [N,T,D], `pooled_projections` [N,D] for FLUX),
+  and for Wan's classifier-free guidance `negative_encoder_hidden_states` [1 or N,T,D];
+- the pipeline's own text encoders, when `--model` is a diffusers pipeline folder holding them
+  (FLUX: CLIP + T5 through FluxPipeline; Wan: UMT5 through WanPipeline);
 - otherwise SYNTHETIC embeddings: the runtime's rule (`runtime.conditioning`), a generator seeded
   from sha256(prompt), so training and `ddit-export generate` see the same tensors for one prompt.
 
@@ -17,6 +19,8 @@ from pathlib import Path
 import torch
 
 PER_CALL_INPUTS = ("timestep", "guidance")  # set per sample by the trainer, never per prompt
+NEGATIVE = "negative_"  # prefix of the negative prompt's embeddings in a --prompt-embeds file
+NEGATIVE_PROMPT = ""  # the runtime's (and WanPipeline's) default negative prompt
 
 
 def embedding_specs(family, model_config, text_len: int) -> dict[str, tuple[int, ...]]:
@@ -63,6 +67,24 @@ def load_prompt_embeds(path, family, model_config) -> dict[str, torch.Tensor]:
     return {name: tensors[name].float() for name in specs}
 
 
+def load_negative_embeds(path, family, model_config) -> dict[str, torch.Tensor]:
+    """The negative prompt's embeddings from a --prompt-embeds file, keyed like the prompt's."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(path).expanduser()))
+    specs = embedding_specs(family, model_config, text_len=1)
+    missing = [NEGATIVE + name for name in specs if NEGATIVE + name not in tensors]
+    if missing:
+        raise ValueError(f"--guidance above 1 (classifier-free guidance) needs {missing} in --prompt-embeds {path} "
+                         "([1 or N, T, D], the negative prompt's embeddings), or --guidance 1")
+    out = {name: tensors[NEGATIVE + name].float() for name in specs}
+    for name, shape in specs.items():
+        if out[name].shape[-1] != shape[-1]:
+            raise ValueError(f"--prompt-embeds {path}: {NEGATIVE + name} has shape {list(out[name].shape)}; "
+                             f"this model takes {describe(specs)}")
+    return out
+
+
 def synthetic_conditions(prompts: list[str], family, model_config, text_len: int) -> dict[str, torch.Tensor]:
     from ..export.iospec import IOSpec, TensorSpec
     from ..runtime.conditioning import synthetic_conditioning
@@ -76,7 +98,7 @@ def synthetic_conditions(prompts: list[str], family, model_config, text_len: int
     return out
 
 
-def encoded_conditions(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
+def flux_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
     """FLUX text encoders of a pipeline folder, loaded once for all prompts."""
     from diffusers import FluxPipeline
 
@@ -92,13 +114,31 @@ def encoded_conditions(folder: Path, prompts: list[str], text_len: int, device) 
     return {"encoder_hidden_states": torch.cat(states), "pooled_projections": torch.cat(pooled)}
 
 
+def wan_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
+    """Wan's UMT5 through WanPipeline.encode_prompt (as `runtime.conditioning.wan_conditioning`)."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+    with torch.no_grad():
+        states, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+                                       max_sequence_length=text_len, device=torch.device(device))
+    del pipe
+    return {"encoder_hidden_states": states.float().cpu()}
+
+
+# family -> (sub-folders a pipeline folder must hold, encoder)
+TEXT_ENCODERS = {"flux": (("text_encoder", "text_encoder_2"), flux_encoded), "wan": (("text_encoder",), wan_encoded)}
+
+
 def prompt_conditions(prompts: list[str], family, model_config, model_id: str, text_len: int,
                       device="cpu") -> tuple[dict[str, torch.Tensor], str]:
     """Embeddings for `prompts` and a line saying where they came from."""
     from ..runtime.conditioning import pipeline_folder_with_text_encoders
 
-    folder = pipeline_folder_with_text_encoders(model_id)
-    if folder is not None and family.name == "flux":
-        return encoded_conditions(folder, prompts, text_len, device), f"text encoders of {folder}"
+    if family.name in TEXT_ENCODERS:
+        subfolders, encode = TEXT_ENCODERS[family.name]
+        folder = pipeline_folder_with_text_encoders(model_id, subfolders)
+        if folder is not None:
+            return encode(folder, prompts, text_len, device), f"text encoders of {folder}"
     return (synthetic_conditions(prompts, family, model_config, text_len),
             "synthetic (seeded from sha256 of each prompt; the model has no text encoders here)")

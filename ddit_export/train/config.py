@@ -10,30 +10,31 @@ from pathlib import Path
 import torch
 
 from ..families.base import family_by_name
+from .pipelines import teacher_pipeline
 
 TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OPTIMIZERS = ("adamw", "prodigy")
 DEFAULT_LR = {"adamw": 1e-4, "prodigy": 1.0}  # the paper's Wan (AdamW) and FLUX (Prodigy) settings
-DEFAULT_GUIDANCE = 3.5  # FluxPipeline's default embedded guidance scale
-DEFAULT_TEACHER_STEPS = 28  # FluxPipeline's default num_inference_steps
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_FAMILIES = ("flux",)  # --images encodes with a 2D AutoencoderKL; Wan trains on its own videos instead
 
 
 @dataclass
 class TrainConfig:
     out: str
     family: str = "flux"
-    model: str = "black-forest-labs/FLUX.1-dev"
+    model: str | None = None  # None: the family's default model
     patch_sizes: tuple[int, ...] = (2, 4, 8)
     # data: exactly one of images / prompts / prompt_embeds
     images: str | None = None
     vae: str | None = None
     prompts: str | None = None
     prompt_embeds: str | None = None
-    teacher_steps: int = DEFAULT_TEACHER_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    height: int = 1024
-    width: int = 1024
+    teacher_steps: int | None = None  # None: the family pipeline's default steps
+    guidance: float | None = None  # FLUX: embedded guidance (3.5); Wan: CFG scale of the trajectories (1 = off)
+    height: int | None = None  # None: the family's default size
+    width: int | None = None
+    frames: int | None = None  # video families only (Wan: 4k+1; default 81)
     text_len: int | None = None
     # optimisation
     steps: int = 1000
@@ -54,6 +55,13 @@ class TrainConfig:
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
         fam = family_by_name(self.family)
+        pipeline = teacher_pipeline(fam)
+        self.model = self.model or fam.default_model
+        self.height = self.height or fam.default_size[0]
+        self.width = self.width or fam.default_size[1]
+        self.frames = fam.default_frames if self.frames is None else self.frames
+        self.teacher_steps = pipeline.default_steps if self.teacher_steps is None else self.teacher_steps
+        self.guidance = pipeline.default_guidance if self.guidance is None else float(self.guidance)
         if self.text_len is None:
             self.text_len = fam.default_text_len
         if self.lr is None and self.optimizer in DEFAULT_LR:
@@ -80,8 +88,11 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive (got {self.lr})")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite discards it: pass one of them")
-        fam.check_image_size(self.height, self.width)
+        fam.check_image_size(self.height, self.width, self.frames)
         self._check_patch_sizes(fam)
+        if self.images and self.family not in IMAGE_FAMILIES:
+            raise ValueError(f"--images is for {', '.join(IMAGE_FAMILIES)} only: {self.family} trains data-free on "
+                             "its own sampling trajectories (--prompts FILE or --prompt-embeds FILE)")
         self._check_data()
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out} exists and is not a folder")
@@ -126,7 +137,7 @@ class TrainConfig:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.family_obj.latent_shape(1, self.height, self.width))
+        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames))
 
     @property
     def out_dir(self) -> Path:
@@ -134,7 +145,7 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """What must match for `--resume` to continue a run (`steps` may grow, checkpointing may change)."""
-        keep = ("family", "model", "patch_sizes", "teacher_steps", "guidance", "height", "width", "text_len",
+        keep = ("family", "model", "patch_sizes", "teacher_steps", "guidance", "height", "width", "frames", "text_len",
                 "batch_size", "seed", "lora_rank", "optimizer", "lr", "weight_decay", "dtype")
         ident = {k: v for k, v in asdict(self).items() if k in keep}
         ident["patch_sizes"] = list(self.patch_sizes)

@@ -26,7 +26,7 @@ def mixed_seed(seed: int, index: int) -> int:
 
 @dataclass
 class SampleSet:
-    latents: torch.Tensor  # N x C x h x w: z_t (trajectories) or clean latents (images)
+    latents: torch.Tensor  # N x C [x F] x h x w: z_t (trajectories) or clean latents (images)
     prompt_index: torch.Tensor  # N, long: row of `conditions` for each sample
     conditions: dict[str, torch.Tensor]  # per prompt: encoder_hidden_states [P,T,D], pooled_projections [P,D]
     timesteps: torch.Tensor | None = None  # N, as the pipeline passes them; None: clean latents

@@ -25,9 +25,10 @@ from .data import SampleSet, SampleStream, model_inputs
 from .objective import DistillationObjective, freeze_for_distillation
 from .optim import make_optimizer
 from .outputs import prepare_out, publish_pack, write_train_log
+from .pipelines import teacher_pipeline
 from .recompute import enable_gradient_checkpointing
 from .sources import build_samples, guidance_for
-from .trajectories import base_tokens, call_conditions, shift_mu, teacher_sampler, timestep_like_pipeline
+from .trajectories import base_tokens, call_conditions, shift_mu, timestep_like_pipeline
 
 
 @dataclass
@@ -59,8 +60,16 @@ def check_resumable(saved: dict, config: TrainConfig, checkpoint: Path) -> None:
                          "use the original arguments (only --steps and checkpointing may change)")
 
 
-def step_inputs(batch: dict, seed: int, mu: float, guidance, names, family, dtype, device) -> tuple:
-    """(z_t, conditioning with timestep) for one batch, in the dtypes FluxPipeline would pass."""
+def noise_shift(config: TrainConfig, samples: SampleSet) -> float | None:
+    """Shift of the noise levels drawn for clean latents (FLUX's image path); trajectories carry their own t."""
+    if not samples.clean:
+        return None
+    fam = config.family_obj
+    return shift_mu(teacher_pipeline(fam).sampler(config.model), base_tokens(fam, config.latent_shape))
+
+
+def step_inputs(batch: dict, seed: int, mu: float | None, guidance, names, family, dtype, device) -> tuple:
+    """(z_t, conditioning with timestep) for one batch, in the dtypes the family's pipeline would pass."""
     latent, timestep = model_inputs(batch, seed, mu, family.timestep_scale)
     latent = latent.to(dtype)
     conditioning = call_conditions({k: batch[k] for k in names}, guidance, latent.shape[0], dtype, device)
@@ -120,9 +129,9 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     stream = SampleStream(samples, config.seed, length=position + max(0, config.steps - start) * global_batch)
     loader = DataLoader(stream, batch_size=config.batch_size, sampler=range(position, len(stream)))
     objective, optimizer, loader = accelerator.prepare(DistillationObjective(model), optimizer, loader)
-    inputs = partial(step_inputs, seed=config.seed, mu=shift_mu(teacher_sampler(config.model),
-                     base_tokens(model.family, config.latent_shape)), guidance=guidance_for(model, config),
-                     names=list(samples.conditions), family=model.family, dtype=config.torch_dtype, device=device)
+    inputs = partial(step_inputs, seed=config.seed, mu=noise_shift(config, samples),
+                     guidance=guidance_for(model, config), names=list(samples.conditions), family=model.family,
+                     dtype=config.torch_dtype, device=device)
     sizes = model.extra_sizes
 
     def save(step: int) -> None:

@@ -1,6 +1,6 @@
 """The run's output folder: the adapter pack at its top, `train_log.json`, `checkpoints/` beside them.
 
-    OUT/adapters.json, OUT/adapters.safetensors   the pack `ddit-export flux --adapters OUT` reads
+    OUT/adapters.json, OUT/adapters.safetensors   the pack `ddit-export {flux,wan} --adapters OUT` reads
     OUT/train_log.json                            loss per step (total and per size), seconds
     OUT/checkpoints/step-N/                       see checkpoint.py
 """

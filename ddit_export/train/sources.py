@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import torch
 
-from .conditioning import load_prompt_embeds, prompt_conditions, read_prompts, synthetic_conditions
+from .conditioning import (
+    NEGATIVE_PROMPT,
+    load_negative_embeds,
+    load_prompt_embeds,
+    prompt_conditions,
+    read_prompts,
+    synthetic_conditions,
+)
 from .config import TrainConfig
 from .data import SampleSet
 from .images import encode_image_folder, resolve_vae
-from .trajectories import collect_trajectories, teacher_sampler
+from .pipelines import teacher_pipeline
+from .trajectories import collect_trajectories
 
 
 def guidance_for(model, config: TrainConfig) -> float | None:
     """FLUX-dev style models take an embedded guidance scale; others (schnell, Wan) take none."""
     names = [name for name, _ in model.family.condition_specs(model.config, 1, 1)]
-    return config.guidance if "guidance" in names else None
+    return config.guidance if "guidance" in names and teacher_pipeline(model.family).guidance == "embedded" else None
+
+
+def cfg_for(model, config: TrainConfig) -> float | None:
+    """The classifier-free guidance scale of the trajectories (Wan), None when off (<= 1) or not the family's."""
+    guided = teacher_pipeline(model.family).guidance == "cfg" and config.guidance > 1.0
+    return config.guidance if guided else None
 
 
 def image_samples(config: TrainConfig, model, device) -> SampleSet:
@@ -39,18 +53,24 @@ def image_samples(config: TrainConfig, model, device) -> SampleSet:
 
 
 def trajectory_samples(config: TrainConfig, model, device, autocast=None, progress=None) -> SampleSet:
-    fam = model.family
+    fam, cfg, negative = model.family, cfg_for(model, config), None
     if config.prompt_embeds:
         conditions, source = load_prompt_embeds(config.prompt_embeds, fam, model.config), config.prompt_embeds
+        if cfg:
+            negative = load_negative_embeds(config.prompt_embeds, fam, model.config)
     else:
-        prompts = read_prompts(config.prompts)
-        conditions, source = prompt_conditions(prompts, fam, model.config, config.model, config.text_len, device)
+        # With CFG the runtime's negative prompt rides along as a last row: one text-encoder load for all.
+        texts = read_prompts(config.prompts) + ([NEGATIVE_PROMPT] if cfg else [])
+        conditions, source = prompt_conditions(texts, fam, model.config, config.model, config.text_len, device)
+        if cfg:
+            negative = {k: v[-1:] for k, v in conditions.items()}
+            conditions = {k: v[:-1] for k, v in conditions.items()}
     samples = collect_trajectories(
         model, conditions, config.latent_shape, config.teacher_steps, config.seed, guidance_for(model, config),
-        batch_size=config.batch_size, sampler=teacher_sampler(config.model), device=device,
-        dtype=config.torch_dtype, autocast=autocast, progress=progress,
+        batch_size=config.batch_size, sampler=teacher_pipeline(fam).sampler(config.model), device=device,
+        dtype=config.torch_dtype, autocast=autocast, progress=progress, cfg=cfg, negative=negative,
     )
-    samples.source += f" (conditioning: {source})"
+    samples.source += f" (conditioning: {source}{f'; CFG {cfg}' if cfg else ''})"
     return samples
 
 

@@ -1,32 +1,25 @@
 """Data source (b), data-free: the teacher's own sampling trajectories (the paper's Wan recipe).
 
-For each prompt the teacher (base patch size, adapters off, no grad) samples `steps` Euler steps
-from seeded noise exactly as FluxPipeline does (`runtime.sampling`: FLUX's shifted sigmas,
-`randn_tensor` noise, timestep t/1000 in the latent dtype, raw guidance scale which the transformer
-multiplies by 1000 itself). Every (z_t, t) the teacher sees becomes one training sample. Prompt i
-uses noise seed `seed + i`, so its trajectory is the one `ddit-export generate --seed seed+i`
-starts from.
+For each prompt the teacher (base patch size, adapters off, no grad) samples `steps` steps from
+seeded noise exactly as its family's runtime loop does (`pipelines.py`: FLUX's shifted Euler in
+the model dtype, Wan's UniPC with a float32 latent; `randn_tensor` noise; timesteps as the pipeline
+passes them: FLUX t/1000 in the latent dtype, Wan the sampler's 0..1000 values in float32). Every
+(z_t, t) the teacher sees becomes one training sample. Prompt i uses noise seed `seed + i`, so its
+trajectory is the one `ddit-export generate --seed seed+i` starts from.
+
+Classifier-free guidance (`cfg`, Wan) mixes a second, negative-prompt teacher call into the
+SAMPLER's velocity only: the samples keep the prompt's conditioning, which is what the student is
+trained to match.
+
+All samples are held in memory (CPU): a 480x832, 81-frame Wan latent is 8.4 MB in fp32, so
+prompts x steps x 8.4 MB (50 steps x 20 prompts = 8.4 GB); fewer --teacher-steps or prompts keep it small.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .data import SampleSet
-
-
-def teacher_sampler(model_id: str):
-    """The pipeline folder's own scheduler when there is one, else FLUX.1's configuration."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from ..runtime.sampling import flux_sampler
-
-    folder = Path(model_id).expanduser()
-    if (folder / "scheduler" / "scheduler_config.json").is_file():
-        return FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
-    return flux_sampler()
 
 
 def shift_mu(sampler, image_seq_len: int) -> float:
@@ -62,36 +55,60 @@ def call_conditions(conditions: dict, guidance: float | None, batch: int, dtype,
     return out
 
 
+def teacher_velocity(model, x, timestep, cond: dict, uncond: dict | None, cfg: float | None):
+    """The base model's prediction the sampler steps with; with CFG `uncond + cfg * (cond - uncond)`."""
+    pred = model(x, model.base_patch, timestep=timestep, **cond)
+    if uncond is None:
+        return pred
+    pred_uncond = model(x, model.base_patch, timestep=timestep, **uncond)
+    return pred_uncond + cfg * (pred - pred_uncond)
+
+
+def negative_rows(negative: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """One negative embedding serves every prompt; a per-prompt set is indexed like the prompts."""
+    return {k: v[[0] * len(rows)] if v.shape[0] == 1 else v[rows] for k, v in negative.items()}
+
+
 @torch.no_grad()
 def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shape, steps: int, seed: int,
                          guidance: float | None, batch_size: int = 1, sampler=None, device="cpu",
-                         dtype: torch.dtype = torch.float32, autocast=None, progress=None) -> SampleSet:
+                         dtype: torch.dtype = torch.float32, autocast=None, progress=None,
+                         cfg: float | None = None, negative: dict[str, torch.Tensor] | None = None) -> SampleSet:
     """`steps x prompts` samples (z_t, t, prompt) along the teacher's trajectories, kept on the CPU.
 
-    `guidance` is None for models without a guidance embedding. `autocast` (a context factory) wraps
-    the teacher calls in mixed precision runs.
+    `guidance` is the embedded guidance (None for models without one). `cfg` > 1 turns on
+    classifier-free guidance with the `negative` embeddings (1 or one per prompt). `sampler` defaults
+    to the family's (`pipelines.py`). `autocast` (a context factory) wraps the teacher calls in
+    mixed precision runs.
     """
     from contextlib import nullcontext
 
-    from ..runtime.sampling import flux_sampler, flux_timesteps, initial_noise
+    from ..runtime.sampling import initial_noise
+    from .pipelines import teacher_pipeline
 
     family = model.family
-    sampler = sampler or flux_sampler()
+    pipeline = teacher_pipeline(family)
+    sampler = sampler or pipeline.sampler(None)
+    latent_dtype = torch.float32 if pipeline.keeps_fp32_latent else dtype
+    guided = cfg is not None and cfg > 1.0
+    if guided and negative is None:
+        raise ValueError("classifier-free guidance needs negative embeddings")
     prompts = next(iter(conditions.values())).shape[0]
     latents, timesteps, prompt_index = [], [], []
     for start in range(0, prompts, batch_size):
         rows = list(range(start, min(start + batch_size, prompts)))
         b = len(rows)
-        latent = torch.cat([initial_noise((1, *latent_shape[1:]), seed + i, device, dtype) for i in rows])
+        latent = torch.cat([initial_noise((1, *latent_shape[1:]), seed + i, device, latent_dtype) for i in rows])
         cond = call_conditions({k: v[rows] for k, v in conditions.items()}, guidance, b, dtype, device)
-        schedule = flux_timesteps(sampler, steps, base_tokens(family, latent_shape), device)  # resets the sampler
+        uncond = call_conditions(negative_rows(negative, rows), guidance, b, dtype, device) if guided else None
+        schedule = pipeline.schedule(sampler, steps, base_tokens(family, latent_shape), device)  # resets it
         for t in schedule:
             timestep = pipeline_timestep(t, b, latent.dtype, family)
             latents.append(latent.cpu())
             timesteps.append(timestep.cpu())
             prompt_index.append(torch.tensor(rows))
             with autocast() if autocast else nullcontext():
-                pred = model(latent, model.base_patch, timestep=timestep, **cond)
+                pred = teacher_velocity(model, latent.to(dtype), timestep, cond, uncond, cfg)
             latent = sampler.step(pred, t, latent, return_dict=False)[0]
             if progress:
                 progress()
