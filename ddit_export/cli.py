@@ -10,12 +10,14 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import export_cmd, inspect_cmd, train_cmd
+from .commands import bench_cmd, calibrate_cmd, export_cmd, inspect_cmd, train_cmd
 
 COMMANDS = {
     "flux": (export_cmd, "export one static engine per patch size for a FLUX transformer"),
     "wan": (export_cmd, "export one static engine per patch size for a Wan 2.1 video transformer"),
     "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
+    "bench": (bench_cmd, "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
+    "calibrate": (calibrate_cmd, "sweep the scheduler's tau/rho, pick tau for a quality budget, store it in the manifest"),
     "train": (train_cmd, "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
 

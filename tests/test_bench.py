@@ -128,12 +128,16 @@ def wan_engines(request, tmp_path_factory):
     return out
 
 
-def test_bench_tiny_wan_latency_per_engine(wan_engines, tmp_path, torch_single_thread):
+def test_bench_tiny_wan_latency_per_engine_and_end_to_end(wan_engines, tmp_path, torch_single_thread):
     out = tmp_path / "wan"
     sizes = json.loads((wan_engines / "manifest.json").read_text())["patch_sizes"]
-    assert bench([str(wan_engines), "--warmup", "1", "--iters", "2", "--no-e2e", "--out", str(out)]) == 0
+    assert bench([str(wan_engines), "--warmup", "1", "--iters", "2", "--steps", "4", "--no-eager", "--tau", "1.0",
+                  "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
-    assert report["family"] == "wan" and report["end_to_end"] is None
+    assert report["family"] == "wan"
+    e2e = report["end_to_end"]  # through the runtime's generate, which samples Wan with its own sampler
+    assert set(e2e["modes"]) == {"static", "dynamic"} and e2e["speedups"]["dynamic_vs_eager"] is None
+    assert len(e2e["modes"]["dynamic"]["schedules"]["0"]) == 4
     assert [(r["backend"], r["patch_size"]) for r in report["engines"]] == [("onnx", p) for p in sizes]
     assert all(ENGINE_KEYS <= r.keys() and r["mean_ms"] > 0 for r in report["engines"])
     assert (out / "latency.png").is_file() and (out / "bench.md").is_file()

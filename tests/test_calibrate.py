@@ -137,3 +137,18 @@ def test_calibrate_bad_input_exits_2(tiny_flux_engines, tmp_path, capsys, extra,
 def test_calibrate_missing_folder_exits_2(tmp_path, capsys):
     assert cal([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_image_metrics_through_the_demo_codec():
+    pytest.importorskip("ddit_export.bench.quality", reason="the quality harness (bench/quality.py) is not there yet")
+    import torch
+
+    assert calibrate.image_decoder({"model": {"id": "tiny"}, "family": "flux"}, "cpu") is None  # no VAE
+    decode = calibrate.image_decoder({"model": {"id": "demo"}, "family": "flux"}, "cpu")
+    latent = torch.zeros(1, 16, 32, 32)
+    latent[:, :3] = torch.linspace(-1, 1, 32)
+    images = decode(latent)
+    assert images.shape == (1, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    same = calibrate.image_quality(images, images)
+    assert same["image_psnr"] == float("inf") and same["image_ssim"] == pytest.approx(1.0)
+    assert calibrate.image_quality(images * 0.9, images)["image_psnr"] < 40

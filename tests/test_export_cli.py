@@ -138,3 +138,18 @@ def test_unwritable_out_is_refused(tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "ddit_export.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ddit-export ")
+
+
+def test_a_calibrated_schedule_survives_a_re_export_unless_tau_is_given(engines):
+    from ddit_export.export.manifest import write_manifest
+
+    m = read_manifest(engines)
+    m["scheduler"].update(tau=0.05, rho=0.3, calibration={"budget": "psnr >= 30"})
+    write_manifest(engines, m)
+    args = TINY + ["--patch-sizes", "2,4", "--height", "256", "--width", "256", "--out", str(engines)]
+    assert main(args) == 0
+    kept = read_manifest(engines)["scheduler"]
+    assert (kept["tau"], kept["calibration"]) == (0.05, {"budget": "psnr >= 30"})
+    assert main(args + ["--tau", "0.002"]) == 0
+    fresh = read_manifest(engines)["scheduler"]
+    assert (fresh["tau"], fresh["rho"], fresh["calibration"]) == (0.002, 0.4, None)

@@ -5,7 +5,8 @@ Per grid point and sample (prompt x seed) one DDiT image is made with the runtim
 `generate` and compared with the static-base image of the same sample:
   quality    psnr / ssim of the final latent (data range: the reference latent's max - min; video
              frames are folded into the batch), and of decoded images (range 1) when the model
-             folder has a VAE. Averaged over samples; `<metric>_min` is the worst sample.
+             has a decoder (a FLUX pipeline folder's VAE, the demo's pixel codec). Averaged over
+             samples; `<metric>_min` is the worst sample.
   speed-up   token_speedup / flop_speedup: the schedule's token (FLOP) sum over steps against the
              all-base schedule, noise-free; wall_speedup: mean static time / mean dynamic time on
              the same backend, one run (static images are re-timed between grid points, so drift
@@ -27,6 +28,7 @@ import torch
 
 from ..export.manifest import MANIFEST, read_manifest
 from .end_to_end import schedule_cost, timed_generate
+from .latency import bench_inputs
 from .timing import Stopwatch
 
 METRICS = ("psnr", "ssim", "image_psnr", "image_ssim")
@@ -80,14 +82,35 @@ def latent_quality(x: torch.Tensor, ref: torch.Tensor) -> dict:
     return {"psnr": float(psnr(a, b, data_range=span)), "ssim": float(ssim(a, b, data_range=span))}
 
 
-def image_quality(images: list, refs: list) -> dict:
+def image_quality(images: torch.Tensor, refs: torch.Tensor) -> dict:
+    """Metrics of decoded images (B x 3 x H x W in [0, 1])."""
     from .quality import psnr, ssim
 
-    def tensor(pils):
-        return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0).permute(2, 0, 1) for i in pils])
-
-    a, b = tensor(images), tensor(refs)
+    a, b = images.float().cpu(), refs.float().cpu()
     return {"image_psnr": float(psnr(a, b, data_range=1.0)), "image_ssim": float(ssim(a, b, data_range=1.0))}
+
+
+def image_decoder(manifest: dict, device):
+    """``latent -> B x 3 x H x W`` images in [0, 1] when the engines' model has a decoder, else None.
+
+    FLUX pipeline folders decode with their VAE; the demo model with its exact pixel codec.
+    """
+    from ..demo.model import DEMO_MODEL_ID
+    from ..runtime.sampling import decode_images, vae_folder
+
+    if manifest["model"]["id"] == DEMO_MODEL_ID:
+        from ..demo.codec import decode
+
+        return lambda latent: decode(latent.float().cpu())
+    folder = vae_folder(manifest) if manifest["family"] == "flux" else None  # decode_images is FLUX's VAE
+    if folder is None:
+        return None
+
+    def decode_vae(latent):
+        pil = decode_images(folder, latent, device)
+        return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0).permute(2, 0, 1) for i in pil])
+
+    return decode_vae
 
 
 def _mean(values: list[float]) -> float:
@@ -98,7 +121,7 @@ def sweep(backend, samples: list[Sample], taus: list[float], rhos: list[float], 
           decode=None, tokens: dict, flops: dict, progress=None) -> tuple[list[dict], dict]:
     """Every (tau, rho) point's speed-ups and quality; also the static reference's timing.
 
-    ``decode(latent) -> list of PIL images`` adds image metrics when given.
+    ``decode(latent) -> images`` (see `image_decoder`) adds image metrics when given.
     """
     from ..runtime.conditioning import make_conditioning
     from ..runtime.dispatcher import schedule_config
@@ -110,7 +133,10 @@ def sweep(backend, samples: list[Sample], taus: list[float], rhos: list[float], 
     run = lambda sample, config: timed_generate(  # noqa: E731
         backend, conds[sample.prompt], config, steps, sample.seed, watch)
     with torch.no_grad():
-        run(samples[0], static)  # warm-up: first calls allocate and fill caches
+        run(samples[0], static)  # warm-up: first calls allocate and fill caches, for every engine
+        latent, cond = bench_inputs(backend)
+        for patch in backend.patch_sizes:
+            backend(patch, latent, **cond)
         refs, static_seconds = [], []
         for sample in samples:
             seconds, result = run(sample, static)

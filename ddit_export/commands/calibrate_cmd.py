@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau-points", type=int, default=9, help="log grid points (default 9)")
     p.add_argument("--rhos", default="0.2,0.4,0.6", help="comma list of rho fractions (default 0.2,0.4,0.6)")
     p.add_argument("--metric", choices=sorted(DEFAULT_BUDGETS), default="psnr",
-                   help="quality metric of the budget: on final latents, or image_* on decoded images (needs a VAE)")
+                   help="quality metric of the budget: on final latents, or image_* on decoded images "
+                   "(needs a VAE or the demo codec)")
     p.add_argument("--budget", type=float,
                    help="minimum mean quality vs the static base (default psnr 30 dB, ssim 0.9)")
     p.add_argument("--speed", choices=sorted(SPEED_FLAGS), default="tokens",
@@ -77,7 +78,6 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench.flops import flops_table
     from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class, get_backend
-    from ..runtime.sampling import decode_images, vae_folder
 
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():
@@ -88,8 +88,8 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
-    vae = vae_folder(manifest)
-    if args.metric.startswith("image_") and vae is None:
+    decode = calibrate.image_decoder(manifest, device)
+    if args.metric.startswith("image_") and decode is None:
         raise ValueError(f"--metric {args.metric} needs decoded images, but {manifest['model']['id']} has no VAE; "
                          "use --metric psnr or ssim (on latents)")
     budget = DEFAULT_BUDGETS[args.metric] if args.budget is None else args.budget
@@ -99,7 +99,6 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--out {out} exists and is not a folder")
 
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
-    decode = (lambda latent: decode_images(vae, latent, device)) if vae else None
     total = len(taus) * len(rhos)
     console.print(f"sweeping {len(taus)} tau x {len(rhos)} rho = {total} points over {len(samples)} samples, "
                   f"{args.steps} steps, backend {args.backend}")

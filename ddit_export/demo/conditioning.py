@@ -40,7 +40,7 @@ def load_class_table(path: Path = CLASS_TABLE) -> tuple[list[str], dict[str, tor
 
     with safe_open(str(require(path)), framework="pt") as fh:
         names = json.loads(fh.metadata()["classes"])
-        table = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iteration
+        table = {k: fh.get_tensor(k) for k in fh.keys()}
     return names, table
 
 

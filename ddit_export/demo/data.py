@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .classes import CLASSES, CLASS_NAMES
+from .classes import CLASS_NAMES, CLASSES
 from .codec import IMAGE_SIZE
 
 

@@ -20,7 +20,8 @@ def write_grid(base: list[torch.Tensor], ddit: list[torch.Tensor], labels, path:
     cols = 2 if len(rows) > 4 else 1
     rows += [torch.ones_like(rows[0])] * (-len(rows) % cols)
     sep = torch.ones(3, rows[0].shape[1], 6)
-    lines = [torch.cat([x for r in rows[i : i + cols] for x in (r, sep)][:-1], dim=2) for i in range(0, len(rows), cols)]
+    lines = [torch.cat([x for r in rows[i : i + cols] for x in (r, sep)][:-1], dim=2)
+             for i in range(0, len(rows), cols)]
     grid = torch.cat([x for line in lines for x in (line, torch.ones(3, 2, line.shape[2]))][:-1], dim=1)
     array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)

@@ -75,6 +75,20 @@ def _previous_manifest(req: ExportRequest) -> dict | None:
     return None if req.force else old
 
 
+DEFAULT_TAU, DEFAULT_RHO = 1e-3, 0.4  # the paper's defaults (ddit_method.md)
+
+
+def _scheduler_defaults(req: ExportRequest, old: dict | None, base_patch: int, weights: str, adapters) -> dict:
+    """tau/rho as asked; otherwise a calibration of the same model and adapters survives a re-export."""
+    fresh = {"tau": DEFAULT_TAU, "rho": DEFAULT_RHO, "warmup_patch": base_patch, "calibration": None}
+    same_model = old and old["model"].get("weights_sha256") == weights and old["adapters"].get("sha256") == adapters
+    if same_model and req.tau is None and req.rho is None and old["scheduler"].get("calibration"):
+        return old["scheduler"]
+    fresh["tau"] = DEFAULT_TAU if req.tau is None else req.tau
+    fresh["rho"] = DEFAULT_RHO if req.rho is None else req.rho
+    return fresh
+
+
 def _stage_key(base: dict, patch: int, backend: str) -> str:
     text = json.dumps({**base, "patch": patch, "backend": backend}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -186,8 +200,7 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
             "opset": req.opset,
             "io": reference.to_json(),
             "engines": entries,
-            "scheduler": {"tau": req.tau, "rho": req.rho, "warmup_patch": model.base_patch,
-                          "calibration": None},
+            "scheduler": _scheduler_defaults(req, old, model.base_patch, weights_sha, adapters["sha256"]),
             "tools": tool_versions() | {"ddit-export": __version__},
         }
         write_manifest(tmp, manifest)

@@ -37,8 +37,8 @@ class ExportRequest:
     min_cosine: float = 0.9999
     backends: tuple[str, ...] | None = None  # None: onnx, plus trt where TensorRT and CUDA are present
     device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
-    tau: float = 1e-3  # the engines' default schedule, recorded in the manifest (calibrate refines it)
-    rho: float = 0.4
+    tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
+    rho: float | None = None  # None: as tau, else 0.4
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -46,7 +46,7 @@ class ExportRequest:
         self.model = self.model or fam.default_model
         self.height = self.height or fam.default_size[0]
         self.width = self.width or fam.default_size[1]
-        if not (self.tau >= 0 and 0 < self.rho < 1):
+        if (self.tau is not None and self.tau < 0) or (self.rho is not None and not 0 < self.rho < 1):
             raise ValueError(f"scheduler tau must be >= 0 and rho in (0, 1) (got tau {self.tau}, rho {self.rho})")
         if self.text_len is None:
             self.text_len = fam.default_text_len

@@ -86,6 +86,10 @@ class OnnxRuntimeBackend(Backend):
         self.io_binding = self.on_cuda if io_binding is None else io_binding
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: node placement notes are not the user's concern
+        if not self.on_cuda:
+            # ORT's CPU threads spin after each call by default, starving whatever runs next on the
+            # same cores (the scheduler, the sampler, another backend in a benchmark).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sessions = {}
         for patch, entry in sorted(entries.items()):
             verify_entry(self.folder, entry)  # refuses altered artifacts with the manifest's message

@@ -1,0 +1,152 @@
+"""Train the embedded demo model from scratch and ship it in `ddit_export/assets/demo/`.
+
+    python tools/train_demo.py                      # all stages, about 45 minutes on 2 shared CPU cores
+    python tools/train_demo.py --stage adapters     # one stage (base | classifier | adapters)
+
+Stages, each deterministic from --seed:
+  base        class table + FluxTransformer2DModel (rectified flow on procedural 32x32 shapes)
+  classifier  the CNN that scores samples (class accuracy, features for the Frechet distance)
+  adapters    DDiT adapters for patch sizes 4 and 8 over base 2, distilled with `ddit_export.train`
+              from the teacher's own trajectories (data-free: the class table as --prompt-embeds)
+Times and final losses go to `train_report.json` beside the weights.
+
+One intra-op thread on purpose: on a shared 2-core machine two OpenMP threads wait on each other and
+on the neighbours' jobs (measured: a 4096x128x512 matmul takes 10 ms on 1 thread, 19 ms on 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ddit_export.demo.classes import CLASS_NAMES
+from ddit_export.demo.model import (
+    ADAPTERS_DIR,
+    ASSETS,
+    CLASSIFIER,
+    DEMO_HEIGHT,
+    DEMO_MODEL_ID,
+    DEMO_TEXT_LEN,
+    DEMO_WIDTH,
+    TRAIN_REPORT,
+    TRANSFORMER_DIR,
+    build_demo_transformer,
+)
+
+STAGES = ("base", "classifier", "adapters")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def save_transformer(model) -> None:
+    tmp = TRANSFORMER_DIR.with_name("transformer.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(TRANSFORMER_DIR, ignore_errors=True)
+    tmp.rename(TRANSFORMER_DIR)
+
+
+def stage_base(args) -> dict:
+    from ddit_export.demo.conditioning import make_class_table, save_class_table
+    from ddit_export.demo.training import train_base
+
+    table = make_class_table(args.seed)
+    save_class_table(table)
+    model = build_demo_transformer(args.seed)
+    ema, losses = train_base(model, table, args.base_steps, args.base_batch, args.base_lr, args.seed,
+                             args.ema_decay, log=log, checkpoint=save_transformer, checkpoint_every=250)
+    save_transformer(ema)
+    tail = losses[-100:]
+    return {"steps": args.base_steps, "batch": args.base_batch, "lr": args.base_lr, "ema_decay": args.ema_decay,
+            "final_loss": sum(tail) / len(tail), "parameters": sum(p.numel() for p in ema.parameters())}
+
+
+def stage_classifier(args) -> dict:
+    from safetensors.torch import save_file
+
+    from ddit_export.demo.training import train_classifier
+
+    model, accuracy = train_classifier(args.classifier_steps, 128, args.seed, log=log)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(CLASSIFIER))
+    log(f"classifier held-out accuracy {accuracy:.4f}")
+    return {"steps": args.classifier_steps, "batch": 128, "heldout_accuracy": accuracy}
+
+
+def stage_adapters(args) -> dict:
+    from safetensors.torch import save_file
+
+    from ddit_export.demo.conditioning import load_class_table
+    from ddit_export.train import TrainConfig, train
+
+    _, table = load_class_table()
+    with tempfile.TemporaryDirectory() as scratch:
+        # Every class several times: each row is one teacher trajectory from its own noise seed.
+        embeds = Path(scratch) / "class_prompts.safetensors"
+        save_file({k: v.repeat_interleave(args.trajectories_per_class, 0).contiguous() for k, v in table.items()},
+                  str(embeds))
+        out = Path(scratch) / "adapters"
+        config = TrainConfig(
+            out=str(out), model=str(TRANSFORMER_DIR), patch_sizes=(2, 4, 8), prompt_embeds=str(embeds),
+            teacher_steps=args.steps, height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN,
+            steps=args.adapter_steps, batch_size=args.adapter_batch, seed=args.seed, optimizer="adamw",
+            lr=args.adapter_lr, dtype="fp32", checkpoint_every=0,
+        )
+        result = train(config, status=log)
+        meta = json.loads((out / "adapters.json").read_text())
+        meta["base_model"] = DEMO_MODEL_ID  # not this machine's scratch path
+        shutil.rmtree(ADAPTERS_DIR, ignore_errors=True)
+        ADAPTERS_DIR.mkdir(parents=True)
+        shutil.copy2(out / "adapters.safetensors", ADAPTERS_DIR / "adapters.safetensors")
+        (ADAPTERS_DIR / "adapters.json").write_text(json.dumps(meta, indent=2))
+    tail = result.log[-50:]
+    per_size = {p: sum(e["loss_per_size"][p] for e in tail) / len(tail) for p in tail[-1]["loss_per_size"]}
+    return {"steps": args.adapter_steps, "batch": args.adapter_batch, "lr": args.adapter_lr,
+            "teacher_steps": args.steps, "trajectories": args.trajectories_per_class * len(CLASS_NAMES),
+            "final_loss_per_size": per_size, "samples": len(result.samples)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-steps", type=int, default=700)
+    p.add_argument("--base-batch", type=int, default=32)
+    p.add_argument("--base-lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.99)
+    p.add_argument("--classifier-steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=28, help="sampling steps of the teacher trajectories")
+    p.add_argument("--trajectories-per-class", type=int, default=8)
+    p.add_argument("--adapter-steps", type=int, default=800)
+    p.add_argument("--adapter-batch", type=int, default=8)
+    p.add_argument("--adapter-lr", type=float, default=1e-3)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    runners = {"base": stage_base, "classifier": stage_classifier, "adapters": stage_adapters}
+    for stage in stages:
+        log(f"stage {stage}")
+        start = time.perf_counter()
+        figures = {**runners[stage](args), "wall_seconds": round(time.perf_counter() - start, 1)}
+        # Read back just before writing: stages may run as separate processes at the same time.
+        report = json.loads(TRAIN_REPORT.read_text()) if TRAIN_REPORT.exists() else {}
+        report[stage] = figures
+        report["classes"] = CLASS_NAMES
+        TRAIN_REPORT.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"stage {stage} done in {report[stage]['wall_seconds']:.0f} s")
+    for f in ASSETS.rglob("*"):  # safetensors writes 0600; package data must be readable by everyone
+        f.chmod(0o755 if f.is_dir() else 0o644)
+    sizes = {f.name: f.stat().st_size for f in ASSETS.rglob("*") if f.is_file()}
+    log(f"shipped weights: {sum(sizes.values()) / 1e6:.2f} MB in {len(sizes)} files")
+
+
+if __name__ == "__main__":
+    main()
