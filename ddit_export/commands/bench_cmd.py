@@ -100,17 +100,6 @@ def load_backends(folder: Path, manifest: dict, names: list[str] | None, device,
     return loaded, skipped
 
 
-def contention_notes(names: list[str], device) -> list[str]:
-    """Known ways side-by-side CPU timing misleads, stated next to the numbers."""
-    torch_based = {"torch", "torch-compile", "aoti"} & set(names)
-    if device.type == "cpu" and "onnx" in names and torch_based:
-        # Measured on a 2-core box: aoti 20 ms alone, 230 ms interleaved with ORT (spinning on), 20 ms (off).
-        return [f"on the CPU, ONNX Runtime's intra-op threads spin-wait after each call and starve "
-                f"{', '.join(sorted(torch_based))} in the round-robin; compare those backends in separate runs "
-                "or disable ORT spinning (session.intra_op.allow_spinning=0)"]
-    return []
-
-
 def bench_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import latency, plots, report
     from ..export.manifest import read_manifest, tool_versions
@@ -128,9 +117,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--out {out} exists and is not a folder")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
-    notes = contention_notes(list(backends), device)
-    for note in notes:
-        console.print(f"[yellow]note: {note}[/]")
+    notes: list[str] = []  # caveats stated beside the numbers (ORT's CPU spin-wait is off in its backend)
     try:
         console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines round-robin: "
                       f"{args.warmup} warm-up + {args.iters} rounds")
