@@ -20,11 +20,11 @@ from .errors import run_guarded
 
 # Chosen by a sweep on the demo (tools/demo_tau_sweep.py, 12 samples, 28 steps): the largest tau whose
 # DDiT samples keep PSNR >= 25 dB against the base AND the base's class accuracy. Measured 2026-11-22:
-#   tau 0.0012: 31.7 dB, accuracy 91.7% = base, 48/336 steps at p8, 0.95-0.97x (no speed-up)
-#   tau 0.0015: 28.5 dB, accuracy 83.3% (base 91.7%), 72/336 at p8, 1.05x
-#   tau 0.003 : 23.6 dB, accuracy 75.0%, 97/336 at p8, 1.09x;  tau 0.01: 16.3 dB, 25%, 300/336 at p8, 1.86x
-# The statistic sits near 1e-3..2e-3 for most steps (the 13 zero channels' noise dominates it), and
-# a coarse step's error makes the next steps' third difference jump, so the schedule returns to the base.
+#   tau 0.0012: 33.4 dB, accuracy 91.7% = base, 48/336 steps at p8, 1.01x (no real speed-up)
+#   tau 0.0015: 28.5 dB, accuracy 83.3% (base 91.7%), 72/336 at p8, 1.10x
+#   tau 0.003 : 25.1 dB, accuracy 83.3%, 84/336 at p8, 1.12x;  tau 0.006: 16.8 dB, 75%, 229/336 at p8, 1.69x
+# The statistic sits near 1e-3..2e-3 for most steps, and a coarse step's error makes the next steps'
+# third difference jump, so the schedule returns to the base; see ddit_export/demo/model.py (known limit).
 DEFAULT_TAU = 0.0012
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
 DEFAULT_SAMPLES = 16
