@@ -10,9 +10,10 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import bench_cmd, calibrate_cmd, export_cmd, inspect_cmd, train_cmd
+from .commands import bench_cmd, calibrate_cmd, demo_cmd, export_cmd, inspect_cmd, train_cmd
 
 COMMANDS = {
+    "demo": (demo_cmd, "export the embedded demo model and compare DDiT with the static base (speed and quality)"),
     "flux": (export_cmd, "export one static engine per patch size for a FLUX transformer"),
     "wan": (export_cmd, "export one static engine per patch size for a Wan 2.1 video transformer"),
     "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
