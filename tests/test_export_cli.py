@@ -153,3 +153,24 @@ def test_a_calibrated_schedule_survives_a_re_export_unless_tau_is_given(engines)
     assert main(args + ["--tau", "0.002"]) == 0
     fresh = read_manifest(engines)["scheduler"]
     assert (fresh["tau"], fresh["rho"], fresh["calibration"]) == (0.002, 0.4, None)
+
+
+@pytest.mark.parametrize("layout", ["pipeline", "transformer"])
+def test_export_from_a_saved_diffusers_folder(tmp_path, layout):
+    """Real from_pretrained loading, on a tiny model the test saves itself (no hub)."""
+    from ddit_export.families.flux import FLUX
+
+    folder = tmp_path / "model"
+    FLUX.tiny().save_pretrained(folder / "transformer" if layout == "pipeline" else folder)
+    out = tmp_path / "out"
+    assert main(["flux", "--model", str(folder), "--patch-sizes", "2,4", "--height", "128", "--width", "128",
+                 "--text-len", "8", "--dtype", "fp32", "--out", str(out)]) == 0
+    m = read_manifest(out)
+    assert m["model"]["id"] == str(folder) and m["model"]["weights_sha256"] == read_manifest_hash_of_tiny()
+
+
+def read_manifest_hash_of_tiny():
+    from ddit_export.export.manifest import sha256_tensors
+    from ddit_export.families.flux import FLUX
+
+    return sha256_tensors(FLUX.tiny().state_dict())

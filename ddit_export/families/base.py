@@ -167,10 +167,11 @@ class Family:
             return built if dtype == torch.float32 else built.to(dtype)
         path = Path(model).expanduser()
         if path.is_dir():
+            # str(): diffusers records the argument as the config's _name_or_path, which must stay JSON.
             if (path / "transformer" / "config.json").is_file():
-                return cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+                return cls.from_pretrained(str(path), subfolder="transformer", torch_dtype=dtype)
             if (path / "config.json").is_file():
-                return cls.from_pretrained(path, torch_dtype=dtype)
+                return cls.from_pretrained(str(path), torch_dtype=dtype)
             raise ModelLoadError(
                 f"{path} holds neither a diffusers pipeline (transformer/config.json) nor a transformer "
                 "(config.json); point --model at the folder written by save_pretrained"
