@@ -113,10 +113,11 @@ def make_conditioning(
     if manifest.get("family") == "wan":
         return wan_conditioning(manifest, prompt, guidance, device, negative_prompt)
     io = IOSpec.from_json(manifest["io"])
-    if manifest["model"]["id"] == "demo":  # class names -> the embedded demo model's class table
-        from ..demo.conditioning import demo_conditioning
+    if manifest["model"]["id"] == "demo":
+        from ..demo.conditioning import CLASS_NAMES, demo_conditioning
 
-        return demo_conditioning(prompt, batch=next(t.shape[0] for t in io.inputs if t.name == "latent"))
+        if prompt in CLASS_NAMES:  # a class name -> the demo's class table; other text stays synthetic
+            return demo_conditioning(prompt, batch=next(t.shape[0] for t in io.inputs if t.name == "latent"))
     if guidance is None and "guidance" in io.input_names:
         guidance = DEFAULT_GUIDANCE
     folder = pipeline_folder_with_text_encoders(manifest["model"]["id"])
