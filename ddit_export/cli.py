@@ -18,7 +18,7 @@ COMMANDS = {
     "wan": (export_cmd, "export one static engine per patch size for a Wan 2.1 video transformer"),
     "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
     "bench": (bench_cmd, "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
-    "calibrate": (calibrate_cmd, "sweep the scheduler's tau/rho, pick tau for a quality budget, store it in the manifest"),
+    "calibrate": (calibrate_cmd, "sweep tau/rho, pick tau for a quality budget, store it in the manifest"),
     "train": (train_cmd, "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
 

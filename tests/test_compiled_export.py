@@ -30,7 +30,8 @@ def engines(tmp_path_factory):
 
 def test_both_backends_for_both_sizes_are_validated_and_recorded(engines):
     m = read_manifest(engines)
-    assert [(e["patch_size"], e["backend"]) for e in m["engines"]] == [(2, "onnx"), (2, "aoti"), (4, "onnx"), (4, "aoti")]
+    pairs = [(e["patch_size"], e["backend"]) for e in m["engines"]]
+    assert pairs == [(2, "onnx"), (2, "aoti"), (4, "onnx"), (4, "aoti")]
     for patch, entry in engine_entries(m, "aoti").items():
         assert entry["files"] == [f"aoti/p{patch}.pt2"] and entry["device"] == "cpu"
         assert entry["validation"]["passed"] and entry["validation"]["max_abs_err"] < 1e-4

@@ -102,9 +102,11 @@ class RichReporter:
 
 
 def summary_table(manifest: dict, out) -> Table:
-    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {manifest['latent_shape']})")
+    shape = manifest["latent_shape"]
+    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {shape})")
     if manifest["dtype"] != "fp32":
-        table.caption = "* validated through the fp32 twin of the same merged module (ONNX Runtime CPU has no half math)"
+        table.caption = ("* validated through the fp32 twin of the same merged module "
+                         "(ONNX Runtime CPU has no half math)")
     for col in ("patch", "backend", "tokens", "file", "on disk", "max|err|  cosine", "export s"):
         table.add_column(col, justify="left" if col in ("backend", "file", "max|err|  cosine") else "right")
     for e in manifest["engines"]:

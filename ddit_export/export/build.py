@@ -58,7 +58,9 @@ def _previous_manifest(req: ExportRequest) -> dict | None:
         return None
     if not (out / MANIFEST).exists():
         if any(out.iterdir()) and not req.force:
-            raise ExportInputError(f"--out {out} exists, is not empty and holds no manifest; pass --force or another --out")
+            raise ExportInputError(
+                f"--out {out} exists, is not empty and holds no manifest; pass --force or another --out"
+            )
         return None
     try:
         old = read_manifest(out)

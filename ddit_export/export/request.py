@@ -117,4 +117,6 @@ class ExportRequest:
             probe = tempfile.mkdtemp(prefix=".ddit-probe-", dir=parent)
             os.rmdir(probe)
         except OSError as err:
-            raise ValueError(f"--out {out} is not writable ({err.strerror} in {parent}); choose another --out") from None
+            raise ValueError(
+                f"--out {out} is not writable ({err.strerror} in {parent}); choose another --out"
+            ) from None
