@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .arglists import comma_list
 from .errors import run_guarded
 
 
@@ -42,16 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: bench_command(args, Console(highlight=False)))
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} takes a comma list of integers (got {text!r})") from None
-    if not values:
-        raise ValueError(f"{flag} is empty")
-    return values
 
 
 def check_device(name: str):
@@ -109,7 +100,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
     _check_args(args)
-    seeds = parse_ints(args.seeds, "--seeds")
+    seeds = comma_list(args.seeds, "--seeds")
     device = check_device(args.device)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .bench_cmd import check_device, parse_ints
+from .arglists import comma_list
+from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 
 SPEED_FLAGS = {"tokens": "token_speedup", "flops": "flop_speedup", "wall": "wall_speedup"}
@@ -49,23 +50,16 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: calibrate_command(args, Console(highlight=False)))
 
 
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} takes a comma list of numbers (got {text!r})") from None
-    if not values:
-        raise ValueError(f"{flag} is empty")
-    return values
-
-
 def _grid(args) -> tuple[list[float], list[float]]:
     from ..bench.calibrate import log_grid
 
-    taus = _floats(args.taus, "--taus") if args.taus else log_grid(args.tau_min, args.tau_max, args.tau_points)
+    if args.taus:
+        taus = comma_list(args.taus, "--taus", float)
+    else:
+        taus = log_grid(args.tau_min, args.tau_max, args.tau_points)
     if any(not t >= 0 for t in taus):
         raise ValueError(f"tau values must be >= 0 (got {taus})")
-    rhos = _floats(args.rhos, "--rhos")
+    rhos = comma_list(args.rhos, "--rhos", float)
     if any(not 0 < r < 1 for r in rhos):
         raise ValueError(f"--rhos are fractions in (0, 1) (got {rhos})")
     if args.steps < 1:
@@ -84,7 +78,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
     taus, rhos = _grid(args)
-    seeds = parse_ints(args.seeds, "--seeds")
+    seeds = comma_list(args.seeds, "--seeds")
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
