@@ -19,7 +19,7 @@ ENGINE_KEYS = {"backend", "patch_size", "tokens", "flops", "mean_ms", "p50_ms", 
                "std_ms", "iters", "flops_per_s", "speedup_vs_base"}
 TOP_KEYS = {"engine_dir", "created", "family", "dtype", "latent_shape", "text_len", "device", "clock", "warmup",
             "iters", "backends", "skipped_backends", "engines", "end_to_end", "peer", "notes", "tools"}
-TINY_FLUX = dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+TINY_FLUX = dict(in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
                  joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True)
 
 

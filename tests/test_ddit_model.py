@@ -162,3 +162,26 @@ def test_sizes_that_cannot_be_built_are_refused_clearly():
         FLUX.check_patch_sizes([2, 5], (1, 16, 20, 20))
     with pytest.raises(ValueError, match="base patch size 2 must be among"):
         FLUX.check_patch_sizes([4, 8], (1, 16, 16, 16))
+
+
+def test_a_flux_model_with_fewer_latent_channels_gets_sizes_of_its_own_width():
+    """FLUX tokens hold 2x2 pixels of in_channels / 4 channels; the demo model has 3, not the VAE's 16."""
+    from diffusers import FluxTransformer2DModel
+
+    from ddit_export.families.flux import FLUX_TINY_CONFIG
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**dict(FLUX_TINY_CONFIG, in_channels=12)).eval()
+    assert FLUX.latent_channels_of(transformer.config) == 3
+    shape = FLUX.latent_shape(2, 128, 128, channels=3)
+    assert shape == (2, 3, 16, 16)
+    model = randomise_ddit(DDiTModel(FLUX, transformer, [2, 4, 8]).eval())
+    assert model.extra["8"].residual.weight.shape == (3 * 64, 3 * 64)
+    latent, cond = torch.randn(shape), conditioning()
+    with torch.no_grad():
+        assert torch.equal(model(latent, 2, **cond), pipeline_style_call(transformer, latent, cond))
+        for patch in (4, 8):
+            out = model(latent, patch, **cond)
+            assert out.shape == shape and torch.isfinite(out).all()
+            torch.testing.assert_close(build_engine(model, patch, shape, TEXT)(latent, **cond), out,
+                                       atol=1e-5, rtol=1e-4)

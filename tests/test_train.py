@@ -98,6 +98,28 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, prompts, torch
     assert not [p for p in split.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
 
+def test_cosine_schedule_resumes_on_the_same_curve(tmp_path, prompts, torch_single_thread):
+    import shutil
+
+    from ddit_export.train.optim import lr_factor
+
+    factors = [lr_factor("cosine", k, 100) for k in range(1, 101)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and factors[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))  # decays after the warm-up
+    args = TINY + ["--prompts", str(prompts), "--steps", "6", "--lr-schedule", "cosine"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_cli(args + ["--out", str(straight)]) == 0
+    assert train_cli(args + ["--checkpoint-every", "3", "--keep-checkpoints", "3", "--out", str(split)]) == 0
+    shutil.rmtree(split / "checkpoints" / "step-6")  # as if the run had stopped after step 3
+    assert train_cli(args + ["--checkpoint-every", "3", "--resume", "--out", str(split)]) == 0
+    a, b = load_file(str(straight / "adapters.safetensors")), load_file(str(split / "adapters.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    constant = tmp_path / "constant"
+    assert train_cli(TINY + ["--prompts", str(prompts), "--steps", "6", "--out", str(constant)]) == 0
+    c = load_file(str(constant / "adapters.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the schedule really changed the updates
+
+
 def test_resume_with_changed_settings_is_refused(tmp_path, prompts, capsys, torch_single_thread):
     args = TINY + ["--prompts", str(prompts), "--checkpoint-every", "2", "--out", str(tmp_path / "run")]
     assert train_cli(args + ["--steps", "2"]) == 0

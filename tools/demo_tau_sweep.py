@@ -40,6 +40,7 @@ for tau, run in runs.items():
     hist = "/".join(str(v) for v in r["schedule_histogram"].values())
     print(f"{tau:>8g} {r['speedup']:>8.2f}x {r['psnr_db']:>8.2f} {min(r['psnr_db_per_sample']):>9.2f} "
           f"{r['accuracy_base']:>9.3f} {r['accuracy_ddit']:>9.3f} {r['fd_base']:>8.3f} {r['fd_ddit']:>8.3f}  {hist}")
+    print(f"{'':>8} first sample's schedule: {''.join(str(p) for p in r['schedules'][0])}")
 if args.json:
     with open(args.json, "w") as fh:
         json.dump({"samples": args.samples, "steps": args.steps, "taus": rows}, fh, indent=1, default=float)

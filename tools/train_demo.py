@@ -98,7 +98,7 @@ def stage_adapters(args) -> dict:
             out=str(out), model=str(TRANSFORMER_DIR), patch_sizes=(2, 4, 8), prompt_embeds=str(embeds),
             teacher_steps=args.steps, height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN,
             steps=args.adapter_steps, batch_size=args.adapter_batch, seed=args.seed, optimizer="adamw",
-            lr=args.adapter_lr, dtype="fp32", checkpoint_every=0,
+            lr=args.adapter_lr, lr_schedule="cosine", dtype="fp32", checkpoint_every=0,
         )
         result = train(config, status=log)
         meta = json.loads((out / "adapters.json").read_text())
@@ -109,7 +109,7 @@ def stage_adapters(args) -> dict:
         (ADAPTERS_DIR / "adapters.json").write_text(json.dumps(meta, indent=2))
     tail = result.log[-50:]
     per_size = {p: sum(e["loss_per_size"][p] for e in tail) / len(tail) for p in tail[-1]["loss_per_size"]}
-    return {"steps": args.adapter_steps, "batch": args.adapter_batch, "lr": args.adapter_lr,
+    return {"steps": args.adapter_steps, "batch": args.adapter_batch, "lr": args.adapter_lr, "lr_schedule": "cosine",
             "teacher_steps": args.steps, "trajectories": args.trajectories_per_class * len(CLASS_NAMES),
             "final_loss_per_size": per_size, "samples": len(result.samples)}
 
@@ -118,18 +118,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-steps", type=int, default=700)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: see above)")
+    p.add_argument("--base-steps", type=int, default=3000)
     p.add_argument("--base-batch", type=int, default=32)
     p.add_argument("--base-lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.99)
     p.add_argument("--classifier-steps", type=int, default=200)
     p.add_argument("--steps", type=int, default=28, help="sampling steps of the teacher trajectories")
     p.add_argument("--trajectories-per-class", type=int, default=32)
-    p.add_argument("--adapter-steps", type=int, default=1200)
+    p.add_argument("--adapter-steps", type=int, default=6000)
     p.add_argument("--adapter-batch", type=int, default=8)
-    p.add_argument("--adapter-lr", type=float, default=1e-3)
+    p.add_argument("--adapter-lr", type=float, default=2e-3)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     ASSETS.mkdir(parents=True, exist_ok=True)
     stages = STAGES if args.stage == "all" else (args.stage,)
     runners = {"base": stage_base, "classifier": stage_classifier, "adapters": stage_adapters}

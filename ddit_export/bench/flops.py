@@ -36,7 +36,6 @@ from __future__ import annotations
 
 FLUX_TIME_FREQS = 256  # sinusoidal width of FLUX's timestep / guidance embedders
 FLUX_MLP_RATIO = 4  # FeedForward mult and single-block mlp_ratio in FluxTransformer2DModel
-LATENT_CHANNELS = 16  # FLUX and Wan latents
 
 
 def lin(n: int, fan_in: int, fan_out: int) -> int:
@@ -52,7 +51,7 @@ def attention(lq: int, lk: int, dim: int) -> int:
 def flux_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bool, batch: int = 1) -> dict:
     """Per-part FLOPs of one FLUX engine call; ``total`` is their sum."""
     d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    n, t, f = tokens, text_len, LATENT_CHANNELS * patch * patch
+    n, t, f = tokens, text_len, int(config["in_channels"]) // 4 * patch * patch  # FLUX tokens hold 2x2 pixels
     seq, hidden = n + t, FLUX_MLP_RATIO * d
     embedders = 2 if config.get("guidance_embeds") else 1
     double = (2 * lin(1, d, 6 * d) + lin(seq, d, 3 * d) + lin(seq, d, d) + attention(seq, seq, d)
@@ -76,7 +75,7 @@ def wan_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bo
     if config.get("added_kv_proj_dim") or config.get("image_dim"):
         raise ValueError("FLOP count: Wan image-to-video (added image K/V) is not modelled")
     d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    n, t, f, ffn = tokens, text_len, LATENT_CHANNELS * patch * patch, int(config["ffn_dim"])
+    n, t, f, ffn = tokens, text_len, int(config["in_channels"]) * patch * patch, int(config["ffn_dim"])
     block = (lin(n, d, 3 * d) + attention(n, n, d) + lin(n, d, d)  # self-attention
              + lin(n, d, d) + lin(t, d, 2 * d) + attention(n, t, d) + lin(n, d, d)  # cross-attention
              + lin(n, d, ffn) + lin(n, ffn, d))

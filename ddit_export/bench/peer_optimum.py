@@ -59,7 +59,7 @@ def peer_feed(manifest: dict, session, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     tokens = fam.tokens(shape, base)
     values = {
-        "hidden_states": rng.standard_normal((shape[0], tokens, fam.patch_features(base))),
+        "hidden_states": rng.standard_normal((shape[0], tokens, fam.patch_features(base, shape[1]))),
         "encoder_hidden_states": rng.standard_normal((shape[0], text_len, cfg["joint_attention_dim"])),
         "pooled_projections": rng.standard_normal((shape[0], cfg["pooled_projection_dim"])),
         "timestep": np.full((shape[0],), 0.5),

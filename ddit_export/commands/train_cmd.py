@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--optimizer", choices=("adamw", "prodigy"), default="adamw",
                      help="adamw (default) or prodigy (needs `pip install prodigyopt`)")
     opt.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 AdamW, 1.0 Prodigy)")
+    opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                     help="constant (default) or cosine: 5%% warm-up, then decay to 10%% of --lr")
     opt.add_argument("--weight-decay", type=float, default=0.0)
     opt.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16",
                      help="frozen backbone dtype; bf16 runs under autocast with fp32 trained weights (default bf16)")
@@ -72,7 +74,8 @@ def config_from_args(args: argparse.Namespace):
         images=args.images, vae=args.vae, prompts=args.prompts, prompt_embeds=args.prompt_embeds,
         teacher_steps=args.teacher_steps, guidance=args.guidance, height=args.height, width=args.width,
         frames=args.frames, text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        lora_rank=args.lora_rank, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        lora_rank=args.lora_rank, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
+        weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, overwrite=args.overwrite,

@@ -59,7 +59,8 @@ class PatchSizeModules(nn.Module):
     def __init__(self, family, base_embed: nn.Module, base_deembed: nn.Linear, patch: int):
         super().__init__()
         ref = base_deembed.weight
-        features = family.patch_features(patch)
+        # Both families' base de-embedding outputs channels x base_patch^2 features per token.
+        features = base_deembed.out_features // family.base_patch**2 * patch * patch
         self.embed = family.new_embed(base_embed, patch)
         self.deembed = family.new_deembed(base_deembed, patch)
         # The residual maps the input patch straight to the output patch; zero-init so the initial

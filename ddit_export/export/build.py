@@ -142,6 +142,7 @@ def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, 
     fam = req.family_obj
     pack = read_meta(req.adapters) if req.adapters else None
     transformer = fam.load(req.model, torch.float32)
+    req.latent_channels = fam.latent_channels_of(transformer.config)
     model = DDiTModel(
         fam, transformer, req.patch_sizes,
         lora_rank=pack.lora_rank if pack else DEFAULT_LORA_RANK,

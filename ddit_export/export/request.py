@@ -39,6 +39,7 @@ class ExportRequest:
     device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
+    latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -91,7 +92,8 @@ class ExportRequest:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(family_by_name(self.family).latent_shape(self.batch, self.height, self.width, self.frames))
+        return tuple(family_by_name(self.family).latent_shape(self.batch, self.height, self.width, self.frames,
+                                                              self.latent_channels))
 
     @property
     def out_dir(self) -> Path:

@@ -54,7 +54,8 @@ class Family:
 
     # -- implemented per family (see flux.py, wan.py) --
     def check_image_size(self, height: int, width: int, frames: int | None = None) -> None: ...
-    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None): ...
+    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None,
+                     channels: int | None = None): ...
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]: ...
     def predict(self, transformer, latent, patch: int, conditioning: dict): ...
     def new_embed(self, base_embed, patch: int): ...
@@ -85,8 +86,12 @@ class Family:
                 f"try {max(step, round(height / step) * step)}x{max(step, round(width / step) * step)}"
             )
 
-    def patch_features(self, patch: int) -> int:
-        return self.latent_channels * patch * patch
+    def latent_channels_of(self, config) -> int:
+        """Latent channels of a model with this config (the family's VAE latent unless overridden)."""
+        return self.latent_channels
+
+    def patch_features(self, patch: int, channels: int | None = None) -> int:
+        return (channels or self.latent_channels) * patch * patch
 
     def padded_shape(self, latent_shape, patch: int) -> tuple[int, ...]:
         """The latent shape rounded up so that `patch` divides the grid (ddit_method.md, padding)."""

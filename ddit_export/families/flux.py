@@ -78,8 +78,14 @@ class FluxFamily(Family):
         if frames not in (None, 1):
             raise ValueError("FLUX makes images: --frames does not apply")
 
-    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
-        return (batch, self.latent_channels, height // self.vae_scale, width // self.vae_scale)
+    def latent_channels_of(self, config) -> int:
+        """FLUX tokens hold 2x2 latent pixels, so in_channels / 4 (16 for every VAE-based FLUX model; the
+        demo model's pixel latent has 3)."""
+        return int(config.in_channels) // self.base_patch**2
+
+    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None,
+                     channels: int | None = None) -> tuple[int, ...]:
+        return (batch, channels or self.latent_channels, height // self.vae_scale, width // self.vae_scale)
 
     def image_ids(self, patch: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """RoPE coordinates of each token in the BASE token grid.
@@ -128,14 +134,16 @@ class FluxFamily(Family):
         return self.unpack(out, patch, tuple(latent.shape))
 
     def new_embed(self, base_embed, patch: int) -> PatchEmbed:
-        weight = pi_resize_embedding(base_embed.weight, self.latent_channels, self.base_patch, patch)
+        channels = base_embed.weight.shape[1] // self.base_patch**2
+        weight = pi_resize_embedding(base_embed.weight, channels, self.base_patch, patch)
         return PatchEmbed(nn.Linear(weight.shape[1], weight.shape[0]), weight, base_embed.bias)
 
     def fold_embed(self, embed: PatchEmbed) -> nn.Linear:
         return embed.folded()
 
     def new_deembed(self, base_deembed, patch: int) -> nn.Linear:
-        w, b = upsampled_deembedding(base_deembed.weight, base_deembed.bias, self.latent_channels,
+        channels = base_deembed.weight.shape[0] // self.base_patch**2
+        w, b = upsampled_deembedding(base_deembed.weight, base_deembed.bias, channels,
                                      self.base_patch, patch)
         return linear_from(w, b)
 

@@ -113,10 +113,12 @@ class WanFamily(Family):
                 f"--frames must be 4k+1 for Wan's VAE (got {frames}); try {4 * k + 1} or {4 * k + 5}"
             )
 
-    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
+    def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None,
+                     channels: int | None = None) -> tuple[int, ...]:
         frames = self.default_frames if frames is None else frames
         latent_frames = (frames - 1) // self.temporal_scale + 1
-        return (batch, self.latent_channels, latent_frames, height // self.vae_scale, width // self.vae_scale)
+        channels = channels or self.latent_channels
+        return (batch, channels, latent_frames, height // self.vae_scale, width // self.vae_scale)
 
     # ---- model ----------------------------------------------------------------------------------
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:

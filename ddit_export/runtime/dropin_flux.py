@@ -78,9 +78,9 @@ class DDiTFluxTransformer(DropInTransformer):
 
     def _check_geometry(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
         """Once per pipeline call: the pipeline's image must be the engines' static geometry."""
-        b, _, h, w = self.latent_shape
+        b, c, h, w = self.latent_shape
         tokens = (h // FLUX.base_patch) * (w // FLUX.base_patch)
-        features = FLUX.patch_features(FLUX.base_patch)
+        features = FLUX.patch_features(FLUX.base_patch, c)
         height, width = self._pixels
         ids_match = img_ids is None or (
             tuple(img_ids.shape) == (tokens, 3) and torch.equal(img_ids.detach().float().cpu(), self._img_ids)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..families.base import family_by_name
+from .optim import LR_SCHEDULES
 from .pipelines import teacher_pipeline
 
 TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -43,6 +44,7 @@ class TrainConfig:
     lora_rank: int = 32
     optimizer: str = "adamw"
     lr: float | None = None
+    lr_schedule: str = "constant"  # or "cosine" (warm-up, then decay to 10%): train/optim.py
     weight_decay: float = 0.0  # decay would pull the PI-resize init towards zero, away from the teacher
     dtype: str = "bf16"
     gradient_checkpointing: bool = False
@@ -51,6 +53,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     overwrite: bool = False
+    latent_channels: int | None = None  # set from the teacher's config once it is loaded; None: the family's
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -71,6 +74,8 @@ class TrainConfig:
     def _check(self, fam) -> None:
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(TRAIN_DTYPES)} (got {self.dtype})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule})")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer})")
         positive = {"--steps": self.steps, "--batch-size": self.batch_size, "--lora-rank": self.lora_rank,
@@ -137,7 +142,7 @@ class TrainConfig:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames))
+        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames, self.latent_channels))
 
     @property
     def out_dir(self) -> Path:
@@ -146,7 +151,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """What must match for `--resume` to continue a run (`steps` may grow, checkpointing may change)."""
         keep = ("family", "model", "patch_sizes", "teacher_steps", "guidance", "height", "width", "frames", "text_len",
-                "batch_size", "seed", "lora_rank", "optimizer", "lr", "weight_decay", "dtype")
+                "batch_size", "seed", "lora_rank", "optimizer", "lr", "lr_schedule", "weight_decay", "dtype")
         ident = {k: v for k, v in asdict(self).items() if k in keep}
         ident["patch_sizes"] = list(self.patch_sizes)
         ident["data"] = self.data_fingerprint()

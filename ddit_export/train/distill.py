@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint, newest_checkpoint, read_state, save_che
 from .config import TrainConfig
 from .data import SampleSet, SampleStream, model_inputs
 from .objective import DistillationObjective, freeze_for_distillation
-from .optim import make_optimizer
+from .optim import lr_factor, make_optimizer
 from .outputs import prepare_out, publish_pack, write_train_log
 from .pipelines import teacher_pipeline
 from .recompute import enable_gradient_checkpointing
@@ -80,6 +80,7 @@ def step_inputs(batch: dict, seed: int, mu: float | None, guidance, names, famil
 def build_model(config: TrainConfig, device) -> DDiTModel:
     fam = config.family_obj
     transformer = fam.load(config.model, config.torch_dtype)
+    config.latent_channels = fam.latent_channels_of(transformer.config)
     model = DDiTModel(fam, transformer, config.patch_sizes, lora_rank=config.lora_rank).to(device)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(transformer)
@@ -114,6 +115,7 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     status(f"data: {len(samples)} samples: {samples.source}")
 
     optimizer = make_optimizer(config.optimizer, trainable, config.lr, config.weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint overwrites them
     start, position, log, resumed_from = 0, 0, [], None
     if config.resume:
         checkpoint = newest_checkpoint(out)
@@ -143,6 +145,7 @@ def train(config: TrainConfig, status=say) -> TrainResult:
 
     objective.train()
     batches = iter(loader)
+    every = max(1, config.steps // 20)
     with tqdm(total=config.steps, initial=start, desc="distill", disable=not show, dynamic_ncols=True) as bar:
         for step in range(start + 1, config.steps + 1):
             tick = time.perf_counter()
@@ -150,6 +153,9 @@ def train(config: TrainConfig, status=say) -> TrainResult:
             with autocast():
                 losses = objective(latent, conditioning)
             accelerator.backward(losses.sum())
+            factor = lr_factor(config.lr_schedule, step, config.steps)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             per_size = accelerator.reduce(losses.detach(), reduction="mean").tolist()
@@ -158,6 +164,9 @@ def train(config: TrainConfig, status=say) -> TrainResult:
                         "seconds": round(time.perf_counter() - tick, 4)})
             bar.update()
             bar.set_postfix(loss=f"{sum(per_size):.4g}")
+            if not show and (step % every == 0 or step == config.steps):  # logs and pipes get lines, not a bar
+                status(f"step {step}/{config.steps}: loss {sum(per_size):.4g} "
+                       f"({time.perf_counter() - started:.0f} s since start)")
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save(step)
     if config.checkpoint_every and config.steps > start and config.steps % config.checkpoint_every:
