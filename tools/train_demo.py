@@ -8,11 +8,13 @@ Stages, each deterministic from --seed:
   classifier  the CNN that scores samples (class accuracy, features for the Frechet distance)
   adapters    DDiT adapters for patch sizes 4 and 8 over base 2, distilled with `ddit_export.train`
               from the teacher's own trajectories (data-free: the class table as --prompt-embeds)
-Times and final losses go to `train_report.json` beside the weights. Measured on the shared 2-core
-build machine (2026-11-22): base 1228 s, classifier 133 s, adapters 388 s; 12.1 MB shipped.
+Times and final losses go to `train_report.json` beside the weights. Measured on the 2-core build
+machine: base 1228 s and classifier 133 s (2026-11-22, 1 thread, shared machine); adapters 564 s
+(2026-12-02, 6000 steps, --threads 2, nothing else running); 12.1 MB shipped.
 
-One intra-op thread on purpose: on a shared 2-core machine two OpenMP threads wait on each other and
-on the neighbours' jobs (measured: a 4096x128x512 matmul takes 10 ms on 1 thread, 19 ms on 2).
+--threads: 1 by default, for a machine shared with other jobs (2026-11-22: a 4096x128x512 matmul took
+10 ms on 1 thread, 19 ms on 2). On an otherwise idle 2-core machine --threads 2 is ~1.7x faster; never
+run two 2-thread jobs at once on 2 cores (measured: a distillation step went from 0.1 s to 1.9 s).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def main() -> None:
     p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: see above)")
-    p.add_argument("--base-steps", type=int, default=3000)
+    p.add_argument("--base-steps", type=int, default=700)
     p.add_argument("--base-batch", type=int, default=32)
     p.add_argument("--base-lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.99)
