@@ -36,6 +36,7 @@ def test_writes_trace_and_trajectory_with_the_exact_schema(tiny_flux_engines, tm
             assert set(step["stats"]) == {"4", "8"}
             assert all(type(v) is float for v in step["stats"].values())
     assert [s["patch_size"] for s in trace["steps"]] == [2, 2, 2, 8, 8, 8]
+    assert trace["settle_steps"] == 0  # the paper's rule unless asked
 
     latents = np.load(npz)["latents"]
     assert latents.shape == (STEPS + 1, 1, 16, 16, 16)
@@ -82,6 +83,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_flux_engines, tmp_path, capsys):
         ([str(tiny_flux_engines), "--steps", "0"], "--steps must be at least 1"),
         ([str(tiny_flux_engines), "--rho", "40"], "--rho is a fraction"),
         ([str(tiny_flux_engines), "--tau", "-1"], "--tau must be >= 0"),
+        ([str(tiny_flux_engines), "--settle-steps", "-1"], "--settle-steps must be 0 or more"),
         ([str(tampered)], "p8.onnx does not match its manifest"),
     ]
     for args, message in cases:
@@ -143,3 +145,10 @@ def test_prompt_goes_through_the_pipelines_text_encoders(tiny_flux_engines, tmp_
 def test_cuda_device_without_cuda_is_bad_input(tiny_flux_engines, tmp_path, capsys):
     assert generate(tiny_flux_engines, tmp_path / "o", "--device", "cuda") == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_settle_steps_reach_the_scheduler_and_the_trace(tiny_flux_engines, tmp_path):
+    assert generate(tiny_flux_engines, tmp_path / "s", "--tau", "1e9", "--settle-steps", "2") == 0
+    trace = json.loads((tmp_path / "s" / "trace.json").read_text())
+    assert trace["settle_steps"] == 2
+    assert [s["patch_size"] for s in trace["steps"]] == [2, 2, 2, 8, 8, 8]  # tau 1e9: nothing switches back

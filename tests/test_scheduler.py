@@ -183,6 +183,23 @@ def test_base_last_steps():
     assert run(late, noise_latents(10)) == decisions
 
 
+def test_settle_steps_hold_a_new_size_while_d3_spans_the_switch():
+    # Smooth latents with one jolt at step 4: d3 at steps 4..7 contains it (coefficients 1, -3, 3, -1).
+    latents = quadratic_latents(10)
+    latents[4] = latents[4] + torch.randn(latents[4].shape, generator=gen(5))
+    paper = run(AccelerationScheduler(ScheduleConfig(SIZES, tau=1e-3)), latents)
+    assert [d.patch_size for d in paper] == [2, 2, 2, 8, 2, 2, 2, 2, 8, 8]
+    settled = run(AccelerationScheduler(ScheduleConfig(SIZES, tau=1e-3, settle_steps=2)), latents)
+    # 8 from step 3 is kept through 4 and 5; the switch back at 6 is kept through 7 and 8.
+    assert [d.patch_size for d in settled] == [2, 2, 2, 8, 8, 8, 2, 2, 2, 8]
+    assert [d.stats for d in settled] == [d.stats for d in paper]  # still measured and reported
+    forced = ScheduleConfig(SIZES, tau=1e-3, settle_steps=2, base_last_steps=5)
+    forced_run = run(AccelerationScheduler(forced, total_steps=10), latents)
+    assert [d.patch_size for d in forced_run] == [2, 2, 2, 8, 8] + [2] * 5  # the forced base wins
+    with pytest.raises(ValueError, match="settle_steps must be an int >= 0"):
+        ScheduleConfig(SIZES, settle_steps=-1)
+
+
 def test_static_patch():
     decisions = run(AccelerationScheduler(ScheduleConfig(SIZES, static_patch=4)), noise_latents(6))
     assert decisions == [Decision(4, None)] * 6

@@ -19,6 +19,7 @@ parser.add_argument("--taus", default="0.01,0.02,0.05,0.1")
 parser.add_argument("--samples", type=int, default=12)
 parser.add_argument("--steps", type=int, default=28)
 parser.add_argument("--engines", default=str(DEFAULT_ENGINE_DIR))
+parser.add_argument("--settle-steps", type=int, default=0)
 parser.add_argument("--json")
 args = parser.parse_args()
 taus = [float(t) for t in args.taus.split(",")]
@@ -27,7 +28,7 @@ manifest = export_demo_engines(args.engines)
 labels = sample_labels(args.samples)
 with get_backend("onnx", args.engines) as backend:
     warm_up(backend)
-    base, runs = sample_runs(backend, args.samples, args.steps, 0, taus)
+    base, runs = sample_runs(backend, args.samples, args.steps, 0, taus, settle_steps=args.settle_steps)
 classifier = load_classifier()
 real = real_features(classifier)
 rows = {}

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--settle-steps", type=int, default=0, metavar="N",
+                   help="keep a newly chosen size N more steps (default 0, the paper's rule; see ddit-export generate)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
     p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
@@ -56,6 +58,8 @@ def _check(args) -> None:
         raise ValueError(f"--samples must be at least {len(CLASS_NAMES)} (one per class; got {args.samples})")
     if args.steps < 4:
         raise ValueError(f"--steps must be at least 4: DDiT needs 3 warm-up steps (got {args.steps})")
+    if args.settle_steps < 0:
+        raise ValueError(f"--settle-steps must be 0 or more (got {args.settle_steps})")
     if not args.tau >= 0:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
 
@@ -80,7 +84,8 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     with get_backend("onnx", args.engines) as backend:
         warm_up(backend)
         with console.status(f"sampling {args.samples} images x (base, DDiT tau {args.tau:g}), {args.steps} steps"):
-            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau])
+            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau],
+                                     settle_steps=args.settle_steps)
     ddit = ddit[args.tau]
     classifier = load_classifier()
     result = figures(base, ddit, labels, classifier, real_features(classifier), sizes)
@@ -90,7 +95,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     plot = write_schedule_plot(ddit.schedules, labels, sizes, args.tau, out / "schedule.png")
     report = {
         "model": "demo", "backend": "onnx", "device": "cpu", "samples": args.samples, "steps": args.steps,
-        "tau": args.tau, "rho": manifest["scheduler"]["rho"], "seed": args.seed,
+        "tau": args.tau, "rho": manifest["scheduler"]["rho"], "settle_steps": args.settle_steps, "seed": args.seed,
         "export_seconds": export_seconds, "total_seconds": time.perf_counter() - started,
         "grid": str(grid), "schedule_plot": str(plot), **result,
     }

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
     p.add_argument("--base-last-steps", type=int, default=0, metavar="N",
                    help="force the base size for the last N steps")
+    p.add_argument("--settle-steps", type=int, metavar="N",
+                   help="keep a newly chosen size N more steps, so decisions never read a third difference "
+                        "spanning an engine switch (default: the manifest's, else 0 = the paper's rule)")
     p.add_argument("--guidance", type=float,
                    help="FLUX: embedded guidance scale (default 3.5 when the model has one); "
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
@@ -71,6 +74,8 @@ def _check_args(args, manifest: dict) -> torch.device:
             raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
     if args.steps < 1:
         raise ValueError(f"--steps must be at least 1 (got {args.steps})")
+    if args.settle_steps is not None and args.settle_steps < 0:
+        raise ValueError(f"--settle-steps must be 0 or more (got {args.settle_steps})")
     if not 0 <= args.base_last_steps <= args.steps:
         raise ValueError(f"--base-last-steps must be between 0 and --steps ({args.steps}), got {args.base_last_steps}")
     if args.tau is not None and not args.tau >= 0:
@@ -105,7 +110,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     with get_backend(args.backend, folder, device=device) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
-            base_last_steps=args.base_last_steps,
+            base_last_steps=args.base_last_steps, settle_steps=args.settle_steps,
         )
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
@@ -126,7 +131,8 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
         "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
         "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
-        "base_last_steps": config.base_last_steps, "timesteps": result.timesteps.float().cpu().tolist(),
+        "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
+        "timesteps": result.timesteps.float().cpu().tolist(),
         **_wan_record(args, conditioning, result),
         **trace.to_json(),
     }

@@ -61,11 +61,12 @@ def warm_up(backend, steps: int = 4) -> None:
         generate(backend, cond, schedule_config(backend, static_patch=patch), steps=steps, seed=0)
 
 
-def sample_runs(backend, n: int, steps: int, seed: int, taus: list[float], progress=None) -> tuple[Run, dict]:
+def sample_runs(backend, n: int, steps: int, seed: int, taus: list[float], progress=None,
+                settle_steps: int = 0) -> tuple[Run, dict]:
     """The static base run and one DDiT run per tau, sample by sample interleaved."""
     base, ddit = Run(), {tau: Run() for tau in taus}
     static = schedule_config(backend, static_patch=backend.base_patch)
-    dynamic = {tau: schedule_config(backend, tau=tau) for tau in taus}
+    dynamic = {tau: schedule_config(backend, tau=tau, settle_steps=settle_steps) for tau in taus}
     for i, label in enumerate(sample_labels(n).tolist()):
         cond = demo_conditioning(CLASS_NAMES[label])
         base.add(*timed_generate(backend, cond, static, steps, seed + i))

@@ -31,6 +31,7 @@ def schedule_config(
     static_patch: int | None = None,
     warmup_patch: int | None = None,
     base_last_steps: int = 0,
+    settle_steps: int | None = None,
 ) -> ScheduleConfig:
     """Scheduler settings for a backend's engines; tau / rho default to the manifest's calibration."""
     defaults = backend.manifest.get("scheduler", {})
@@ -41,6 +42,7 @@ def schedule_config(
         rho=float(defaults.get("rho", 0.4) if rho is None else rho),
         warmup_patch=defaults.get("warmup_patch") if warmup_patch is None else warmup_patch,
         base_last_steps=base_last_steps,
+        settle_steps=int(defaults.get("settle_steps", 0) if settle_steps is None else settle_steps),
         static_patch=static_patch,
     )
 

@@ -82,6 +82,10 @@ class ScheduleConfig:
     rho: quantile as a fraction (0.4 = 40th percentile, the paper default).
     warmup_patch: size used before four latents exist; ``None`` means the base.
     base_last_steps: force the base for the last N steps (needs ``total_steps``).
+    settle_steps: after the size changes, keep the new size this many more steps (0: every step
+        decides on its own, the paper's rule). A switch changes the velocity, and the third
+        differences of the next steps measure that change, not the latent's smoothness; with 2 every
+        decision reads a d3 made from one engine's velocities (docs/method.md, Scheduler).
     static_patch: if set, always this size (static runs); stats are then ``None``.
     """
 
@@ -92,6 +96,7 @@ class ScheduleConfig:
     warmup_patch: int | None = None
     base_last_steps: int = 0
     static_patch: int | None = None
+    settle_steps: int = 0
 
     def __post_init__(self) -> None:
         sizes = tuple(self.patch_sizes)
@@ -123,6 +128,8 @@ class ScheduleConfig:
             raise ValueError(
                 f"ScheduleConfig.base_last_steps must be an int >= 0, got {self.base_last_steps!r}"
             )
+        if not (_is_int(self.settle_steps) and self.settle_steps >= 0):
+            raise ValueError(f"ScheduleConfig.settle_steps must be an int >= 0, got {self.settle_steps!r}")
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -189,6 +196,8 @@ class AccelerationScheduler:
         self._d3: torch.Tensor | None = None  # float32 latent-shaped work buffer
         self._layout: tuple | None = None  # (shape, dtype, device) the buffers were made for
         self._count = 0  # latents observed since the last reset
+        self._patch: int | None = None  # the size decided last (settle_steps)
+        self._hold = 0  # steps the current size is still kept for (settle_steps)
 
     @staticmethod
     def _check_total_steps(total_steps: int | None) -> int | None:
@@ -209,6 +218,7 @@ class AccelerationScheduler:
         if total_steps is not None:
             self.total_steps = self._check_total_steps(total_steps)
         self._count = 0
+        self._patch, self._hold = None, 0
 
     @torch.no_grad()
     def step(self, latent: torch.Tensor, step_index: int) -> Decision:
@@ -226,14 +236,22 @@ class AccelerationScheduler:
                     "AccelerationScheduler(config, total_steps=T) or reset(total_steps=T)"
                 )
             force_base = step_index >= self.total_steps - cfg.base_last_steps
-        if step_index == 0:
-            self._count = 0  # step 0 always opens a new trajectory, even if reset() was forgotten
+        if step_index == 0:  # step 0 always opens a new trajectory, even if reset() was forgotten
+            self._count, self._patch, self._hold = 0, None, 0
 
         stats = self._observe(latent)
         if stats is None:
             patch = cfg.base_patch if force_base or cfg.warmup_patch is None else cfg.warmup_patch
-            return Decision(patch, None)
-        patch = cfg.base_patch if force_base else select_patch(stats, cfg.tau, cfg.base_patch)
+        elif force_base:
+            patch = cfg.base_patch
+        elif self._hold > 0:  # settling after a switch: this step's d3 still spans two engines
+            self._hold -= 1
+            patch = self._patch
+        else:
+            patch = select_patch(stats, cfg.tau, cfg.base_patch)
+            if self._patch is not None and patch != self._patch:
+                self._hold = cfg.settle_steps
+        self._patch = patch
         return Decision(patch, stats)
 
     def _observe(self, latent: torch.Tensor) -> dict[int, float] | None:
