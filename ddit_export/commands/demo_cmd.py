@@ -26,7 +26,7 @@ from .errors import run_guarded
 #   tau 0.0012: 33.0 dB, 95.8%, 192/1344 at p8, 1.00x;  tau 0.0015: 29.2 dB, 89.6%, 288 at p8, 1.05x
 #   tau 0.003 : 18.3 dB, 85.4%, 832 at p8, 1.50x;       tau 0.006 : 17.5 dB, 79.2%, 1083 at p8, 1.86x
 # Why no tau gives both: a coarse step's velocity error moves the next three third differences by
-# 3-16x the statistic's own size on this model (tools/demo_step_errors.py), so below that jump every
+# 2.6-17x the statistic's own size on this model (tools/demo_step_errors.py), so below that jump every
 # coarse step is followed by three base steps, and above it the schedule stays coarse to the end.
 DEFAULT_TAU = 0.001
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
