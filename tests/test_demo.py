@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ddit_export.demo.classes import CLASS_NAMES, class_index
-from ddit_export.demo.codec import decode, encode
+from ddit_export.demo.codec import PADDED_CHANNELS, decode, encode
 from ddit_export.demo.conditioning import demo_conditioning, load_class_table
-from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN
+from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN, build_padded_transformer, narrow_to_pixel_channels
 from ddit_export.families.flux import FLUX
 
 REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit"}
@@ -28,12 +28,28 @@ def test_model_demo_loads_offline_and_predicts_finite_values():
     model = FLUX.load("demo")
     assert model.config._name_or_path == "demo"  # JSON-safe in engine manifests
     cond = demo_conditioning("red circle")
-    latent = torch.randn(1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    latent = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = FLUX.predict(model, latent, FLUX.base_patch, {
             "encoder_hidden_states": cond.encoder_hidden_states, "pooled_projections": cond.pooled_projections,
             "timestep": torch.tensor([0.5])})
     assert out.shape == latent.shape and torch.isfinite(out).all()
+
+
+def test_narrowing_keeps_exactly_what_the_padded_model_does_on_the_pixel_channels():
+    """The second training phase starts from the padded model's function, not a fresh one."""
+    padded = build_padded_transformer(seed=3)
+    narrow = narrow_to_pixel_channels(padded)
+    assert narrow.config.in_channels == DEMO_CONFIG["in_channels"] == 12
+    cond = demo_conditioning("green square")
+    inputs = {"encoder_hidden_states": cond.encoder_hidden_states, "pooled_projections": cond.pooled_projections,
+              "timestep": torch.tensor([0.7])}
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = FLUX.predict(narrow, pixels, FLUX.base_patch, inputs)
+        reference = FLUX.predict(padded, encode((pixels + 1) / 2, PADDED_CHANNELS), FLUX.base_patch, inputs)
+    assert reference.abs().mean() > 0.1  # a fresh FLUX's output layer is not zero: the check has teeth
+    torch.testing.assert_close(out, reference[:, :3], rtol=1e-5, atol=1e-5)
 
 
 def test_class_table_covers_every_class():
@@ -52,8 +68,11 @@ def test_codec_round_trips_exactly():
     levels = torch.arange(256, dtype=torch.float32)
     images = (levels / 255).view(1, 1, 16, 16).expand(2, 3, 16, 16)
     latent = encode(images)
-    assert latent.shape == (2, 16, 16, 16) and latent[:, 3:].abs().sum() == 0
+    assert latent.shape == (2, 3, 16, 16) and latent.min() == -1 and latent.max() == 1
     assert torch.equal((decode(latent) * 255).round(), levels.view(1, 1, 16, 16).expand(2, 3, 16, 16))
+    padded = encode(images, PADDED_CHANNELS)  # the first training phase's layout
+    assert padded.shape == (2, 16, 16, 16) and torch.equal(padded[:, :3], latent) and padded[:, 3:].abs().sum() == 0
+    assert torch.equal(decode(padded), decode(latent))
     dyadic = torch.randint(0, 256, (2, 3, 8, 8), generator=torch.Generator().manual_seed(0)) / 256
     assert torch.equal(decode(encode(dyadic)), dyadic)  # bit-exact where the affine map is exact
 
@@ -64,15 +83,30 @@ def test_demo_command_writes_the_report(tmp_path):
     parser = argparse.ArgumentParser()
     demo_cmd.add_arguments(parser)
     report = tmp_path / "report.json"
-    args = parser.parse_args(["--samples", str(len(CLASS_NAMES)), "--steps", "12", "--engines",
+    args = parser.parse_args(["--samples", str(len(CLASS_NAMES)), "--steps", "12", "--tau", "1", "--engines",
                               str(tmp_path / "engines"), "--out", str(tmp_path / "out"), "--report", str(report)])
     assert demo_cmd.run(args) == 0
     figures = json.loads(report.read_text())
     assert REPORT_KEYS <= set(figures)
     assert figures["accuracy_base"] >= 0.8  # loose: 6 samples at 12 steps
     assert sum(figures["schedule_histogram"].values()) == len(CLASS_NAMES) * 12
+    assert figures["scheduler_sizes"] == [2, 4]  # the default: the size-8 engine is built but not picked
+    assert figures["schedule_histogram"]["8"] == 0 and figures["schedule_histogram"]["4"] == len(CLASS_NAMES) * 9
+    assert set(figures["ort_cpu_threading"]) == {"2", "4", "8"}
     assert (tmp_path / "out" / "samples_base_vs_ddit.png").is_file()
     assert (tmp_path / "out" / "schedule.png").is_file()
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
-    assert manifest["latent_shape"] == [1, 16, 32, 32]  # in_channels 64 / (2 x 2)
+    assert manifest["latent_shape"] == [1, 3, 32, 32]  # the model's own 3 channels, not FLUX's 16
     assert manifest["adapters"]["trained"] is True
+
+
+@pytest.mark.parametrize("sizes", ["4,8", "2,16"])
+def test_demo_refuses_sizes_its_engines_lack_before_writing_anything(tmp_path, capsys, sizes):
+    from ddit_export.commands import demo_cmd
+
+    parser = argparse.ArgumentParser()
+    demo_cmd.add_arguments(parser)
+    args = parser.parse_args(["--sizes", sizes, "--engines", str(tmp_path / "engines"), "--out", str(tmp_path / "out")])
+    assert demo_cmd.run(args) == 2
+    assert "--sizes must be some of the demo's engine sizes 2,4,8" in capsys.readouterr().err
+    assert not (tmp_path / "engines").exists() and not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """Sweep the DDiT threshold tau on the demo model: speed-up, PSNR vs base and accuracy per tau.
 
-    python tools/demo_tau_sweep.py [--taus 0.01,0.02,0.05,0.1] [--samples 12] [--steps 28] [--json FILE]
+    python tools/demo_tau_sweep.py [--taus 0.01,0.02,0.05,0.1] [--samples 12] [--steps 28] [--sizes 2,4,8]
+        [--settle-steps N] [--json FILE]
 
 Uses the demo's own pieces (export, sampling, scoring); the base samples are drawn once and each tau
 runs right after them on the same sample, so timings share the machine's state.
@@ -20,6 +21,7 @@ parser.add_argument("--samples", type=int, default=12)
 parser.add_argument("--steps", type=int, default=28)
 parser.add_argument("--engines", default=str(DEFAULT_ENGINE_DIR))
 parser.add_argument("--settle-steps", type=int, default=0)
+parser.add_argument("--sizes", default="2,4,8", help="patch sizes DDiT may pick (the demo's default is 2,4)")
 parser.add_argument("--json")
 args = parser.parse_args()
 taus = [float(t) for t in args.taus.split(",")]
@@ -28,7 +30,8 @@ manifest = export_demo_engines(args.engines)
 labels = sample_labels(args.samples)
 with get_backend("onnx", args.engines) as backend:
     warm_up(backend)
-    base, runs = sample_runs(backend, args.samples, args.steps, 0, taus, settle_steps=args.settle_steps)
+    base, runs = sample_runs(backend, args.samples, args.steps, 0, taus, settle_steps=args.settle_steps,
+                             patch_sizes=tuple(int(p) for p in args.sizes.split(",")))
 classifier = load_classifier()
 real = real_features(classifier)
 rows = {}

@@ -62,11 +62,15 @@ def warm_up(backend, steps: int = 4) -> None:
 
 
 def sample_runs(backend, n: int, steps: int, seed: int, taus: list[float], progress=None,
-                settle_steps: int = 0) -> tuple[Run, dict]:
-    """The static base run and one DDiT run per tau, sample by sample interleaved."""
+                settle_steps: int = 0, patch_sizes: tuple[int, ...] | None = None) -> tuple[Run, dict]:
+    """The static base run and one DDiT run per tau, sample by sample interleaved.
+
+    `patch_sizes`: the sizes DDiT may pick (default: every engine's).
+    """
     base, ddit = Run(), {tau: Run() for tau in taus}
     static = schedule_config(backend, static_patch=backend.base_patch)
-    dynamic = {tau: schedule_config(backend, tau=tau, settle_steps=settle_steps) for tau in taus}
+    dynamic = {tau: schedule_config(backend, tau=tau, settle_steps=settle_steps, patch_sizes=patch_sizes)
+               for tau in taus}
     for i, label in enumerate(sample_labels(n).tolist()):
         cond = demo_conditioning(CLASS_NAMES[label])
         base.add(*timed_generate(backend, cond, static, steps, seed + i))

@@ -1,17 +1,19 @@
 """The demo transformer: its config, where its files live, and loading it offline.
 
-Sized by measurement (ONNX Runtime CPU, 32x32 latent, 4 text tokens): hidden 128 (2 heads x 64),
-one double-stream and two single-stream blocks. At 256 base tokens the untrained engines of sizes 4
-and 8 (64 and 16 tokens) ran 2.4x and 3.8x faster per call than size 2 on the loaded build machine,
-and the model trains from scratch in about 20 minutes on 2 shared CPU cores. Known limit: a size-8
-token holds 16*8*8 = 1024 features but the hidden width is 128 (FLUX.1: 3072), so the coarse sizes
-cannot carry per-pixel detail and noise; their distillation loss stays well above the base's.
+A FluxTransformer2DModel on the 3 x 32 x 32 pixel latent (demo/codec.py): in_channels 12 (3 channels
+x 2 x 2), hidden 128 (2 heads x 64), one double-stream and two single-stream blocks, 4 class tokens.
 
-Tried and not shipped (2026-12-02): the RGB pixels as a 3-channel latent (in_channels 12, no zero
-channels; the FLUX family supports any in_channels / 4). Its students came much closer to the
-teacher (size-8 velocity MSE 0.023-0.045 on early steps against 0.08-0.10 here), but the base itself
-fell to 85.4% class accuracy at hidden 192 x 3000 steps and 77.1% at hidden 128 x 700 steps, against
-97.9% for this model, on the same 48 seeds: many samples came out as background only.
+How it is trained (tools/train_demo.py), and why in two phases: first on FLUX's 16-channel layout
+(the pixels in channels 0-2, channels 3-15 zero), then narrowed to the pixel channels
+(`narrow_to_pixel_channels`) and fine-tuned on them. Measured on the same 48 seeds (2026-12-02):
+  16 channels, 700 steps (the previous shipped demo)      class accuracy 97.9%
+  3 channels from scratch, 700 steps                      77.1%  (hidden 192 x 3000 steps: 85.4%)
+  the 16-channel model narrowed, no fine-tuning           37.5%
+  narrowed + 400 fine-tuning steps                        91.7%, FD 128.7
+Why narrow at all: zero channels are still noised, so in the 16-channel layout a size-8 token holds
+16 * 8 * 8 = 1024 features, 832 of them pure noise whose velocity the 128-wide token cannot carry; the
+size-4 and size-8 students stayed far from the teacher (velocity MSE 0.05-0.10 on early steps). With
+3 channels a size-8 token holds 192 features.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from pathlib import Path
 
 import torch
 
+from .codec import LATENT_CHANNELS, PADDED_CHANNELS
+
 # No guidance embedding: the demo samples without CFG or embedded guidance (one call per step).
 DEMO_CONFIG = dict(
     patch_size=1,
-    in_channels=64,
+    in_channels=12,  # 3 pixel channels x 2 x 2
     num_layers=1,
     num_single_layers=2,
     attention_head_dim=64,
@@ -58,12 +62,30 @@ def require(path: Path) -> Path:
     return path
 
 
-def build_demo_transformer(seed: int = 0):
-    """A freshly initialised demo transformer (what `tools/train_demo.py` starts from)."""
+def build_padded_transformer(seed: int = 0):
+    """A freshly initialised demo transformer on FLUX's 16-channel layout (the first training phase)."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    return FluxTransformer2DModel(**DEMO_CONFIG)
+    return FluxTransformer2DModel(**dict(DEMO_CONFIG, in_channels=PADDED_CHANNELS * 4))
+
+
+def narrow_to_pixel_channels(padded):
+    """The padded model with only the pixel channels' inputs and outputs kept: the demo's config.
+
+    FLUX packs features as (channel, dy, dx), so channel c owns features 4c..4c+3 of the input
+    embedding's columns and of the output projection's rows.
+    """
+    from diffusers import FluxTransformer2DModel
+
+    keep = LATENT_CHANNELS * 4
+    state = dict(padded.state_dict())  # load_state_dict below copies, so no clones are needed
+    state["x_embedder.weight"] = state["x_embedder.weight"][:, :keep]
+    state["proj_out.weight"] = state["proj_out.weight"][:keep]
+    state["proj_out.bias"] = state["proj_out.bias"][:keep]
+    narrow = FluxTransformer2DModel(**DEMO_CONFIG)
+    narrow.load_state_dict(state, strict=True)
+    return narrow
 
 
 def load_demo_transformer(dtype: torch.dtype = torch.float32):

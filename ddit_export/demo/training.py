@@ -19,7 +19,7 @@ from ..families.flux import FLUX
 from ..train.data import flow_sigma
 from ..train.trajectories import shift_mu
 from .classifier import DemoClassifier
-from .codec import encode
+from .codec import LATENT_CHANNELS, encode
 from .conditioning import class_conditions
 from .data import sample_batch
 
@@ -31,10 +31,10 @@ def sampler_mu(latent_hw: int = 32) -> float:
     return shift_mu(flux_sampler(), (latent_hw // FLUX.base_patch) ** 2)
 
 
-def flow_batch(batch: int, gen: torch.Generator, table: dict, mu: float):
+def flow_batch(batch: int, gen: torch.Generator, table: dict, mu: float, channels: int = LATENT_CHANNELS):
     """(z_s, conditioning with timestep, target) for one batch of fresh procedural images."""
     images, labels = sample_batch(batch, gen)
-    x0 = encode(images)
+    x0 = encode(images, channels)
     noise = torch.randn(x0.shape, generator=gen)
     u = torch.rand(batch, generator=gen).clamp(1e-3, 1.0)
     sigma = flow_sigma(u, mu)
@@ -45,8 +45,8 @@ def flow_batch(batch: int, gen: torch.Generator, table: dict, mu: float):
 
 
 def train_base(model, table: dict, steps: int, batch: int, lr: float, seed: int, ema_decay: float, log=print,
-               checkpoint=None, checkpoint_every: int = 0):
-    """Train `model` in place; returns (EMA copy used for shipping, per-step losses).
+               checkpoint=None, checkpoint_every: int = 0, channels: int = LATENT_CHANNELS, name: str = "base"):
+    """Train `model` in place on a `channels`-channel latent; returns (EMA copy used for shipping, per-step losses).
 
     `checkpoint(ema)` is called every `checkpoint_every` steps, so a long run leaves usable weights early.
     """
@@ -62,7 +62,7 @@ def train_base(model, table: dict, steps: int, batch: int, lr: float, seed: int,
     history, start = [], time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
-        z, cond, target = flow_batch(batch, gen, table, mu)
+        z, cond, target = flow_batch(batch, gen, table, mu, channels)
         loss = F.mse_loss(FLUX.predict(model, z, FLUX.base_patch, cond), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -76,7 +76,7 @@ def train_base(model, table: dict, steps: int, batch: int, lr: float, seed: int,
         history.append(round(loss.item(), 5))
         if step % 25 == 0 or step == steps:
             recent = sum(history[-25:]) / len(history[-25:])
-            log(f"base step {step}/{steps}: loss {recent:.4f} ({time.perf_counter() - start:.0f} s)")
+            log(f"{name} step {step}/{steps}: loss {recent:.4f} ({time.perf_counter() - start:.0f} s)")
         if checkpoint and checkpoint_every and step % checkpoint_every == 0 and step < steps:
             checkpoint(ema)
     return ema.eval(), history

@@ -32,11 +32,22 @@ def schedule_config(
     warmup_patch: int | None = None,
     base_last_steps: int = 0,
     settle_steps: int | None = None,
+    patch_sizes: tuple[int, ...] | None = None,
 ) -> ScheduleConfig:
-    """Scheduler settings for a backend's engines; tau / rho default to the manifest's calibration."""
+    """Scheduler settings for a backend's engines; tau / rho default to the manifest's calibration.
+
+    `patch_sizes` limits the sizes the scheduler may pick to some of the engines (the base among them).
+    """
     defaults = backend.manifest.get("scheduler", {})
+    if patch_sizes is not None:
+        unknown = sorted(set(patch_sizes) - set(backend.patch_sizes))
+        if unknown or backend.base_patch not in patch_sizes:
+            raise ValueError(
+                f"patch sizes {sorted(patch_sizes)}: the scheduler can pick only sizes the engines have "
+                f"({list(backend.patch_sizes)}), the base {backend.base_patch} among them"
+            )
     return ScheduleConfig(
-        patch_sizes=tuple(backend.patch_sizes),
+        patch_sizes=tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes)),
         base_patch=backend.base_patch,
         tau=float(defaults.get("tau", 1e-3) if tau is None else tau),
         rho=float(defaults.get("rho", 0.4) if rho is None else rho),

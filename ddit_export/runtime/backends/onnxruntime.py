@@ -23,7 +23,9 @@ import onnx
 import torch
 
 from ...export.manifest import engine_entries, verify_entry
-from .base import Backend, BackendError, torch_dtype
+from .base import LATENT_INPUT, Backend, BackendError, torch_dtype
+from .ort_cpu_threading import MODES as THREADING_MODES
+from .ort_cpu_threading import tuned_sessions
 
 # torch dtype -> ONNX element type, which `IOBinding.bind_*` accepts directly (covers bfloat16,
 # which numpy has no type for).
@@ -74,28 +76,38 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnx"
 
-    def __init__(self, folder, manifest=None, device="cpu", *, io_binding: bool | None = None):
+    def __init__(self, folder, manifest=None, device="cpu", *, io_binding: bool | None = None,
+                 cpu_threading: str = "auto"):
         import onnxruntime as ort
 
         super().__init__(folder, manifest, device)
         entries = engine_entries(self.manifest, "onnx")
         if not entries:
             raise BackendError(f"{self.folder}: the manifest lists no onnx engines; export them first")
+        if cpu_threading != "auto" and cpu_threading not in THREADING_MODES:
+            raise BackendError(
+                f"unknown cpu_threading {cpu_threading!r}: use auto or one of {', '.join(THREADING_MODES)}"
+            )
         self.providers = self._providers()
         self.on_cuda = self.providers[0] != CPU_PROVIDER
         self.io_binding = self.on_cuda if io_binding is None else io_binding
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: node placement notes are not the user's concern
-        if not self.on_cuda:
-            # ORT's CPU threads spin after each call by default, starving whatever runs next on the
-            # same cores (the scheduler, the sampler, another backend in a benchmark).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._sessions = {}
+        # CPU: each engine's threading mode, and the timings it was chosen by (ort_cpu_threading.py).
+        self.cpu_threading: dict[int, str] = {}
+        self.cpu_threading_seconds: dict[int, dict[str, float]] = {}
+        paths = {}
         for patch, entry in sorted(entries.items()):
             verify_entry(self.folder, entry)  # refuses altered artifacts with the manifest's message
-            session = ort.InferenceSession(str(self.folder / entry["files"][0]), options, providers=self.providers)
-            self._check_signature(patch, session)
-            self._sessions[patch] = session
+            paths[patch] = str(self.folder / entry["files"][0])
+        if self.on_cuda:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only: node placement notes are not the user's concern
+            self._sessions = {p: ort.InferenceSession(f, options, providers=self.providers) for p, f in paths.items()}
+            for patch, session in self._sessions.items():
+                self._check_signature(patch, session)
+        else:
+            self._sessions, self.cpu_threading, self.cpu_threading_seconds = tuned_sessions(
+                paths, self.providers, self._zero_feeds(), LATENT_INPUT, cpu_threading, check=self._check_signature
+            )
         self._output_name = self.input_metadata.output_names[0]
         self._bindings = {p: s.io_binding() for p, s in self._sessions.items()} if self.io_binding else {}
         self._out: torch.Tensor | None = None  # the shared bound output, allocated on first use
@@ -112,6 +124,9 @@ class OnnxRuntimeBackend(Backend):
             return [CPU_PROVIDER]
         return [(CUDA_PROVIDER, {"device_id": self.device.index or 0}), CPU_PROVIDER]
 
+    def _zero_feeds(self) -> dict:
+        """Inputs of the spec's shapes and dtypes, for timing a session (values do not matter)."""
+        return {t.name: to_numpy(torch.zeros(t.shape, dtype=torch_dtype(t.dtype))) for t in self.input_metadata.inputs}
 
     def _check_signature(self, patch: int, session) -> None:
         names = [i.name for i in session.get_inputs()]
