@@ -98,6 +98,14 @@ def test_block_statistics_float32_for_low_precision_input():
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
 
 
+def test_a_nan_anywhere_makes_the_statistic_nan_so_the_base_runs():
+    d3 = torch.zeros((1, 2, 8, 8))
+    d3[0, 1, 7, 7] = float("nan")  # one block of 16 (p2) or 4 (p4): far above the 0.4 quantile
+    stats = block_statistics(d3, (4, 2), 0.4)
+    assert torch.isnan(stats).all()  # as torch.quantile: a diverged latent never picks a coarse size
+    assert select_patch(dict(zip((4, 2), stats.tolist())), 1.0, 1) == 1
+
+
 def test_block_statistics_rejects_bad_input():
     with pytest.raises(ValueError, match="B x C x h x w"):
         block_statistics(torch.zeros(2, 8, 8), (4,), 0.4)

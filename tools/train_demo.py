@@ -1,6 +1,6 @@
 """Train the embedded demo model from scratch and ship it in `ddit_export/assets/demo/`.
 
-    python tools/train_demo.py                      # all stages, about 30 minutes on 2 shared CPU cores
+    python tools/train_demo.py                      # all stages, about 46 minutes on 2 CPU cores
     python tools/train_demo.py --stage adapters     # one stage (base | classifier | adapters)
 
 Stages, each deterministic from --seed:
@@ -13,8 +13,9 @@ Stages, each deterministic from --seed:
   adapters    DDiT adapters for patch sizes 4 and 8 over base 2, distilled with `ddit_export.train`
               from the teacher's own trajectories (data-free: the class table as --prompt-embeds)
 Times and final losses go to `train_report.json` beside the weights. Measured on the 2-core build
-machine: base 1228 s and classifier 133 s (2026-11-22, 1 thread, shared machine); adapters 564 s
-(2026-12-02, 6000 steps, --threads 2, nothing else running); 12.1 MB shipped.
+machine: base phase 1 1228 s and classifier 133 s (2026-11-22, 1 thread, shared machine); base phase 2
+128 s (400 steps) and adapters 1264 s (18000 steps, 64 trajectories per class) with --threads 2 on
+2026-12-02: 2753 s (46 min) in all; 6.7 MB shipped.
 
 --threads: 1 by default, for a machine shared with other jobs (2026-11-22: a 4096x128x512 matmul took
 10 ms on 1 thread, 19 ms on 2). On an otherwise idle 2-core machine --threads 2 is ~1.7x faster; never
@@ -148,13 +149,13 @@ def main() -> None:
     p.add_argument("--base-batch", type=int, default=32)
     p.add_argument("--base-lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.99)
-    p.add_argument("--narrow-steps", type=int, default=1000, help="fine-tuning steps on the 3 pixel channels")
+    p.add_argument("--narrow-steps", type=int, default=400, help="fine-tuning steps on the 3 pixel channels")
     p.add_argument("--narrow-lr", type=float, default=5e-4)
     p.add_argument("--padded-model", help="a trained 16-channel demo transformer folder: skip phase 1 of the base")
     p.add_argument("--classifier-steps", type=int, default=200)
     p.add_argument("--steps", type=int, default=28, help="sampling steps of the teacher trajectories")
-    p.add_argument("--trajectories-per-class", type=int, default=32)
-    p.add_argument("--adapter-steps", type=int, default=6000)
+    p.add_argument("--trajectories-per-class", type=int, default=64)
+    p.add_argument("--adapter-steps", type=int, default=18000)
     p.add_argument("--adapter-batch", type=int, default=8)
     p.add_argument("--adapter-lr", type=float, default=2e-3)
     args = p.parse_args()
