@@ -89,6 +89,8 @@ def test_bench_tiny_flux_writes_json_markdown_and_plots(tiny_flux_engines, tmp_p
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "bench.json").read_text())
     assert TOP_KEYS <= report.keys() and report["clock"] == "perf_counter"
+    assert any(n.startswith("onnx: ONNX Runtime CPU threading chosen per engine by timing at load: p2 ")
+               for n in report["notes"])
     assert {(r["backend"], r["patch_size"]) for r in report["engines"]} == {
         (b, p) for b in ("onnx", "torch") for p in (2, 4, 8)}
     for row in report["engines"]:

@@ -52,3 +52,12 @@ def test_backend_times_every_mode_and_every_mode_predicts_the_same(tiny_flux_eng
 def test_unknown_threading_mode_is_refused(tiny_flux_engines):
     with pytest.raises(BackendError, match="unknown cpu_threading 'fast': use auto or one of pool, pool"):
         get_backend("onnx", tiny_flux_engines, cpu_threading="fast")
+
+
+def test_a_slow_engine_is_timed_once_and_keeps_the_pool(tiny_flux_engines, monkeypatch):
+    import ddit_export.runtime.backends.ort_cpu_threading as threading
+
+    monkeypatch.setattr(threading, "TUNE_BELOW_SECONDS", 0.0)  # every engine counts as slow
+    with get_backend("onnx", tiny_flux_engines) as backend:
+        assert backend.cpu_threading == {2: "pool", 4: "pool", 8: "pool"}
+        assert all(set(t) == {"pool"} and t["pool"] > 0 for t in backend.cpu_threading_seconds.values())

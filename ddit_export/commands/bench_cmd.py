@@ -108,7 +108,11 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--out {out} exists and is not a folder")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
-    notes: list[str] = []  # caveats stated beside the numbers (ORT's CPU spin-wait is off in its backend)
+    notes: list[str] = []  # caveats stated beside the numbers
+    for name, backend in backends.items():
+        if getattr(backend, "cpu_threading", None):  # ONNX Runtime on the CPU: modes timed at load
+            modes = ", ".join(f"p{p} {mode}" for p, mode in sorted(backend.cpu_threading.items()))
+            notes.append(f"{name}: ONNX Runtime CPU threading chosen per engine by timing at load: {modes}")
     try:
         console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines round-robin: "
                       f"{args.warmup} warm-up + {args.iters} rounds")

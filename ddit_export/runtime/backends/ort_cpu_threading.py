@@ -16,7 +16,7 @@ engine: the one whose step it shortens most. So the base and the coarse engines 
 that is fastest for them, and a speed-up is never bought by slowing the base down.
 
 Only engines whose first call is short are tuned (`TUNE_BELOW_SECONDS`): on large graphs the modes
-barely differ and timing them would cost seconds at load. Those keep `pool`.
+barely differ and timing them would cost seconds at load. Those keep `pool` after that one call.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from ..scheduler import block_statistics
 
 MODES = ("pool", "pool+spin", "single")
-TUNE_BELOW_SECONDS = 0.05  # a step slower than this is compute-bound: threading overhead is noise
+TUNE_BELOW_SECONDS = 0.05  # a call slower than this is compute-bound: threading overhead is noise
 WARM_CALLS = 3
 TIMED_CALLS = 7
 
@@ -74,13 +74,17 @@ def timed_modes(make, pool, feeds: dict, latent_name: str) -> tuple[dict, dict[s
     """Every mode's session for one engine and its best step time; only `pool` where tuning does not pay."""
     sessions = {"pool": pool}
     try:
-        timings = {"pool": best_step_seconds(sessions["pool"], feeds, latent_name)}
+        start = time.perf_counter()
+        pool.run(None, feeds)  # one call decides whether tuning pays: a large graph costs seconds per call
+        first = time.perf_counter() - start
     except Exception:  # e.g. a bf16 graph CPU kernels lack: the calls report it, not the load
         return sessions, {}
-    if timings["pool"] < TUNE_BELOW_SECONDS:
-        for mode in MODES[1:]:
-            sessions[mode] = make(mode)
-            timings[mode] = best_step_seconds(sessions[mode], feeds, latent_name)
+    if first >= TUNE_BELOW_SECONDS:
+        return sessions, {"pool": first}
+    timings = {"pool": best_step_seconds(pool, feeds, latent_name)}
+    for mode in MODES[1:]:
+        sessions[mode] = make(mode)
+        timings[mode] = best_step_seconds(sessions[mode], feeds, latent_name)
     return sessions, timings
 
 
