@@ -95,6 +95,14 @@ def test_demo_command_writes_the_report(tmp_path):
     assert set(figures["ort_cpu_threading"]) == {"2", "4", "8"}
     assert (tmp_path / "out" / "samples_base_vs_ddit.png").is_file()
     assert (tmp_path / "out" / "schedule.png").is_file()
+    # `generate` on the demo engines needs no text encoder and decodes with the demo's own codec.
+    from PIL import Image
+
+    from ddit_export.cli import main
+
+    assert main(["generate", str(tmp_path / "engines"), "--prompt", "cyan ring", "--steps", "6",
+                 "--out", str(tmp_path / "gen")]) == 0
+    assert Image.open(tmp_path / "gen" / "image.png").size == (256, 256)  # 32 x 32 pixels, shown 8x
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
     assert manifest["latent_shape"] == [1, 3, 32, 32]  # the model's own 3 channels, not FLUX's 16
     assert manifest["adapters"]["trained"] is True

@@ -84,6 +84,8 @@ def test_bad_input_is_one_line_and_exit_2(tiny_flux_engines, tmp_path, capsys):
         ([str(tiny_flux_engines), "--rho", "40"], "--rho is a fraction"),
         ([str(tiny_flux_engines), "--tau", "-1"], "--tau must be >= 0"),
         ([str(tiny_flux_engines), "--settle-steps", "-1"], "--settle-steps must be 0 or more"),
+        ([str(tiny_flux_engines), "--sizes", "4,8"], "the scheduler can pick only sizes the engines have ([2, 4, 8])"),
+        ([str(tiny_flux_engines), "--sizes", "2,16"], "the scheduler can pick only sizes the engines have"),
         ([str(tampered)], "p8.onnx does not match its manifest"),
     ]
     for args, message in cases:
@@ -152,3 +154,10 @@ def test_settle_steps_reach_the_scheduler_and_the_trace(tiny_flux_engines, tmp_p
     trace = json.loads((tmp_path / "s" / "trace.json").read_text())
     assert trace["settle_steps"] == 2
     assert [s["patch_size"] for s in trace["steps"]] == [2, 2, 2, 8, 8, 8]  # tau 1e9: nothing switches back
+
+
+def test_sizes_limit_what_the_scheduler_picks(tiny_flux_engines, tmp_path):
+    assert generate(tiny_flux_engines, tmp_path / "s", "--tau", "1e9", "--sizes", "2,4") == 0
+    trace = json.loads((tmp_path / "s" / "trace.json").read_text())
+    assert trace["patch_sizes"] == [2, 4]
+    assert [s["patch_size"] for s in trace["steps"]] == [2, 2, 2, 4, 4, 4]  # 8 would win without --sizes

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import run_guarded
+from .export_cmd import patch_list
 
 DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
 
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
+    p.add_argument("--sizes", type=patch_list, metavar="2,4",
+                   help="patch sizes the scheduler may pick, the base included (default: every engine's)")
     p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
     p.add_argument("--base-last-steps", type=int, default=0, metavar="N",
                    help="force the base size for the last N steps")
@@ -110,7 +113,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     with get_backend(args.backend, folder, device=device) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
-            base_last_steps=args.base_last_steps, settle_steps=args.settle_steps,
+            base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
         )
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
@@ -149,8 +152,16 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, device) -> Path:
+    from ..demo.model import DEMO_MODEL_ID
     from ..runtime.sampling import decode_images, vae_folder
 
+    if manifest["model"]["id"] == DEMO_MODEL_ID:  # the demo's latent is the pixels: its exact codec decodes
+        from ..demo.codec import decode
+        from ..demo.plots import to_pil
+
+        path = out / "image.png"
+        to_pil(decode(latent.float().cpu())[0]).save(path)
+        return path
     folder = vae_folder(manifest)
     if folder is None:
         path = out / "latent.npy"

@@ -10,10 +10,16 @@ import torch
 from .classes import CLASS_NAMES
 
 
-def write_grid(base: list[torch.Tensor], ddit: list[torch.Tensor], labels, path: Path, scale: int = 4) -> Path:
-    """One row per sample: base | DDiT side by side, upscaled (nearest) so pixels stay visible."""
+def to_pil(image: torch.Tensor, scale: int = 8):
+    """A 3 x H x W image in [0, 1] as a PIL image, upscaled (nearest) so the 32x32 pixels stay visible."""
     from PIL import Image
 
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+
+
+def write_grid(base: list[torch.Tensor], ddit: list[torch.Tensor], labels, path: Path, scale: int = 4) -> Path:
+    """One row per sample: base | DDiT side by side, upscaled (nearest) so pixels stay visible."""
     gap = torch.ones(3, base[0].shape[1], 2)
     rows = [torch.cat([b, gap, d], dim=2) for b, d in zip(base, ddit)]
     # Two columns of pairs keep the picture roughly square for 16 samples.
@@ -23,9 +29,7 @@ def write_grid(base: list[torch.Tensor], ddit: list[torch.Tensor], labels, path:
     lines = [torch.cat([x for r in rows[i : i + cols] for x in (r, sep)][:-1], dim=2)
              for i in range(0, len(rows), cols)]
     grid = torch.cat([x for line in lines for x in (line, torch.ones(3, 2, line.shape[2]))][:-1], dim=1)
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
-    image.save(path)
+    to_pil(grid, scale).save(path)
     return path
 
 
