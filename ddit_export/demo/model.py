@@ -14,8 +14,8 @@ How it is trained (tools/train_demo.py), and why in two phases: first on FLUX's 
 Why narrow at all: zero channels are still noised, so in the 16-channel layout a size-8 token holds
 16 * 8 * 8 = 1024 features, 832 of them pure noise whose velocity the 128-wide token cannot carry; the
 size-4 and size-8 students stayed far from the teacher (velocity MSE 0.05-0.10 on early steps). With
-3 channels a size-8 token holds 192 features, and the students distilled the same way came 10x (size 4:
-0.004-0.006) and 3x (size 8: 0.014-0.037) closer on early steps (tools/demo_step_errors.py).
+3 channels a size-8 token holds 192 features, and the students came 10x (size 4: 0.004-0.006) and
+3x (size 8: 0.014-0.038) closer on early steps (tools/demo_step_errors.py).
 """
 
 from __future__ import annotations
