@@ -54,6 +54,7 @@ from ddit_export.demo.model import (
 )
 
 STAGES = ("base", "classifier", "adapters")
+PADDED_CHECKPOINT = Path("outputs") / "demo_training" / "padded_transformer"
 
 
 def log(message: str) -> None:
@@ -84,9 +85,16 @@ def stage_base(args) -> dict:
         padded, losses = FluxTransformer2DModel.from_pretrained(args.padded_model), []
         log(f"phase 1 skipped: the padded model is {args.padded_model}")
     else:
+        # Phase 1 checkpoints outside the package (it is not shipped): `--padded-model` continues from one.
+        def save_padded(model, folder=PADDED_CHECKPOINT):
+            model.save_pretrained(str(folder))
+            log(f"phase 1 checkpoint: {folder} (use --padded-model {folder} to skip phase 1)")
+
         model = build_padded_transformer(args.seed)
         padded, losses = train_base(model, table, args.base_steps, args.base_batch, args.base_lr, args.seed,
-                                    args.ema_decay, log=log, channels=PADDED_CHANNELS, name="padded base")
+                                    args.ema_decay, log=log, channels=PADDED_CHANNELS, name="padded base",
+                                    checkpoint=save_padded, checkpoint_every=250)
+        save_padded(padded)
     start = time.perf_counter()
     model = narrow_to_pixel_channels(padded)
     ema, narrow_losses = train_base(model, table, args.narrow_steps, args.base_batch, args.narrow_lr, args.seed + 1,
