@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..util.devices import parse_device
+from . import argtypes
 from .arglists import comma_list
 from .errors import run_guarded
 
@@ -23,17 +25,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma list of torch | torch-compile | onnx | aoti | trt "
                    "(default: every backend the folder has engines for that loads on --device)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up rounds before timing (default 10)")
-    p.add_argument("--iters", type=int, default=50, help="timed round-robin rounds (default 50)")
+    p.add_argument("--warmup", type=argtypes.non_negative_int, default=10,
+                   help="warm-up rounds before timing (default 10)")
+    p.add_argument("--iters", type=argtypes.positive_int, default=50, help="timed round-robin rounds (default 50)")
     p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/bench.json)")
     p.add_argument("--out", help="folder for bench.json, bench.md and plots (default outputs/bench-<engine dir>)")
     e2e = p.add_argument_group("end to end (static base vs DDiT dynamic vs PyTorch eager base)")
-    e2e.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    e2e.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     e2e.add_argument("--seeds", default="0", help="comma list of noise seeds (default 0)")
-    e2e.add_argument("--e2e-repeats", type=int, default=1, help="images per seed and mode (default 1)")
+    e2e.add_argument("--e2e-repeats", type=argtypes.positive_int, default=1,
+                     help="images per seed and mode (default 1)")
     e2e.add_argument("--e2e-backend", help="engine backend of the static and dynamic modes (default: the first timed)")
-    e2e.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's)")
-    e2e.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    e2e.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's)")
+    e2e.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
     e2e.add_argument("--prompt", default="a photograph of a red fox in fresh snow, golden hour")
     e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
     e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
@@ -46,15 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but this torch has no CUDA device; use --device cpu")
-    return device
+    return parse_device(name)
 
 
 def _check_args(args) -> None:

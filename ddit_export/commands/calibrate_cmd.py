@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from . import argtypes
 from .arglists import comma_list
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
@@ -26,18 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
     p.add_argument("--backend", default="onnx", help="engine runtime to calibrate on (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    p.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     p.add_argument("--seeds", default="0,1", help="comma list of noise seeds (default 0,1)")
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several; samples = prompts x seeds)")
     p.add_argument("--taus", help="explicit comma list of tau values (overrides the log grid)")
-    p.add_argument("--tau-min", type=float, default=1e-4, help="log grid start (default 1e-4)")
-    p.add_argument("--tau-max", type=float, default=1.0, help="log grid end (default 1)")
-    p.add_argument("--tau-points", type=int, default=9, help="log grid points (default 9)")
+    p.add_argument("--tau-min", type=argtypes.tau, default=1e-4, help="log grid start (default 1e-4)")
+    p.add_argument("--tau-max", type=argtypes.tau, default=1.0, help="log grid end (default 1)")
+    p.add_argument("--tau-points", type=argtypes.positive_int, default=9, help="log grid points (default 9)")
     p.add_argument("--rhos", default="0.2,0.4,0.6", help="comma list of rho fractions (default 0.2,0.4,0.6)")
     p.add_argument("--metric", choices=sorted(DEFAULT_BUDGETS), default="psnr",
                    help="quality metric of the budget: on final latents, or image_* on decoded images "
                    "(needs a VAE or the demo codec)")
-    p.add_argument("--budget", type=float,
+    p.add_argument("--budget", type=argtypes.finite_float,
                    help="minimum mean quality vs the static base (default psnr 30 dB, ssim 0.9)")
     p.add_argument("--speed", choices=sorted(SPEED_FLAGS), default="tokens",
                    help="speed-up maximised: tokens / flops (noise-free schedule cost) or wall (default tokens)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from . import argtypes
 from .errors import run_guarded
 from .export_cmd import patch_list
 
@@ -38,15 +39,16 @@ DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the reso
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", "-n", type=int, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", "-n", type=argtypes.positive_int, default=DEFAULT_SAMPLES,
                    help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
-    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--steps", type=argtypes.steps, default=DEFAULT_STEPS,
+                   help=f"denoising steps (default {DEFAULT_STEPS})")
+    p.add_argument("--tau", type=argtypes.tau, default=DEFAULT_TAU, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
     p.add_argument("--sizes", type=patch_list, default=DEFAULT_SIZES, metavar="2,4,8",
                    help="patch sizes DDiT may pick, the base included (default 2,4; the engines have 2,4,8)")
-    p.add_argument("--settle-steps", type=int, default=0, metavar="N",
+    p.add_argument("--settle-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="keep a newly chosen size N more steps (default 0, the paper's rule; see ddit-export generate)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
     p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")

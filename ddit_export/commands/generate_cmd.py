@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..util.devices import parse_device
+from . import argtypes
 from .errors import run_guarded
 from .export_cmd import patch_list
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
 
@@ -31,23 +35,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
                    help="text prompt (models without text encoders get synthetic embeddings seeded from it)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's calibration)")
-    p.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed (default 0)")
+    p.add_argument("--steps", type=argtypes.steps, default=50, help="denoising steps (default 50)")
+    p.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's calibration)")
+    p.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
     p.add_argument("--backend", default="onnx",
                    help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
+    p.add_argument("--static", type=argtypes.positive_int, metavar="P",
+                   help="run every step at patch size P (no scheduling)")
     p.add_argument("--sizes", type=patch_list, metavar="2,4",
                    help="patch sizes the scheduler may pick, the base included (default: every engine's)")
-    p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
-    p.add_argument("--base-last-steps", type=int, default=0, metavar="N",
+    p.add_argument("--warmup-patch", type=argtypes.positive_int, metavar="P",
+                   help="size for the first 3 steps (default: the base)")
+    p.add_argument("--base-last-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="force the base size for the last N steps")
-    p.add_argument("--settle-steps", type=int, metavar="N",
+    p.add_argument("--settle-steps", type=argtypes.non_negative_int, metavar="N",
                    help="keep a newly chosen size N more steps, so decisions never read a third difference "
                         "spanning an engine switch (default: the manifest's, else 0 = the paper's rule)")
-    p.add_argument("--guidance", type=float,
+    p.add_argument("--guidance", type=argtypes.non_negative_float,
                    help="FLUX: embedded guidance scale (default 3.5 when the model has one); "
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
     p.add_argument("--negative-prompt", default="",
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: generate_command(args, Console(highlight=False)))
 
 
-def _check_args(args, manifest: dict) -> torch.device:
+def _check_args(args, manifest: dict):
     """Everything that can be refused before loading engines; returns the device."""
     from ..runtime.backends import backend_class
 
@@ -85,13 +91,7 @@ def _check_args(args, manifest: dict) -> torch.device:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but this torch has no CUDA device; use --device cpu")
-    return device
+    return parse_device(args.device)
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
@@ -144,6 +144,8 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     if args.save_trajectory:
         path = Path(args.save_trajectory).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
+        import numpy as np
+
         # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
         np.savez(path, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
         written.append(path)
@@ -164,6 +166,8 @@ def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, devi
         return path
     folder = vae_folder(manifest)
     if folder is None:
+        import numpy as np
+
         path = out / "latent.npy"
         np.save(path, latent.float().cpu().numpy())
         return path
@@ -184,6 +188,8 @@ def _wan_record(args, conditioning, result) -> dict:
 
 def _write_latent_and_video(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
     """Wan: the video latent always; a GIF per video when the model folder has Wan's VAE."""
+    import numpy as np
+
     from ..runtime.sampling import vae_folder
     from ..runtime.sampling_wan import decode_video
 

@@ -155,6 +155,12 @@ class Family:
         h, w = latent_shape[-2:]
         if h % self.base_patch or w % self.base_patch:
             raise ValueError(f"the base patch {self.base_patch} must divide the {h}x{w} latent grid")
+        too_big = [p for p in sizes if p > min(h, w)]
+        if too_big:  # a block wider than the grid is mostly padding: refused before it allocates anything
+            raise ValueError(
+                f"patch size(s) {too_big} exceed the {h}x{w} latent grid ({h * self.vae_scale}x"
+                f"{w * self.vae_scale} pixels); use sizes up to {min(h, w)} or a larger --height/--width"
+            )
 
     def preset(self, name: str, seed: int = 0):
         """A random-weight model from a named config; the seed makes every build identical."""
