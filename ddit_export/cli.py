@@ -7,7 +7,9 @@ but the engine is wrong) exits 1 with the measured error.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from importlib import import_module
 
 from . import __version__
@@ -61,8 +63,21 @@ def quiet_third_party() -> None:
         pass
 
 
+def terminate_like_interrupt() -> None:
+    """SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C: the `finally` blocks that
+    remove temporary folders run, instead of the process vanishing and leaving them behind."""
+    from .commands.errors import Terminated
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    terminate_like_interrupt()
     quiet_third_party()
     return args.handler(args)
 

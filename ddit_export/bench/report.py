@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ..util.atomic import write_text_atomic
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -74,23 +74,6 @@ def peer_markdown(peer: dict) -> list[str]:
     body = [[r["name"], _num(r["mean_ms"]), _num(r["p50_ms"]), _num(r["p95_ms"])] for r in peer["rows"]]
     return _table(["engine", "mean ms", "p50 ms", "p95 ms"], body) + [
         "", f"ours / optimum (mean): {_num(peer['ours_vs_peer'])}x faster"]
-
-
-def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` completely or not at all (temp file beside it, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_json(path, data: dict) -> Path:

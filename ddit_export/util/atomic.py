@@ -1,35 +1,126 @@
-"""Write a folder completely or not at all: build it beside the target, then rename it into place."""
+"""Write a folder or file completely or not at all, one writer at a time, with mkdir's permissions.
+
+A folder is built in a temporary sibling (`.NAME.tmp-*`) and renamed into place. Every writer of a
+target holds an exclusive lock on `.NAME.lock` beside it for the whole write, so two commands
+aimed at the same output run one after the other, and the second sees what the first left. A
+temporary sibling found while holding the lock belongs to a writer that died without cleaning up
+(SIGKILL, power loss): it is removed.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+_held: dict[Path, int] = {}  # lock files this process holds -> nesting depth (flock would self-block)
+
+
+def umask() -> int:
+    """The process umask (reading it means setting it; set it straight back)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def chmod_like_mkdir(path: Path, folder: bool) -> None:
+    """tempfile creates 0700 folders and 0600 files; give them what mkdir/open would (0777/0666 & ~umask)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+def _remove_stale(target: Path) -> None:
+    """Leftovers of a writer that was killed: only called while holding the target's lock."""
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for leftover in target.parent.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def output_lock(target, on_wait: Callable[[str], None] | None = None):
+    """Hold the exclusive lock of `target` (re-entrant within a process); waits for another holder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    key = _lock_path(target).resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if on_wait:
+                on_wait(f"waiting for another command writing {target} (pid {holder}) to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _held[key] = 1
+        try:
+            _remove_stale(target)
+            yield
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @contextmanager
 def atomic_folder(target, replace: bool = False):
     """Yield a temporary folder next to `target`; on success it becomes `target` in one rename.
 
-    On any error the temporary folder is removed and `target` is left as it was. With
-    `replace=True` an existing `target` is swapped out (moved aside, then deleted).
+    On any error (or KeyboardInterrupt / SIGTERM, see cli.py) the temporary folder is removed and
+    `target` is left as it was. With `replace=True` an existing `target` is swapped out (moved
+    aside, then deleted).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    with output_lock(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        chmod_like_mkdir(tmp, folder=True)
+        try:
+            yield tmp
+            if target.exists():
+                if not replace:
+                    raise FileExistsError(f"{target} already exists")
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` completely or not at all (temp file beside it, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        yield tmp
-        if target.exists():
-            if not replace:
-                raise FileExistsError(f"{target} already exists")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        chmod_like_mkdir(Path(tmp), folder=False)
+        os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
