@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from ..util.atomic import atomic_file, check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
 from .errors import run_guarded
@@ -33,8 +34,9 @@ DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT,
-                   help="text prompt (models without text encoders get synthetic embeddings seeded from it)")
+    p.add_argument("--prompt",
+                   help="text prompt (models without text encoders get synthetic embeddings seeded from it; "
+                        f"the demo engines take one of their class names); default {DEFAULT_PROMPT!r}")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed (default 0)")
     p.add_argument("--steps", type=argtypes.steps, default=50, help="denoising steps (default 50)")
     p.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's calibration)")
@@ -67,9 +69,34 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: generate_command(args, Console(highlight=False)))
 
 
+def _checked_prompt(prompt: str | None, manifest: dict) -> str:
+    """The prompt to condition on; the demo model knows only its class names, so other text is refused
+    (it would silently sample noise from made-up embeddings)."""
+    from ..demo.model import DEMO_MODEL_ID
+
+    demo = manifest.get("model", {}).get("id") == DEMO_MODEL_ID
+    if prompt is None:
+        if not demo:
+            return DEFAULT_PROMPT
+        from ..demo.classes import CLASS_NAMES
+
+        return CLASS_NAMES[0]
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
+        raise ValueError("--prompt is not valid UTF-8 text; check the terminal's or the script's encoding") from None
+    if demo:
+        from ..demo.classes import CLASS_NAMES, class_index
+
+        return CLASS_NAMES[class_index(prompt)]  # raises with the list of classes
+    return prompt
+
+
 def _check_args(args, manifest: dict):
     """Everything that can be refused before loading engines; returns the device."""
     from ..runtime.backends import backend_class
+
+    args.prompt = _checked_prompt(args.prompt, manifest)
 
     if manifest.get("family") not in ("flux", "wan"):
         family = manifest.get("family")
@@ -107,8 +134,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     manifest = read_manifest(folder)
     device = _check_args(args, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before sampling: a read-only or missing disk is refused at once
+    if args.save_trajectory:
+        check_writable(Path(args.save_trajectory).expanduser().parent, "--save-trajectory's folder")
 
     with get_backend(args.backend, folder, device=device) as backend:
         config = schedule_config(
@@ -123,31 +151,31 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         if result.cfg is not None:  # Wan: say how the guidance passes ran (one call or two per step)
             console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
-    out.mkdir(parents=True, exist_ok=True)
-    if manifest["family"] == "wan":
-        written = _write_latent_and_video(manifest, result.latent, out, device)
-    else:
-        written = [_write_image_or_latent(manifest, result.latent, out, device)]
     trace = result.trace
-    record = {
-        "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
-        "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
-        "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
-        "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
-        "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
-        "timesteps": result.timesteps.float().cpu().tolist(),
-        **_wan_record(args, conditioning, result),
-        **trace.to_json(),
-    }
-    (out / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
-    written.append(out / "trace.json")
+    with staged_files(out) as staging:  # every output or none: a full disk leaves no half-written folder
+        if manifest["family"] == "wan":
+            written = _write_latent_and_video(manifest, result.latent, staging, device)
+        else:
+            written = [_write_image_or_latent(manifest, result.latent, staging, device)]
+        record = {
+            "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
+            "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
+            "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
+            "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
+            "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
+            "timesteps": result.timesteps.float().cpu().tolist(),
+            **_wan_record(args, conditioning, result),
+            **trace.to_json(),
+        }
+        (staging / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
+        written = [out / p.name for p in [*written, staging / "trace.json"]]
     if args.save_trajectory:
-        path = Path(args.save_trajectory).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
         import numpy as np
 
-        # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
-        np.savez(path, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
+        path = Path(args.save_trajectory).expanduser()
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
+            np.savez(fh, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
         written.append(path)
     _print_summary(console, trace, written)
     return 0

@@ -88,6 +88,8 @@ def _scheduler_defaults(req: ExportRequest, old: dict | None, base_patch: int, w
         return old["scheduler"]
     fresh["tau"] = DEFAULT_TAU if req.tau is None else req.tau
     fresh["rho"] = DEFAULT_RHO if req.rho is None else req.rho
+    if req.scheduler_sizes is not None:  # e.g. the demo's tuned 2,4 of engines 2,4,8
+        fresh["patch_sizes"] = list(req.scheduler_sizes)
     return fresh
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 
 from ..families.base import family_by_name
 from ..util import limits
+from ..util.atomic import check_writable
 from ..util.devices import parse_device
 
 BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
@@ -41,6 +40,7 @@ class ExportRequest:
     device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
+    scheduler_sizes: tuple[int, ...] | None = None  # sizes the default schedule may pick; None: every size
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
 
     def __post_init__(self):
@@ -74,6 +74,11 @@ class ExportRequest:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
         fam.check_image_size(self.height, self.width, self.frames)
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
+        if self.scheduler_sizes is not None:
+            self.scheduler_sizes = tuple(sorted(set(int(p) for p in self.scheduler_sizes)))
+            if not set(self.scheduler_sizes) <= set(self.patch_sizes) or fam.base_patch not in self.scheduler_sizes:
+                raise ValueError(f"scheduler sizes {list(self.scheduler_sizes)} must be some of --patch-sizes "
+                                 f"{list(self.patch_sizes)}, the base {fam.base_patch} included")
         self.backends = self._checked_backends()
         self.device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
         self.device = "cpu" if self.device == "auto" else str(parse_device(self.device))
@@ -124,16 +129,4 @@ class ExportRequest:
         return {k: v for k, v in asdict(self).items() if k in keys}
 
     def check_out_writable(self) -> None:
-        out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder")
-        parent = out.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        try:  # ask the file system itself: permission bits say nothing about /proc, read-only mounts, quotas
-            probe = tempfile.mkdtemp(prefix=".ddit-probe-", dir=parent)
-            os.rmdir(probe)
-        except OSError as err:
-            raise ValueError(
-                f"--out {out} is not writable ({err.strerror} in {parent}); choose another --out"
-            ) from None
+        check_writable(self.out_dir)

@@ -39,6 +39,8 @@ def schedule_config(
     `patch_sizes` limits the sizes the scheduler may pick to some of the engines (the base among them).
     """
     defaults = backend.manifest.get("scheduler", {})
+    if patch_sizes is None and defaults.get("patch_sizes"):  # the engines' tuned subset (the demo's 2,4)
+        patch_sizes = tuple(int(p) for p in defaults["patch_sizes"])
     if patch_sizes is not None:
         unknown = sorted(set(patch_sizes) - set(backend.patch_sizes))
         if unknown or backend.base_patch not in patch_sizes:

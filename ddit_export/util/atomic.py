@@ -80,6 +80,43 @@ def output_lock(target, on_wait: Callable[[str], None] | None = None):
         os.close(fd)  # closing releases the lock
 
 
+def _temp_sibling(target: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    chmod_like_mkdir(tmp, folder=True)
+    return tmp
+
+
+def check_writable(target, flag: str = "--out") -> None:
+    """Refuse an output the file system will not take, before any work is done for it."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {target} exists and is not a folder")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:  # ask the file system itself: permission bits say nothing about /proc, read-only mounts, quotas
+        os.rmdir(tempfile.mkdtemp(prefix=".ddit-probe-", dir=parent))
+    except OSError as err:
+        raise ValueError(f"{flag} {target} is not writable ({err.strerror} in {parent}); choose another {flag}") \
+            from None
+
+
+@contextmanager
+def staged_files(out):
+    """Yield a temporary folder; when the block succeeds its files move into `out` (created if
+    needed), each in one rename. A failure leaves `out` as it was: no half-written outputs."""
+    out = Path(out)
+    with output_lock(out):
+        tmp = _temp_sibling(out)
+        try:
+            yield tmp
+            out.mkdir(parents=True, exist_ok=True)
+            for item in tmp.iterdir():
+                os.replace(item, out / item.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_folder(target, replace: bool = False):
     """Yield a temporary folder next to `target`; on success it becomes `target` in one rename.
@@ -90,8 +127,7 @@ def atomic_folder(target, replace: bool = False):
     """
     target = Path(target)
     with output_lock(target):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        chmod_like_mkdir(tmp, folder=True)
+        tmp = _temp_sibling(target)
         try:
             yield tmp
             if target.exists():
@@ -108,19 +144,26 @@ def atomic_folder(target, replace: bool = False):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` completely or not at all (temp file beside it, then os.replace)."""
+@contextmanager
+def atomic_file(path):
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
         chmod_like_mkdir(Path(tmp), folder=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` completely or not at all (temp file beside it, then os.replace)."""
+    with atomic_file(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
