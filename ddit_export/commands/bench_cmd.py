@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..util.atomic import check_writable
 from ..util.devices import parse_device
 from . import argtypes
 from .arglists import comma_list
@@ -100,8 +101,9 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     device = check_device(args.device)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before any timing: a read-only or full disk is refused at once
+    if args.json:
+        check_writable(Path(args.json).expanduser().parent, "--json's folder")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
     notes: list[str] = []  # caveats stated beside the numbers

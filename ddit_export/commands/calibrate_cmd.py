@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..util.atomic import check_writable
 from . import argtypes
 from .arglists import comma_list
 from .bench_cmd import check_device
@@ -90,8 +91,9 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     budget = DEFAULT_BUDGETS[args.metric] if args.budget is None else args.budget
     speed = SPEED_FLAGS[args.speed]
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before any timing: a read-only or full disk is refused at once
+    if args.json:
+        check_writable(Path(args.json).expanduser().parent, "--json's folder")
 
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
     total = len(taus) * len(rhos)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..demo.tuning import DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
+from ..util.atomic import check_writable
 from . import argtypes
 from .errors import run_guarded
 from .export_cmd import patch_list
@@ -73,6 +74,9 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
     _check(args)
     out = Path(args.out).expanduser()
+    check_writable(out)
+    if args.report:
+        check_writable(Path(args.report).expanduser().parent, "--report's folder")
     started = time.perf_counter()
     with console.status("exporting the demo engines (ONNX, CPU; reused when unchanged)"):
         manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force)
