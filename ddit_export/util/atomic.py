@@ -4,7 +4,8 @@ A folder is built in a temporary sibling (`.NAME.tmp-*`) and renamed into place.
 target holds an exclusive lock on `.NAME.lock` beside it for the whole write, so two commands
 aimed at the same output run one after the other, and the second sees what the first left. A
 temporary sibling found while holding the lock belongs to a writer that died without cleaning up
-(SIGKILL, power loss): it is removed.
+(SIGKILL, power loss): it is removed. The lock file is removed with the lock; a killed writer's
+lock file stays, unlocked, and the next writer takes it over.
 """
 
 from __future__ import annotations
@@ -59,15 +60,8 @@ def output_lock(target, on_wait: Callable[[str], None] | None = None):
         finally:
             _held[key] -= 1
         return
-    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _acquire(key, target, on_wait)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            if on_wait:
-                on_wait(f"waiting for another command writing {target} (pid {holder}) to finish")
-            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         _held[key] = 1
@@ -76,8 +70,30 @@ def output_lock(target, on_wait: Callable[[str], None] | None = None):
             yield
         finally:
             del _held[key]
+            key.unlink(missing_ok=True)  # still holding it: a waiter then finds its file gone and retries
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _acquire(key: Path, target: Path, on_wait) -> int:
+    """flock `key`, retrying when the holder removed the file meanwhile (so no lock file outlives a write)."""
+    while True:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if on_wait:
+                on_wait(f"waiting for another command writing {target} (pid {holder}) to finish")
+                on_wait = None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(key).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _temp_sibling(target: Path) -> Path:
