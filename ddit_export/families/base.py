@@ -206,6 +206,10 @@ class Family:
             json.loads(config.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelLoadError(f"{config} is not valid JSON ({err}); restore it from the model's source") from None
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            # checked here: diffusers would log its own error lines before raising
+            raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
+                                 "model's weights files there")
         try:
             # str(): diffusers records the argument as the config's _name_or_path, which must stay JSON.
             return cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)
