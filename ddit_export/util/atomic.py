@@ -125,7 +125,14 @@ def staged_files(out):
     with output_lock(out):
         tmp = _temp_sibling(out)
         try:
-            yield tmp
+            try:
+                yield tmp
+            except OSError as err:
+                if err.filename or err.errno is not None:
+                    raise
+                # numpy and PIL report a short write without errno or file ("4096 requested and 218 written")
+                raise OSError(f"writing the outputs for {out} failed ({err}): is the disk full? "
+                              "Nothing was written") from err
             out.mkdir(parents=True, exist_ok=True)
             for item in tmp.iterdir():
                 os.replace(item, out / item.name)
