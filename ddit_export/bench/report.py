@@ -41,6 +41,9 @@ def e2e_markdown(e2e: dict) -> list[str]:
     lines += _table(["mode", "s/image (mean)", "s/image (p50)", "scheduler ms/step", "engine ms/step",
                      "steps per size"], body)
     sp, cost, over = e2e["speedups"], e2e["cost"], e2e["scheduler_overhead"]
+    if e2e.get("identical_schedules"):
+        lines += ["", "Dynamic and static ran the same schedule on every image (DDiT kept the base size): "
+                  "there is no dynamic-vs-static speed-up to report; raise --tau to let DDiT pick coarser sizes."]
     lines += ["", f"Speed-ups (wall, one run): dynamic vs static {_num(sp['dynamic_vs_static'])}x, "
               f"dynamic vs eager {_num(sp['dynamic_vs_eager'])}x, static vs eager {_num(sp['static_vs_eager'])}x.",
               f"Schedule cost (noise-free): token speed-up {_num(cost['token_speedup'])}x, "

@@ -18,6 +18,7 @@ from . import argtypes
 from .arglists import comma_list
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
+from .progress import Counted
 
 SPEED_FLAGS = {"tokens": "token_speedup", "flops": "flop_speedup", "wall": "wall_speedup"}
 DEFAULT_BUDGETS = {"psnr": 30.0, "ssim": 0.9, "image_psnr": 30.0, "image_ssim": 0.9}
@@ -101,11 +102,11 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
                   f"{args.steps} steps, backend {args.backend}")
 
     def progress(point, done, of):
-        console.print(f"  [{done}/{of}] tau {point['tau']:.3g} rho {point['rho']:g}: "
-                      f"token speed-up {point['token_speedup']:.2f}x, {args.metric} "
-                      f"{point.get(args.metric, float('nan')):.3f}")
+        bar.update(done, of, status=f"tau {point['tau']:.3g} rho {point['rho']:g}: {point['token_speedup']:.2f}x, "
+                                    f"{args.metric} {point.get(args.metric, float('nan')):.3f}")
 
-    with get_backend(args.backend, folder, device=device) as backend:
+    with get_backend(args.backend, folder, device=device) as backend, \
+            Counted(console, total, "sweeping", unit="point") as bar:
         try:
             points, static = calibrate.sweep(backend, samples, taus, rhos, args.steps, decode=decode, tokens=tokens,
                                              flops=flops_table(manifest), progress=progress)

@@ -20,7 +20,8 @@ from ..demo.tuning import DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedul
 from ..util.atomic import check_writable
 from . import argtypes
 from .errors import run_guarded
-from .export_cmd import patch_list
+from .export_cmd import RichReporter, patch_list
+from .progress import Counted
 
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
 DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the resolution the 2-point bar needs
@@ -78,8 +79,12 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     if args.report:
         check_writable(Path(args.report).expanduser().parent, "--report's folder")
     started = time.perf_counter()
-    with console.status("exporting the demo engines (ONNX, CPU; reused when unchanged)"):
-        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force)
+    console.print("exporting the demo engines (ONNX, CPU; reused when unchanged)")
+    reporter = RichReporter(console)
+    try:
+        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force, reporter=reporter)
+    finally:
+        reporter.stop()
     export_seconds = time.perf_counter() - started
     sizes = manifest["patch_sizes"]
     console.print(f"engines: {args.engines} (sizes {sizes}, {export_seconds:.0f} s)")
@@ -88,8 +93,9 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     with get_backend("onnx", args.engines) as backend:
         ort_threading = {str(p): mode for p, mode in backend.cpu_threading.items()}
         warm_up(backend)
-        with console.status(f"sampling {args.samples} images x (base, DDiT tau {args.tau:g}), {args.steps} steps"):
-            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau],
+        with Counted(console, args.samples, f"sampling base + DDiT (tau {args.tau:g}, {args.steps} steps)",
+                     unit="sample") as bar:
+            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau], progress=bar.advance,
                                      settle_steps=args.settle_steps, patch_sizes=tuple(args.sizes))
     ddit = ddit[args.tau]
     classifier = load_classifier()

@@ -25,6 +25,7 @@ from ..util.devices import parse_device
 from . import argtypes
 from .errors import run_guarded
 from .export_cmd import patch_list
+from .progress import Counted
 
 if TYPE_CHECKING:
     import torch
@@ -146,8 +147,10 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
-        result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
-                          return_trajectory=bool(args.save_trajectory))
+        with Counted(console, args.steps, "sampling", unit="step") as bar:
+            result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
+                              return_trajectory=bool(args.save_trajectory),
+                              on_step=lambda _, patch: bar.advance(status=f"p{patch}"))
         if result.cfg is not None:  # Wan: say how the guidance passes ran (one call or two per step)
             console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
