@@ -151,13 +151,17 @@ def run(args) -> int:
     family = args.command_name
 
     def body():
-        req = ExportRequest(family=family, **request_settings(args, family))
+        settings = request_settings(args, family)
+        req = ExportRequest(family=family, **settings)
         reporter = RichReporter(console)
         try:
             manifest = export_engines(req, reporter)
         finally:
             reporter.stop()
         console.print(summary_table(manifest, req.out_dir))
+        if "dtype" not in settings:
+            console.print(f"precision {req.dtype}: the default for a {req.device} export (bf16 on CUDA, fp32 on "
+                          "the CPU; --dtype to choose)")
         console.print(f"manifest: {req.out_dir / 'manifest.json'}")
 
     return run_guarded(body)
