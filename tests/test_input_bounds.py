@@ -28,11 +28,13 @@ ENGINES = "engines/never-read"  # parsing refuses these before the folder is loo
     (["generate", ENGINES, "--rho", "inf"], "--rho"),
     (["generate", ENGINES, "--guidance", "nan"], "--guidance"),
     (["bench", ENGINES, "--iters", "0"], "--iters"),
+    (["bench", ENGINES, "--seeds", "0,99999999999999999999999"], "--seeds"),
+    (["calibrate", ENGINES, "--taus", "0.001,inf"], "--taus"),
     (["calibrate", ENGINES, "--tau-min", "nan"], "--tau-min"),
     (["demo", "--samples", "0"], "--samples"),
     (["train", "flux", "--out", "x", "--lr", "nan"], "--lr"),
 ])
-def test_zero_absurd_and_non_finite_numbers_are_refused_while_parsing(cli, argv, flag):
+def test_zero_absurd_and_non_finite_numbers_are_refused_before_any_work(cli, argv, flag):
     cli.refuses(*argv, naming=(flag,))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..util import limits
 from ..util.atomic import check_writable
 from ..util.devices import parse_device
 from . import argtypes
@@ -93,12 +94,12 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import latency, plots, report
     from ..export.manifest import read_manifest, tool_versions
 
+    seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
     _check_args(args)
-    seeds = comma_list(args.seeds, "--seeds")
     device = check_device(args.device)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..util import limits
 from ..util.atomic import check_writable
 from . import argtypes
 from .arglists import comma_list
@@ -57,7 +58,7 @@ def _grid(args) -> tuple[list[float], list[float]]:
     from ..bench.calibrate import log_grid
 
     if args.taus:
-        taus = comma_list(args.taus, "--taus", float)
+        taus = comma_list(args.taus, "--taus", float, check=limits.check_tau)
     else:
         taus = log_grid(args.tau_min, args.tau_max, args.tau_points)
     if any(not t >= 0 for t in taus):
@@ -76,12 +77,12 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class, get_backend
 
+    taus, rhos = _grid(args)  # flags first: refused before any file is read
+    seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
-    taus, rhos = _grid(args)
-    seeds = comma_list(args.seeds, "--seeds")
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
