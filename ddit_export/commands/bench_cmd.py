@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..util import limits
-from ..util.atomic import check_writable
+from ..util.atomic import check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
 from .arglists import comma_list
@@ -136,12 +136,17 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         "warmup": args.warmup, "iters": args.iters, "backends": list(backends), "skipped_backends": skipped,
         "engines": rows, "end_to_end": e2e, "peer": peer, "notes": notes, "tools": tool_versions(),
     }
-    written = [report.write_json(Path(args.json).expanduser() if args.json else out / "bench.json", result),
-               report.write_text_atomic(out / "bench.md", report.bench_markdown(result)),
-               plots.plot_latency(rows, out / "latency.png")]
-    if e2e and "skipped" not in e2e:
-        written.append(plots.plot_schedule(e2e["modes"]["dynamic"]["schedules"], int(manifest["base_patch"]),
-                                           out / "schedule.png"))
+    with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
+        written = [report.write_json(staging / "bench.json", result),
+                   report.write_text_atomic(staging / "bench.md", report.bench_markdown(result)),
+                   plots.plot_latency(rows, staging / "latency.png")]
+        if e2e and "skipped" not in e2e:
+            written.append(plots.plot_schedule(e2e["modes"]["dynamic"]["schedules"], int(manifest["base_patch"]),
+                                               staging / "schedule.png"))
+        if args.json:  # asked for elsewhere: there instead of in --out
+            (staging / "bench.json").unlink()
+            written[0] = report.write_json(Path(args.json).expanduser(), result)
+    written = [p if p.parent != staging else out / p.name for p in written]
     _print(console, result, written)
     return 0
 

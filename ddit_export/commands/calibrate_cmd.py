@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..util import limits
-from ..util.atomic import check_writable
+from ..util.atomic import check_writable, staged_files
 from . import argtypes
 from .arglists import comma_list
 from .bench_cmd import check_device
@@ -119,10 +119,15 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
         chosen or {}, points, metric=args.metric, budget=budget, speed=speed, taus=taus, rhos=rhos,
         samples=samples, steps=args.steps, backend_name=args.backend, device=device, static=static)
     table = calibrate.pareto_markdown(points, args.metric, speed, chosen)
-    written = [report.write_json(Path(args.json).expanduser() if args.json else out / "calibration.json",
-                                 calibrate.json_safe({"engine_dir": str(folder), **record})),
-               report.write_text_atomic(out / "calibration.md", f"# calibration of {folder}\n\n{table}"),
-               plots.plot_calibration(points, chosen, args.metric, budget, speed, out / "calibration.png")]
+    data = calibrate.json_safe({"engine_dir": str(folder), **record})
+    with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
+        written = [report.write_json(staging / "calibration.json", data),
+                   report.write_text_atomic(staging / "calibration.md", f"# calibration of {folder}\n\n{table}"),
+                   plots.plot_calibration(points, chosen, args.metric, budget, speed, staging / "calibration.png")]
+        if args.json:  # asked for elsewhere: there instead of in --out
+            (staging / "calibration.json").unlink()
+            written[0] = report.write_json(Path(args.json).expanduser(), data)
+    written = [p if p.parent != staging else out / p.name for p in written]
     console.print(table)
     for path in written:
         console.print(f"wrote {path}")
