@@ -91,3 +91,12 @@ def test_cpu_export_defaults_to_fp32_and_tiny_to_a_small_size():
     assert (request.dtype, request.height, request.width) == ("fp32", 128, 128)
     assert ExportRequest(model="tiny", device="cpu", dtype="bf16").dtype == "bf16"  # asked for: kept
     assert ExportRequest(family="wan", model="tiny", device="cpu").frames == 5
+
+
+def test_the_default_model_missing_offline_points_to_a_preset(cli, tmp_path):
+    from huggingface_hub import try_to_load_from_cache
+
+    if try_to_load_from_cache("black-forest-labs/FLUX.1-dev", "transformer/config.json"):
+        pytest.skip("FLUX.1-dev is in this machine's cache: the export would start")
+    cli.refuses("flux", "--patch-sizes", "2,4", "--out", tmp_path / "out", naming=("--model tiny", "offline"))
+    assert list(tmp_path.iterdir()) == []
