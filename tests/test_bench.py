@@ -164,10 +164,8 @@ def test_peer_baseline_needs_optimum(tiny_flux_engines, tmp_path):
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--rho", "2"], "cuda" if not torch.cuda.is_available()
      else "--rho"),
 ])
-def test_bench_bad_input_exits_2(tiny_flux_engines, tmp_path, capsys, extra, needle):
-    assert bench([str(tiny_flux_engines), "--out", str(tmp_path / "o"), *extra]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1
+def test_bench_bad_input_exits_2(tiny_flux_engines, tmp_path, cli, extra, needle):
+    cli.refuses("bench", tiny_flux_engines, "--out", tmp_path / "o", *extra, naming=(needle,))
     assert not (tmp_path / "o").exists()
 
 

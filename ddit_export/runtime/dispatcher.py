@@ -39,7 +39,7 @@ def schedule_config(
     `patch_sizes` limits the sizes the scheduler may pick to some of the engines (the base among them).
     """
     defaults = backend.manifest.get("scheduler", {})
-    if patch_sizes is None and defaults.get("patch_sizes"):  # the engines' tuned subset (the demo's 2,4)
+    if patch_sizes is None and static_patch is None and defaults.get("patch_sizes"):  # tuned subset (demo: 2,4)
         patch_sizes = tuple(int(p) for p in defaults["patch_sizes"])
     if patch_sizes is not None:
         unknown = sorted(set(patch_sizes) - set(backend.patch_sizes))
