@@ -97,9 +97,10 @@ def _structure_problem(data: dict) -> str | None:
         if len(entry["files"]) != len(entry["sha256"]) or not entry["files"]:
             return f"engine p{entry['patch_size']} ({entry['backend']}) lists {len(entry['files'])} files " \
                    f"and {len(entry['sha256'])} hashes"
-    onnx = sorted(e["patch_size"] for e in data["engines"] if e["backend"] == "onnx")
-    if onnx != sorted(data["patch_sizes"]):
-        return f"patch_sizes {sorted(data['patch_sizes'])} but onnx engines for {onnx}"
+    for backend in sorted({e["backend"] for e in data["engines"]}):  # each backend built every size, or is absent
+        sizes = sorted(e["patch_size"] for e in data["engines"] if e["backend"] == backend)
+        if sizes != sorted(data["patch_sizes"]):
+            return f"patch_sizes {sorted(data['patch_sizes'])} but {backend} engines for {sizes}"
     strays = sorted({e["patch_size"] for e in data["engines"]} - set(data["patch_sizes"]))
     if strays:
         return f"engine entries for sizes {strays} that patch_sizes does not list"

@@ -158,7 +158,7 @@ class Family:
         too_big = [p for p in sizes if p > min(h, w)]
         if too_big:  # a block wider than the grid is mostly padding: refused before it allocates anything
             raise ValueError(
-                f"patch size(s) {too_big} exceed the {h}x{w} latent grid ({h * self.vae_scale}x"
+                f"patch size(s) {too_big} do not fit in the {h}x{w} latent grid ({h * self.vae_scale}x"
                 f"{w * self.vae_scale} pixels); use sizes up to {min(h, w)} or a larger --height/--width"
             )
 
