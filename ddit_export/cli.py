@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import bench_cmd, calibrate_cmd, demo_cmd, export_cmd, inspect_cmd, train_cmd
+from .commands import bench_cmd, calibrate_cmd, demo_cmd, export_cmd, inspect_cmd, schedules_cmd, train_cmd
 
 COMMANDS = {
     "demo": (demo_cmd, "export the embedded demo model and compare DDiT with the static base (speed and quality)"),
@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
     "bench": (bench_cmd, "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
     "calibrate": (calibrate_cmd, "sweep tau/rho, pick tau for a quality budget, store it in the manifest"),
+    "schedules": (schedules_cmd, "compare the dynamic rule(s) with fixed schedules of the same cost (Pareto table)"),
     "train": (train_cmd, "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .arglists import comma_list
+from .arglists import add_schedule_arguments, comma_list, schedule_from_args
 from .errors import run_guarded
 
 
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e2e.add_argument("--e2e-backend", help="engine backend of the static and dynamic modes (default: the first timed)")
     e2e.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's)")
     e2e.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    add_schedule_arguments(e2e, "; must equal --steps")
     e2e.add_argument("--prompt", default="a photograph of a red fox in fresh snow, golden hour")
     e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
     e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
@@ -66,6 +67,7 @@ def _check_args(args) -> None:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
+    args.fixed = schedule_from_args(args, args.steps)
 
 
 def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console) -> tuple[dict, dict]:
@@ -159,7 +161,8 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
     try:
         return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
-                          tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens, flops=flops_table(manifest))
+                          tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens, flops=flops_table(manifest),
+                          schedule=args.fixed, rule=args.rule)
     except (NotImplementedError, ValueError) as err:  # the runtime cannot sample this family: keep the timings
         console.print(f"[yellow]end to end skipped: {err}[/]")
         return {"skipped": str(err)}
