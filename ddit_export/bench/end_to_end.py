@@ -32,12 +32,12 @@ def timed_generate(backend, conditioning, schedule, steps: int, seed: int, watch
     return watch.stop(), result
 
 
-def _mode_configs(engine, eager, tau, rho) -> dict:
+def _mode_configs(engine, eager, tau, rho, schedule=None, rule=None) -> dict:
     from ..runtime.dispatcher import schedule_config
 
     configs = {
         "static": (engine, schedule_config(engine, static_patch=engine.base_patch)),
-        "dynamic": (engine, schedule_config(engine, tau=tau, rho=rho)),
+        "dynamic": (engine, schedule_config(engine, tau=tau, rho=rho, schedule=schedule, rule=rule)),
     }
     if eager is not None:
         configs["eager"] = (eager, schedule_config(eager, static_patch=eager.base_patch))
@@ -46,15 +46,17 @@ def _mode_configs(engine, eager, tau, rho) -> dict:
 
 def end_to_end(engine, eager, *, steps: int, seeds: list[int], repeats: int, tau=None, rho=None,
                prompt: str = "a photograph of a red fox in fresh snow", tokens: dict, flops: dict,
-               progress=None) -> dict:
+               schedule: tuple[int, ...] | None = None, rule: str | None = None, progress=None) -> dict:
     """Time per image of each mode on ``engine`` (a Backend) and ``eager`` (the torch Backend or None).
 
-    ``progress(done, total)`` is called after every image (warm-up images included)."""
+    ``schedule`` replaces the dynamic rule by a fixed schedule (the "dynamic" mode then runs it).
+    ``progress(done, total)`` is called after every image (warm-up images included).
+    """
     from ..runtime.conditioning import make_conditioning
 
     if steps < 1 or repeats < 1 or not seeds:
         raise ValueError("end to end needs --steps >= 1, --e2e-repeats >= 1 and at least one seed")
-    configs = _mode_configs(engine, eager, tau, rho)
+    configs = _mode_configs(engine, eager, tau, rho, schedule, rule)
     modes = list(configs)
     conditioning = make_conditioning(engine.manifest, prompt, device=engine.device)
     watch = Stopwatch(engine.device)
@@ -81,6 +83,7 @@ def end_to_end(engine, eager, *, steps: int, seeds: list[int], repeats: int, tau
     report = {"backend": engine.name, "eager_backend": eager.name if eager else None, "steps": steps,
               "seeds": list(seeds), "repeats": repeats, "tau": configs["dynamic"][1].tau,
               "rho": configs["dynamic"][1].rho, "conditioning": conditioning.source,
+              "fixed_schedule": list(schedule) if schedule else None, "rule": None if schedule else rule,
               "modes": {m: _mode_summary(runs[m], steps) for m in modes}}
     dyn = report["modes"]["dynamic"]
     dyn["schedules"] = {str(run["seed"]): run["schedule"] for run in runs["dynamic"]}

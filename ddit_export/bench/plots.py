@@ -99,6 +99,28 @@ def calibration_figure(points: list[dict], chosen: dict | None, metric: str, bud
     return fig
 
 
+def plot_schedule_front(points: list, path) -> Path:
+    """PSNR vs token cost: fixed schedules by family, their front, and each dynamic point labelled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = [p for p in points if p.psnr != float("inf")]
+    families = sorted({p.label.split(" ")[0] for p in finite if p.kind == "fixed"})
+    for family in families:
+        mine = [p for p in finite if p.kind == "fixed" and p.label.split(" ")[0] == family]
+        ax.scatter([p.token_cost for p in mine], [p.psnr for p in mine], s=14, alpha=0.6, label=f"fixed: {family}")
+    front = sorted((p for p in finite if p.front), key=lambda p: p.token_cost)
+    ax.plot([p.token_cost for p in front], [p.psnr for p in front], color="black", lw=1, label="fixed front")
+    for p in (q for q in finite if q.kind == "dynamic"):
+        ax.scatter([p.token_cost], [p.psnr], s=90, marker="*", zorder=3,
+                   color="tab:green" if p.above_front else "tab:red")
+        ax.annotate(p.label, (p.token_cost, p.psnr), textcoords="offset points", xytext=(5, 4), fontsize="small")
+    ax.set_xlabel("token cost (fraction of the static base's tokens)")
+    ax.set_ylabel("PSNR vs static base (dB)")
+    ax.set_title("dynamic rules (stars: green above the fixed front) vs fixed schedules")
+    ax.legend(fontsize="x-small", loc="lower right")
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from ..util import limits
 from ..util.atomic import check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import comma_list
+from .arglists import add_schedule_arguments, comma_list, schedule_from_args
 from .errors import run_guarded
 from .progress import Counted
 
@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e2e.add_argument("--e2e-backend", help="engine backend of the static and dynamic modes (default: the first timed)")
     e2e.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's)")
     e2e.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
+    add_schedule_arguments(e2e, "; must equal --steps")
     e2e.add_argument("--prompt", default="a photograph of a red fox in fresh snow, golden hour")
     e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
     e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
@@ -65,6 +66,7 @@ def _check_args(args) -> None:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
+    args.fixed = schedule_from_args(args, args.steps)
 
 
 def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console) -> tuple[dict, dict]:
@@ -167,7 +169,7 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
         with Counted(console, 1, "end to end", unit="image") as bar:
             return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
                               tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens,
-                              flops=flops_table(manifest), progress=bar.update)
+                              flops=flops_table(manifest), schedule=args.fixed, rule=args.rule, progress=bar.update)
     except (NotImplementedError, ValueError) as err:  # the runtime cannot sample this family: keep the timings
         console.print(f"[yellow]end to end skipped: {err}[/]")
         return {"skipped": str(err)}

@@ -19,10 +19,12 @@ from rich.table import Table
 from ..demo.tuning import DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
 from ..util.atomic import check_writable
 from . import argtypes
+from .arglists import add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
 from .export_cmd import RichReporter, patch_list
 from .progress import Counted
 
+DEFAULT_RULE = "paper"
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
 DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the resolution the 2-point bar needs
 
@@ -30,13 +32,15 @@ DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the reso
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", "-n", type=argtypes.positive_int, default=DEFAULT_SAMPLES,
                    help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
-    p.add_argument("--steps", type=argtypes.steps, default=DEFAULT_STEPS,
-                   help=f"denoising steps (default {DEFAULT_STEPS})")
-    p.add_argument("--tau", type=argtypes.tau, default=DEFAULT_TAU, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
-    p.add_argument("--sizes", type=patch_list, default=DEFAULT_SIZES, metavar="2,4,8",
-                   help="patch sizes DDiT may pick, the base included (default 2,4; the engines have 2,4,8)")
+    p.add_argument("--steps", type=argtypes.steps,
+                   help=f"denoising steps (default {DEFAULT_STEPS}, or the length of --schedule)")
+    p.add_argument("--tau", type=argtypes.tau, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--sizes", type=patch_list, metavar="2,4,8",
+                   help=f"patch sizes DDiT may pick, the base included (default {','.join(map(str, DEFAULT_SIZES))}; "
+                        "the engines have 2,4,8)")
     p.add_argument("--settle-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="keep a newly chosen size N more steps (default 0, the paper's rule; see ddit-export generate)")
+    add_schedule_arguments(p, "; default steps 28")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
     p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
@@ -51,6 +55,16 @@ def run(args: argparse.Namespace) -> int:
 def _check(args) -> None:
     from ..demo.classes import CLASS_NAMES
     from ..demo.engines import DEMO_PATCH_SIZES
+    from ..runtime.schedule_spec import check_schedule
+
+    args.fixed = schedule_from_args(args, args.steps)
+    if args.fixed:
+        check_schedule(args.fixed, DEMO_PATCH_SIZES, None)
+    if args.steps is None:
+        args.steps = len(args.fixed) if args.fixed else DEFAULT_STEPS
+    args.sizes = args.sizes or DEFAULT_SIZES
+    args.tau = DEFAULT_TAU if args.tau is None else args.tau
+    args.rule = args.rule or DEFAULT_RULE
 
     if DEMO_PATCH_SIZES[0] not in args.sizes or not set(args.sizes) <= set(DEMO_PATCH_SIZES):
         raise ValueError(f"--sizes must be some of the demo's engine sizes {','.join(map(str, DEMO_PATCH_SIZES))}, "
@@ -72,6 +86,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     from ..demo.evaluate import figures, real_features, sample_labels, sample_runs, warm_up
     from ..demo.plots import write_grid, write_schedule_plot
     from ..runtime.backends import get_backend
+    from ..runtime.dispatcher import schedule_config
 
     _check(args)
     out = Path(args.out).expanduser()
@@ -93,20 +108,25 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     with get_backend("onnx", args.engines) as backend:
         ort_threading = {str(p): mode for p, mode in backend.cpu_threading.items()}
         warm_up(backend)
-        with Counted(console, args.samples, f"sampling base + DDiT (tau {args.tau:g}, {args.steps} steps)",
-                     unit="sample") as bar:
-            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau], progress=bar.advance,
-                                     settle_steps=args.settle_steps, patch_sizes=tuple(args.sizes))
-    ddit = ddit[args.tau]
+        what = f"schedule {args.schedule}" if args.fixed else f"DDiT {args.rule} tau {args.tau:g}"
+        with Counted(console, args.samples, f"sampling base + {what}, {args.steps} steps", unit="sample") as bar:
+            config = schedule_config(backend, tau=args.tau, settle_steps=args.settle_steps,
+                                     patch_sizes=tuple(args.sizes), schedule=args.fixed, rule=args.rule)
+            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, {"ddit": config},
+                                     progress=bar.advance)
+    ddit = ddit["ddit"]
     classifier = load_classifier()
-    result = figures(base, ddit, labels, classifier, real_features(classifier), sizes)
+    tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+    result = figures(base, ddit, labels, classifier, real_features(classifier), sizes, tokens)
 
     out.mkdir(parents=True, exist_ok=True)
     grid = write_grid(base.images, ddit.images, labels, out / "samples_base_vs_ddit.png")
     plot = write_schedule_plot(ddit.schedules, labels, sizes, args.tau, out / "schedule.png")
     report = {
         "model": "demo", "backend": "onnx", "device": "cpu", "samples": args.samples, "steps": args.steps,
-        "tau": args.tau, "rho": manifest["scheduler"]["rho"], "settle_steps": args.settle_steps, "seed": args.seed,
+        "tau": None if args.fixed else args.tau, "rule": None if args.fixed else args.rule,
+        "fixed_schedule": args.schedule, "rho": manifest["scheduler"]["rho"], "settle_steps": args.settle_steps,
+        "seed": args.seed,
         "scheduler_sizes": sorted(args.sizes), "ort_cpu_threading": ort_threading,
         "export_seconds": export_seconds, "total_seconds": time.perf_counter() - started,
         "grid": str(grid), "schedule_plot": str(plot), **result,
@@ -122,13 +142,15 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def _print_table(console: Console, r: dict, sizes) -> None:
-    table = Table(title=f"demo: {r['samples']} samples, {r['steps']} steps, ONNX Runtime CPU, tau {r['tau']:g}, "
-                        f"sizes {','.join(map(str, r['scheduler_sizes']))}")
+    what = (f"schedule {r['fixed_schedule']}" if r["fixed_schedule"] else
+            f"rule {r['rule']}, tau {r['tau']:g}, sizes {','.join(map(str, r['scheduler_sizes']))}")
+    table = Table(title=f"demo: {r['samples']} samples, {r['steps']} steps, ONNX Runtime CPU, {what}")
     table.add_column("figure")
     table.add_column("static base", justify="right")
     table.add_column("DDiT", justify="right")
     table.add_row("seconds / image", f"{r['seconds_per_image_base']:.3f}", f"{r['seconds_per_image_ddit']:.3f}")
     table.add_row("speed-up", "1.00x", f"{r['speedup']:.2f}x", style="bold")
+    table.add_row("token cost", "1.000", f"{r['token_cost']:.3f}")
     hist = r["schedule_histogram"]
     base_hist = {str(p): 0 for p in sizes} | {str(sizes[0]): r["samples"] * r["steps"]}
     table.add_row("steps at p" + "/".join(str(p) for p in sizes),
@@ -137,4 +159,8 @@ def _print_table(console: Console, r: dict, sizes) -> None:
     table.add_row("SSIM vs base", "1.000", f"{r['ssim']:.3f}")
     table.add_row("class accuracy", f"{100 * r['accuracy_base']:.1f}%", f"{100 * r['accuracy_ddit']:.1f}%")
     table.add_row("Frechet distance to real", f"{r['fd_base']:.3f}", f"{r['fd_ddit']:.3f}")
+    table.add_row("distinct schedules", "1", str(r["distinct_schedules"]))
+    if r["token_cost_textured"] is not None:
+        table.add_row("token cost flat / textured", "1.000 / 1.000",
+                      f"{r['token_cost_flat']:.3f} / {r['token_cost_textured']:.3f}")
     console.print(table)

@@ -23,6 +23,7 @@ from rich.table import Table
 from ..util.atomic import atomic_file, check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
+from .arglists import add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
 from .export_cmd import patch_list
 from .progress import Counted
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
+DEFAULT_STEPS = 50
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text prompt (models without text encoders get synthetic embeddings seeded from it; "
                         f"the demo engines take one of their class names); default {DEFAULT_PROMPT!r}")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed (default 0)")
-    p.add_argument("--steps", type=argtypes.steps, default=50, help="denoising steps (default 50)")
+    p.add_argument("--steps", type=argtypes.steps, help="denoising steps (default 50, or the length of --schedule)")
     p.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's calibration)")
     p.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
     p.add_argument("--backend", default="onnx",
@@ -56,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settle-steps", type=argtypes.non_negative_int, metavar="N",
                    help="keep a newly chosen size N more steps, so decisions never read a third difference "
                         "spanning an engine switch (default: the manifest's, else 0 = the paper's rule)")
+    add_schedule_arguments(p)
     p.add_argument("--guidance", type=argtypes.non_negative_float,
                    help="FLUX: embedded guidance scale (default 3.5 when the model has one); "
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
@@ -105,6 +108,9 @@ def _check_args(args, manifest: dict):
     if manifest.get("family") == "wan" and args.guidance is not None and not args.guidance > 0:
         raise ValueError(f"--guidance is Wan's CFG scale and must be > 0 (1 disables CFG); got {args.guidance}")
     backend_class(args.backend)  # unknown name -> the list of backends
+    args.fixed = schedule_from_args(args, args.steps)
+    if args.steps is None:
+        args.steps = len(args.fixed) if args.fixed else DEFAULT_STEPS
     sizes = [int(p) for p in manifest["patch_sizes"]]
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
         if value is not None and value not in sizes:
@@ -143,6 +149,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
+            schedule=args.fixed, rule=args.rule,
         )
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
@@ -166,6 +173,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
             "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
             "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
+            "fixed_schedule": args.schedule, "statistic": config.statistic, "monotone": config.monotone,
             "timesteps": result.timesteps.float().cpu().tolist(),
             **_wan_record(args, conditioning, result),
             **trace.to_json(),

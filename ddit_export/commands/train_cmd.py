@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--batch-size", type=argtypes.batch, default=1, help="samples per step and process (default 1)")
     opt.add_argument("--seed", type=argtypes.seed, default=0)
     opt.add_argument("--lora-rank", type=argtypes.positive_int, default=32)
+    opt.add_argument("--init-adapters", metavar="PACK", help="start from this adapter pack (same rank and sizes), "
+                     "e.g. after fine-tuning the base model")
     opt.add_argument("--optimizer", choices=("adamw", "prodigy"), default="adamw",
                      help="adamw (default) or prodigy (needs `pip install prodigyopt`)")
     opt.add_argument("--lr", type=argtypes.positive_float, default=None,
@@ -77,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
         images=args.images, vae=args.vae, prompts=args.prompts, prompt_embeds=args.prompt_embeds,
         teacher_steps=args.teacher_steps, guidance=args.guidance, height=args.height, width=args.width,
         frames=args.frames, text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        lora_rank=args.lora_rank, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
+        lora_rank=args.lora_rank, init_adapters=args.init_adapters,
+        optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,

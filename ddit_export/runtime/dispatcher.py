@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from .backends.base import Backend
-from .scheduler import AccelerationScheduler, Decision, ScheduleConfig
+from .schedule_spec import check_schedule
+from .scheduler import DEFAULT_RULE, RULES, AccelerationScheduler, Decision, ScheduleConfig
 from .trace import Trace, clock_for
 
 
@@ -33,12 +34,24 @@ def schedule_config(
     base_last_steps: int = 0,
     settle_steps: int | None = None,
     patch_sizes: tuple[int, ...] | None = None,
+    schedule: tuple[int, ...] | None = None,
+    rule: str | None = None,
 ) -> ScheduleConfig:
-    """Scheduler settings for a backend's engines; tau / rho default to the manifest's calibration.
+    """Scheduler settings for a backend's engines; tau / rho / rule default to the manifest's calibration.
 
     `patch_sizes` limits the sizes the scheduler may pick to some of the engines (the base among them).
+    `schedule` pins one size per step (a fixed schedule; `schedule_spec.parse_schedule`).
+    `rule` names a preset of the dynamic rule (`scheduler.RULES`: statistic, warm-up, ratchet).
     """
     defaults = backend.manifest.get("scheduler", {})
+    if schedule is not None:
+        check_schedule(schedule, backend.patch_sizes, None)
+        return ScheduleConfig(patch_sizes=tuple(backend.patch_sizes), base_patch=backend.base_patch,
+                              fixed=tuple(schedule))
+    rule = defaults.get("rule", DEFAULT_RULE) if rule is None else rule
+    if rule not in RULES:
+        raise ValueError(f"unknown scheduler rule {rule!r}: choose one of {', '.join(RULES)}")
+    preset = RULES[rule]
     if patch_sizes is None and static_patch is None and defaults.get("patch_sizes"):  # tuned subset (demo: 2,4)
         patch_sizes = tuple(int(p) for p in defaults["patch_sizes"])
     if patch_sizes is not None:
@@ -48,15 +61,22 @@ def schedule_config(
                 f"patch sizes {sorted(patch_sizes)}: the scheduler can pick only sizes the engines have "
                 f"({list(backend.patch_sizes)}), the base {backend.base_patch} among them"
             )
+    sizes = tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes))
+    if warmup_patch is None:
+        warmup_patch = defaults.get("warmup_patch")
+    if warmup_patch is None and preset["warmup"] == "coarsest":
+        warmup_patch = max(sizes)
     return ScheduleConfig(
-        patch_sizes=tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes)),
+        patch_sizes=sizes,
         base_patch=backend.base_patch,
         tau=float(defaults.get("tau", 1e-3) if tau is None else tau),
         rho=float(defaults.get("rho", 0.4) if rho is None else rho),
-        warmup_patch=defaults.get("warmup_patch") if warmup_patch is None else warmup_patch,
+        warmup_patch=warmup_patch,
         base_last_steps=base_last_steps,
         settle_steps=int(defaults.get("settle_steps", 0) if settle_steps is None else settle_steps),
         static_patch=static_patch,
+        statistic=preset["statistic"],
+        monotone=preset["monotone"],
     )
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     batch_size: int = 1
     seed: int = 0
     lora_rank: int = 32
+    init_adapters: str | None = None  # start from this adapter pack (e.g. after fine-tuning the base)
     optimizer: str = "adamw"
     lr: float | None = None
     lr_schedule: str = "constant"  # or "cosine" (warm-up, then decay to 10%): train/optim.py
@@ -91,6 +92,8 @@ class TrainConfig:
                              "or use --optimizer adamw")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive (got {self.lr})")
+        if self.init_adapters and not (Path(self.init_adapters) / "adapters.json").is_file():
+            raise ValueError(f"--init-adapters {self.init_adapters}: not an adapter pack (no adapters.json in it)")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite discards it: pass one of them")
         fam.check_image_size(self.height, self.width, self.frames)
