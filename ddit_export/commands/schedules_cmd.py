@@ -15,8 +15,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..util import limits
+from ..util.atomic import check_writable
+from . import argtypes
 from .arglists import comma_list
 from .errors import run_guarded
+from .progress import Counted
 
 DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
 
@@ -25,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
     p.add_argument("--backend", default="onnx", help="engine runtime (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    p.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     p.add_argument("--seeds", default="100,101,102,103",
                    help="comma list of noise seeds per prompt (default 100-103: not the seeds rules were tuned on)")
     p.add_argument("--prompt", action="append",
@@ -72,7 +76,7 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     manifest = read_manifest(folder)
     if args.steps < 4:
         raise ValueError(f"--steps must be at least 4: a dynamic rule needs 3 warm-up steps (got {args.steps})")
-    seeds = comma_list(args.seeds, "--seeds")
+    seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     device = check_device(args.device)
     backend_class(args.backend)
     defaults = manifest.get("scheduler", {})
@@ -81,8 +85,7 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     prompts = args.prompt or hooks.get("prompts") or [DEFAULT_PROMPT]
     samples = [(prompt, seed) for seed in seeds for prompt in prompts]
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"schedules-{folder.resolve().name}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before any sampling
 
     with get_backend(args.backend, folder, device=device) as backend:
         sizes = sorted(comma_list(args.sizes, "--sizes")) if args.sizes else list(backend.patch_sizes)
@@ -101,11 +104,12 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{len(configs)} schedules (+ the static base) x {len(samples)} samples, {args.steps} steps, "
                       f"backend {args.backend}")
         tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
-        with progress_bar(console, len(configs) + 1) as advance:
+        with Counted(console, len(configs), "schedules", unit="schedule") as bar:  # after the static base
             points = sch.evaluate(
                 backend, samples, configs, args.steps, tokens=tokens, flops=flops_table(manifest),
                 conditioning=lambda prompt: make_conditioning(manifest, prompt, device=device),
-                to_images=hooks.get("to_images"), score=hooks.get("score"), progress=advance)
+                to_images=hooks.get("to_images"), score=hooks.get("score"),
+                progress=lambda message: bar.advance(status=message))
     sch.mark_front(points)
     from ..bench.schedules_report import write_reports
 
@@ -121,34 +125,3 @@ def evaluation_hooks(manifest: dict) -> dict:
     from ..demo.evaluate import schedule_hooks
 
     return schedule_hooks(manifest) or {}
-
-
-def progress_bar(console: Console, total: int):
-    """A counted bar with ETA on a terminal; one status line per finished schedule otherwise."""
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    @contextmanager
-    def bar():
-        if not console.is_terminal:
-            done = [0]
-
-            def line(message: str) -> None:
-                done[0] += 1
-                console.print(f"[{done[0]}/{total}] {message}")
-
-            yield line
-            return
-        columns = (TextColumn("schedules"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.description}"))
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("", total=total)
-            progress.advance(task)  # the static base runs first, inside evaluate
-
-            def advance(message: str) -> None:
-                progress.update(task, advance=1, description=message)
-
-            yield advance
-
-    return bar()
