@@ -165,3 +165,5 @@ def _print_table(console: Console, r: dict, sizes) -> None:
         table.add_row("token cost flat / textured", "1.000 / 1.000",
                       f"{r['token_cost_flat']:.3f} / {r['token_cost_textured']:.3f}")
     console.print(table)
+    per_class = ", ".join(f"{name} {cost:.2f}" for name, cost in r["token_cost_per_class"].items())
+    console.print(f"token cost per class: {per_class}", soft_wrap=False)
