@@ -70,7 +70,8 @@ def schedule_config(
         rho=float(_default_rho(defaults, rule, preset) if rho is None else rho),
         warmup_patch=warmup_patch,
         base_last_steps=base_last_steps,
-        settle_steps=int(defaults.get("settle_steps", preset.get("settle", 0)) if settle_steps is None else settle_steps),
+        settle_steps=int(defaults.get("settle_steps", preset.get("settle", 0)) if settle_steps is None
+                         else settle_steps),
         static_patch=static_patch,
         statistic=preset["statistic"],
         monotone=preset["monotone"],
