@@ -16,41 +16,32 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..demo.tuning import DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
+from ..util.atomic import check_writable
+from . import argtypes
 from .arglists import add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
-from .export_cmd import patch_list
+from .export_cmd import RichReporter, patch_list
+from .progress import Counted
 
-# Chosen by measurement on the demo (model and rank-64 adapters of 2026-12-02, ONNX Runtime CPU with
-# per-engine threading, 28 steps): the setting that reaches 1.8x with a margin, PSNR >= 25 dB against
-# the base and the base's class accuracy. Base: 91.7% on 48 samples, 95.8% on 144.
-#   sizes 2,4   tau 0.003 : 1.72x, 28.2 dB, 91.7%, FD 121 (base 129)
-#               tau 0.0035: 1.79x, 27.7 dB, 91.7%; 144 samples 1.80x, 27.0 dB, 95.8%
-#               tau 0.004 : 1.83x, 27.5 dB, 91.7%, FD 110; 144 samples 1.82x, 26.7 dB, 95.8%, FD 66 (base 82)
-#   sizes 2,4,8 tau 0.003 : 1.44x, 26.7 dB, 89.6%, FD 222
-# At tau 0.004 almost every step after the 3 warm-up steps runs at size 4 (2 of 4032 steps went back
-# to the base on 144 samples): on this model the statistic stays below tau while size 4 runs. The size-8
-# student is too far from the teacher for long size-8 runs (velocity MSE 0.014-0.038 on early steps
-# against 0.004-0.006 at size 4; tools/demo_step_errors.py), so DDiT picks from 2 and 4 by default;
-# --sizes 2,4,8 lets it use every engine.
-DEFAULT_TAU = 0.004
-DEFAULT_SIZES = (2, 4)
 DEFAULT_RULE = "paper"
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
 DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the resolution the 2-point bar needs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", "-n", type=int, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", "-n", type=argtypes.positive_int, default=DEFAULT_SAMPLES,
                    help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
-    p.add_argument("--steps", type=int, help=f"denoising steps (default {DEFAULT_STEPS}, or the length of --schedule)")
-    p.add_argument("--tau", type=float, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--steps", type=argtypes.steps,
+                   help=f"denoising steps (default {DEFAULT_STEPS}, or the length of --schedule)")
+    p.add_argument("--tau", type=argtypes.tau, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
     p.add_argument("--sizes", type=patch_list, metavar="2,4,8",
                    help=f"patch sizes DDiT may pick, the base included (default {','.join(map(str, DEFAULT_SIZES))}; "
                         "the engines have 2,4,8)")
-    p.add_argument("--settle-steps", type=int, default=0, metavar="N",
+    p.add_argument("--settle-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="keep a newly chosen size N more steps (default 0, the paper's rule; see ddit-export generate)")
     add_schedule_arguments(p, "; default steps 28")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
     p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
@@ -99,9 +90,16 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
     _check(args)
     out = Path(args.out).expanduser()
+    check_writable(out)
+    if args.report:
+        check_writable(Path(args.report).expanduser().parent, "--report's folder")
     started = time.perf_counter()
-    with console.status("exporting the demo engines (ONNX, CPU; reused when unchanged)"):
-        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force)
+    console.print("exporting the demo engines (ONNX, CPU; reused when unchanged)")
+    reporter = RichReporter(console)
+    try:
+        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force, reporter=reporter)
+    finally:
+        reporter.stop()
     export_seconds = time.perf_counter() - started
     sizes = manifest["patch_sizes"]
     console.print(f"engines: {args.engines} (sizes {sizes}, {export_seconds:.0f} s)")
@@ -111,10 +109,11 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
         ort_threading = {str(p): mode for p, mode in backend.cpu_threading.items()}
         warm_up(backend)
         what = f"schedule {args.schedule}" if args.fixed else f"DDiT {args.rule} tau {args.tau:g}"
-        with console.status(f"sampling {args.samples} images x (base, {what}), {args.steps} steps"):
+        with Counted(console, args.samples, f"sampling base + {what}, {args.steps} steps", unit="sample") as bar:
             config = schedule_config(backend, tau=args.tau, settle_steps=args.settle_steps,
                                      patch_sizes=tuple(args.sizes), schedule=args.fixed, rule=args.rule)
-            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, {"ddit": config})
+            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, {"ddit": config},
+                                     progress=bar.advance)
     ddit = ddit["ddit"]
     classifier = load_classifier()
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}

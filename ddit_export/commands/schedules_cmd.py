@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_dynamic(text: str) -> tuple[str, float]:
-    from ..runtime.scheduler import RULES
+    from ..runtime.rules import RULES
 
     rule, _, tau = text.partition("@")
     if rule not in RULES or not tau:

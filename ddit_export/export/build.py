@@ -22,7 +22,7 @@ from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
 from ..ddit.merge import base_state_dict, build_engine
 from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
 from ..families.base import config_hash
-from ..util.atomic import atomic_folder
+from ..util.atomic import atomic_folder, output_lock
 from .iospec import IOSpec
 from .manifest import (
     MANIFEST,
@@ -88,6 +88,8 @@ def _scheduler_defaults(req: ExportRequest, old: dict | None, base_patch: int, w
         return old["scheduler"]
     fresh["tau"] = DEFAULT_TAU if req.tau is None else req.tau
     fresh["rho"] = DEFAULT_RHO if req.rho is None else req.rho
+    if req.scheduler_sizes is not None:  # e.g. the demo's tuned 2,4 of engines 2,4,8
+        fresh["patch_sizes"] = list(req.scheduler_sizes)
     return fresh
 
 
@@ -167,6 +169,13 @@ def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     req.check_out_writable()
+    # One writer per --out from reading the old manifest to the final rename: a concurrent export
+    # waits, then reuses this one's engines or is refused for other inputs, as if run afterwards.
+    with output_lock(req.out_dir, on_wait=reporter.warn):
+        return _export_locked(req, reporter)
+
+
+def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
     model.to(req.device)

@@ -52,6 +52,8 @@ def schedule_config(
     if rule not in RULES:
         raise ValueError(f"unknown scheduler rule {rule!r}: choose one of {', '.join(RULES)}")
     preset = RULES[rule]
+    if patch_sizes is None and static_patch is None and defaults.get("patch_sizes"):  # tuned subset (demo: 2,4)
+        patch_sizes = tuple(int(p) for p in defaults["patch_sizes"])
     if patch_sizes is not None:
         unknown = sorted(set(patch_sizes) - set(backend.patch_sizes))
         if unknown or backend.base_patch not in patch_sizes:

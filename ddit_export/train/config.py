@@ -106,14 +106,7 @@ class TrainConfig:
             raise ValueError(f"--out {self.out} exists and is not a folder")
 
     def _check_patch_sizes(self, fam) -> None:
-        grid = self.latent_shape[-2:]
-        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
-        too_big = [p for p in self.patch_sizes if p > min(grid)]
-        if too_big:
-            raise ValueError(
-                f"patch size(s) {too_big} do not fit in the {grid[0]}x{grid[1]} latent grid of a "
-                f"{self.height}x{self.width} image; drop them or train at a larger --height/--width"
-            )
+        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)  # sizes beyond the grid included
         if len(self.patch_sizes) < 2:
             raise ValueError(f"nothing to train: give the base size and at least one larger size, "
                              f"e.g. --patch-sizes {fam.base_patch},{2 * fam.base_patch}")
