@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..demo.tuning import DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
+from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
 from ..util.atomic import check_writable
 from . import argtypes
 from .arglists import add_schedule_arguments, schedule_from_args
@@ -24,7 +24,6 @@ from .errors import run_guarded
 from .export_cmd import RichReporter, patch_list
 from .progress import Counted
 
-DEFAULT_RULE = "paper"
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
 DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the resolution the 2-point bar needs
 
@@ -164,3 +163,5 @@ def _print_table(console: Console, r: dict, sizes) -> None:
         table.add_row("token cost flat / textured", "1.000 / 1.000",
                       f"{r['token_cost_flat']:.3f} / {r['token_cost_textured']:.3f}")
     console.print(table)
+    per_class = ", ".join(f"{name} {cost:.2f}" for name, cost in r["token_cost_per_class"].items())
+    console.print(f"token cost per class: {per_class}", soft_wrap=False)

@@ -15,3 +15,4 @@ carries them, so `ddit-export generate engines/demo` schedules as the demo repor
 # --sizes 2,4,8 lets it use every engine.
 DEFAULT_TAU = 0.004
 DEFAULT_SIZES = (2, 4)
+DEFAULT_RULE = "paper"

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..families.base import family_by_name
+from ..runtime.rules import RULES
 from ..util import limits
 from ..util.atomic import check_writable
 from ..util.devices import parse_device
@@ -41,6 +42,7 @@ class ExportRequest:
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
     scheduler_sizes: tuple[int, ...] | None = None  # sizes the default schedule may pick; None: every size
+    rule: str | None = None  # the engines' default dynamic rule (runtime/rules.py); None: DEFAULT_RULE
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
 
     def __post_init__(self):
@@ -74,6 +76,8 @@ class ExportRequest:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
         fam.check_image_size(self.height, self.width, self.frames)
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
+        if self.rule is not None and self.rule not in RULES:
+            raise ValueError(f"unknown scheduler rule {self.rule!r}: choose one of {', '.join(RULES)}")
         if self.scheduler_sizes is not None:
             self.scheduler_sizes = tuple(sorted(set(int(p) for p in self.scheduler_sizes)))
             if not set(self.scheduler_sizes) <= set(self.patch_sizes) or fam.base_patch not in self.scheduler_sizes:

@@ -62,22 +62,30 @@ def schedule_config(
                 f"({list(backend.patch_sizes)}), the base {backend.base_patch} among them"
             )
     sizes = tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes))
-    if warmup_patch is None:
-        warmup_patch = defaults.get("warmup_patch")
-    if warmup_patch is None and preset["warmup"] == "coarsest":
-        warmup_patch = max(sizes)
+    if warmup_patch is None:  # the rule's own warm-up, unless the manifest was calibrated for this rule
+        own = max(sizes) if preset["warmup"] == "coarsest" else None
+        warmup_patch = defaults.get("warmup_patch") if defaults.get("rule", DEFAULT_RULE) == rule else own
     return ScheduleConfig(
         patch_sizes=sizes,
         base_patch=backend.base_patch,
         tau=float(defaults.get("tau", 1e-3) if tau is None else tau),
-        rho=float(defaults.get("rho", 0.4) if rho is None else rho),
+        rho=float(_default_rho(defaults, rule, preset) if rho is None else rho),
         warmup_patch=warmup_patch,
         base_last_steps=base_last_steps,
-        settle_steps=int(defaults.get("settle_steps", 0) if settle_steps is None else settle_steps),
+        settle_steps=int(defaults.get("settle_steps", preset.get("settle", 0)) if settle_steps is None
+                         else settle_steps),
         static_patch=static_patch,
         statistic=preset["statistic"],
         monotone=preset["monotone"],
+        size_scaled_tau=preset.get("size_scaled_tau", False),
     )
+
+
+def _default_rho(defaults: dict, rule: str, preset: dict) -> float:
+    """The manifest's rho when it was set for this rule (calibration), else the rule's own, else 0.4."""
+    if defaults.get("rule", DEFAULT_RULE) == rule and "rho" in defaults:
+        return defaults["rho"]
+    return preset.get("rho", defaults.get("rho", 0.4))
 
 
 class DDiTRunner:

@@ -97,6 +97,7 @@ class ScheduleConfig:
         left of the block after removing each channel's block mean: the part of d3 a P x P token cannot
         hold as one value; see `block_statistics`).
     monotone: never go back to a coarser size once a finer one ran (coarse-to-fine with a ratchet).
+    size_scaled_tau: size P passes below ``tau * 2 * base / P`` rather than ``tau`` (`select_patch`).
     """
 
     patch_sizes: tuple[int, ...]
@@ -110,6 +111,7 @@ class ScheduleConfig:
     fixed: tuple[int, ...] | None = None
     statistic: str = "std"
     monotone: bool = False
+    size_scaled_tau: bool = False
 
     def __post_init__(self) -> None:
         sizes = tuple(self.patch_sizes)
@@ -219,9 +221,14 @@ def _quantile(values: torch.Tensor, rho: float) -> torch.Tensor:
     return torch.lerp(ordered[low], ordered[high], position - low) + 0 * ordered[-1]
 
 
-def select_patch(stats: Mapping[int, float], tau: float, base_patch: int) -> int:
-    """Largest size whose statistic is strictly below ``tau``; the base if none (NaN never wins)."""
-    passing = [p for p, value in stats.items() if value < tau]
+def select_patch(stats: Mapping[int, float], tau: float, base_patch: int, size_scaled: bool = False) -> int:
+    """Largest size whose statistic is strictly below its threshold; the base if none (NaN never wins).
+
+    The threshold is ``tau`` for every size, or with ``size_scaled`` ``tau * 2 * base / P``: ``tau`` for the
+    first coarse size, half of it for the next. On real trajectories the statistic of every size is
+    nearly the same (docs/method.md), so one threshold makes the coarsest size win whenever any does.
+    """
+    passing = [p for p, value in stats.items() if value < (tau * 2 * base_patch / p if size_scaled else tau)]
     return max(passing) if passing else base_patch
 
 
@@ -297,7 +304,7 @@ class AccelerationScheduler:
             self._hold -= 1
             patch = self._patch
         else:
-            patch = select_patch(stats, cfg.tau, cfg.base_patch)
+            patch = select_patch(stats, cfg.tau, cfg.base_patch, cfg.size_scaled_tau)
             if cfg.monotone and self._patch is not None:
                 patch = min(patch, self._patch)  # the ratchet: never coarser than the last step
             if self._patch is not None and patch != self._patch:
