@@ -41,9 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--guidance", type=argtypes.non_negative_float, default=None,
                       help="FLUX: embedded guidance scale (default 3.5); Wan: classifier-free guidance of the "
                            "teacher's trajectories with the negative prompt '' (default 1 = off; 5 as WanPipeline)")
-    data.add_argument("--height", type=argtypes.pixels, default=None, help="pixels (default 1024 FLUX, 480 Wan)")
-    data.add_argument("--width", type=argtypes.pixels, default=None, help="pixels (default 1024 FLUX, 832 Wan)")
-    data.add_argument("--frames", type=argtypes.frames, default=None, help="Wan only: video frames, 4k+1 (default 81)")
+    data.add_argument("--height", type=argtypes.pixels, default=None,
+                      help="pixels (default 1024 FLUX, 480 Wan; the tiny preset 128 FLUX, 96 Wan)")
+    data.add_argument("--width", type=argtypes.pixels, default=None,
+                      help="pixels (default 1024 FLUX, 832 Wan; the tiny preset 128 FLUX, 160 Wan)")
+    data.add_argument("--frames", type=argtypes.frames, default=None,
+                      help="Wan only: video frames, 4k+1 (default 81; the tiny preset 5)")
     data.add_argument("--text-len", type=argtypes.text_len, default=None, help="text tokens for prompts (default 512)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=argtypes.positive_int, default=1000, help="optimisation steps (default 1000)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..families.base import family_by_name
+from ..util import limits
 from .optim import LR_SCHEDULES
 from .pipelines import teacher_pipeline
 
@@ -61,9 +62,13 @@ class TrainConfig:
         fam = family_by_name(self.family)
         pipeline = teacher_pipeline(fam)
         self.model = self.model or fam.default_model
-        self.height = self.height or fam.default_size[0]
-        self.width = self.width or fam.default_size[1]
-        self.frames = fam.default_frames if self.frames is None else self.frames
+        geometry = fam.defaults.geometry(self.model)  # `tiny` trains at its small default size
+        # `is None`, not `or`: a height of 0 is a mistake to refuse, not a request for the default.
+        self.height = geometry["height"] if self.height is None else limits.check_int(self.height, "--height",
+                                                                                      high=limits.MAX_SIDE)
+        self.width = geometry["width"] if self.width is None else limits.check_int(self.width, "--width",
+                                                                                   high=limits.MAX_SIDE)
+        self.frames = geometry["frames"] if self.frames is None else self.frames
         self.teacher_steps = pipeline.default_steps if self.teacher_steps is None else self.teacher_steps
         self.guidance = pipeline.default_guidance if self.guidance is None else float(self.guidance)
         if self.text_len is None:
