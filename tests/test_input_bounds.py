@@ -100,3 +100,13 @@ def test_the_default_model_missing_offline_points_to_a_preset(cli, tmp_path):
         pytest.skip("FLUX.1-dev is in this machine's cache: the export would start")
     cli.refuses("flux", "--patch-sizes", "2,4", "--out", tmp_path / "out", naming=("--model tiny", "offline"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_config_refuses_a_zero_height_and_sizes_tiny_small(tmp_path):
+    from ddit_export.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="--height"):
+        TrainConfig(out=str(tmp_path / "out"), model="tiny", height=0, prompts=str(tmp_path / "p.txt"))
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    config = TrainConfig(out=str(tmp_path / "out"), model="tiny", prompts=str(tmp_path / "p.txt"))
+    assert (config.height, config.width) == (128, 128)
