@@ -159,3 +159,12 @@ def test_sizes_limit_what_the_scheduler_picks(tiny_flux_engines, tmp_path):
     trace = json.loads((tmp_path / "s" / "trace.json").read_text())
     assert trace["patch_sizes"] == [2, 4]
     assert [s["patch_size"] for s in trace["steps"]] == [2, 2, 2, 4, 4, 4]  # 8 would win without --sizes
+
+
+def test_progress_without_a_terminal_is_plain_status_lines(tiny_flux_engines, tmp_path, capsys):
+    assert generate(tiny_flux_engines, tmp_path / "out", "--tau", "1e9") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sampling: ")]
+    # one line per tenth of the work at most (6 steps: every step), each with the step's patch size
+    assert len(lines) == STEPS and lines[-1].startswith(f"sampling: {STEPS}/{STEPS} steps (100%), p8")
+    assert lines[3].startswith(f"sampling: 4/{STEPS} steps (66%), p8") and "step/s, ETA" in lines[3]
+    assert "\x1b[" not in "".join(lines)  # no terminal control codes in logs
