@@ -7,13 +7,12 @@ but the engine is wrong) exits 1 with the measured error.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from importlib import import_module
 
 from . import __version__
 from .commands.argtypes import OneLineParser
+from .util import stop
 
 # Command modules import only argparse and rich at module level (torch, diffusers and ONNX load
 # inside the handlers), so `--help` and argument errors answer at once.
@@ -64,21 +63,9 @@ def quiet_third_party() -> None:
         pass
 
 
-def terminate_like_interrupt() -> None:
-    """SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C: the `finally` blocks that
-    remove temporary folders run, instead of the process vanishing and leaving them behind."""
-    from .commands.errors import Terminated
-
-    def raise_terminated(signum, frame):
-        raise Terminated()
-
-    if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
-        signal.signal(signal.SIGTERM, raise_terminated)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    terminate_like_interrupt()
+    stop.install()  # SIGTERM unwinds like Ctrl-C, and neither can be lost (util/stop.py)
     quiet_third_party()
     return args.handler(args)
 

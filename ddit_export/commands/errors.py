@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 
+from ..util.stop import Terminated
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
@@ -17,10 +19,6 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 class CommandExit(Exception):
     def __init__(self, code: int):
         self.code = code
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised by cli.py's SIGTERM handler: unwinds (and cleans up) exactly like Ctrl-C."""
 
 
 # File-system faults that are the environment's, not a bug: full or read-only disks, permissions,

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from .stop import raise_if_stopped
+
 _held: dict[Path, int] = {}  # lock files this process holds -> nesting depth (flock would self-block)
 
 
@@ -133,6 +135,7 @@ def staged_files(out):
                 # numpy and PIL report a short write without errno or file ("4096 requested and 218 written")
                 raise OSError(f"writing the outputs for {out} failed ({err}): is the disk full? "
                               "Nothing was written") from err
+            raise_if_stopped()
             out.mkdir(parents=True, exist_ok=True)
             for item in tmp.iterdir():
                 os.replace(item, out / item.name)
@@ -153,6 +156,7 @@ def atomic_folder(target, replace: bool = False):
         tmp = _temp_sibling(target)
         try:
             yield tmp
+            raise_if_stopped()  # an interrupt swallowed on the way must not publish the output
             if target.exists():
                 if not replace:
                     raise FileExistsError(f"{target} already exists")
