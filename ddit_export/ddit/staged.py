@@ -1,0 +1,108 @@
+"""The staged layout's modules: per size an `embed` and a `head`, ONE `trunk` for every size.
+
+Built from a DDiT model without copying a base weight: the trunk holds the model's own blocks, with
+each adapted FFN linear carrying every extra size's LoRA unmerged (`stacked_lora.py`), and every
+embed/head shares the size-independent modules (time/text embeddings, output norm). So all sizes
+together cost one model plus the adapters and the small per-size modules.
+
+A call at size P runs embed[P] -> trunk(size index of P) -> head[P]; the values passed between
+the parts are named, and each part takes the names it needs (`chain`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from . import staged_flux, staged_wan
+from .merge import merged_transformer, rope_tables
+from .model import DDiTModel, adapter_name
+from .stacked_lora import stack_adapters
+
+PARTS = {"flux": staged_flux, "wan": staged_wan}
+TRUNK_OUTPUTS = ("trunk_tokens", "block_residual")
+HEAD_OUTPUT = "prediction"
+SIZE_INDEX = "size_index"
+
+
+def family_parts(family):
+    """The family's part module (`staged_flux` / `staged_wan`)."""
+    if family.name not in PARTS:
+        raise ValueError(f"the staged layout does not know the {family.name} family (have {sorted(PARTS)})")
+    return PARTS[family.name]
+
+
+class StagedModel(nn.Module):
+    """embeds[P], trunk, heads[P]; `forward(patch, latent, **conditioning)` runs the chain in eager torch."""
+
+    def __init__(self, family, sizes: list[int], embeds: dict, trunk: nn.Module, heads: dict, latent_shape,
+                 text_len: int):
+        super().__init__()
+        self.family, self.sizes = family, list(sizes)
+        self.embeds = nn.ModuleDict({str(p): m for p, m in embeds.items()})
+        self.trunk = trunk
+        self.heads = nn.ModuleDict({str(p): m for p, m in heads.items()})
+        self.latent_shape, self.text_len = tuple(latent_shape), text_len
+
+    def size_index(self, patch: int) -> torch.Tensor:
+        """The trunk's size input for `patch`: its position among the sizes (the base, 0, adds no LoRA)."""
+        return torch.tensor([self.sizes.index(patch)], dtype=torch.int64)
+
+    def forward(self, patch: int, latent: torch.Tensor, **conditioning) -> torch.Tensor:
+        return chain(self.family, self.part_callables(patch), {"latent": latent, **conditioning},
+                     self.size_index(patch).to(latent.device))["prediction"]
+
+    def part_callables(self, patch: int) -> dict:
+        return {"embed": self.embeds[str(patch)], "trunk": self.trunk, "head": self.heads[str(patch)]}
+
+
+def chain(family, parts: dict, given: dict, size_index) -> dict:
+    """Run embed -> trunk -> head, each on the named values it takes; returns every named value."""
+    fp = family_parts(family)
+    values = dict(given)
+    embed_in = {k: v for k, v in given.items() if v is not None and k != "latent"}
+    values.update(zip(fp.EMBED_OUTPUTS, _tuple(parts["embed"](given["latent"], **embed_in))))
+    values[SIZE_INDEX] = size_index
+    trunk_out = _tuple(parts["trunk"](*(values[n] for n in fp.TRUNK_INPUTS)))
+    values.update(zip(TRUNK_OUTPUTS, trunk_out))
+    head = parts["head"]
+    latent = values["latent"] if getattr(head, "residual", True) is not None else None
+    values[HEAD_OUTPUT] = head(values["trunk_tokens"], values["temb"], latent)
+    return values
+
+
+def _tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
+    """The staged modules of every attached size (plain torch, sharing the model's base weights)."""
+    fam = model.family
+    fam.check_patch_sizes(model.patch_sizes, latent_shape)
+    plain = merged_transformer(model, model.base_patch)  # the model's own tensors, peft-free
+    extra = model.extra_sizes
+    selection = stack_adapters(model.transformer, plain, extra, [adapter_name(p) for p in extra])
+    per_size = {}
+    for p in model.patch_sizes:
+        rope = rope_tables(model, p, latent_shape, text_len)
+        if p == model.base_patch:
+            per_size[p] = (getattr(plain, fam.embed_name), getattr(plain, fam.deembed_name), None, rope)
+            continue
+        mods = model.extra[str(p)]
+        # Copies, so that casting the staged model (e.g. to bf16) never touches the trainable model.
+        per_size[p] = (fam.fold_embed(mods.embed), copy.deepcopy(mods.deembed), copy.deepcopy(mods.residual), rope)
+    embeds, trunk, heads = family_parts(fam).build_parts(fam, plain, selection, per_size, latent_shape)
+    return StagedModel(fam, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
+
+
+def cast_staged(staged: StagedModel, dtype: torch.dtype) -> StagedModel:
+    """Cast to `dtype`, keeping in fp32 what the model class keeps there (as from_pretrained does)."""
+    staged.to(dtype)
+    keep = list(getattr(staged.family.model_class(), "_keep_in_fp32_modules", None) or [])
+    if dtype != torch.float32 and keep:
+        for name, param in staged.named_parameters():
+            if any(part in keep for part in name.split(".")):
+                param.data = param.data.float()
+    return staged
