@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import staged_flux, staged_wan
+from .engine import ENGINE_INPUTS
 from .merge import merged_transformer, rope_tables
 from .model import DDiTModel, adapter_name
 from .stacked_lora import stack_adapters
@@ -37,10 +38,10 @@ def family_parts(family):
 class StagedModel(nn.Module):
     """embeds[P], trunk, heads[P]; `forward(patch, latent, **conditioning)` runs the chain in eager torch."""
 
-    def __init__(self, family, sizes: list[int], embeds: dict, trunk: nn.Module, heads: dict, latent_shape,
+    def __init__(self, family, config, sizes: list[int], embeds: dict, trunk: nn.Module, heads: dict, latent_shape,
                  text_len: int):
         super().__init__()
-        self.family, self.sizes = family, list(sizes)
+        self.family, self.config, self.sizes = family, config, list(sizes)
         self.embeds = nn.ModuleDict({str(p): m for p, m in embeds.items()})
         self.trunk = trunk
         self.heads = nn.ModuleDict({str(p): m for p, m in heads.items()})
@@ -51,30 +52,31 @@ class StagedModel(nn.Module):
         return torch.tensor([self.sizes.index(patch)], dtype=torch.int64)
 
     def forward(self, patch: int, latent: torch.Tensor, **conditioning) -> torch.Tensor:
-        return chain(self.family, self.part_callables(patch), {"latent": latent, **conditioning},
-                     self.size_index(patch).to(latent.device))["prediction"]
+        given = {"latent": latent, SIZE_INDEX: self.size_index(patch).to(latent.device), **conditioning}
+        return chain(self.part_callables(patch), given)[HEAD_OUTPUT]
 
     def part_callables(self, patch: int) -> dict:
-        return {"embed": self.embeds[str(patch)], "trunk": self.trunk, "head": self.heads[str(patch)]}
+        """part -> (callable taking keyword inputs, input names, output names) for a call at `patch`."""
+        fp = family_parts(self.family)
+        embed, head = self.embeds[str(patch)], self.heads[str(patch)]
+        conditions = {n for n, _ in self.family.condition_specs(self.config, 1, 1)}
+        embed_inputs = [n for n in ENGINE_INPUTS if n == "latent" or n in conditions]  # the single engine's order
+        head_inputs = ["trunk_tokens", "temb"] + (["latent"] if head.residual is not None else [])
+        return {
+            "embed": (embed, embed_inputs, list(fp.EMBED_OUTPUTS)),
+            "trunk": (self.trunk, list(fp.TRUNK_INPUTS), list(TRUNK_OUTPUTS)),
+            "head": (head, head_inputs, [HEAD_OUTPUT]),
+        }
 
 
-def chain(family, parts: dict, given: dict, size_index) -> dict:
+def chain(parts: dict, given: dict) -> dict:
     """Run embed -> trunk -> head, each on the named values it takes; returns every named value."""
-    fp = family_parts(family)
     values = dict(given)
-    embed_in = {k: v for k, v in given.items() if v is not None and k != "latent"}
-    values.update(zip(fp.EMBED_OUTPUTS, _tuple(parts["embed"](given["latent"], **embed_in))))
-    values[SIZE_INDEX] = size_index
-    trunk_out = _tuple(parts["trunk"](*(values[n] for n in fp.TRUNK_INPUTS)))
-    values.update(zip(TRUNK_OUTPUTS, trunk_out))
-    head = parts["head"]
-    latent = values["latent"] if getattr(head, "residual", True) is not None else None
-    values[HEAD_OUTPUT] = head(values["trunk_tokens"], values["temb"], latent)
+    for part in ("embed", "trunk", "head"):
+        run, inputs, outputs = parts[part]
+        out = run(**{n: values[n] for n in inputs})
+        values.update(zip(outputs, out if isinstance(out, (tuple, list)) else (out,)))
     return values
-
-
-def _tuple(out):
-    return out if isinstance(out, tuple) else (out,)
 
 
 def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
@@ -94,7 +96,7 @@ def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
         # Copies, so that casting the staged model (e.g. to bf16) never touches the trainable model.
         per_size[p] = (fam.fold_embed(mods.embed), copy.deepcopy(mods.deembed), copy.deepcopy(mods.residual), rope)
     embeds, trunk, heads = family_parts(fam).build_parts(fam, plain, selection, per_size, latent_shape)
-    return StagedModel(fam, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
+    return StagedModel(fam, plain.config, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
 
 
 def cast_staged(staged: StagedModel, dtype: torch.dtype) -> StagedModel:

@@ -63,10 +63,10 @@ class FluxHead(nn.Module):
         self.proj_out = proj_out
         self.residual = residual
 
-    def forward(self, tokens, temb, latent=None):
+    def forward(self, trunk_tokens, temb, latent=None):
         fam, p = self.family, self.patch
         padded_shape = fam.padded_shape(self.latent_shape, p)
-        out = fam.unpack(self.proj_out(self.norm_out(tokens, temb)), p, padded_shape)
+        out = fam.unpack(self.proj_out(self.norm_out(trunk_tokens, temb)), p, padded_shape)
         if self.residual is not None:
             out = out + fam.unpack(self.residual(fam.pack(fam.pad(latent, p), p)), p, padded_shape)
         return fam.crop(out, self.latent_shape)
@@ -74,7 +74,6 @@ class FluxHead(nn.Module):
 
 EMBED_OUTPUTS = ("tokens", "text_tokens", "temb", "rope_cos", "rope_sin")
 TRUNK_INPUTS = ("tokens", "text_tokens", "temb", "rope_cos", "rope_sin", "size_index")
-HEAD_INPUTS = ("tokens", "temb", "latent")
 
 
 def build_parts(family, plain, selection, sizes_modules: dict, latent_shape):
@@ -86,6 +85,7 @@ def build_parts(family, plain, selection, sizes_modules: dict, latent_shape):
     return embeds, FluxTrunk(plain, selection), heads
 
 
-def trunk_token_axes() -> dict[str, dict[int, str]]:
-    """Which axis of each trunk input grows with the image tokens ('text+' means text + image)."""
-    return {"tokens": {1: "tokens"}, "rope_cos": {0: "text+tokens"}, "rope_sin": {0: "text+tokens"}}
+def trunk_token_axes(text_len: int) -> dict[str, dict[int, int]]:
+    """Trunk inputs whose axis grows with the image tokens: name -> {axis: extra length beside the tokens}.
+    FLUX's RoPE tables cover the text tokens, then the image tokens."""
+    return {"tokens": {1: 0}, "rope_cos": {0: text_len}, "rope_sin": {0: text_len}}

@@ -54,11 +54,11 @@ class WanHead(nn.Module):
         self.proj_out = proj_out
         self.residual = residual
 
-    def forward(self, tokens, temb, latent=None):
+    def forward(self, trunk_tokens, temb, latent=None):
         fam, p = self.family, self.patch
         b, _, f, h, w = fam.padded_shape(self.latent_shape, p)
         shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        hidden = (self.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+        hidden = (self.norm_out(trunk_tokens.float()) * (1 + scale) + shift).type_as(trunk_tokens)
         hidden = self.proj_out(hidden).reshape(b, f, h // p, w // p, 1, p, p, -1)
         out = hidden.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if self.residual is not None:
@@ -69,7 +69,6 @@ class WanHead(nn.Module):
 
 EMBED_OUTPUTS = ("tokens", "text_tokens", "temb", "timestep_proj", "rope_cos", "rope_sin")
 TRUNK_INPUTS = ("tokens", "text_tokens", "timestep_proj", "rope_cos", "rope_sin", "size_index")
-HEAD_INPUTS = ("tokens", "temb", "latent")
 
 
 def build_parts(family, plain, selection, sizes_modules: dict, latent_shape):
@@ -80,5 +79,6 @@ def build_parts(family, plain, selection, sizes_modules: dict, latent_shape):
     return embeds, WanTrunk(plain, selection), heads
 
 
-def trunk_token_axes() -> dict[str, dict[int, str]]:
-    return {"tokens": {1: "tokens"}, "rope_cos": {1: "tokens"}, "rope_sin": {1: "tokens"}}
+def trunk_token_axes(text_len: int) -> dict[str, dict[int, int]]:
+    """Trunk inputs whose axis grows with the video tokens (Wan's RoPE covers the video tokens only)."""
+    return {"tokens": {1: 0}, "rope_cos": {1: 0}, "rope_sin": {1: 0}}
