@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
                    help="comma list of onnx, aoti, trt (default: onnx, plus trt where TensorRT and CUDA are present)")
     p.add_argument("--device", help="where to trace and compile: cpu, cuda, cuda:N (default: cuda when present)")
+    p.add_argument("--layout", choices=("single", "staged"),
+                   help="single: one merged engine per size (default); staged: per size an embed and a head, "
+                        "ONE trunk shared by all sizes (all sizes in the memory of one model)")
     p.add_argument("--tau", type=float, help="the engines' default DDiT threshold (default 0.001)")
     p.add_argument("--rho", type=float, help="the engines' default percentile as a fraction (default 0.4)")
     p.add_argument("--atol", type=float, help="validation absolute tolerance, fp32 (default 1e-4)")
@@ -56,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
-                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol")
+                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout")
 
 
 def request_settings(args, family: str) -> dict:

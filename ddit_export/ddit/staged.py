@@ -38,10 +38,11 @@ def family_parts(family):
 class StagedModel(nn.Module):
     """embeds[P], trunk, heads[P]; `forward(patch, latent, **conditioning)` runs the chain in eager torch."""
 
-    def __init__(self, family, config, sizes: list[int], embeds: dict, trunk: nn.Module, heads: dict, latent_shape,
+    def __init__(self, family, transformer, sizes: list[int], embeds: dict, trunk: nn.Module, heads: dict, latent_shape,
                  text_len: int):
         super().__init__()
-        self.family, self.config, self.sizes = family, config, list(sizes)
+        self.family, self.sizes = family, list(sizes)
+        self.transformer = transformer  # the plain model whose tensors every part shares
         self.embeds = nn.ModuleDict({str(p): m for p, m in embeds.items()})
         self.trunk = trunk
         self.heads = nn.ModuleDict({str(p): m for p, m in heads.items()})
@@ -59,7 +60,7 @@ class StagedModel(nn.Module):
         """part -> (callable taking keyword inputs, input names, output names) for a call at `patch`."""
         fp = family_parts(self.family)
         embed, head = self.embeds[str(patch)], self.heads[str(patch)]
-        conditions = {n for n, _ in self.family.condition_specs(self.config, 1, 1)}
+        conditions = {n for n, _ in self.family.condition_specs(self.transformer.config, 1, 1)}
         embed_inputs = [n for n in ENGINE_INPUTS if n == "latent" or n in conditions]  # the single engine's order
         head_inputs = ["trunk_tokens", "temb"] + (["latent"] if head.residual is not None else [])
         return {
@@ -96,7 +97,7 @@ def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
         # Copies, so that casting the staged model (e.g. to bf16) never touches the trainable model.
         per_size[p] = (fam.fold_embed(mods.embed), copy.deepcopy(mods.deembed), copy.deepcopy(mods.residual), rope)
     embeds, trunk, heads = family_parts(fam).build_parts(fam, plain, selection, per_size, latent_shape)
-    return StagedModel(fam, plain.config, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
+    return StagedModel(fam, plain, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
 
 
 def cast_staged(staged: StagedModel, dtype: torch.dtype) -> StagedModel:

@@ -165,6 +165,10 @@ def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, 
 
 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
+    if req.layout == "staged":
+        from .staged_build import export_staged
+
+        return export_staged(req, reporter)
     reporter = reporter or Reporter()
     req.check_out_writable()
     old = _previous_manifest(req)
@@ -190,6 +194,7 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
                 raise RuntimeError(f"engine p{patch} has other inputs/outputs than p{req.patch_sizes[0]}: a bug")
         manifest = {
             "format": MANIFEST_FORMAT,
+            "layout": "single",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "family": req.family,
             "request": req.identity(),

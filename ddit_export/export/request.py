@@ -13,6 +13,7 @@ import torch
 from ..families.base import family_by_name
 
 BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
+LAYOUTS = ("single", "staged")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -40,6 +41,7 @@ class ExportRequest:
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
+    layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -53,6 +55,8 @@ class ExportRequest:
             self.text_len = fam.default_text_len
         if self.frames is None:
             self.frames = fam.default_frames
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)} (got {self.layout})")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
         if self.batch < 1 or self.text_len < 1:
@@ -106,7 +110,10 @@ class ExportRequest:
     def identity(self) -> dict:
         """The inputs that make an engine folder what it is (sizes and opset may be added or changed)."""
         keys = ("family", "model", "height", "width", "frames", "batch", "text_len", "dtype")
-        return {k: v for k, v in asdict(self).items() if k in keys}
+        identity = {k: v for k, v in asdict(self).items() if k in keys}
+        if self.layout != "single":  # single folders keep their identity (and stage keys) from before layouts
+            identity["layout"] = self.layout
+        return identity
 
     def check_out_writable(self) -> None:
         out = self.out_dir

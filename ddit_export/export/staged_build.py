@@ -1,0 +1,224 @@
+"""Export flow of the staged layout: per size an embed and a head graph, ONE trunk graph for all sizes.
+
+Same guarantees as the single layout (build.py): every part and the whole chain of every size is
+validated against PyTorch through Polygraphy with the same tolerances, every file is hashed into
+the manifest, the folder is written atomically, and an unchanged build is reused. The trunk holds
+the stacked adapters of every size, so a change of any size rebuilds all parts (reuse is all or
+nothing). The manifest lists one entry per size (`files`: embed, trunk, head), so tools that read
+per-size entries (inspect, bench) keep working; `layout: staged` routes backends to the chain.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..ddit.engine import PatchSizeEngine
+from ..ddit.merge import base_state_dict
+from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
+from ..families.base import config_hash
+from ..util.atomic import atomic_folder
+from .build import Reporter, _previous_manifest, _scheduler_defaults, _stage_key, load_ddit_model
+from .iospec import IOSpec
+from .manifest import (
+    MANIFEST_FORMAT,
+    ManifestError,
+    sha256_file,
+    sha256_tensors,
+    tool_versions,
+    verify_entry,
+    write_manifest,
+)
+from .onnx_export import export_onnx
+from .request import ExportRequest
+from .staged_onnx import export_dynamic_trunk, graph_io
+from .staged_validate import validate_chain, validate_trunk
+from .validate import require_valid, validate_onnx
+
+STAGED_DIR = "staged"
+# Measured on ONNX Runtime CPU (docs/staged.md): one dynamic-token trunk session beats per-size static
+# graphs sharing weights in memory and speed; pre-packing off saved memory at the same speed.
+ORT_CHOICE = {"trunk": "dynamic-token-axis", "prepacking": False, "measured_in": "docs/staged.md"}
+
+
+def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
+    reporter = reporter or Reporter()
+    if set(req.backends) != {"onnx"}:
+        raise ValueError(f"--layout staged builds onnx parts only here (asked for {', '.join(req.backends)}); "
+                         "drop --backends or use --layout single")
+    req.check_out_writable()
+    old = _previous_manifest(req)
+    model, adapters = load_ddit_model(req, reporter)
+    model.to(req.device)
+    weights_sha = sha256_tensors(base_state_dict(model.transformer))
+    key_base = {
+        "weights": weights_sha, "adapters": adapters["sha256"], "request": req.identity(), "opset": req.opset,
+        "external_data": req.external_data, "tools": tool_versions(), "format": MANIFEST_FORMAT,
+        "layout": "staged", "sizes": list(req.patch_sizes),
+    }
+    keys = {p: _stage_key(key_base, p, "onnx") for p in req.patch_sizes}
+    reporter.begin(list(req.patch_sizes))
+    with atomic_folder(req.out_dir, replace=True) as tmp:
+        entries = [_reuse_staged(old, req.out_dir, keys[p], tmp) for p in req.patch_sizes] if old else []
+        if not entries or any(e is None for e in entries):
+            shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
+            staged = build_staged(model, req.latent_shape, req.text_len)
+            entries = _build_parts(staged, req, tmp, reporter)
+        entries = [{**e, "stage_key": keys[e["patch_size"]]} for e in entries]
+        for e in entries:
+            reporter.done(e["patch_size"], e)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "layout": "staged",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "family": req.family,
+            "request": req.identity(),
+            "model": {"id": req.model, "config": dict(model.config), "config_hash": config_hash(model.config),
+                      "weights_sha256": weights_sha},
+            "adapters": adapters,
+            "base_patch": model.base_patch,
+            "patch_sizes": list(req.patch_sizes),
+            "latent_shape": list(req.latent_shape),
+            "dtype": req.dtype,
+            "opset": req.opset,
+            "io": entries[0]["io"],
+            "engines": entries,
+            "staged": {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
+                       "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"]},
+            "scheduler": _scheduler_defaults(req, old, model.base_patch, weights_sha, adapters["sha256"]),
+            "tools": tool_versions() | {"ddit-export": __version__},
+        }
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def _reuse_staged(old: dict, old_dir: Path, key: str, tmp: Path) -> dict | None:
+    """A still-valid entry of the previous build, its files hard-linked (the shared trunk once)."""
+    entry = next((e for e in old["engines"] if e.get("stage_key") == key), None)
+    if entry is None:
+        return None
+    try:
+        verify_entry(old_dir, entry)
+    except ManifestError:
+        return None
+    for rel in entry["files"]:
+        dst = tmp / rel
+        if dst.exists():  # the trunk, already carried over for another size
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(old_dir / rel, dst)
+        except OSError:
+            shutil.copy2(old_dir / rel, dst)
+    return {**entry, "reused": True}
+
+
+def _sample_inputs(staged: StagedModel, patch: int) -> dict:
+    """The single engine's sample inputs (same shapes, same seed per size), fp32."""
+    probe = PatchSizeEngine(staged.family, staged.transformer, None, patch, staged.latent_shape, staged.text_len)
+    return probe.sample_inputs(torch.float32, seed=patch)
+
+
+def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -> list[dict]:
+    """fp32: export and validate every part and chain. Half: the same on the fp32 twin, then export cast."""
+    started = time.perf_counter()
+    half = req.torch_dtype != torch.float32
+    graphs = tmp / (".twin" if half else STAGED_DIR)
+    samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
+    values = _traced_values(staged, samples)
+    validation = _export_and_validate(staged, req, graphs, samples, values, reporter)
+    if half:
+        for p in staged.sizes:
+            reporter.stage(p, f"onnx: export {req.dtype}")
+        cast_staged(staged, req.torch_dtype)
+        keep = req.family_obj.float32_inputs
+        cast = {p: {k: (v if k in keep or not v.is_floating_point() else v.to(req.torch_dtype))
+                    for k, v in vals.items()} for p, vals in values.items()}
+        _export_parts(staged, req, tmp / STAGED_DIR, cast)
+        shutil.rmtree(graphs, ignore_errors=True)
+    return [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
+
+
+def _traced_values(staged: StagedModel, samples: dict) -> dict:
+    """Every named value of the torch chain at each size (the parts' validation inputs)."""
+    from ..ddit.staged import chain
+
+    out = {}
+    with torch.no_grad():
+        for p, inputs in samples.items():
+            given = {**inputs, "size_index": staged.size_index(p).to(inputs["latent"].device)}
+            out[p] = chain(staged.part_callables(p), given)
+    return out
+
+
+def _part_inputs(staged: StagedModel, patch: int, part: str, values: dict) -> dict:
+    _, names, _ = staged.part_callables(patch)[part]
+    return {n: values[n] for n in names}
+
+
+def _export_parts(staged: StagedModel, req: ExportRequest, folder: Path, values: dict) -> None:
+    fp = family_parts(staged.family)
+    first = staged.sizes[0]
+    with torch.no_grad():
+        for p in staged.sizes:
+            for part in ("embed", "head"):
+                module, _, outputs = staged.part_callables(p)[part]
+                export_onnx(module, _part_inputs(staged, p, part, values[p]), outputs, folder / f"{part}_p{p}.onnx",
+                            opset=req.opset, external_data=req.external_data)
+        _, _, outputs = staged.part_callables(first)["trunk"]
+        export_dynamic_trunk(staged.trunk, _part_inputs(staged, first, "trunk", values[first]), outputs,
+                             folder / "trunk.onnx", fp.trunk_token_axes(staged.text_len), opset=req.opset,
+                             external_data=req.external_data)
+
+
+def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict, reporter) -> dict:
+    """Export the fp32 parts to `folder`, validate each part and each size's chain; per size the results."""
+    for p in staged.sizes:
+        reporter.stage(p, "onnx: export parts")
+    _export_parts(staged, req, folder, values)
+    tol = dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    results = {}
+    for p in staged.sizes:
+        reporter.stage(p, "onnx: validate parts and chain")
+        parts = {}
+        for part in ("embed", "head"):
+            module, _, _ = staged.part_callables(p)[part]
+            result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / f"{part}_p{p}.onnx",
+                                   **tol)
+            parts[part] = require_valid(result, f"patch size {p} {part}").to_json()
+        trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
+        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / "trunk.onnx", **tol),
+                                       f"patch size {p} trunk").to_json()
+        result = require_valid(validate_chain(staged, p, samples[p], folder, **tol), f"patch size {p} chain")
+        results[p] = {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32",
+                      "parts": parts}
+    return results
+
+
+def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, validation: dict, started) -> dict:
+    fam, shape = staged.family, staged.latent_shape
+    files = [f"{STAGED_DIR}/embed_p{patch}.onnx", f"{STAGED_DIR}/trunk.onnx", f"{STAGED_DIR}/head_p{patch}.onnx"]
+    files += [f"{f}.data" for f in files if (tmp / f"{f}.data").exists()]
+    embed, head = IOSpec.from_onnx(tmp / files[0]), IOSpec.from_onnx(tmp / files[2])
+    io = IOSpec(inputs=embed.inputs, outputs=head.outputs).to_json()
+    return {
+        "patch_size": patch,
+        "backend": "onnx",
+        "layout": "staged",
+        "files": files,
+        "sha256": [sha256_file(tmp / f) for f in files],
+        "bytes": sum((tmp / f).stat().st_size for f in files),
+        "io": io,
+        "parts_io": {part: graph_io(tmp / f) for part, f in zip(("embed", "trunk", "head"), files)},
+        "tokens": fam.tokens(shape, patch),
+        "padded_grid": list(fam.padded_shape(shape, patch)[-2:]),
+        "padding_tokens": round(fam.padding_tokens(shape, patch), 3),
+        "validation": validation,
+        "export_seconds": round(time.perf_counter() - started, 3),
+    }
