@@ -104,8 +104,7 @@ def measure(candidate: str, work: Path, sizes: list[int], rounds: int, threads: 
         for p, path in paths.items():
             o = options(candidate.endswith("prepack") or pool is None)
             if pool is not None:
-                for name, key in pool._names[path].items():  # noqa: SLF001 (the tool measures the pool itself)
-                    o.add_initializer(name, pool._values[key])
+                pool.apply(o, path, prepacking=candidate.endswith("prepack"))
             sessions[p] = ort.InferenceSession(str(path), o)
         for p in sizes:
             feeds[p].pop("size_index")

@@ -60,10 +60,10 @@ class SharedWeights:
     def shared_in(self, path: Path) -> int:
         return len(self._names.get(Path(path), {}))
 
-    def apply(self, options, path: Path) -> None:
-        """Hand `path`'s shared weights to the session options (and turn pre-packing off if any)."""
+    def apply(self, options, path: Path, prepacking: bool = False) -> None:
+        """Hand `path`'s shared weights to the session options (and turn pre-packing off, unless asked)."""
         mine = self._names.get(Path(path), {})
         for name, key in mine.items():
             options.add_initializer(name, self._values[key])
-        if mine:
+        if mine and not prepacking:
             options.add_session_config_entry("session.disable_prepacking", "1")
