@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .memory import memory_markdown
+
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
@@ -57,6 +59,7 @@ def bench_markdown(report: dict) -> str:
              f"{report['warmup']} warm-up + {report['iters']} timed round-robin rounds.", "",
              "## Per engine", ""]
     lines += engines_markdown(report["engines"])
+    lines += memory_markdown(report.get("memory", []))
     for name, reason in report.get("skipped_backends", {}).items():
         lines.append(f"\nBackend {name} skipped: {reason}")
     for note in report.get("notes", []):

@@ -52,6 +52,9 @@ class SharedWeights:
         self._arrays = {k: np.ascontiguousarray(arrays[k]) for k in shared}
         self._values = {k: OrtValue.ortvalue_from_numpy(a) for k, a in self._arrays.items()}
         self._names = {p: {n: k for n, k in m.items() if k in shared} for p, m in names.items()}
+        uses = [k for m in self._names.values() for k in m.values()]
+        # What the graphs' own copies would have cost beyond one each (what sharing saves).
+        self.duplicate_bytes = sum(self._arrays[k].nbytes for k in uses) - self.bytes
 
     @property
     def bytes(self) -> int:
