@@ -39,6 +39,7 @@ from .onnx_export import export_onnx
 from .request import ExportRequest
 from .staged_onnx import export_dynamic_trunk, graph_io
 from .staged_validate import validate_chain, validate_trunk
+from .stages import HALF_TOLERANCES
 from .validate import require_valid, validate_onnx
 
 STAGED_DIR = "staged"
@@ -49,9 +50,9 @@ ORT_CHOICE = {"trunk": "dynamic-token-axis", "prepacking": False, "measured_in":
 
 def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
-    if set(req.backends) != {"onnx"}:
-        raise ValueError(f"--layout staged builds onnx parts only here (asked for {', '.join(req.backends)}); "
-                         "drop --backends or use --layout single")
+    if "aoti" in req.backends:
+        raise ValueError("--layout staged builds onnx (and trt) parts; AOTInductor packages are single-layout only: "
+                         "drop aoti from --backends or use --layout single")
     req.check_out_writable()
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
@@ -62,17 +63,18 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
         "external_data": req.external_data, "tools": tool_versions(), "format": MANIFEST_FORMAT,
         "layout": "staged", "sizes": list(req.patch_sizes),
     }
-    keys = {p: _stage_key(key_base, p, "onnx") for p in req.patch_sizes}
+    keys = {(p, b): _stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
     reporter.begin(list(req.patch_sizes))
     with atomic_folder(req.out_dir, replace=True) as tmp:
-        entries = [_reuse_staged(old, req.out_dir, keys[p], tmp) for p in req.patch_sizes] if old else []
+        entries = [_reuse_staged(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
         if not entries or any(e is None for e in entries):
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
             staged = build_staged(model, req.latent_shape, req.text_len)
             entries = _build_parts(staged, req, tmp, reporter)
-        entries = [{**e, "stage_key": keys[e["patch_size"]]} for e in entries]
+        entries = [{**e, "stage_key": keys[e["patch_size"], e["backend"]]} for e in entries]
         for e in entries:
-            reporter.done(e["patch_size"], e)
+            if e["backend"] == "onnx":
+                reporter.done(e["patch_size"], e)
         manifest = {
             "format": MANIFEST_FORMAT,
             "layout": "staged",
@@ -142,7 +144,14 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
                     for k, v in vals.items()} for p, vals in values.items()}
         _export_parts(staged, req, tmp / STAGED_DIR, cast)
         shutil.rmtree(graphs, ignore_errors=True)
-    return [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
+    entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
+    if "trt" in req.backends:
+        from .staged_trt_stage import trt_stage
+
+        product = cast if half else values
+        tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+        entries += trt_stage(staged, req, tmp, entries, product, tolerances, reporter)
+    return entries
 
 
 def _traced_values(staged: StagedModel, samples: dict) -> dict:

@@ -17,6 +17,16 @@ from ..runtime.backends.staged_onnx import OnnxStagedChain
 from .validate import ValidationResult, compare_with_torch
 
 
+def tensor_metadata(inputs: dict) -> TensorMetadata:
+    """Polygraphy's description of torch inputs (names, dtypes, shapes)."""
+    from polygraphy.datatype import DataType
+
+    meta = TensorMetadata()
+    for name, value in inputs.items():
+        meta.add(name, dtype=DataType.from_dtype(value.dtype, "torch"), shape=tuple(value.shape))
+    return meta
+
+
 def _feed(inputs: dict) -> OrderedDict:
     return OrderedDict((k, v.detach().cpu().numpy()) for k, v in inputs.items())
 
@@ -56,15 +66,11 @@ class StagedChainRunner(BaseRunner):
 def validate_chain(staged, patch: int, inputs: dict, folder: Path, *, atol: float, rtol: float,
                    min_cosine: float) -> ValidationResult:
     """The ONNX Runtime chain of `patch` (graphs in `folder`) against the torch staged model."""
-    from polygraphy.datatype import DataType
-
     manifest = {"patch_sizes": staged.sizes, "engines": [
         {"patch_size": p, "backend": "onnx", "files": [f"embed_p{p}.onnx", "trunk.onnx", f"head_p{p}.onnx"],
          "sha256": []} for p in staged.sizes]}
     chain = OnnxStagedChain(folder, manifest, verify=False)
-    meta = TensorMetadata()
-    for name, value in inputs.items():
-        meta.add(name, dtype=DataType.from_dtype(value.dtype, "torch"), shape=tuple(value.shape))
+    meta = tensor_metadata(inputs)
 
     def reference(**kw):
         return staged(patch, kw.pop("latent"), **kw)
