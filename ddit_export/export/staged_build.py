@@ -10,6 +10,7 @@ per-size entries (inspect, bench) keep working; `layout: staged` routes backends
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -174,6 +175,18 @@ def _part_inputs(staged: StagedModel, patch: int, part: str, values: dict) -> di
 def _export_parts(staged: StagedModel, req: ExportRequest, folder: Path, values: dict) -> None:
     fp = family_parts(staged.family)
     first = staged.sizes[0]
+    # The embeds return their RoPE tables (constants) as outputs by design; the exporter's optimiser logs
+    # a warning for every such initializer it cannot deduplicate.
+    dedup_log = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")
+    level = dedup_log.level
+    dedup_log.setLevel(logging.ERROR)
+    try:
+        _export_graphs(staged, req, folder, values, fp, first)
+    finally:
+        dedup_log.setLevel(level)
+
+
+def _export_graphs(staged, req, folder: Path, values: dict, fp, first: int) -> None:
     with torch.no_grad():
         for p in staged.sizes:
             for part in ("embed", "head"):
