@@ -3,7 +3,7 @@
 Embeds and heads are static graphs like single engines (`export_onnx`). The trunk is ONE graph for
 every size with a symbolic token axis: ONNX Runtime then holds its weights once in one session
 (the alternative, one static trunk graph per size with weights shared across sessions, measured
-slower and larger on the CPU: docs/staged.md).
+slower and larger on the CPU: docs/staged.md, tools/staged_ort_trunk.py).
 """
 
 from __future__ import annotations

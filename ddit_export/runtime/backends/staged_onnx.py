@@ -40,7 +40,7 @@ class OnnxStagedChain:
         if not entries:
             raise BackendError(f"{folder}: the manifest lists no onnx staged engines; export them first")
         ort_choice = manifest.get("staged", {}).get("onnxruntime", {})
-        prepack = ort_choice.get("prepacking", False) if prepack_trunk is None else prepack_trunk
+        prepack = ort_choice.get("prepacking", True) if prepack_trunk is None else prepack_trunk
         files = {}
         for patch, entry in entries.items():
             if verify:
