@@ -6,9 +6,10 @@
   (bench/memory.py) and the process RSS the load added. The single layout's base engine alone is
   loaded too: the bar compares the staged layout with all sizes against it.
 - latency: the onnx backends of both layouts in ONE process, sizes and layouts interleaved
-  round-robin, so both see the same machine load; median ms per call, and the staged/single ratio of the medians and of the best calls.
+  round-robin, so both see the same machine load; median ms per call, and the staged/single
+  ratio of the medians and of the best calls.
 - numerics: the staged chain against the single engine of each size on the same inputs.
-Writes one JSON line per measurement and, with --markdown, the tables.
+Writes one JSON line per measurement.
 """
 
 from __future__ import annotations
