@@ -174,8 +174,11 @@ def test_wan_batch_two_with_padding_matches_the_single_engines(tmp_path):
         assert main([*common, "--layout", layout, "--out", str(tmp_path / layout)]) == 0
     entry = read_manifest(tmp_path / "staged")["engines"][1]
     assert entry["padded_grid"] == [16, 24] and entry["validation"]["passed"]
-    with get_backend("onnx", tmp_path / "single") as single, get_backend("onnx", tmp_path / "staged") as staged:
+    with get_backend("onnx", tmp_path / "single") as single, get_backend("onnx", tmp_path / "staged") as staged, \
+            get_backend("torch", tmp_path / "staged") as eager:
         latent, cond = _inputs(single)
         assert latent.shape[0] == 2
         for patch in (2, 8):
-            assert (single(patch, latent, **cond) - staged(patch, latent, **cond)).abs().max() < 1e-4
+            want = single(patch, latent, **cond)
+            assert (want - staged(patch, latent, **cond)).abs().max() < 1e-4
+            assert (want - eager(patch, latent, **cond)).abs().max() < 1e-4

@@ -96,6 +96,12 @@ def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
         mods = model.extra[str(p)]
         # Copies, so that casting the staged model (e.g. to bf16) never touches the trainable model.
         per_size[p] = (fam.fold_embed(mods.embed), copy.deepcopy(mods.deembed), copy.deepcopy(mods.residual), rope)
+    # The model's own RoPE module is never called (each embed carries its size's tables); replace it,
+    # as single engines do, so that no tensor of `plain` is left on the meta device.
+    setattr(plain, fam.rope_name, per_size[model.base_patch][3])
+    leftovers = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"staged model has unset tensors: {leftovers[:3]}")
     embeds, trunk, heads = family_parts(fam).build_parts(fam, plain, selection, per_size, latent_shape)
     return StagedModel(fam, plain, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
 
