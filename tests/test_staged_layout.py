@@ -182,3 +182,13 @@ def test_wan_batch_two_with_padding_matches_the_single_engines(tmp_path):
             want = single(patch, latent, **cond)
             assert (want - staged(patch, latent, **cond)).abs().max() < 1e-4
             assert (want - eager(patch, latent, **cond)).abs().max() < 1e-4
+
+
+def test_torch_compile_shares_one_compiled_trunk_and_matches_eager(flux_folders):
+    """One size only: each part compiles on first use, ~1 min of CPU per size here."""
+    with get_backend("torch", flux_folders / "staged") as eager, \
+            get_backend("torch-compile", flux_folders / "staged") as compiled:
+        trunks = {id(parts["trunk"][0]) for parts in compiled._parts.values()}
+        assert len(trunks) == 1, "every size must call the same compiled trunk (one set of weights)"
+        latent, cond = _inputs(eager)
+        assert (compiled(8, latent, **cond) - eager(8, latent, **cond)).abs().max() < 1e-4

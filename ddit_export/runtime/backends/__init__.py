@@ -37,6 +37,7 @@ def backend_class(name: str) -> type[Backend]:
 # name -> (module, class) for folders of the staged layout (embed/head per size, one shared trunk).
 STAGED_BACKENDS = {
     "torch": ("staged_torch", "TorchStagedBackend"),
+    "torch-compile": ("staged_torch_compile", "TorchCompileStagedBackend"),
     "onnx": ("staged_onnx", "OnnxStagedBackend"),
     "trt": ("staged_tensorrt", "TensorRTStagedBackend"),
 }
