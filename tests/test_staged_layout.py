@@ -192,3 +192,22 @@ def test_torch_compile_shares_one_compiled_trunk_and_matches_eager(flux_folders)
         assert len(trunks) == 1, "every size must call the same compiled trunk (one set of weights)"
         latent, cond = _inputs(eager)
         assert (compiled(8, latent, **cond) - eager(8, latent, **cond)).abs().max() < 1e-4
+
+
+def test_bf16_parts_agree_on_the_dtype_of_every_value_they_pass(tmp_path):
+    out = tmp_path / "bf16"
+    torch.set_num_threads(1)
+    assert main(["flux", "--model", "tiny", "--patch-sizes", "2,4", "--height", "128", "--width", "128",
+                 "--text-len", "8", "--dtype", "bf16", "--layout", "staged", "--out", str(out)]) == 0
+    for entry in read_manifest(out)["engines"]:
+        io = entry["parts_io"]
+        produced = {t["name"]: t["dtype"] for part in ("embed", "trunk") for t in io[part]["outputs"]}
+        for part in ("trunk", "head"):
+            for t in io[part]["inputs"]:
+                if t["name"] in produced:
+                    assert t["dtype"] == produced[t["name"]], (part, t)
+        assert produced["rope_cos"] == "float32" and produced["tokens"] == "bfloat16"
+        assert entry["validation"]["validated_as"] == "fp32-twin" and entry["validation"]["passed"]
+    with get_backend("torch", out) as eager:
+        latent, cond = _inputs(eager)
+        assert eager(4, latent, **cond).dtype == torch.bfloat16

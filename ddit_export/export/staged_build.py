@@ -142,8 +142,11 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
             reporter.stage(p, f"onnx: export {req.dtype}")
         cast_staged(staged, req.torch_dtype)
         keep = req.family_obj.float32_inputs
-        cast = {p: {k: (v if k in keep or not v.is_floating_point() else v.to(req.torch_dtype))
-                    for k, v in vals.items()} for p, vals in values.items()}
+        cast_samples = {p: {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
+                        for p, inputs in samples.items()}
+        # Traced again in the product dtype, so every value between parts has the dtype its producer
+        # gives it (RoPE tables stay fp32, as in single engines).
+        cast = _traced_values(staged, cast_samples)
         _export_parts(staged, req, tmp / STAGED_DIR, cast)
         shutil.rmtree(graphs, ignore_errors=True)
     entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
