@@ -2,6 +2,7 @@
 
 Weight bytes are counted from what the backend actually holds, each distinct tensor once:
 - torch backends: every parameter and buffer storage of the loaded modules (shared storages once);
+- staged AOTInductor: the one set of tensors every package's constants point at;
 - ONNX Runtime: the initializers of every graph a session was made from; for a staged folder the
   weights handed to several sessions as one value (`SharedWeights`) count once, the trunk once.
 Process RSS (CPU) and CUDA memory are measured around the load, so they include what the counting
@@ -22,15 +23,18 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _module_bytes(modules) -> int:
+def _tensor_bytes(tensors) -> int:
     seen, total = set(), 0
-    for module in modules:
-        for t in [*module.parameters(), *module.buffers()]:
-            key = (t.untyped_storage().data_ptr(), t.device)
-            if key not in seen:
-                seen.add(key)
-                total += t.untyped_storage().nbytes()
+    for t in tensors:
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
     return total
+
+
+def _module_bytes(modules) -> int:
+    return _tensor_bytes(t for module in modules for t in [*module.parameters(), *module.buffers()])
 
 
 def _graph_weight_bytes(path: Path) -> int:
@@ -53,6 +57,8 @@ def weight_bytes(backend) -> int | None:
         return _module_bytes([backend.staged])
     if hasattr(backend, "_engines") and all(isinstance(m, torch.nn.Module) for m in backend._engines.values()):
         return _module_bytes(backend._engines.values())
+    if isinstance(getattr(backend, "weights", None), dict):  # staged AOTInductor: one shared weights file
+        return _tensor_bytes(backend.weights.values())
     if hasattr(backend, "chain"):  # staged ONNX Runtime: distinct graphs, pooled weights once
         graphs = set(backend.chain.sessions)
         return sum(_graph_weight_bytes(p) for p in graphs) - backend.chain.shared.duplicate_bytes

@@ -52,9 +52,6 @@ ORT_CHOICE = {"trunk": "dynamic-token-axis", "prepacking": True, "measured_in": 
 
 def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
-    if "aoti" in req.backends:
-        raise ValueError("--layout staged builds onnx (and trt) parts; AOTInductor packages are single-layout only: "
-                         "drop aoti from --backends or use --layout single")
     req.check_out_writable()
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
@@ -150,12 +147,17 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
         _export_parts(staged, req, tmp / STAGED_DIR, cast)
         shutil.rmtree(graphs, ignore_errors=True)
     entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
+    product = cast if half else values
+    tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    if "aoti" in req.backends:
+        from .staged_aoti_stage import aoti_stage
+
+        entries += aoti_stage(staged, req, tmp, product, tolerances, reporter)
     if "trt" in req.backends:
         from .staged_trt_stage import trt_stage
 
-        product = cast if half else values
-        tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
-        entries += trt_stage(staged, req, tmp, entries, product, tolerances, reporter)
+        entries += trt_stage(staged, req, tmp, [e for e in entries if e["backend"] == "onnx"], product, tolerances,
+                             reporter)
     return entries
 
 

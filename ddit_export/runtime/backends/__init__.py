@@ -39,6 +39,7 @@ STAGED_BACKENDS = {
     "torch": ("staged_torch", "TorchStagedBackend"),
     "torch-compile": ("staged_torch_compile", "TorchCompileStagedBackend"),
     "onnx": ("staged_onnx", "OnnxStagedBackend"),
+    "aoti": ("staged_aoti", "AotiStagedBackend"),
     "trt": ("staged_tensorrt", "TensorRTStagedBackend"),
 }
 
