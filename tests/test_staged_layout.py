@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from test_ddit_model import randomise_ddit
 
 from ddit_export.cli import main
 from ddit_export.ddit.adapter_pack import save_adapter_pack
@@ -25,18 +26,9 @@ FLUX_GEOMETRY = ["--height", "128", "--width", "128", "--text-len", "8", "--dtyp
 WAN_GEOMETRY = ["--frames", "5", "--height", "96", "--width", "160", "--text-len", "8", "--dtype", "fp32"]
 
 
-def _random_adapters(model: DDiTModel, seed: int = 0) -> DDiTModel:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name or "residual" in name or "patch_vector" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
-    return model
-
-
 def _tiny_model(family: str, sizes=(2, 4, 8)) -> DDiTModel:
     fam = family_by_name(family)
-    return _random_adapters(DDiTModel(fam, fam.tiny(), list(sizes)).eval())
+    return randomise_ddit(DDiTModel(fam, fam.tiny(), list(sizes)).eval())
 
 
 @pytest.mark.parametrize("family, shape", [("flux", (1, 16, 16, 16)), ("wan", (2, 16, 2, 12, 20))])

@@ -11,29 +11,29 @@ per-size entries (inspect, bench) keep working; `layout: staged` routes backends
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..ddit.engine import PatchSizeEngine
 from ..ddit.merge import base_state_dict
 from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
-from ..families.base import config_hash
 from ..util.atomic import atomic_folder
-from .build import Reporter, _previous_manifest, _scheduler_defaults, _stage_key, load_ddit_model
+from .build import (
+    Reporter,
+    _previous_manifest,
+    _reuse,
+    _stage_key,
+    load_ddit_model,
+    manifest_record,
+    stage_key_base,
+)
 from .iospec import IOSpec
 from .manifest import (
-    MANIFEST_FORMAT,
-    ManifestError,
     sha256_file,
     sha256_tensors,
-    tool_versions,
-    verify_entry,
     write_manifest,
 )
 from .onnx_export import export_onnx
@@ -57,15 +57,11 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
     model, adapters = load_ddit_model(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
-    key_base = {
-        "weights": weights_sha, "adapters": adapters["sha256"], "request": req.identity(), "opset": req.opset,
-        "external_data": req.external_data, "tools": tool_versions(), "format": MANIFEST_FORMAT,
-        "layout": "staged", "sizes": list(req.patch_sizes),
-    }
+    key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
     keys = {(p, b): _stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
     reporter.begin(list(req.patch_sizes))
     with atomic_folder(req.out_dir, replace=True) as tmp:
-        entries = [_reuse_staged(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
+        entries = [_reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
         if not entries or any(e is None for e in entries):
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
             staged = build_staged(model, req.latent_shape, req.text_len)
@@ -74,50 +70,11 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
         for e in entries:
             if e["backend"] == "onnx":
                 reporter.done(e["patch_size"], e)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "layout": "staged",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "family": req.family,
-            "request": req.identity(),
-            "model": {"id": req.model, "config": dict(model.config), "config_hash": config_hash(model.config),
-                      "weights_sha256": weights_sha},
-            "adapters": adapters,
-            "base_patch": model.base_patch,
-            "patch_sizes": list(req.patch_sizes),
-            "latent_shape": list(req.latent_shape),
-            "dtype": req.dtype,
-            "opset": req.opset,
-            "io": entries[0]["io"],
-            "engines": entries,
-            "staged": {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
-                       "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"]},
-            "scheduler": _scheduler_defaults(req, old, model.base_patch, weights_sha, adapters["sha256"]),
-            "tools": tool_versions() | {"ddit-export": __version__},
-        }
+        manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
+        manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
+                              "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"]}
         write_manifest(tmp, manifest)
     return manifest
-
-
-def _reuse_staged(old: dict, old_dir: Path, key: str, tmp: Path) -> dict | None:
-    """A still-valid entry of the previous build, its files hard-linked (the shared trunk once)."""
-    entry = next((e for e in old["engines"] if e.get("stage_key") == key), None)
-    if entry is None:
-        return None
-    try:
-        verify_entry(old_dir, entry)
-    except ManifestError:
-        return None
-    for rel in entry["files"]:
-        dst = tmp / rel
-        if dst.exists():  # the trunk, already carried over for another size
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(old_dir / rel, dst)
-        except OSError:
-            shutil.copy2(old_dir / rel, dst)
-    return {**entry, "reused": True}
 
 
 def _sample_inputs(staged: StagedModel, patch: int) -> dict:

@@ -1,17 +1,13 @@
-"""TensorRT plans of the staged layout, built with Polygraphy from the validated fp32/product graphs.
+"""TensorRT for the staged layout: names of the plans and the trunk's optimisation profiles.
 
 - embed and head of every size: static plans, as single engines (`tensorrt.build_plan`);
 - the trunk: ONE plan from the dynamic-token trunk graph with one optimisation profile per size,
   min = opt = max = that size's shapes, so each size is tuned as a static engine while the plan
-  (and so the device) holds the block weights once.
-TensorRT is imported lazily; without it these functions raise `TensorRTUnavailable` with the reason.
+  (and so the device) holds the block weights once (`build_plan(..., profiles=trunk_profiles(...))`).
+Nothing here imports TensorRT (Polygraphy's `Profile` does not need it).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-from .tensorrt import require_tensorrt
 
 TRUNK_PLAN = "staged/trunk_trt{version}.plan"
 
@@ -42,21 +38,3 @@ def _resolve(dim, tokens: int, text_len: int) -> int:
     if name.strip() != "tokens":
         raise ValueError(f"unexpected symbolic axis {dim!r} in the trunk graph")
     return tokens + (int(extra) if extra.strip() else 0)
-
-
-def build_trunk_plan(onnx_path, plan_path, timing_cache, profiles: list, *, opt_level: int = 3) -> Path:
-    """The trunk plan: strongly typed, one profile per size, the shared timing cache."""
-    require_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
-
-    plan_path, timing_cache = Path(plan_path), Path(timing_cache)
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
-    config = CreateConfig(
-        builder_optimization_level=opt_level,
-        profiles=profiles,
-        load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
-    )
-    engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
-    save_engine(engine, path=str(plan_path))
-    return plan_path

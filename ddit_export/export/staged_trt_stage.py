@@ -12,7 +12,7 @@ from collections import OrderedDict
 from polygraphy.backend.base import BaseRunner
 
 from .manifest import sha256_file
-from .staged_tensorrt import TRUNK_PLAN, build_trunk_plan, part_plan_relpath, trunk_profiles
+from .staged_tensorrt import TRUNK_PLAN, part_plan_relpath, trunk_profiles
 from .staged_validate import tensor_metadata
 from .tensorrt import TIMING_CACHE, build_plan, device_signature, require_tensorrt
 from .validate import compare_with_torch, require_valid
@@ -59,7 +59,7 @@ def trt_stage(staged, req, tmp, onnx_entries: list[dict], values: dict, toleranc
     trunk_rel = TRUNK_PLAN.format(version=version)
     reporter.stage(sizes[0], "trt: build trunk (one profile per size)")
     profiles = trunk_profiles(onnx_entries[0]["parts_io"]["trunk"], sizes, tokens, staged.text_len)
-    build_trunk_plan(tmp / "staged/trunk.onnx", tmp / trunk_rel, cache, profiles)
+    build_plan(tmp / "staged/trunk.onnx", tmp / trunk_rel, cache, profiles=profiles)
     module = staged.cuda()
     entries = []
     for index, p in enumerate(sizes):
