@@ -106,7 +106,8 @@ class RichReporter:
 
 def summary_table(manifest: dict, out) -> Table:
     shape = manifest["latent_shape"]
-    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {shape})")
+    staged = ", staged layout" if manifest.get("layout") == "staged" else ""
+    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {shape}{staged})")
     if manifest["dtype"] != "fp32":
         table.caption = ("* validated through the fp32 twin of the same merged module "
                          "(ONNX Runtime CPU has no half math)")
@@ -121,7 +122,10 @@ def summary_table(manifest: dict, out) -> Table:
         if e.get("padding_tokens"):
             share = e["padding_tokens"] / (e["tokens"] - e["padding_tokens"])
             tokens += f" (pad {e['padded_grid'][0]}x{e['padded_grid'][1]}: +{share:.0%})"
-        table.add_row(str(e["patch_size"]), e["backend"], tokens, e["files"][0], human_bytes(e["bytes"]), verdict,
+        # A staged entry is a chain: embed, the shared trunk, head.
+        staged_chain = e.get("layout") == "staged"
+        file = " + ".join(f.rsplit("/", 1)[-1] for f in e["files"][:3]) if staged_chain else e["files"][0]
+        table.add_row(str(e["patch_size"]), e["backend"], tokens, file, human_bytes(e["bytes"]), verdict,
                       seconds)
     return table
 
