@@ -223,3 +223,19 @@ def test_aoti_packages_share_one_weights_file_and_match_onnx(tmp_path):
         latent, cond = _inputs(ref)
         for patch in (2, 8):
             assert (aoti(patch, latent, **cond) - ref(patch, latent, **cond)).abs().max() < 1e-4
+
+
+def test_bench_reports_resident_weights_per_layout(flux_folders, tmp_path):
+    rows = {}
+    for layout in ("single", "staged"):
+        out = tmp_path / layout
+        assert main(["bench", str(flux_folders / layout), "--backends", "onnx,torch", "--warmup", "0", "--iters", "1",
+                     "--no-e2e", "--out", str(out)]) == 0
+        report = json.loads((out / "bench.json").read_text())
+        rows.update({(m["layout"], m["backend"]): m for m in report["memory"]})
+        assert "Resident memory after loading all sizes" in (out / "bench.md").read_text()
+    for backend in ("onnx", "torch"):
+        single, staged = rows["single", backend], rows["staged", backend]
+        assert single["sizes"] == staged["sizes"] == [2, 4, 8]
+        assert 0 < staged["weight_bytes"] < single["weight_bytes"], backend
+        assert staged["rss_load_bytes"] > 0
