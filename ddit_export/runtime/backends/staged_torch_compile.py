@@ -38,6 +38,6 @@ class TorchCompileStagedBackend(TorchStagedBackend):
         if patch not in self._parts:
             raise self._engine_missing(patch)
         given = {k: v.to(self.device) for k, v in feeds.items()}
-        given[SIZE_INDEX] = self.staged.size_index(patch).to(self.device)
+        given[SIZE_INDEX] = self.staged.sizes.index(patch)  # an int: one graph per size, the base without LoRA
         with torch.no_grad():
             return chain(self._parts[patch], given)[HEAD_OUTPUT].to(out_device)
