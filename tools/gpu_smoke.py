@@ -41,24 +41,30 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--layout", default="single", choices=("single", "staged"),
+                   help="staged: per size an embed and a head, one trunk plan with a profile per size")
     return p.parse_args(argv)
 
 
 def build(args) -> dict:
-    backends = ["onnx", "aoti"] + ([] if unavailable_reason() else ["trt"])
+    backends = ["onnx"] + (["aoti"] if args.layout == "single" else []) + ([] if unavailable_reason() else ["trt"])
     request = ExportRequest(
         family="flux", model="smoke", patch_sizes=tuple(int(p) for p in args.sizes.split(",")),
         height=args.height, width=args.width, text_len=512, dtype=args.dtype, out=args.out,
-        backends=tuple(backends), device="cuda",
+        backends=tuple(backends), device="cuda", layout=args.layout,
     )
     return export_engines(request)
 
 
 def load_backends(folder) -> tuple[dict, dict]:
+    from ddit_export.bench.memory import memory_row, rss_bytes
+
     loaded, skipped = {}, {}
     for name in TIMED_BACKENDS:
         try:
+            before = rss_bytes()
             loaded[name] = get_backend(name, folder, device="cuda")
+            loaded[name].memory = memory_row(loaded[name], before, rss_bytes())
         except Exception as err:
             skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return loaded, skipped
@@ -83,6 +89,7 @@ def main(argv=None) -> int:
     manifest = build(args)
     backends, skipped = load_backends(args.out)
     rows = engine_latency(args.out, backends, warmup=args.warmup, iters=args.iters, device="cuda")
+    memory = [b.memory for b in backends.values()]
     for backend in backends.values():
         backend.close()
     report = {
@@ -91,7 +98,7 @@ def main(argv=None) -> int:
         "latent_shape": manifest["latent_shape"], "dtype": manifest["dtype"],
         "validation": [{k: e[k] for k in ("patch_size", "backend", "tokens", "validation", "export_seconds")}
                        for e in manifest["engines"]],
-        "latency": rows, "skipped_backends": skipped,
+        "latency": rows, "memory": memory, "skipped_backends": skipped, "layout": args.layout,
     }
     path = Path(args.json or Path(args.out) / "smoke.json")
     path.write_text(json.dumps(report, indent=2))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..util.atomic import write_text_atomic
+from .memory import memory_markdown
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -60,6 +61,7 @@ def bench_markdown(report: dict) -> str:
              f"{report['warmup']} warm-up + {report['iters']} timed round-robin rounds.", "",
              "## Per engine", ""]
     lines += engines_markdown(report["engines"])
+    lines += memory_markdown(report.get("memory", []))
     for name, reason in report.get("skipped_backends", {}).items():
         lines.append(f"\nBackend {name} skipped: {reason}")
     for note in report.get("notes", []):

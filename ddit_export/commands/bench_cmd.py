@@ -78,10 +78,14 @@ def load_backends(folder: Path, manifest: dict, names: list[str] | None, device,
     names = names if explicit else manifest_backends(manifest)
     for name in names:
         backend_class(name)  # unknown name -> the list of backends, before loading anything
+    from ..bench.memory import memory_row, rss_bytes
+
     loaded, skipped = {}, {}
     for name in names:
         try:
+            before = rss_bytes()
             loaded[name] = get_backend(name, folder, device=device)
+            loaded[name].memory = memory_row(loaded[name], before, rss_bytes())  # RSS of this load alone
         except BackendError as err:
             if explicit:
                 raise
@@ -137,6 +141,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         "text_len": manifest["request"]["text_len"], "device": str(device), "clock": Stopwatch(device).kind,
         "warmup": args.warmup, "iters": args.iters, "backends": list(backends), "skipped_backends": skipped,
         "engines": rows, "end_to_end": e2e, "peer": peer, "notes": notes, "tools": tool_versions(),
+        "memory": [b.memory for b in backends.values()],
     }
     with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
         written = [report.write_json(staging / "bench.json", result),
@@ -189,6 +194,10 @@ def _print(console: Console, result: dict, written: list[Path]) -> None:
                       f"{r['mean_ms']:.4g}", f"{r['p95_ms']:.4g}", f"{r['flops_per_s'] / 1e9:.3g}",
                       "n/a" if sp is None else f"{sp:.2f}x")
     console.print(table)
+    for m in result.get("memory", []):
+        weights = "n/a" if m["weight_bytes"] is None else f"{m['weight_bytes'] / 2**20:.1f} MiB"
+        console.print(f"resident after loading sizes {m['sizes']} ({m['backend']}, {m['layout']} layout): "
+                      f"weights {weights}, process RSS +{m['rss_load_bytes'] / 2**20:.1f} MiB")
     e2e = result["end_to_end"]
     if e2e and "skipped" not in e2e:
         for mode, s in e2e["modes"].items():

@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
                    help="comma list of onnx, aoti, trt (default: onnx, plus trt where TensorRT and CUDA are present)")
     p.add_argument("--device", help="where to trace and compile: cpu, cuda, cuda:N (default: cuda when present)")
+    p.add_argument("--layout",  # checked by the request: a bad value gets one line, not argparse's usage
+                   help="single: one merged engine per size (default); staged: per size an embed and a head, "
+                        "ONE trunk shared by all sizes (all sizes in the memory of one model)")
     p.add_argument("--tau", type=argtypes.tau, help="the engines' default DDiT threshold (default 0.001)")
     p.add_argument("--rho", type=argtypes.rho, help="the engines' default percentile as a fraction (default 0.4)")
     p.add_argument("--atol", type=argtypes.positive_float, help="validation absolute tolerance, fp32 (default 1e-4)")
@@ -65,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
-                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol")
+                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout")
 
 
 def request_settings(args, family: str) -> dict:
@@ -112,7 +115,8 @@ class RichReporter:
 
 def summary_table(manifest: dict, out) -> Table:
     shape = manifest["latent_shape"]
-    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {shape})")
+    staged = ", staged layout" if manifest.get("layout") == "staged" else ""
+    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {shape}{staged})")
     if manifest["dtype"] != "fp32":
         table.caption = ("* validated through the fp32 twin of the same merged module "
                          "(ONNX Runtime CPU has no half math)")
@@ -127,7 +131,11 @@ def summary_table(manifest: dict, out) -> Table:
         if e.get("padding_tokens"):
             share = e["padding_tokens"] / (e["tokens"] - e["padding_tokens"])
             tokens += f" (pad {e['padded_grid'][0]}x{e['padded_grid'][1]}: +{share:.0%})"
-        table.add_row(str(e["patch_size"]), tokens, e["files"][0], human_bytes(e["bytes"]), f"{v['max_abs_err']:.1e}",
+        # A staged entry is a chain: embed, the shared trunk, head (the backend named before it).
+        staged_chain = e.get("layout") == "staged"
+        file = (f"{e['backend']}: " + " + ".join(f.rsplit("/", 1)[-1] for f in e["files"][:3]) if staged_chain
+                else e["files"][0])
+        table.add_row(str(e["patch_size"]), tokens, file, human_bytes(e["bytes"]), f"{v['max_abs_err']:.1e}",
                       f"{v['cosine']:.5f}{twin}", seconds)
     return table
 

@@ -115,15 +115,22 @@ def _reuse(old: dict | None, old_dir: Path, key: str, tmp: Path) -> dict | None:
             verify_entry(old_dir, entry)
         except ManifestError:
             return None
-        for rel in entry["files"]:
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(old_dir / rel, dst)
-            except OSError:
-                shutil.copy2(old_dir / rel, dst)
+        carry_files(old_dir, entry["files"], tmp)
         return {**entry, "reused": True}
     return None
+
+
+def carry_files(old_dir: Path, files: list[str], tmp: Path) -> None:
+    """Hard-link (or copy) files of the previous build into the new folder; one already there is kept."""
+    for rel in files:
+        dst = tmp / rel
+        if dst.exists():  # a file several entries share (the staged layout's trunk)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(old_dir / rel, dst)
+        except OSError:
+            shutil.copy2(old_dir / rel, dst)
 
 
 def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base, reporter) -> list[dict]:
@@ -144,6 +151,38 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base
             if "trt" in entries and entries["trt"] is None:
                 entries["trt"] = trt_stage(job, entries["onnx"])
     return [{**entries[b], "stage_key": keys[b]} for b in req.backends]
+
+
+def stage_key_base(req: ExportRequest, weights_sha: str, adapters: dict) -> dict:
+    """What every artifact of an export depends on (each stage key adds its size and backend)."""
+    return {
+        "weights": weights_sha, "adapters": adapters["sha256"], "request": req.identity(), "opset": req.opset,
+        "external_data": req.external_data, "tools": tool_versions(), "format": MANIFEST_FORMAT,
+    }
+
+
+def manifest_record(req: ExportRequest, model, adapters: dict, weights_sha: str, old, layout: str, io: dict,
+                    entries: list[dict]) -> dict:
+    """The manifest of a finished export (both layouts)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "layout": layout,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "family": req.family,
+        "request": req.identity(),
+        "model": {"id": req.model, "config": dict(model.config), "config_hash": config_hash(model.config),
+                  "weights_sha256": weights_sha},
+        "adapters": adapters,
+        "base_patch": model.base_patch,
+        "patch_sizes": list(req.patch_sizes),
+        "latent_shape": list(req.latent_shape),
+        "dtype": req.dtype,
+        "opset": req.opset,
+        "io": io,
+        "engines": entries,
+        "scheduler": _scheduler_defaults(req, old, model.base_patch, weights_sha, adapters["sha256"]),
+        "tools": tool_versions() | {"ddit-export": __version__},
+    }
 
 
 def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, dict]:
@@ -173,6 +212,10 @@ def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, 
 
 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
+    if req.layout == "staged":
+        from .staged_build import export_staged
+
+        return export_staged(req, reporter)
     reporter = reporter or Reporter()
     req.check_out_writable()
     # One writer per --out from reading the old manifest to the final rename: a concurrent export
@@ -186,10 +229,7 @@ def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
     model, adapters = load_ddit_model(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))  # the base model, not adapters
-    key_base = {
-        "weights": weights_sha, "adapters": adapters["sha256"], "request": req.identity(), "opset": req.opset,
-        "external_data": req.external_data, "tools": tool_versions(), "format": MANIFEST_FORMAT,
-    }
+    key_base = stage_key_base(req, weights_sha, adapters)
     reporter.begin(list(req.patch_sizes))
     entries, specs = [], {}
     with atomic_folder(req.out_dir, replace=True) as tmp:
@@ -203,23 +243,6 @@ def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
         for patch, spec in specs.items():
             if spec.to_json() != reference.to_json():
                 raise RuntimeError(f"engine p{patch} has other inputs/outputs than p{req.patch_sizes[0]}: a bug")
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "family": req.family,
-            "request": req.identity(),
-            "model": {"id": req.model, "config": dict(model.config), "config_hash": config_hash(model.config),
-                      "weights_sha256": weights_sha},
-            "adapters": adapters,
-            "base_patch": model.base_patch,
-            "patch_sizes": list(req.patch_sizes),
-            "latent_shape": list(req.latent_shape),
-            "dtype": req.dtype,
-            "opset": req.opset,
-            "io": reference.to_json(),
-            "engines": entries,
-            "scheduler": _scheduler_defaults(req, old, model.base_patch, weights_sha, adapters["sha256"]),
-            "tools": tool_versions() | {"ddit-export": __version__},
-        }
+        manifest = manifest_record(req, model, adapters, weights_sha, old, "single", reference.to_json(), entries)
         write_manifest(tmp, manifest)
     return manifest

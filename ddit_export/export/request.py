@@ -15,6 +15,7 @@ from ..util.atomic import check_writable
 from ..util.devices import parse_device
 
 BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
+LAYOUTS = ("single", "staged")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -44,6 +45,7 @@ class ExportRequest:
     scheduler_sizes: tuple[int, ...] | None = None  # sizes the default schedule may pick; None: every size
     rule: str | None = None  # the engines' default dynamic rule (runtime/rules.py); None: DEFAULT_RULE
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
+    layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
 
     def __post_init__(self):
         if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):
@@ -72,6 +74,8 @@ class ExportRequest:
         self.batch = limits.check_int(self.batch, "--batch", high=limits.MAX_BATCH)
         self.text_len = limits.check_int(self.text_len, "--text-len", high=limits.MAX_TEXT_LEN)
         self.opset = limits.check_int(self.opset, "--opset")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)} (got {self.layout})")
         if self.opset < 20:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
         fam.check_image_size(self.height, self.width, self.frames)
@@ -130,7 +134,10 @@ class ExportRequest:
     def identity(self) -> dict:
         """The inputs that make an engine folder what it is (sizes and opset may be added or changed)."""
         keys = ("family", "model", "height", "width", "frames", "batch", "text_len", "dtype")
-        return {k: v for k, v in asdict(self).items() if k in keys}
+        identity = {k: v for k, v in asdict(self).items() if k in keys}
+        if self.layout != "single":  # single folders keep their identity (and stage keys) from before layouts
+            identity["layout"] = self.layout
+        return identity
 
     def check_out_writable(self) -> None:
         check_writable(self.out_dir)

@@ -80,8 +80,11 @@ def shared_activation_bytes(per_engine_bytes) -> int:
     return max(aligned(n) for n in sizes)
 
 
-def build_plan(onnx_path, plan_path, timing_cache, *, opt_level: int = 3, workspace_bytes: int | None = None) -> Path:
-    """Parse the ONNX graph strongly typed, build at `opt_level`, update the shared timing cache."""
+def build_plan(onnx_path, plan_path, timing_cache, *, opt_level: int = 3, workspace_bytes: int | None = None,
+               profiles: list | None = None) -> Path:
+    """Parse the ONNX graph strongly typed, build at `opt_level`, update the shared timing cache.
+
+    `profiles`: Polygraphy `Profile`s for a graph with symbolic axes (the staged layout's trunk)."""
     require_tensorrt()
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
@@ -93,6 +96,7 @@ def build_plan(onnx_path, plan_path, timing_cache, *, opt_level: int = 3, worksp
     config = CreateConfig(
         builder_optimization_level=opt_level,
         memory_pool_limits=pools,
+        profiles=profiles,
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )
     engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))

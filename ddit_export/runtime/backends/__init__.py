@@ -34,9 +34,28 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(import_module(f"{__name__}.{module}"), cls)
 
 
+# name -> (module, class) for folders of the staged layout (embed/head per size, one shared trunk).
+STAGED_BACKENDS = {
+    "torch": ("staged_torch", "TorchStagedBackend"),
+    "torch-compile": ("staged_torch_compile", "TorchCompileStagedBackend"),
+    "onnx": ("staged_onnx", "OnnxStagedBackend"),
+    "aoti": ("staged_aoti", "AotiStagedBackend"),
+    "trt": ("staged_tensorrt", "TensorRTStagedBackend"),
+}
+
+
 def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", **options) -> Backend:
     """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``."""
-    return backend_class(name).load(folder, device, **options)
+    from ...export.manifest import read_manifest
+
+    single = backend_class(name)  # refuses unknown names before touching the folder
+    manifest = read_manifest(folder)
+    if manifest.get("layout", "single") == "staged":  # folders from before layouts are single
+        if name not in STAGED_BACKENDS:
+            raise BackendError(f"backend '{name}' does not run staged folders; use one of {', '.join(STAGED_BACKENDS)}")
+        module, cls = STAGED_BACKENDS[name]
+        return getattr(import_module(f"{__name__}.{module}"), cls)(folder, manifest, device, **options)
+    return single.load(folder, device, **options)
 
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "available_backends", "backend_class", "get_backend"]

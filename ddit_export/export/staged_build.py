@@ -1,0 +1,209 @@
+"""Export flow of the staged layout: per size an embed and a head graph, ONE trunk graph for all sizes.
+
+Same guarantees as the single layout (build.py): every part and the whole chain of every size is
+validated against PyTorch through Polygraphy with the same tolerances, every file is hashed into
+the manifest, the folder is written atomically, and an unchanged build is reused. The trunk holds
+the stacked adapters of every size, so a change of any size rebuilds all parts (reuse is all or
+nothing). The manifest lists one entry per size (`files`: embed, trunk, head), so tools that read
+per-size entries (inspect, bench) keep working; `layout: staged` routes backends to the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..ddit.engine import PatchSizeEngine
+from ..ddit.merge import base_state_dict
+from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
+from ..util.atomic import atomic_folder
+from .build import (
+    Reporter,
+    _previous_manifest,
+    _reuse,
+    _stage_key,
+    load_ddit_model,
+    manifest_record,
+    stage_key_base,
+)
+from .iospec import IOSpec
+from .manifest import (
+    sha256_file,
+    sha256_tensors,
+    write_manifest,
+)
+from .onnx_export import export_onnx
+from .request import ExportRequest
+from .staged_onnx import export_dynamic_trunk, graph_io
+from .staged_validate import validate_chain, validate_trunk
+from .stages import HALF_TOLERANCES
+from .validate import require_valid, validate_onnx
+
+STAGED_DIR = "staged"
+# Measured on ONNX Runtime CPU (docs/staged.md): one dynamic-token trunk session beats per-size static
+# graphs sharing weights in memory and speed. The trunk is one session, so pre-packing copies nothing
+# twice; it is kept on (as in single engines) for speed. Embeds/heads share weights, so theirs is off.
+ORT_CHOICE = {"trunk": "dynamic-token-axis", "prepacking": True, "measured_in": "docs/staged.md"}
+
+
+def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
+    reporter = reporter or Reporter()
+    req.check_out_writable()
+    old = _previous_manifest(req)
+    model, adapters = load_ddit_model(req, reporter)
+    model.to(req.device)
+    weights_sha = sha256_tensors(base_state_dict(model.transformer))
+    key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
+    keys = {(p, b): _stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
+    reporter.begin(list(req.patch_sizes))
+    with atomic_folder(req.out_dir, replace=True) as tmp:
+        entries = [_reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
+        if not entries or any(e is None for e in entries):
+            shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
+            staged = build_staged(model, req.latent_shape, req.text_len)
+            entries = _build_parts(staged, req, tmp, reporter)
+        entries = [{**e, "stage_key": keys[e["patch_size"], e["backend"]]} for e in entries]
+        for e in entries:
+            if e["backend"] == "onnx":
+                reporter.done(e["patch_size"], e)
+        manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
+        manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
+                              "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"]}
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def _sample_inputs(staged: StagedModel, patch: int) -> dict:
+    """The single engine's sample inputs (same shapes, same seed per size), fp32."""
+    probe = PatchSizeEngine(staged.family, staged.transformer, None, patch, staged.latent_shape, staged.text_len)
+    return probe.sample_inputs(torch.float32, seed=patch)
+
+
+def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -> list[dict]:
+    """fp32: export and validate every part and chain. Half: the same on the fp32 twin, then export cast."""
+    started = time.perf_counter()
+    half = req.torch_dtype != torch.float32
+    graphs = tmp / (".twin" if half else STAGED_DIR)
+    samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
+    values = _traced_values(staged, samples)
+    validation = _export_and_validate(staged, req, graphs, samples, values, reporter)
+    if half:
+        for p in staged.sizes:
+            reporter.stage(p, f"onnx: export {req.dtype}")
+        cast_staged(staged, req.torch_dtype)
+        keep = req.family_obj.float32_inputs
+        cast_samples = {p: {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
+                        for p, inputs in samples.items()}
+        # Traced again in the product dtype, so every value between parts has the dtype its producer
+        # gives it (RoPE tables stay fp32, as in single engines).
+        cast = _traced_values(staged, cast_samples)
+        _export_parts(staged, req, tmp / STAGED_DIR, cast)
+        shutil.rmtree(graphs, ignore_errors=True)
+    entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
+    product = cast if half else values
+    tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    if "aoti" in req.backends:
+        from .staged_aoti_stage import aoti_stage
+
+        entries += aoti_stage(staged, req, tmp, product, tolerances, reporter)
+    if "trt" in req.backends:
+        from .staged_trt_stage import trt_stage
+
+        entries += trt_stage(staged, req, tmp, [e for e in entries if e["backend"] == "onnx"], product, tolerances,
+                             reporter)
+    return entries
+
+
+def _traced_values(staged: StagedModel, samples: dict) -> dict:
+    """Every named value of the torch chain at each size (the parts' validation inputs)."""
+    from ..ddit.staged import chain
+
+    out = {}
+    with torch.no_grad():
+        for p, inputs in samples.items():
+            given = {**inputs, "size_index": staged.size_index(p).to(inputs["latent"].device)}
+            out[p] = chain(staged.part_callables(p), given)
+    return out
+
+
+def _part_inputs(staged: StagedModel, patch: int, part: str, values: dict) -> dict:
+    _, names, _ = staged.part_callables(patch)[part]
+    return {n: values[n] for n in names}
+
+
+def _export_parts(staged: StagedModel, req: ExportRequest, folder: Path, values: dict) -> None:
+    fp = family_parts(staged.family)
+    first = staged.sizes[0]
+    # The embeds return their RoPE tables (constants) as outputs by design; the exporter's optimiser logs
+    # a warning for every such initializer it cannot deduplicate.
+    dedup_log = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")
+    level = dedup_log.level
+    dedup_log.setLevel(logging.ERROR)
+    try:
+        _export_graphs(staged, req, folder, values, fp, first)
+    finally:
+        dedup_log.setLevel(level)
+
+
+def _export_graphs(staged, req, folder: Path, values: dict, fp, first: int) -> None:
+    with torch.no_grad():
+        for p in staged.sizes:
+            for part in ("embed", "head"):
+                module, _, outputs = staged.part_callables(p)[part]
+                export_onnx(module, _part_inputs(staged, p, part, values[p]), outputs, folder / f"{part}_p{p}.onnx",
+                            opset=req.opset, external_data=req.external_data)
+        _, _, outputs = staged.part_callables(first)["trunk"]
+        export_dynamic_trunk(staged.trunk, _part_inputs(staged, first, "trunk", values[first]), outputs,
+                             folder / "trunk.onnx", fp.trunk_token_axes(staged.text_len), opset=req.opset,
+                             external_data=req.external_data)
+
+
+def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict, reporter) -> dict:
+    """Export the fp32 parts to `folder`, validate each part and each size's chain; per size the results."""
+    for p in staged.sizes:
+        reporter.stage(p, "onnx: export parts")
+    _export_parts(staged, req, folder, values)
+    tol = dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    results = {}
+    for p in staged.sizes:
+        reporter.stage(p, "onnx: validate parts and chain")
+        parts = {}
+        for part in ("embed", "head"):
+            module, _, _ = staged.part_callables(p)[part]
+            result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / f"{part}_p{p}.onnx",
+                                   **tol)
+            parts[part] = require_valid(result, f"patch size {p} {part}").to_json()
+        trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
+        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / "trunk.onnx", **tol),
+                                       f"patch size {p} trunk").to_json()
+        result = require_valid(validate_chain(staged, p, samples[p], folder, **tol), f"patch size {p} chain")
+        results[p] = {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32",
+                      "parts": parts}
+    return results
+
+
+def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, validation: dict, started) -> dict:
+    fam, shape = staged.family, staged.latent_shape
+    files = [f"{STAGED_DIR}/embed_p{patch}.onnx", f"{STAGED_DIR}/trunk.onnx", f"{STAGED_DIR}/head_p{patch}.onnx"]
+    files += [f"{f}.data" for f in files if (tmp / f"{f}.data").exists()]
+    embed, head = IOSpec.from_onnx(tmp / files[0]), IOSpec.from_onnx(tmp / files[2])
+    io = IOSpec(inputs=embed.inputs, outputs=head.outputs).to_json()
+    return {
+        "patch_size": patch,
+        "backend": "onnx",
+        "layout": "staged",
+        "files": files,
+        "sha256": [sha256_file(tmp / f) for f in files],
+        "bytes": sum((tmp / f).stat().st_size for f in files),
+        "io": io,
+        "parts_io": {part: graph_io(tmp / f) for part, f in zip(("embed", "trunk", "head"), files)},
+        "tokens": fam.tokens(shape, patch),
+        "padded_grid": list(fam.padded_shape(shape, patch)[-2:]),
+        "padding_tokens": round(fam.padding_tokens(shape, patch), 3),
+        "validation": validation,
+        "export_seconds": round(time.perf_counter() - started, 3),
+    }

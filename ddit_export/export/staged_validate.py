@@ -1,0 +1,82 @@
+"""Polygraphy validation of the staged layout's trunk (a graph with a symbolic token axis, which
+`validate_onnx`'s static I/O spec refuses) and of the whole ONNX Runtime chain of one size."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import onnxruntime
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.common import TensorMetadata
+from polygraphy.logger import G_LOGGER
+
+from ..runtime.backends.staged_onnx import OnnxStagedChain
+from .validate import ValidationResult, compare_with_torch
+
+
+def tensor_metadata(inputs: dict) -> TensorMetadata:
+    """Polygraphy's description of torch inputs (names, dtypes, shapes)."""
+    from polygraphy.datatype import DataType
+
+    meta = TensorMetadata()
+    for name, value in inputs.items():
+        meta.add(name, dtype=DataType.from_dtype(value.dtype, "torch"), shape=tuple(value.shape))
+    return meta
+
+
+def _feed(inputs: dict) -> OrderedDict:
+    return OrderedDict((k, v.detach().cpu().numpy()) for k, v in inputs.items())
+
+
+def validate_trunk(trunk, inputs: dict, path: Path, *, atol: float, rtol: float, min_cosine: float) -> ValidationResult:
+    """The trunk graph at one size's token count against the torch trunk, on the same inputs."""
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        session = SessionFromOnnx(str(path), providers=["CPUExecutionProvider"])()
+        runner = OnnxrtRunner(session, name="onnxruntime")
+        backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
+        outputs = [o.name for o in session.get_outputs()]
+        return compare_with_torch(runner, trunk, inputs, _feed(inputs), outputs, backend,
+                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+class StagedChainRunner(BaseRunner):
+    """Polygraphy runner for one size's embed -> trunk -> head chain in ONNX Runtime."""
+
+    def __init__(self, chain: OnnxStagedChain, patch: int, metadata: TensorMetadata, output: str = "prediction"):
+        super().__init__(name="onnxruntime-chain", prefix="staged-chain")
+        self.chain, self.patch, self.metadata, self.output = chain, patch, metadata, output
+
+    def activate_impl(self) -> None: ...
+
+    def deactivate_impl(self) -> None: ...
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self.metadata
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        values = self.chain.run(self.patch, dict(feed_dict))
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict([(self.output, values[self.output])])
+
+
+def validate_chain(staged, patch: int, inputs: dict, folder: Path, *, atol: float, rtol: float,
+                   min_cosine: float) -> ValidationResult:
+    """The ONNX Runtime chain of `patch` (graphs in `folder`) against the torch staged model."""
+    manifest = {"patch_sizes": staged.sizes, "engines": [
+        {"patch_size": p, "backend": "onnx", "files": [f"embed_p{p}.onnx", "trunk.onnx", f"head_p{p}.onnx"],
+         "sha256": []} for p in staged.sizes]}
+    chain = OnnxStagedChain(folder, manifest, verify=False)
+    meta = tensor_metadata(inputs)
+
+    def reference(**kw):
+        return staged(patch, kw.pop("latent"), **kw)
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        runner = StagedChainRunner(chain, patch, meta)
+        backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider (embed -> trunk -> head)"
+        return compare_with_torch(runner, reference, inputs, _feed(inputs), ["prediction"], backend,
+                                  atol=atol, rtol=rtol, min_cosine=min_cosine)

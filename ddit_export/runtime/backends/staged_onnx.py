@@ -1,0 +1,104 @@
+"""ONNX Runtime backend of a staged folder: embed[P] -> ONE trunk session -> head[P].
+
+The trunk graph has a symbolic token axis, so one session serves every size and holds the block
+weights once (chosen by measurement over per-size static graphs sharing weights: docs/staged.md).
+The size-independent weights that every embed and head repeat (time/text embeddings, output norm)
+are handed to their sessions once (`ort_shared_weights.py`). Values pass between the parts by name;
+each part takes the names its graph declares. Same interface as the single layout's backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...export.manifest import verify_entry
+from .base import Backend, BackendError
+from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
+from .ort_shared_weights import SharedWeights
+
+PARTS = ("embed", "trunk", "head")
+
+
+def staged_entries(manifest: dict, backend: str) -> dict[int, dict]:
+    """patch size -> the staged entry of one backend (files: embed, trunk, head)."""
+    return {int(e["patch_size"]): e for e in manifest["engines"] if e["backend"] == backend}
+
+
+class OnnxStagedChain:
+    """The sessions of a staged folder and the chain that runs them on numpy feeds."""
+
+    def __init__(self, folder, manifest: dict, providers=(CPU_PROVIDER,), prepack_trunk: bool | None = None,
+                 verify: bool = True):
+        """`verify=False` only for the export's own validation, before the files are hashed."""
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        entries = staged_entries(manifest, "onnx")
+        if not entries:
+            raise BackendError(f"{folder}: the manifest lists no onnx staged engines; export them first")
+        ort_choice = manifest.get("staged", {}).get("onnxruntime", {})
+        prepack = ort_choice.get("prepacking", True) if prepack_trunk is None else prepack_trunk
+        files = {}
+        for patch, entry in entries.items():
+            if verify:
+                verify_entry(folder, entry)
+            files[patch] = dict(zip(PARTS, (folder / f for f in entry["files"][:3])))
+        small = sorted({f for per in files.values() for k, f in per.items() if k != "trunk"})
+        self.shared = SharedWeights(small)
+        self.sessions, self.inputs, self.outputs = {}, {}, {}
+        for path in small + sorted({per["trunk"] for per in files.values()}):
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if path in small:
+                self.shared.apply(options, path)
+            elif not prepack:
+                options.add_session_config_entry("session.disable_prepacking", "1")
+            session = ort.InferenceSession(str(path), options, providers=list(providers))
+            self.sessions[path] = session
+            self.inputs[path] = [i.name for i in session.get_inputs()]
+            self.outputs[path] = [o.name for o in session.get_outputs()]
+        self.files = files
+        self.size_index = {int(p): i for i, p in enumerate(manifest["patch_sizes"])}
+
+    def run(self, patch: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every named value of one call at `patch` (the prediction included)."""
+        values = dict(given)
+        values["size_index"] = np.array([self.size_index[patch]], dtype=np.int64)
+        for part in PARTS:
+            path = self.files[patch][part]
+            out = self.sessions[path].run(self.outputs[path], {n: values[n] for n in self.inputs[path]})
+            values.update(zip(self.outputs[path], out))
+        return values
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+
+class OnnxStagedBackend(Backend):
+    """`get_backend("onnx", staged_folder)`: the same call as for single engines, run as a chain."""
+
+    name = "onnx"
+
+    def __init__(self, folder, manifest=None, device="cpu", *, prepack_trunk: bool | None = None, **_ignored):
+        super().__init__(folder, manifest, device)
+        if self.device.type != "cpu":
+            raise BackendError("the staged onnx backend runs on the CPU execution provider; use --backend trt on CUDA")
+        self.chain = OnnxStagedChain(self.folder, self.manifest, prepack_trunk=prepack_trunk)
+        self._output = self.input_metadata.output_names[0]
+
+    @property
+    def patch_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(self.chain.files))
+
+    def _infer(self, patch: int, feeds: dict[str, torch.Tensor], out_device: torch.device) -> torch.Tensor:
+        if patch not in self.chain.files:
+            raise self._engine_missing(patch)
+        values = self.chain.run(patch, {n: to_numpy(v) for n, v in feeds.items()})
+        return from_numpy(values[self._output]).to(out_device)
+
+    def close(self) -> None:
+        self.chain.close()

@@ -1,0 +1,109 @@
+"""TensorRT backend of a staged folder: embed[P] plan -> ONE trunk plan (profile P) -> head[P] plan.
+
+- The trunk plan has one optimisation profile per size (min = opt = max); one execution context per
+  profile, each set to its profile and input shapes once at load.
+- Every context of every plan (embeds, heads, trunk profiles) is USER_MANAGED and given the SAME
+  activation buffer, sized to the largest need (`get_device_memory_size_for_profile_v2` per
+  profile): one part runs at a time on one stream.
+- Each size has static buffers for every named value of its chain, bound once
+  (`set_tensor_address`); a call copies the inputs in, enqueues the three parts on torch's current
+  stream and clones the prediction.
+Plans are checked against the manifest's sha256 and this machine's TensorRT version and GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...export.manifest import verify_entry
+from ...export.staged_tensorrt import _resolve
+from ...export.tensorrt import check_plan_compatible, device_signature, require_tensorrt, shared_activation_bytes
+from .base import Backend, BackendError, torch_dtype
+from .staged_onnx import PARTS, staged_entries
+
+
+class TensorRTStagedBackend(Backend):
+    name = "trt"
+
+    def __init__(self, folder, manifest=None, device="cuda"):
+        super().__init__(folder, manifest, device)
+        require_tensorrt()
+        import tensorrt as trt
+
+        if self.device.type != "cuda":
+            raise BackendError("the TensorRT backend runs on CUDA: pass device='cuda'")
+        entries = staged_entries(self.manifest, "trt")
+        if not entries:
+            raise BackendError(f"{self.folder} has no staged TensorRT plans: export with `--backends onnx,trt`")
+        here = device_signature()
+        for entry in entries.values():
+            verify_entry(self.folder, entry)
+            check_plan_compatible(entry, here)
+        onnx_io = staged_entries(self.manifest, "onnx")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        plans = {}
+        for entry in entries.values():
+            for rel in entry["files"]:
+                if rel not in plans:
+                    plans[rel] = runtime.deserialize_cuda_engine((self.folder / rel).read_bytes())
+                    if plans[rel] is None:
+                        raise BackendError(f"TensorRT could not deserialise {rel}; rebuild with --force")
+        self._plans = plans
+        self._sizes = sorted(entries)
+        text_len = int(self.manifest["request"]["text_len"])
+        with torch.cuda.device(self.device):
+            self._bind(trt, entries, onnx_io, text_len)
+
+    def _bind(self, trt, entries, onnx_io, text_len) -> None:
+        trunk = self._plans[entries[self._sizes[0]]["files"][1]]
+        needs = [e.device_memory_size_v2 for rel, e in self._plans.items() if e is not trunk]
+        needs += [trunk.get_device_memory_size_for_profile_v2(i) for i in range(trunk.num_optimization_profiles)]
+        self.activation_bytes = shared_activation_bytes(needs)
+        self._activations = torch.empty(self.activation_bytes, dtype=torch.uint8, device=self.device)
+        stream = torch.cuda.current_stream(self.device)
+        self._buffers, self._contexts = {}, {}
+        for index, p in enumerate(self._sizes):
+            parts_io, tokens = onnx_io[p]["parts_io"], int(onnx_io[p]["tokens"])
+            buffers = {}
+            for io in parts_io.values():
+                for t in [*io["inputs"], *io["outputs"]]:
+                    if t["name"] not in buffers:
+                        shape = tuple(_resolve(d, tokens, text_len) for d in t["shape"])
+                        buffers[t["name"]] = torch.empty(shape, dtype=torch_dtype(t["dtype"]), device=self.device)
+            buffers["size_index"].fill_(self._sizes.index(p))  # constant per size
+            contexts = []
+            for part, rel in zip(PARTS, entries[p]["files"]):
+                engine = self._plans[rel]
+                context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+                context.set_device_memory(self._activations.data_ptr(), self.activation_bytes)
+                if part == "trunk":
+                    context.set_optimization_profile_async(index, stream.cuda_stream)
+                    for t in parts_io[part]["inputs"]:  # this profile's static shapes, set once
+                        context.set_input_shape(t["name"], tuple(buffers[t["name"]].shape))
+                for t in [*parts_io[part]["inputs"], *parts_io[part]["outputs"]]:
+                    context.set_tensor_address(t["name"], buffers[t["name"]].data_ptr())
+                contexts.append(context)
+            self._buffers[p], self._contexts[p] = buffers, contexts
+        stream.synchronize()
+
+    @property
+    def patch_sizes(self) -> tuple[int, ...]:
+        return tuple(self._sizes)
+
+    def _infer(self, patch, feeds, out_device):
+        if patch not in self._contexts:
+            raise self._engine_missing(patch)
+        buffers = self._buffers[patch]
+        for name, value in feeds.items():
+            buffers[name].copy_(value, non_blocking=True)
+        stream = torch.cuda.current_stream(self.device)
+        for part, context in zip(PARTS, self._contexts[patch]):
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise BackendError(f"TensorRT failed to enqueue the {part} of p{patch}")
+        return buffers[self.input_metadata.output_names[0]].clone().to(out_device, non_blocking=True)
+
+    def close(self) -> None:
+        self._contexts.clear()
+        self._buffers.clear()
+        self._plans.clear()
+        self._activations = None
