@@ -7,41 +7,38 @@ but the engine is wrong) exits 1 with the measured error.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from importlib import import_module
 
 from . import __version__
-from .commands import bench_cmd, calibrate_cmd, demo_cmd, export_cmd, inspect_cmd, train_cmd
+from .commands.argtypes import OneLineParser
 
+# Command modules import only argparse and rich at module level (torch, diffusers and ONNX load
+# inside the handlers), so `--help` and argument errors answer at once.
 COMMANDS = {
-    "demo": (demo_cmd, "export the embedded demo model and compare DDiT with the static base (speed and quality)"),
-    "flux": (export_cmd, "export one static engine per patch size for a FLUX transformer"),
-    "wan": (export_cmd, "export one static engine per patch size for a Wan 2.1 video transformer"),
-    "inspect": (inspect_cmd, "print an engine folder's manifest readably"),
-    "bench": (bench_cmd, "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
-    "calibrate": (calibrate_cmd, "sweep tau/rho, pick tau for a quality budget, store it in the manifest"),
-    "train": (train_cmd, "distil DDiT adapters (one per extra patch size) from the frozen base model"),
+    "demo": ("demo_cmd", "export the embedded demo model and compare DDiT with the static base (speed and quality)"),
+    "flux": ("export_cmd", "export one static engine per patch size for a FLUX transformer"),
+    "wan": ("export_cmd", "export one static engine per patch size for a Wan 2.1 video transformer"),
+    "inspect": ("inspect_cmd", "print an engine folder's manifest readably"),
+    "generate": ("generate_cmd", "run a denoising loop on exported engines with DDiT scheduling"),
+    "bench": ("bench_cmd", "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
+    "calibrate": ("calibrate_cmd", "sweep tau/rho, pick tau for a quality budget, store it in the manifest"),
+    "schedules": ("schedules_cmd", "compare the dynamic rule(s) with fixed schedules of the same cost (Pareto table)"),
+    "train": ("train_cmd", "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
-
-
-def _optional_commands() -> dict:
-    """Commands whose modules may be absent in a partial install; each registers if importable."""
-    found = {}
-    try:
-        from .commands import generate_cmd
-
-        found["generate"] = (generate_cmd, "run a denoising loop on exported engines with DDiT scheduling")
-    except ImportError:
-        pass
-    return found
+EXPORT_FAMILIES = ("flux", "wan")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddit-export", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ddit-export", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ddit-export {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in {**COMMANDS, **_optional_commands()}.items():
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = import_module(f"{__package__}.commands.{module_name}")
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        if module is export_cmd:
+        if name in EXPORT_FAMILIES:
             module.add_arguments(cmd, family=name)
         else:
             module.add_arguments(cmd)
@@ -67,8 +64,21 @@ def quiet_third_party() -> None:
         pass
 
 
+def terminate_like_interrupt() -> None:
+    """SIGTERM (a scheduler stopping the job, `kill`) unwinds like Ctrl-C: the `finally` blocks that
+    remove temporary folders run, instead of the process vanishing and leaving them behind."""
+    from .commands.errors import Terminated
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    terminate_like_interrupt()
     quiet_third_party()
     return args.handler(args)
 

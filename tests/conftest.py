@@ -115,3 +115,34 @@ def tiny_wan_vae():
 
     torch.manual_seed(0)
     return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+
+
+class CliRunner:
+    """`ddit-export ARGS...` in-process; argparse's SystemExit becomes the exit code."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def __call__(self, *argv) -> tuple[int, str]:
+        """(exit code, stderr)."""
+        from ddit_export.cli import main
+
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as done:
+            code = done.code
+        return code, self.capsys.readouterr().err.strip()
+
+    def refuses(self, *argv, naming: tuple[str, ...] = ()) -> str:
+        """Bad input: exit 2 and one line on stderr holding every string in `naming` (the flag or file)."""
+        code, err = self(*argv)
+        assert code == 2, err
+        assert len(err.splitlines()) == 1, err
+        for needle in naming:
+            assert needle in err, err
+        return err
+
+
+@pytest.fixture
+def cli(capsys) -> CliRunner:
+    return CliRunner(capsys)

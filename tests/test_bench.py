@@ -164,13 +164,25 @@ def test_peer_baseline_needs_optimum(tiny_flux_engines, tmp_path):
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--rho", "2"], "cuda" if not torch.cuda.is_available()
      else "--rho"),
 ])
-def test_bench_bad_input_exits_2(tiny_flux_engines, tmp_path, capsys, extra, needle):
-    assert bench([str(tiny_flux_engines), "--out", str(tmp_path / "o"), *extra]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1
+def test_bench_bad_input_exits_2(tiny_flux_engines, tmp_path, cli, extra, needle):
+    cli.refuses("bench", tiny_flux_engines, "--out", tmp_path / "o", *extra, naming=(needle,))
     assert not (tmp_path / "o").exists()
 
 
 def test_bench_missing_folder_exits_2(tmp_path, capsys):
     assert bench([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_identical_schedules_give_no_ratio_and_the_console_fits_80_columns(tiny_flux_engines, tmp_path, capsys):
+    # tau 0: DDiT never leaves the base size, so dynamic and static run the very same engine calls
+    out = tmp_path / "bench"
+    assert bench([str(tiny_flux_engines), "--backends", "onnx", "--warmup", "1", "--iters", "2", "--steps", "5",
+                  "--tau", "0", "--no-eager", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    e2e = json.loads((out / "bench.json").read_text())["end_to_end"]
+    assert e2e["identical_schedules"] is True and e2e["speedups"]["dynamic_vs_static"] is None
+    assert "ran the same schedule" in printed and "dynamic/static" not in printed
+    assert "same schedule" in (out / "bench.md").read_text()
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    assert "…" not in printed  # no column cut short

@@ -151,3 +151,31 @@ def test_image_metrics_through_the_demo_codec():
     same = calibrate.image_quality(images, images)
     assert same["image_psnr"] == float("inf") and same["image_ssim"] == pytest.approx(1.0)
     assert calibrate.image_quality(images * 0.9, images)["image_psnr"] < 40
+
+
+def test_plot_labels_every_point_and_shows_the_infinite_psnr_one():
+    import math
+
+    from ddit_export.bench.plots import calibration_figure
+
+    points = [{"tau": 1e-4, "rho": 0.4, "psnr": math.inf, "token_speedup": 1.0, "pareto": True},
+              {"tau": 1e-3, "rho": 0.4, "psnr": 31.0, "token_speedup": 1.4, "pareto": True},
+              {"tau": 1e-2, "rho": 0.4, "psnr": 24.0, "token_speedup": 2.1, "pareto": True}]
+    fig = calibration_figure(points, points[1], "psnr", 30.0, "token_speedup")
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert {"0.0001", "0.001", "0.01"} <= set(texts) and "inf" in texts
+    drawn = [xy for c in ax.collections for xy in c.get_offsets().tolist()]
+    assert any(x == 1.0 and y > 31.0 and math.isfinite(y) for x, y in drawn)  # the inf point, above the others
+
+
+def test_inspect_formats_a_calibrated_manifest(engines_copy, tmp_path, capsys, torch_single_thread):
+    from ddit_export.cli import main
+
+    assert cal([str(engines_copy), "--steps", "6", "--seeds", "0", "--taus", "10", "--rhos", "0.4", "--budget", "0",
+                "--out", str(tmp_path / "cal")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(engines_copy)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines at the console width
+    assert "chose tau 10 rho 0.4 (token_speedup" in printed and "1 samples x 6 steps" in printed
+    assert "{" not in printed and "'" not in printed  # no raw Python dicts or reprs

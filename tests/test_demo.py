@@ -14,9 +14,11 @@ from ddit_export.demo.classes import CLASS_NAMES, class_index
 from ddit_export.demo.codec import PADDED_CHANNELS, decode, encode
 from ddit_export.demo.conditioning import demo_conditioning, load_class_table
 from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN, build_padded_transformer, narrow_to_pixel_channels
+from ddit_export.demo.tuning import DEFAULT_SIZES, DEFAULT_TAU
 from ddit_export.families.flux import FLUX
 
-REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit"}
+REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "token_cost",
+               "schedules", "distinct_schedules", "token_cost_per_class", "token_cost_flat", "token_cost_textured"}
 
 
 @pytest.fixture(autouse=True)
@@ -83,15 +85,28 @@ def test_demo_command_writes_the_report(tmp_path):
     parser = argparse.ArgumentParser()
     demo_cmd.add_arguments(parser)
     report = tmp_path / "report.json"
-    args = parser.parse_args(["--samples", str(len(CLASS_NAMES)), "--steps", "12", "--tau", "1", "--engines",
-                              str(tmp_path / "engines"), "--out", str(tmp_path / "out"), "--report", str(report)])
+    args = parser.parse_args(["--samples", str(len(CLASS_NAMES)), "--steps", "12", "--tau", "1", "--rule", "paper",
+                              "--sizes", "2,4", "--engines", str(tmp_path / "engines"), "--out", str(tmp_path / "out"),
+                              "--report", str(report)])
     assert demo_cmd.run(args) == 0
     figures = json.loads(report.read_text())
     assert REPORT_KEYS <= set(figures)
-    assert figures["accuracy_base"] >= 0.8  # loose: 6 samples at 12 steps
+    assert figures["accuracy_base"] >= 0.7  # loose: 9 samples at 12 steps
     assert sum(figures["schedule_histogram"].values()) == len(CLASS_NAMES) * 12
-    assert figures["scheduler_sizes"] == [2, 4]  # the default: the size-8 engine is built but not picked
+    assert figures["scheduler_sizes"] == [2, 4] and figures["rule"] == "paper"
+    # tau 1: the paper's rule runs the 3 warm-up steps at the base, then the coarsest allowed size.
     assert figures["schedule_histogram"]["8"] == 0 and figures["schedule_histogram"]["4"] == len(CLASS_NAMES) * 9
+    assert figures["token_cost"] == pytest.approx((3 + 9 / 4) / 12) and figures["distinct_schedules"] == 1
+    assert set(figures["token_cost_per_class"]) == set(CLASS_NAMES)
+    # A fixed schedule: every sample runs it, the report names it and costs it.
+    fixed = tmp_path / "fixed.json"
+    args = parser.parse_args(["--samples", str(len(CLASS_NAMES)), "--schedule", "8x6,2x6", "--engines",
+                              str(tmp_path / "engines"), "--out", str(tmp_path / "out"), "--report", str(fixed)])
+    assert demo_cmd.run(args) == 0
+    fixed = json.loads(fixed.read_text())
+    assert fixed["steps"] == 12 and fixed["fixed_schedule"] == "8x6,2x6" and fixed["tau"] is None
+    assert fixed["schedules"] == [[8] * 6 + [2] * 6] * len(CLASS_NAMES)
+    assert fixed["token_cost"] == pytest.approx((6 / 16 + 6) / 12)
     assert set(figures["ort_cpu_threading"]) == {"2", "4", "8"}
     assert (tmp_path / "out" / "samples_base_vs_ddit.png").is_file()
     assert (tmp_path / "out" / "schedule.png").is_file()
@@ -103,7 +118,12 @@ def test_demo_command_writes_the_report(tmp_path):
     assert main(["generate", str(tmp_path / "engines"), "--prompt", "cyan ring", "--steps", "6",
                  "--out", str(tmp_path / "gen")]) == 0
     assert Image.open(tmp_path / "gen" / "image.png").size == (256, 256)  # 32 x 32 pixels, shown 8x
+    trace = json.loads((tmp_path / "gen" / "trace.json").read_text())
+    assert (trace["tau"], trace["patch_sizes"]) == (DEFAULT_TAU, list(DEFAULT_SIZES))  # scheduled as the demo is
+    assert main(["generate", str(tmp_path / "engines"), "--prompt", "a red fox", "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
+    assert manifest["scheduler"]["tau"] == DEFAULT_TAU and manifest["scheduler"]["patch_sizes"] == [2, 4]
     assert manifest["latent_shape"] == [1, 3, 32, 32]  # the model's own 3 channels, not FLUX's 16
     assert manifest["adapters"]["trained"] is True
 

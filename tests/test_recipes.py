@@ -39,9 +39,16 @@ def test_flags_override_the_recipe_and_scheduler_defaults_reach_the_manifest(tmp
     ("family: wan\n", "is for `ddit-export wan`"),
     ("heigth: 10\n", "unknown key(s) ['heigth']"),
     ("- 1\n", "must be a mapping"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xd8", "not UTF-8 text"),
+    ("height: 1024px\n", "'height' must be int"),
+    ("patch_sizes: [2, four]\n", "'patch_sizes' must be a list of ints"),
+    ("scheduler: [0.001]\n", "'scheduler' must be a mapping"),
+    ("external_data: 3\n", "'external_data' must be bool"),
 ])
 def test_bad_recipes_are_one_line_exit_2(tmp_path, capsys, text, message):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(text)
+    recipe.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["flux", "--recipe", str(recipe), "--out", str(tmp_path / "x")]) == 2
-    assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(recipe) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -79,6 +79,20 @@ def stage_base(args) -> dict:
     save_class_table(table)
     # Phase 1 on FLUX's 16-channel layout, phase 2 narrowed to the 3 pixel channels and fine-tuned:
     # trained from scratch on 3 channels the model reached only 77-85% class accuracy (demo/model.py).
+    if args.extend:
+        # Extend the shipped model to classes added since (the textured ones): fine-tune it on all classes. The
+        # first classes' table rows are unchanged (demo/conditioning.make_class_table), so it keeps what it knew.
+        from ddit_export.demo.model import load_demo_transformer
+
+        start = time.perf_counter()
+        ema, losses = train_base(load_demo_transformer(), table, args.extend_steps, args.base_batch, args.narrow_lr,
+                                 args.seed + 2, args.ema_decay, log=log, checkpoint=save_transformer,
+                                 checkpoint_every=250, name="extended base")
+        save_transformer(ema)
+        tail = losses[-100:]
+        return {"extended_from": "the shipped 6-class demo of commit 72e5697", "extend_steps": args.extend_steps,
+                "extend_lr": args.narrow_lr, "extend_seconds": round(time.perf_counter() - start, 1),
+                "final_loss": sum(tail) / len(tail), "parameters": sum(p.numel() for p in ema.parameters())}
     if args.padded_model:
         from diffusers import FluxTransformer2DModel
 
@@ -138,6 +152,7 @@ def stage_adapters(args) -> dict:
             out=str(out), model=str(TRANSFORMER_DIR), patch_sizes=(2, 4, 8), prompt_embeds=str(embeds),
             teacher_steps=args.steps, height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN,
             steps=args.adapter_steps, batch_size=args.adapter_batch, seed=args.seed, optimizer="adamw",
+            init_adapters=str(ADAPTERS_DIR) if args.extend else None,
             lr=args.adapter_lr, lr_schedule="cosine", dtype="fp32", checkpoint_every=0, lora_rank=args.lora_rank,
         )
         result = train(config, status=log)
@@ -167,6 +182,9 @@ def main() -> None:
     p.add_argument("--narrow-steps", type=int, default=400, help="fine-tuning steps on the 3 pixel channels")
     p.add_argument("--narrow-lr", type=float, default=5e-4)
     p.add_argument("--padded-model", help="a trained 16-channel demo transformer folder: skip phase 1 of the base")
+    p.add_argument("--extend", action="store_true",
+                   help="start from the shipped model and adapters; fine-tune them on all classes (new classes)")
+    p.add_argument("--extend-steps", type=int, default=600, help="--extend: base fine-tuning steps")
     p.add_argument("--classifier-steps", type=int, default=200)
     p.add_argument("--steps", type=int, default=28, help="sampling steps of the teacher trajectories")
     p.add_argument("--trajectories-per-class", type=int, default=64)

@@ -44,18 +44,22 @@ def bench_inputs(backend, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.
     return latent, tensors
 
 
-def time_engines(backends: dict, warmup: int, iters: int, device) -> dict[tuple[str, int], list[float]]:
-    """Round-robin timing of every engine of ``backends`` (name -> Backend); seconds per call."""
+def time_engines(backends: dict, warmup: int, iters: int, device, progress=None) -> dict[tuple[str, int], list[float]]:
+    """Round-robin timing of every engine of ``backends`` (name -> Backend); seconds per call.
+
+    ``progress(done, total)`` is called after every round (warm-up rounds included)."""
     if iters < 1 or warmup < 0:
         raise ValueError(f"--iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     inputs = {name: bench_inputs(b) for name, b in backends.items()}
     engines = [(name, p) for name, b in backends.items() for p in b.patch_sizes]
     watch = Stopwatch(device)
     with torch.no_grad():
-        for _ in range(warmup):
+        for r in range(warmup):
             for name, patch in engines:
                 latent, cond = inputs[name]
                 backends[name](patch, latent, **cond)
+            if progress:
+                progress(r + 1, warmup + iters)
         samples = {key: [] for key in engines}
         for r in range(iters):
             for name, patch in rotated(engines, r):
@@ -63,6 +67,8 @@ def time_engines(backends: dict, warmup: int, iters: int, device) -> dict[tuple[
                 watch.start()
                 backends[name](patch, latent, **cond)
                 samples[(name, patch)].append(watch.stop())
+            if progress:
+                progress(warmup + r + 1, warmup + iters)
     return samples
 
 
@@ -82,7 +88,8 @@ def engine_rows(manifest: dict, samples: dict[tuple[str, int], list[float]]) -> 
     return rows
 
 
-def engine_latency(folder, backends: dict, warmup: int = 10, iters: int = 50, device="cpu") -> list[dict]:
+def engine_latency(folder, backends: dict, warmup: int = 10, iters: int = 50, device="cpu",
+                   progress=None) -> list[dict]:
     """Rows of `engine_rows` for already-loaded ``backends`` of ``folder``."""
     manifest = read_manifest(Path(folder))
-    return engine_rows(manifest, time_engines(backends, warmup, iters, device))
+    return engine_rows(manifest, time_engines(backends, warmup, iters, device, progress))

@@ -54,19 +54,70 @@ def plot_schedule(schedules: dict[str, list[int]], base: int, path) -> Path:
 def plot_calibration(points: list[dict], chosen: dict | None, metric: str, budget: float, speed_key: str,
                      path) -> Path:
     """Speed-up vs quality of every (tau, rho) point; Pareto front, budget line, chosen point."""
+    return _save(calibration_figure(points, chosen, metric, budget, speed_key), path)
+
+
+def calibration_figure(points: list[dict], chosen: dict | None, metric: str, budget: float, speed_key: str):
+    """The calibration plot. Every point is labelled with its tau (and rho when several were swept).
+
+    A point identical to the static base has infinite PSNR, which matplotlib would silently drop: it is
+    drawn as a triangle on a line above the finite points, marked "inf".
+    """
+    import math
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([p[speed_key] for p in points], [p[metric] for p in points], s=18, label="(tau, rho) points")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = [p[metric] for p in points if math.isfinite(p[metric])] + [budget]
+    span = (max(finite) - min(finite)) or abs(max(finite)) or 1.0
+    ceiling = max(finite) + 0.15 * span  # where infinite quality is drawn
+
+    def y(point) -> float:
+        return point[metric] if math.isfinite(point[metric]) else ceiling
+
+    several_rhos = len({p["rho"] for p in points}) > 1
+    for marker, group, label in (("o", [p for p in points if math.isfinite(p[metric])], "(tau, rho) points"),
+                                 ("^", [p for p in points if not math.isfinite(p[metric])],
+                                  f"{metric} = inf (identical to the base)")):
+        if group:
+            ax.scatter([p[speed_key] for p in group], [y(p) for p in group], s=18, marker=marker, label=label)
+    for p in points:
+        text = f"{p['tau']:.2g}" + (f"/{p['rho']:g}" if several_rhos else "")
+        ax.annotate(text, (p[speed_key], y(p)), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    if any(not math.isfinite(p[metric]) for p in points):
+        ax.axhline(ceiling, color="grey", linewidth=0.5)
+        ax.annotate("inf", (ax.get_xlim()[0], ceiling), textcoords="offset points", xytext=(2, 2), fontsize=7)
     front = sorted((p for p in points if p["pareto"]), key=lambda p: p[speed_key])
-    ax.plot([p[speed_key] for p in front], [p[metric] for p in front], color="tab:orange", label="Pareto front")
+    ax.plot([p[speed_key] for p in front], [y(p) for p in front], color="tab:orange", label="Pareto front")
     ax.axhline(budget, color="tab:red", linestyle="--", label=f"budget {metric} >= {budget:g}")
     if chosen is not None:
-        ax.scatter([chosen[speed_key]], [chosen[metric]], s=90, marker="*", color="tab:green", zorder=3,
+        ax.scatter([chosen[speed_key]], [y(chosen)], s=90, marker="*", color="tab:green", zorder=3,
                    label=f"chosen tau={chosen['tau']:.3g}, rho={chosen['rho']:g}")
     ax.set_xlabel(speed_key.replace("_", " "))
     ax.set_ylabel(f"{metric} vs static base")
-    ax.set_title("speed vs quality")
+    ax.set_title("speed vs quality (labels: tau" + ("/rho)" if several_rhos else ")"))
     ax.legend(fontsize="small")
+    return fig
+
+
+def plot_schedule_front(points: list, path) -> Path:
+    """PSNR vs token cost: fixed schedules by family, their front, and each dynamic point labelled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = [p for p in points if p.psnr != float("inf")]
+    families = sorted({p.label.split(" ")[0] for p in finite if p.kind == "fixed"})
+    for family in families:
+        mine = [p for p in finite if p.kind == "fixed" and p.label.split(" ")[0] == family]
+        ax.scatter([p.token_cost for p in mine], [p.psnr for p in mine], s=14, alpha=0.6, label=f"fixed: {family}")
+    front = sorted((p for p in finite if p.front), key=lambda p: p.token_cost)
+    ax.plot([p.token_cost for p in front], [p.psnr for p in front], color="black", lw=1, label="fixed front")
+    for p in (q for q in finite if q.kind == "dynamic"):
+        ax.scatter([p.token_cost], [p.psnr], s=90, marker="*", zorder=3,
+                   color="tab:green" if p.above_front else "tab:red")
+        ax.annotate(p.label, (p.token_cost, p.psnr), textcoords="offset points", xytext=(5, 4), fontsize="small")
+    ax.set_xlabel("token cost (fraction of the static base's tokens)")
+    ax.set_ylabel("PSNR vs static base (dB)")
+    ax.set_title("dynamic rules (stars: green above the fixed front) vs fixed schedules")
+    ax.legend(fontsize="x-small", loc="lower right")
     return _save(fig, path)
 
 

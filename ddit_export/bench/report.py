@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..util.atomic import write_text_atomic
 from .memory import memory_markdown
 
 
@@ -43,6 +42,9 @@ def e2e_markdown(e2e: dict) -> list[str]:
     lines += _table(["mode", "s/image (mean)", "s/image (p50)", "scheduler ms/step", "engine ms/step",
                      "steps per size"], body)
     sp, cost, over = e2e["speedups"], e2e["cost"], e2e["scheduler_overhead"]
+    if e2e.get("identical_schedules"):
+        lines += ["", "Dynamic and static ran the same schedule on every image (DDiT kept the base size): "
+                  "there is no dynamic-vs-static speed-up to report; raise --tau to let DDiT pick coarser sizes."]
     lines += ["", f"Speed-ups (wall, one run): dynamic vs static {_num(sp['dynamic_vs_static'])}x, "
               f"dynamic vs eager {_num(sp['dynamic_vs_eager'])}x, static vs eager {_num(sp['static_vs_eager'])}x.",
               f"Schedule cost (noise-free): token speed-up {_num(cost['token_speedup'])}x, "
@@ -77,23 +79,6 @@ def peer_markdown(peer: dict) -> list[str]:
     body = [[r["name"], _num(r["mean_ms"]), _num(r["p50_ms"]), _num(r["p95_ms"])] for r in peer["rows"]]
     return _table(["engine", "mean ms", "p50 ms", "p95 ms"], body) + [
         "", f"ours / optimum (mean): {_num(peer['ours_vs_peer'])}x faster"]
-
-
-def write_text_atomic(path, text: str) -> Path:
-    """Write ``text`` to ``path`` completely or not at all (temp file beside it, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_json(path, data: dict) -> Path:

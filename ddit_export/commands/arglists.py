@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 
-def comma_list(text: str, flag: str, kind: type = int) -> list:
-    """`"a,b,c"` -> values of `kind`; a bad or empty list is one clear ValueError naming the flag."""
+def comma_list(text: str, flag: str, kind: type = int, check=None) -> list:
+    """`"a,b,c"` -> values of `kind`; a bad or empty list is one clear ValueError naming the flag.
+
+    `check(value, flag)` (one of util/limits.py's) bounds every value."""
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -12,4 +14,31 @@ def comma_list(text: str, flag: str, kind: type = int) -> list:
         raise ValueError(f"{flag} takes a comma list of {noun} (got {text!r})") from None
     if not values:
         raise ValueError(f"{flag} is empty")
-    return values
+    return [check(v, flag) for v in values] if check else values
+
+
+def add_schedule_arguments(p, steps_hint: str = "") -> None:
+    """`--schedule SPEC` (a fixed schedule) and `--rule NAME` (the dynamic rule), the same on every command."""
+    from ..runtime.rules import DEFAULT_RULE, RULES
+
+    p.add_argument("--schedule", metavar="SPEC",
+                   help="a fixed schedule instead of the dynamic rule: one size per step, e.g. 8x14,2x14 or "
+                        f"2,2,4,4,... (its length is the step count{steps_hint})")
+    p.add_argument("--rule", choices=sorted(RULES),
+                   help=f"dynamic rule (default: the manifest's, else {DEFAULT_RULE}; docs/method.md compares them)")
+
+
+def schedule_from_args(args, steps: int | None) -> tuple[int, ...] | None:
+    """The parsed `--schedule` (None without it), checked against `steps` when that is known."""
+    from ..runtime.schedule_spec import parse_schedule
+
+    if not getattr(args, "schedule", None):
+        return None
+    schedule = parse_schedule(args.schedule)
+    if steps is not None and len(schedule) != steps:
+        raise ValueError(f"--schedule gives {len(schedule)} steps but --steps is {steps}: make them equal "
+                         f"(or leave --steps out)")
+    for flag in ("static", "tau", "sizes"):
+        if getattr(args, flag, None) is not None:
+            raise ValueError(f"--schedule fixes every step; it cannot be combined with --{flag}")
+    return schedule

@@ -14,8 +14,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .arglists import comma_list
+from ..util import limits
+from ..util.atomic import check_writable, staged_files
+from ..util.devices import parse_device
+from . import argtypes
+from .arglists import add_schedule_arguments, comma_list, schedule_from_args
 from .errors import run_guarded
+from .progress import Counted
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,17 +28,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma list of torch | torch-compile | onnx | aoti | trt "
                    "(default: every backend the folder has engines for that loads on --device)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up rounds before timing (default 10)")
-    p.add_argument("--iters", type=int, default=50, help="timed round-robin rounds (default 50)")
+    p.add_argument("--warmup", type=argtypes.non_negative_int, default=10,
+                   help="warm-up rounds before timing (default 10)")
+    p.add_argument("--iters", type=argtypes.positive_int, default=50, help="timed round-robin rounds (default 50)")
     p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/bench.json)")
     p.add_argument("--out", help="folder for bench.json, bench.md and plots (default outputs/bench-<engine dir>)")
     e2e = p.add_argument_group("end to end (static base vs DDiT dynamic vs PyTorch eager base)")
-    e2e.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    e2e.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     e2e.add_argument("--seeds", default="0", help="comma list of noise seeds (default 0)")
-    e2e.add_argument("--e2e-repeats", type=int, default=1, help="images per seed and mode (default 1)")
+    e2e.add_argument("--e2e-repeats", type=argtypes.positive_int, default=1,
+                     help="images per seed and mode (default 1)")
     e2e.add_argument("--e2e-backend", help="engine backend of the static and dynamic modes (default: the first timed)")
-    e2e.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's)")
-    e2e.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    e2e.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's)")
+    e2e.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
+    add_schedule_arguments(e2e, "; must equal --steps")
     e2e.add_argument("--prompt", default="a photograph of a red fox in fresh snow, golden hour")
     e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
     e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
@@ -46,15 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_device(name: str):
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but this torch has no CUDA device; use --device cpu")
-    return device
+    return parse_device(name)
 
 
 def _check_args(args) -> None:
@@ -66,6 +66,7 @@ def _check_args(args) -> None:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
+    args.fixed = schedule_from_args(args, args.steps)
 
 
 def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console) -> tuple[dict, dict]:
@@ -99,17 +100,18 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import latency, plots, report
     from ..export.manifest import read_manifest, tool_versions
 
+    seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
     _check_args(args)
-    seeds = comma_list(args.seeds, "--seeds")
     device = check_device(args.device)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before any timing: a read-only or full disk is refused at once
+    if args.json:
+        check_writable(Path(args.json).expanduser().parent, "--json's folder")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
     notes: list[str] = []  # caveats stated beside the numbers
@@ -120,7 +122,8 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     try:
         console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines round-robin: "
                       f"{args.warmup} warm-up + {args.iters} rounds")
-        rows = latency.engine_latency(folder, backends, args.warmup, args.iters, device)
+        with Counted(console, args.warmup + args.iters, "timing engines", unit="round") as bar:
+            rows = latency.engine_latency(folder, backends, args.warmup, args.iters, device, progress=bar.update)
         e2e = None if args.no_e2e else _end_to_end(args, folder, manifest, backends, seeds, device, console)
     finally:
         for backend in backends.values():
@@ -140,12 +143,17 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         "engines": rows, "end_to_end": e2e, "peer": peer, "notes": notes, "tools": tool_versions(),
         "memory": [b.memory for b in backends.values()],
     }
-    written = [report.write_json(Path(args.json).expanduser() if args.json else out / "bench.json", result),
-               report.write_text_atomic(out / "bench.md", report.bench_markdown(result)),
-               plots.plot_latency(rows, out / "latency.png")]
-    if e2e and "skipped" not in e2e:
-        written.append(plots.plot_schedule(e2e["modes"]["dynamic"]["schedules"], int(manifest["base_patch"]),
-                                           out / "schedule.png"))
+    with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
+        written = [report.write_json(staging / "bench.json", result),
+                   report.write_text_atomic(staging / "bench.md", report.bench_markdown(result)),
+                   plots.plot_latency(rows, staging / "latency.png")]
+        if e2e and "skipped" not in e2e:
+            written.append(plots.plot_schedule(e2e["modes"]["dynamic"]["schedules"], int(manifest["base_patch"]),
+                                               staging / "schedule.png"))
+        if args.json:  # asked for elsewhere: there instead of in --out
+            (staging / "bench.json").unlink()
+            written[0] = report.write_json(Path(args.json).expanduser(), result)
+    written = [p if p.parent != staging else out / p.name for p in written]
     _print(console, result, written)
     return 0
 
@@ -163,8 +171,10 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
         eager = backends.get("torch") or get_backend("torch", folder, device=device)
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
     try:
-        return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
-                          tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens, flops=flops_table(manifest))
+        with Counted(console, 1, "end to end", unit="image") as bar:
+            return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
+                              tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens,
+                              flops=flops_table(manifest), schedule=args.fixed, rule=args.rule, progress=bar.update)
     except (NotImplementedError, ValueError) as err:  # the runtime cannot sample this family: keep the timings
         console.print(f"[yellow]end to end skipped: {err}[/]")
         return {"skipped": str(err)}
@@ -174,14 +184,15 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
 
 
 def _print(console: Console, result: dict, written: list[Path]) -> None:
-    table = Table(title=f"per engine ({result['clock']})")
-    for col in ("backend", "patch", "tokens", "GFLOP", "mean ms", "p50", "p95", "p99", "GFLOP/s", "t(base)/t"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
+    # Eight short columns fit an 80-column terminal; bench.md and bench.json keep p50/p99 and the rest.
+    table = Table(title=f"per engine ({result['clock']}; p50/p99 in bench.md)")
+    for col in ("backend", "P", "tokens", "GFLOP", "mean ms", "p95 ms", "GFLOP/s", "vs base"):
+        table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
     for r in result["engines"]:
         sp = r["speedup_vs_base"]
-        table.add_row(r["backend"], str(r["patch_size"]), str(r["tokens"]), f"{r['flops'] / 1e9:.4g}",
-                      f"{r['mean_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                      f"{r['flops_per_s'] / 1e9:.4g}", "n/a" if sp is None else f"{sp:.2f}")
+        table.add_row(r["backend"], str(r["patch_size"]), str(r["tokens"]), f"{r['flops'] / 1e9:.3g}",
+                      f"{r['mean_ms']:.4g}", f"{r['p95_ms']:.4g}", f"{r['flops_per_s'] / 1e9:.3g}",
+                      "n/a" if sp is None else f"{sp:.2f}x")
     console.print(table)
     for m in result.get("memory", []):
         weights = "n/a" if m["weight_bytes"] is None else f"{m['weight_bytes'] / 2**20:.1f} MiB"
@@ -193,9 +204,15 @@ def _print(console: Console, result: dict, written: list[Path]) -> None:
             console.print(f"{mode:>8}: {s['seconds_per_image']:.4f} s/image")
         sp, cost = e2e["speedups"], e2e["cost"]
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
-        console.print(f"speed-ups: dynamic/static {fmt(sp['dynamic_vs_static'])}, dynamic/eager "
-                      f"{fmt(sp['dynamic_vs_eager'])}, static/eager {fmt(sp['static_vs_eager'])}; "
-                      f"token speed-up {fmt(cost['token_speedup'])}; scheduler "
-                      f"{e2e['scheduler_overhead']['ms_per_step']:.3f} ms/step")
+        if e2e.get("identical_schedules"):
+            console.print("[yellow]dynamic and static ran the same schedule (DDiT kept the base size on every "
+                          "step): no DDiT speed-up to report; raise --tau to let it pick coarser sizes[/]")
+        else:
+            console.print(f"speed-up dynamic/static {fmt(sp['dynamic_vs_static'])} (token cost "
+                          f"{fmt(cost['token_speedup'])})")
+        if sp["dynamic_vs_eager"] is not None:
+            console.print(f"vs PyTorch eager: dynamic {fmt(sp['dynamic_vs_eager'])}, static "
+                          f"{fmt(sp['static_vs_eager'])}")
+        console.print(f"scheduler: {e2e['scheduler_overhead']['ms_per_step']:.3f} ms/step")
     for path in written:
         console.print(f"wrote {path}")

@@ -13,9 +13,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..util import limits
+from ..util.atomic import check_writable, staged_files
+from . import argtypes
 from .arglists import comma_list
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
+from .progress import Counted
 
 SPEED_FLAGS = {"tokens": "token_speedup", "flops": "flop_speedup", "wall": "wall_speedup"}
 DEFAULT_BUDGETS = {"psnr": 30.0, "ssim": 0.9, "image_psnr": 30.0, "image_ssim": 0.9}
@@ -26,18 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
     p.add_argument("--backend", default="onnx", help="engine runtime to calibrate on (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    p.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     p.add_argument("--seeds", default="0,1", help="comma list of noise seeds (default 0,1)")
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several; samples = prompts x seeds)")
     p.add_argument("--taus", help="explicit comma list of tau values (overrides the log grid)")
-    p.add_argument("--tau-min", type=float, default=1e-4, help="log grid start (default 1e-4)")
-    p.add_argument("--tau-max", type=float, default=1.0, help="log grid end (default 1)")
-    p.add_argument("--tau-points", type=int, default=9, help="log grid points (default 9)")
+    p.add_argument("--tau-min", type=argtypes.tau, default=1e-4, help="log grid start (default 1e-4)")
+    p.add_argument("--tau-max", type=argtypes.tau, default=1.0, help="log grid end (default 1)")
+    p.add_argument("--tau-points", type=argtypes.positive_int, default=9, help="log grid points (default 9)")
     p.add_argument("--rhos", default="0.2,0.4,0.6", help="comma list of rho fractions (default 0.2,0.4,0.6)")
     p.add_argument("--metric", choices=sorted(DEFAULT_BUDGETS), default="psnr",
                    help="quality metric of the budget: on final latents, or image_* on decoded images "
                    "(needs a VAE or the demo codec)")
-    p.add_argument("--budget", type=float,
+    p.add_argument("--budget", type=argtypes.finite_float,
                    help="minimum mean quality vs the static base (default psnr 30 dB, ssim 0.9)")
     p.add_argument("--speed", choices=sorted(SPEED_FLAGS), default="tokens",
                    help="speed-up maximised: tokens / flops (noise-free schedule cost) or wall (default tokens)")
@@ -54,7 +58,7 @@ def _grid(args) -> tuple[list[float], list[float]]:
     from ..bench.calibrate import log_grid
 
     if args.taus:
-        taus = comma_list(args.taus, "--taus", float)
+        taus = comma_list(args.taus, "--taus", float, check=limits.check_tau)
     else:
         taus = log_grid(args.tau_min, args.tau_max, args.tau_points)
     if any(not t >= 0 for t in taus):
@@ -73,12 +77,12 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class, get_backend
 
+    taus, rhos = _grid(args)  # flags first: refused before any file is read
+    seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
-    taus, rhos = _grid(args)
-    seeds = comma_list(args.seeds, "--seeds")
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
@@ -89,8 +93,9 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     budget = DEFAULT_BUDGETS[args.metric] if args.budget is None else args.budget
     speed = SPEED_FLAGS[args.speed]
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before any timing: a read-only or full disk is refused at once
+    if args.json:
+        check_writable(Path(args.json).expanduser().parent, "--json's folder")
 
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
     total = len(taus) * len(rhos)
@@ -98,11 +103,11 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
                   f"{args.steps} steps, backend {args.backend}")
 
     def progress(point, done, of):
-        console.print(f"  [{done}/{of}] tau {point['tau']:.3g} rho {point['rho']:g}: "
-                      f"token speed-up {point['token_speedup']:.2f}x, {args.metric} "
-                      f"{point.get(args.metric, float('nan')):.3f}")
+        bar.update(done, of, status=f"tau {point['tau']:.3g} rho {point['rho']:g}: {point['token_speedup']:.2f}x, "
+                                    f"{args.metric} {point.get(args.metric, float('nan')):.3f}")
 
-    with get_backend(args.backend, folder, device=device) as backend:
+    with get_backend(args.backend, folder, device=device) as backend, \
+            Counted(console, total, "sweeping", unit="point") as bar:
         try:
             points, static = calibrate.sweep(backend, samples, taus, rhos, args.steps, decode=decode, tokens=tokens,
                                              flops=flops_table(manifest), progress=progress)
@@ -114,10 +119,15 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
         chosen or {}, points, metric=args.metric, budget=budget, speed=speed, taus=taus, rhos=rhos,
         samples=samples, steps=args.steps, backend_name=args.backend, device=device, static=static)
     table = calibrate.pareto_markdown(points, args.metric, speed, chosen)
-    written = [report.write_json(Path(args.json).expanduser() if args.json else out / "calibration.json",
-                                 calibrate.json_safe({"engine_dir": str(folder), **record})),
-               report.write_text_atomic(out / "calibration.md", f"# calibration of {folder}\n\n{table}"),
-               plots.plot_calibration(points, chosen, args.metric, budget, speed, out / "calibration.png")]
+    data = calibrate.json_safe({"engine_dir": str(folder), **record})
+    with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
+        written = [report.write_json(staging / "calibration.json", data),
+                   report.write_text_atomic(staging / "calibration.md", f"# calibration of {folder}\n\n{table}"),
+                   plots.plot_calibration(points, chosen, args.metric, budget, speed, staging / "calibration.png")]
+        if args.json:  # asked for elsewhere: there instead of in --out
+            (staging / "calibration.json").unlink()
+            written[0] = report.write_json(Path(args.json).expanduser(), data)
+    written = [p if p.parent != staging else out / p.name for p in written]
     console.print(table)
     for path in written:
         console.print(f"wrote {path}")

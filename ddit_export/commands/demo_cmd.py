@@ -16,37 +16,31 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
+from ..util.atomic import check_writable
+from . import argtypes
+from .arglists import add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
-from .export_cmd import patch_list
+from .export_cmd import RichReporter, patch_list
+from .progress import Counted
 
-# Chosen by measurement on the demo (model and rank-64 adapters of 2026-12-02, ONNX Runtime CPU with
-# per-engine threading, 28 steps): the setting that reaches 1.8x with a margin, PSNR >= 25 dB against
-# the base and the base's class accuracy. Base: 91.7% on 48 samples, 95.8% on 144.
-#   sizes 2,4   tau 0.003 : 1.72x, 28.2 dB, 91.7%, FD 121 (base 129)
-#               tau 0.0035: 1.79x, 27.7 dB, 91.7%; 144 samples 1.80x, 27.0 dB, 95.8%
-#               tau 0.004 : 1.83x, 27.5 dB, 91.7%, FD 110; 144 samples 1.82x, 26.7 dB, 95.8%, FD 66 (base 82)
-#   sizes 2,4,8 tau 0.003 : 1.44x, 26.7 dB, 89.6%, FD 222
-# At tau 0.004 almost every step after the 3 warm-up steps runs at size 4 (2 of 4032 steps went back
-# to the base on 144 samples): on this model the statistic stays below tau while size 4 runs. The size-8
-# student is too far from the teacher for long size-8 runs (velocity MSE 0.014-0.038 on early steps
-# against 0.004-0.006 at size 4; tools/demo_step_errors.py), so DDiT picks from 2 and 4 by default;
-# --sizes 2,4,8 lets it use every engine.
-DEFAULT_TAU = 0.004
-DEFAULT_SIZES = (2, 4)
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
 DEFAULT_SAMPLES = 48  # 8 per class: one sample is 2.1 accuracy points, the resolution the 2-point bar needs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", "-n", type=int, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", "-n", type=argtypes.positive_int, default=DEFAULT_SAMPLES,
                    help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
-    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
-    p.add_argument("--sizes", type=patch_list, default=DEFAULT_SIZES, metavar="2,4,8",
-                   help="patch sizes DDiT may pick, the base included (default 2,4; the engines have 2,4,8)")
-    p.add_argument("--settle-steps", type=int, default=0, metavar="N",
+    p.add_argument("--steps", type=argtypes.steps,
+                   help=f"denoising steps (default {DEFAULT_STEPS}, or the length of --schedule)")
+    p.add_argument("--tau", type=argtypes.tau, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--sizes", type=patch_list, metavar="2,4,8",
+                   help=f"patch sizes DDiT may pick, the base included (default {','.join(map(str, DEFAULT_SIZES))}; "
+                        "the engines have 2,4,8)")
+    p.add_argument("--settle-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="keep a newly chosen size N more steps (default 0, the paper's rule; see ddit-export generate)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (default 0)")
+    add_schedule_arguments(p, "; default steps 28")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
     p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
@@ -60,6 +54,16 @@ def run(args: argparse.Namespace) -> int:
 def _check(args) -> None:
     from ..demo.classes import CLASS_NAMES
     from ..demo.engines import DEMO_PATCH_SIZES
+    from ..runtime.schedule_spec import check_schedule
+
+    args.fixed = schedule_from_args(args, args.steps)
+    if args.fixed:
+        check_schedule(args.fixed, DEMO_PATCH_SIZES, None)
+    if args.steps is None:
+        args.steps = len(args.fixed) if args.fixed else DEFAULT_STEPS
+    args.sizes = args.sizes or DEFAULT_SIZES
+    args.tau = DEFAULT_TAU if args.tau is None else args.tau
+    args.rule = args.rule or DEFAULT_RULE
 
     if DEMO_PATCH_SIZES[0] not in args.sizes or not set(args.sizes) <= set(DEMO_PATCH_SIZES):
         raise ValueError(f"--sizes must be some of the demo's engine sizes {','.join(map(str, DEMO_PATCH_SIZES))}, "
@@ -81,12 +85,20 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     from ..demo.evaluate import figures, real_features, sample_labels, sample_runs, warm_up
     from ..demo.plots import write_grid, write_schedule_plot
     from ..runtime.backends import get_backend
+    from ..runtime.dispatcher import schedule_config
 
     _check(args)
     out = Path(args.out).expanduser()
+    check_writable(out)
+    if args.report:
+        check_writable(Path(args.report).expanduser().parent, "--report's folder")
     started = time.perf_counter()
-    with console.status("exporting the demo engines (ONNX, CPU; reused when unchanged)"):
-        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force)
+    console.print("exporting the demo engines (ONNX, CPU; reused when unchanged)")
+    reporter = RichReporter(console)
+    try:
+        manifest = export_demo_engines(Path(args.engines).expanduser(), force=args.force, reporter=reporter)
+    finally:
+        reporter.stop()
     export_seconds = time.perf_counter() - started
     sizes = manifest["patch_sizes"]
     console.print(f"engines: {args.engines} (sizes {sizes}, {export_seconds:.0f} s)")
@@ -95,19 +107,25 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     with get_backend("onnx", args.engines) as backend:
         ort_threading = {str(p): mode for p, mode in backend.cpu_threading.items()}
         warm_up(backend)
-        with console.status(f"sampling {args.samples} images x (base, DDiT tau {args.tau:g}), {args.steps} steps"):
-            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, [args.tau],
-                                     settle_steps=args.settle_steps, patch_sizes=tuple(args.sizes))
-    ddit = ddit[args.tau]
+        what = f"schedule {args.schedule}" if args.fixed else f"DDiT {args.rule} tau {args.tau:g}"
+        with Counted(console, args.samples, f"sampling base + {what}, {args.steps} steps", unit="sample") as bar:
+            config = schedule_config(backend, tau=args.tau, settle_steps=args.settle_steps,
+                                     patch_sizes=tuple(args.sizes), schedule=args.fixed, rule=args.rule)
+            base, ddit = sample_runs(backend, args.samples, args.steps, args.seed, {"ddit": config},
+                                     progress=bar.advance)
+    ddit = ddit["ddit"]
     classifier = load_classifier()
-    result = figures(base, ddit, labels, classifier, real_features(classifier), sizes)
+    tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+    result = figures(base, ddit, labels, classifier, real_features(classifier), sizes, tokens)
 
     out.mkdir(parents=True, exist_ok=True)
     grid = write_grid(base.images, ddit.images, labels, out / "samples_base_vs_ddit.png")
     plot = write_schedule_plot(ddit.schedules, labels, sizes, args.tau, out / "schedule.png")
     report = {
         "model": "demo", "backend": "onnx", "device": "cpu", "samples": args.samples, "steps": args.steps,
-        "tau": args.tau, "rho": manifest["scheduler"]["rho"], "settle_steps": args.settle_steps, "seed": args.seed,
+        "tau": None if args.fixed else args.tau, "rule": None if args.fixed else args.rule,
+        "fixed_schedule": args.schedule, "rho": manifest["scheduler"]["rho"], "settle_steps": args.settle_steps,
+        "seed": args.seed,
         "scheduler_sizes": sorted(args.sizes), "ort_cpu_threading": ort_threading,
         "export_seconds": export_seconds, "total_seconds": time.perf_counter() - started,
         "grid": str(grid), "schedule_plot": str(plot), **result,
@@ -123,13 +141,15 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def _print_table(console: Console, r: dict, sizes) -> None:
-    table = Table(title=f"demo: {r['samples']} samples, {r['steps']} steps, ONNX Runtime CPU, tau {r['tau']:g}, "
-                        f"sizes {','.join(map(str, r['scheduler_sizes']))}")
+    what = (f"schedule {r['fixed_schedule']}" if r["fixed_schedule"] else
+            f"rule {r['rule']}, tau {r['tau']:g}, sizes {','.join(map(str, r['scheduler_sizes']))}")
+    table = Table(title=f"demo: {r['samples']} samples, {r['steps']} steps, ONNX Runtime CPU, {what}")
     table.add_column("figure")
     table.add_column("static base", justify="right")
     table.add_column("DDiT", justify="right")
     table.add_row("seconds / image", f"{r['seconds_per_image_base']:.3f}", f"{r['seconds_per_image_ddit']:.3f}")
     table.add_row("speed-up", "1.00x", f"{r['speedup']:.2f}x", style="bold")
+    table.add_row("token cost", "1.000", f"{r['token_cost']:.3f}")
     hist = r["schedule_histogram"]
     base_hist = {str(p): 0 for p in sizes} | {str(sizes[0]): r["samples"] * r["steps"]}
     table.add_row("steps at p" + "/".join(str(p) for p in sizes),
@@ -138,4 +158,10 @@ def _print_table(console: Console, r: dict, sizes) -> None:
     table.add_row("SSIM vs base", "1.000", f"{r['ssim']:.3f}")
     table.add_row("class accuracy", f"{100 * r['accuracy_base']:.1f}%", f"{100 * r['accuracy_ddit']:.1f}%")
     table.add_row("Frechet distance to real", f"{r['fd_base']:.3f}", f"{r['fd_ddit']:.3f}")
+    table.add_row("distinct schedules", "1", str(r["distinct_schedules"]))
+    if r["token_cost_textured"] is not None:
+        table.add_row("token cost flat / textured", "1.000 / 1.000",
+                      f"{r['token_cost_flat']:.3f} / {r['token_cost_textured']:.3f}")
     console.print(table)
+    per_class = ", ".join(f"{name} {cost:.2f}" for name, cost in r["token_cost_per_class"].items())
+    console.print(f"token cost per class: {per_class}", soft_wrap=False)

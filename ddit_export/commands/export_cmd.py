@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import argtypes
 from .errors import run_guarded, stderr
 
 
@@ -19,29 +20,37 @@ def patch_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"patch sizes must be integers like 2,4,8 (got '{text}')") from None
     if not sizes:
         raise argparse.ArgumentTypeError("give at least one patch size, e.g. 2,4")
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"patch sizes must be positive, like 2,4,8 (got '{text}')")
     return sizes
 
 
 def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     """Every setting defaults to None here: the request fills family defaults, a recipe fills the rest."""
-    from ..families.base import family_by_name
+    from ..families.defaults import FAMILY_DEFAULTS  # plain data: the help costs no torch import
 
-    fam = family_by_name(family)
+    fam = FAMILY_DEFAULTS[family]
     presets = " | ".join(f"'{n}'" for n in fam.presets)
-    h, w = fam.default_size
+    h, w = fam.size
+    small = "; ".join(f"{name}: {g.get('height')}x{g.get('width')}" + (f", {g['frames']} frames" if "frames" in g
+                                                                        else "")
+                      for name, g in fam.preset_geometry.items())
     p.add_argument("--recipe", help="YAML file of settings (see recipes/); flags given here override it")
     p.add_argument("--patch-sizes", type=patch_list, help="sizes in latent pixels, base included (default 2,4)")
-    p.add_argument("--model", help=f"{presets} (random weights), a diffusers pipeline/transformer folder, or a "
-                                   f"model id in the local HF cache (default {fam.default_model})")
+    p.add_argument("--model", help=f"{presets} (random weights, offline), a diffusers pipeline/transformer folder, "
+                                   f"or a model id in the local HF cache (default {fam.model})")
     p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
-    p.add_argument("--height", type=int, help=f"pixels (default {h})")
-    p.add_argument("--width", type=int, help=f"pixels (default {w})")
-    if fam.default_frames:
-        p.add_argument("--frames", type=int, help=f"video frames, 4k+1 (default {fam.default_frames})")
-    p.add_argument("--batch", type=int, help="engine batch (default 1; 2 = cond + uncond of CFG in one call)")
-    p.add_argument("--text-len", type=int, help=f"text tokens (default {fam.default_text_len})")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="engine precision (default bf16)")
-    p.add_argument("--opset", type=int, help="ONNX opset, >= 20 (default 20)")
+    p.add_argument("--height", type=argtypes.pixels, help=f"pixels (default {h}; {small})")
+    p.add_argument("--width", type=argtypes.pixels, help=f"pixels (default {w})")
+    if fam.frames:
+        p.add_argument("--frames", type=argtypes.frames, help=f"video frames, 4k+1 (default {fam.frames})")
+    p.add_argument("--batch", type=argtypes.batch,
+                   help="engine batch (default 1; 2 = cond + uncond of CFG in one call)")
+    p.add_argument("--text-len", type=argtypes.text_len, help=f"text tokens (default {fam.text_len})")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"),
+                   help="engine precision (default: bf16 when the export device is CUDA, fp32 on the CPU, "
+                        "whose ONNX Runtime has no bf16 math)")
+    p.add_argument("--opset", type=argtypes.positive_int, help="ONNX opset, >= 20 (default 20)")
     p.add_argument("--out", help="output folder (default engines/<family>-<model>-<h>x<w>)")
     p.add_argument("--force", action="store_true", help="rebuild even if --out holds engines from other inputs")
     p.add_argument("--external-data", action="store_true", default=None,
@@ -52,10 +61,10 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--layout",  # checked by the request: a bad value gets one line, not argparse's usage
                    help="single: one merged engine per size (default); staged: per size an embed and a head, "
                         "ONE trunk shared by all sizes (all sizes in the memory of one model)")
-    p.add_argument("--tau", type=float, help="the engines' default DDiT threshold (default 0.001)")
-    p.add_argument("--rho", type=float, help="the engines' default percentile as a fraction (default 0.4)")
-    p.add_argument("--atol", type=float, help="validation absolute tolerance, fp32 (default 1e-4)")
-    p.add_argument("--rtol", type=float, help="validation relative tolerance, fp32 (default 1e-3)")
+    p.add_argument("--tau", type=argtypes.tau, help="the engines' default DDiT threshold (default 0.001)")
+    p.add_argument("--rho", type=argtypes.rho, help="the engines' default percentile as a fraction (default 0.4)")
+    p.add_argument("--atol", type=argtypes.positive_float, help="validation absolute tolerance, fp32 (default 1e-4)")
+    p.add_argument("--rtol", type=argtypes.positive_float, help="validation relative tolerance, fp32 (default 1e-3)")
 
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
@@ -149,13 +158,17 @@ def run(args) -> int:
     family = args.command_name
 
     def body():
-        req = ExportRequest(family=family, **request_settings(args, family))
+        settings = request_settings(args, family)
+        req = ExportRequest(family=family, **settings)
         reporter = RichReporter(console)
         try:
             manifest = export_engines(req, reporter)
         finally:
             reporter.stop()
         console.print(summary_table(manifest, req.out_dir))
+        if "dtype" not in settings:
+            console.print(f"precision {req.dtype}: the default for a {req.device} export (bf16 on CUDA, fp32 on "
+                          "the CPU; --dtype to choose)")
         console.print(f"manifest: {req.out_dir / 'manifest.json'}")
 
     return run_guarded(body)

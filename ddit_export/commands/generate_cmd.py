@@ -15,39 +15,51 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..util.atomic import atomic_file, check_writable, staged_files
+from ..util.devices import parse_device
+from . import argtypes
+from .arglists import add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
 from .export_cmd import patch_list
+from .progress import Counted
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
+DEFAULT_STEPS = 50
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT,
-                   help="text prompt (models without text encoders get synthetic embeddings seeded from it)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--tau", type=float, help="scheduler threshold (default: the manifest's calibration)")
-    p.add_argument("--rho", type=float, help="scheduler percentile as a fraction (default: the manifest's)")
+    p.add_argument("--prompt",
+                   help="text prompt (models without text encoders get synthetic embeddings seeded from it; "
+                        f"the demo engines take one of their class names); default {DEFAULT_PROMPT!r}")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed (default 0)")
+    p.add_argument("--steps", type=argtypes.steps, help="denoising steps (default 50, or the length of --schedule)")
+    p.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's calibration)")
+    p.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
     p.add_argument("--backend", default="onnx",
                    help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--static", type=int, metavar="P", help="run every step at patch size P (no scheduling)")
+    p.add_argument("--static", type=argtypes.positive_int, metavar="P",
+                   help="run every step at patch size P (no scheduling)")
     p.add_argument("--sizes", type=patch_list, metavar="2,4",
                    help="patch sizes the scheduler may pick, the base included (default: every engine's)")
-    p.add_argument("--warmup-patch", type=int, metavar="P", help="size for the first 3 steps (default: the base)")
-    p.add_argument("--base-last-steps", type=int, default=0, metavar="N",
+    p.add_argument("--warmup-patch", type=argtypes.positive_int, metavar="P",
+                   help="size for the first 3 steps (default: the base)")
+    p.add_argument("--base-last-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="force the base size for the last N steps")
-    p.add_argument("--settle-steps", type=int, metavar="N",
+    p.add_argument("--settle-steps", type=argtypes.non_negative_int, metavar="N",
                    help="keep a newly chosen size N more steps, so decisions never read a third difference "
                         "spanning an engine switch (default: the manifest's, else 0 = the paper's rule)")
-    p.add_argument("--guidance", type=float,
+    add_schedule_arguments(p)
+    p.add_argument("--guidance", type=argtypes.non_negative_float,
                    help="FLUX: embedded guidance scale (default 3.5 when the model has one); "
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
     p.add_argument("--negative-prompt", default="",
@@ -61,9 +73,34 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: generate_command(args, Console(highlight=False)))
 
 
-def _check_args(args, manifest: dict) -> torch.device:
+def _checked_prompt(prompt: str | None, manifest: dict) -> str:
+    """The prompt to condition on; the demo model knows only its class names, so other text is refused
+    (it would silently sample noise from made-up embeddings)."""
+    from ..demo.model import DEMO_MODEL_ID
+
+    demo = manifest.get("model", {}).get("id") == DEMO_MODEL_ID
+    if prompt is None:
+        if not demo:
+            return DEFAULT_PROMPT
+        from ..demo.classes import CLASS_NAMES
+
+        return CLASS_NAMES[0]
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
+        raise ValueError("--prompt is not valid UTF-8 text; check the terminal's or the script's encoding") from None
+    if demo:
+        from ..demo.classes import CLASS_NAMES, class_index
+
+        return CLASS_NAMES[class_index(prompt)]  # raises with the list of classes
+    return prompt
+
+
+def _check_args(args, manifest: dict):
     """Everything that can be refused before loading engines; returns the device."""
     from ..runtime.backends import backend_class
+
+    args.prompt = _checked_prompt(args.prompt, manifest)
 
     if manifest.get("family") not in ("flux", "wan"):
         family = manifest.get("family")
@@ -71,6 +108,9 @@ def _check_args(args, manifest: dict) -> torch.device:
     if manifest.get("family") == "wan" and args.guidance is not None and not args.guidance > 0:
         raise ValueError(f"--guidance is Wan's CFG scale and must be > 0 (1 disables CFG); got {args.guidance}")
     backend_class(args.backend)  # unknown name -> the list of backends
+    args.fixed = schedule_from_args(args, args.steps)
+    if args.steps is None:
+        args.steps = len(args.fixed) if args.fixed else DEFAULT_STEPS
     sizes = [int(p) for p in manifest["patch_sizes"]]
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
         if value is not None and value not in sizes:
@@ -85,13 +125,7 @@ def _check_args(args, manifest: dict) -> torch.device:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but this torch has no CUDA device; use --device cpu")
-    return device
+    return parse_device(args.device)
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
@@ -107,45 +141,52 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     manifest = read_manifest(folder)
     device = _check_args(args, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_writable(out)  # before sampling: a read-only or missing disk is refused at once
+    if args.save_trajectory:
+        check_writable(Path(args.save_trajectory).expanduser().parent, "--save-trajectory's folder")
 
     with get_backend(args.backend, folder, device=device) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
+            schedule=args.fixed, rule=args.rule,
         )
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
-        result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
-                          return_trajectory=bool(args.save_trajectory))
+        with Counted(console, args.steps, "sampling", unit="step") as bar:
+            result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
+                              return_trajectory=bool(args.save_trajectory),
+                              on_step=lambda _, patch: bar.advance(status=f"p{patch}"))
         if result.cfg is not None:  # Wan: say how the guidance passes ran (one call or two per step)
             console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
-    out.mkdir(parents=True, exist_ok=True)
-    if manifest["family"] == "wan":
-        written = _write_latent_and_video(manifest, result.latent, out, device)
-    else:
-        written = [_write_image_or_latent(manifest, result.latent, out, device)]
     trace = result.trace
-    record = {
-        "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
-        "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
-        "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
-        "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
-        "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
-        "timesteps": result.timesteps.float().cpu().tolist(),
-        **_wan_record(args, conditioning, result),
-        **trace.to_json(),
-    }
-    (out / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
-    written.append(out / "trace.json")
+    with staged_files(out) as staging:  # every output or none: a full disk leaves no half-written folder
+        if manifest["family"] == "wan":
+            written = _write_latent_and_video(manifest, result.latent, staging, device)
+        else:
+            written = [_write_image_or_latent(manifest, result.latent, staging, device)]
+        record = {
+            "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
+            "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
+            "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
+            "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
+            "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
+            "fixed_schedule": args.schedule, "statistic": config.statistic, "monotone": config.monotone,
+            "timesteps": result.timesteps.float().cpu().tolist(),
+            **_wan_record(args, conditioning, result),
+            **trace.to_json(),
+        }
+        (staging / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
+        written = [out / p.name for p in [*written, staging / "trace.json"]]
     if args.save_trajectory:
+        import numpy as np
+
         path = Path(args.save_trajectory).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
-        np.savez(path, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
+            np.savez(fh, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
         written.append(path)
     _print_summary(console, trace, written)
     return 0
@@ -164,6 +205,8 @@ def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, devi
         return path
     folder = vae_folder(manifest)
     if folder is None:
+        import numpy as np
+
         path = out / "latent.npy"
         np.save(path, latent.float().cpu().numpy())
         return path
@@ -184,6 +227,8 @@ def _wan_record(args, conditioning, result) -> dict:
 
 def _write_latent_and_video(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
     """Wan: the video latent always; a GIF per video when the model folder has Wan's VAE."""
+    import numpy as np
+
     from ..runtime.sampling import vae_folder
     from ..runtime.sampling_wan import decode_video
 

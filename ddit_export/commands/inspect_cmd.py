@@ -22,16 +22,21 @@ def run(args) -> int:
 
     def body():
         m = read_manifest(args.engine_dir)
-        model, adapters, sched = m["model"], m["adapters"], m["scheduler"]
+        model, adapters, req = m["model"], m["adapters"], m["request"]
         console.print(f"[bold]{m['family']}[/] model [cyan]{model['id']}[/] (config {model['config_hash']}, "
-                      f"weights {model['weights_sha256'][:12]}...)")
+                      f"weights sha256 {model['weights_sha256'][:12]}...)")
+        config = {k: v for k, v in model.get("config", {}).items() if not k.startswith("_")}
+        console.print("model config: " + ", ".join(f"{k}={_compact(v)}" for k, v in config.items()))
         trained = "trained" if adapters["trained"] else "[yellow]UNTRAINED DDiT modules[/]"
-        console.print(f"adapters: {adapters['path'] or '-'} ({trained})")
-        req = m["request"]
-        console.print(f"resolution {req['height']}x{req['width']}, batch {req['batch']}, text {req['text_len']} "
-                      f"tokens, dtype {m['dtype']}, opset {m['opset']}, built {m['created']}")
-        console.print(f"scheduler defaults: tau {sched['tau']}, rho {sched['rho']}, warm-up p{sched['warmup_patch']}, "
-                      f"calibration {sched['calibration'] or 'none'}")
+        pack = f"{adapters['path']} (sha256 {adapters['sha256'][:12]}...)" if adapters.get("path") else "none"
+        console.print(f"adapters: {pack}; {trained}")
+        frames = f", {req['frames']} frames" if req.get("frames") else ""
+        console.print(f"geometry: {req['height']}x{req['width']} pixels{frames}, batch {req['batch']}, latent "
+                      f"{'x'.join(map(str, m['latent_shape']))}, text {req['text_len']} tokens; patch sizes "
+                      f"{', '.join(map(str, m['patch_sizes']))} (base {m['base_patch']})")
+        console.print(f"precision {m['dtype']}, ONNX opset {m['opset']}, manifest format {m['format']}, "
+                      f"built {m['created']}")
+        console.print(_scheduler_line(m["scheduler"]))
         io = Table(title="engine I/O (identical for every patch size)")
         for col in ("", "name", "shape", "dtype"):
             io.add_column(col)
@@ -43,3 +48,28 @@ def run(args) -> int:
         console.print("tools: " + ", ".join(f"{k} {v}" for k, v in m["tools"].items() if v))
 
     return run_guarded(body)
+
+
+def _compact(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _scheduler_line(sched: dict) -> str:
+    """The engines' default schedule and, when calibrated, what the calibration measured and chose."""
+    parts = [f"tau {sched['tau']:g}", f"rho {sched['rho']:g}", f"warm-up p{sched.get('warmup_patch')}"]
+    if sched.get("patch_sizes"):
+        parts.append(f"sizes {','.join(map(str, sched['patch_sizes']))}")
+    if sched.get("settle_steps"):
+        parts.append(f"settle {sched['settle_steps']} steps")
+    line = "scheduler defaults: " + ", ".join(parts)
+    cal = sched.get("calibration")
+    if not cal:
+        return line + "; not calibrated (`ddit-export calibrate`)"
+    chosen, budget, speed = cal.get("chosen", {}), cal.get("budget", {}), cal.get("speed", "?")
+    metric = budget.get("metric", "?")
+    grid = cal.get("grid", {})
+    return (f"{line}\ncalibrated {cal.get('date', '?')} on {cal.get('backend', '?')}/{cal.get('device', '?')}, "
+            f"{len(cal.get('samples', []))} samples x {cal.get('steps', '?')} steps, grid "
+            f"{len(grid.get('tau', []))} tau x {len(grid.get('rho', []))} rho: chose tau {chosen.get('tau', '?'):.4g} "
+            f"rho {chosen.get('rho', '?'):g} ({speed} {chosen.get(speed, float('nan')):.2f}x, {metric} "
+            f"{chosen.get(metric, float('nan')):.3f} >= {budget.get('min', float('nan')):g})")

@@ -11,6 +11,7 @@ import argparse
 
 from rich.console import Console
 
+from . import argtypes
 from .errors import run_guarded
 from .export_cmd import patch_list
 
@@ -35,33 +36,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--prompt-embeds", metavar="FILE", help="data-free with precomputed embeddings: safetensors with "
                       "encoder_hidden_states [N,T,D] (FLUX also pooled_projections [N,D]; Wan with --guidance > 1 "
                       "also negative_encoder_hidden_states [1 or N,T,D])")
-    data.add_argument("--teacher-steps", type=int, default=None,
+    data.add_argument("--teacher-steps", type=argtypes.steps, default=None,
                       help="sampling steps per trajectory (default: the pipeline's, 28 FLUX, 50 Wan)")
-    data.add_argument("--guidance", type=float, default=None,
+    data.add_argument("--guidance", type=argtypes.non_negative_float, default=None,
                       help="FLUX: embedded guidance scale (default 3.5); Wan: classifier-free guidance of the "
                            "teacher's trajectories with the negative prompt '' (default 1 = off; 5 as WanPipeline)")
-    data.add_argument("--height", type=int, default=None, help="pixels (default 1024 FLUX, 480 Wan)")
-    data.add_argument("--width", type=int, default=None, help="pixels (default 1024 FLUX, 832 Wan)")
-    data.add_argument("--frames", type=int, default=None, help="Wan only: video frames, 4k+1 (default 81)")
-    data.add_argument("--text-len", type=int, default=None, help="text tokens for prompts (default 512)")
+    data.add_argument("--height", type=argtypes.pixels, default=None, help="pixels (default 1024 FLUX, 480 Wan)")
+    data.add_argument("--width", type=argtypes.pixels, default=None, help="pixels (default 1024 FLUX, 832 Wan)")
+    data.add_argument("--frames", type=argtypes.frames, default=None, help="Wan only: video frames, 4k+1 (default 81)")
+    data.add_argument("--text-len", type=argtypes.text_len, default=None, help="text tokens for prompts (default 512)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
-    opt.add_argument("--batch-size", type=int, default=1, help="samples per step and process (default 1)")
-    opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--lora-rank", type=int, default=32)
+    opt.add_argument("--steps", type=argtypes.positive_int, default=1000, help="optimisation steps (default 1000)")
+    opt.add_argument("--batch-size", type=argtypes.batch, default=1, help="samples per step and process (default 1)")
+    opt.add_argument("--seed", type=argtypes.seed, default=0)
+    opt.add_argument("--lora-rank", type=argtypes.positive_int, default=32)
+    opt.add_argument("--init-adapters", metavar="PACK", help="start from this adapter pack (same rank and sizes), "
+                     "e.g. after fine-tuning the base model")
     opt.add_argument("--optimizer", choices=("adamw", "prodigy"), default="adamw",
                      help="adamw (default) or prodigy (needs `pip install prodigyopt`)")
-    opt.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 AdamW, 1.0 Prodigy)")
+    opt.add_argument("--lr", type=argtypes.positive_float, default=None,
+                     help="learning rate (default 1e-4 AdamW, 1.0 Prodigy)")
     opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                      help="constant (default) or cosine: 5%% warm-up, then decay to 10%% of --lr")
-    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--weight-decay", type=argtypes.non_negative_float, default=0.0)
     opt.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16",
                      help="frozen backbone dtype; bf16 runs under autocast with fp32 trained weights (default bf16)")
     opt.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations (less memory)")
     run_group = p.add_argument_group("run")
-    run_group.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+    run_group.add_argument("--checkpoint-every", type=argtypes.non_negative_int, default=500, metavar="N",
                            help="save a resumable checkpoint every N steps, 0 = never (default 500)")
-    run_group.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default 2)")
+    run_group.add_argument("--keep-checkpoints", type=argtypes.positive_int, default=2,
+                           help="newest checkpoints kept (default 2)")
     run_group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     run_group.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start over")
 
@@ -74,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
         images=args.images, vae=args.vae, prompts=args.prompts, prompt_embeds=args.prompt_embeds,
         teacher_steps=args.teacher_steps, guidance=args.guidance, height=args.height, width=args.width,
         frames=args.frames, text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-        lora_rank=args.lora_rank, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
+        lora_rank=args.lora_rank, init_adapters=args.init_adapters,
+        optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,

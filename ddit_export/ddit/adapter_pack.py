@@ -7,6 +7,7 @@ silently applied to another model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,9 +42,24 @@ def read_meta(path) -> PackMeta:
     path = Path(path)
     if not (path / META).is_file() or not (path / WEIGHTS).is_file():
         raise AdapterPackError(f"{path} is not an adapter pack (expected {META} and {WEIGHTS})")
-    data = json.loads((path / META).read_text())
+    try:
+        data = json.loads((path / META).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterPackError(f"{path / META} is not valid JSON ({err}); rewrite it with `ddit-export train`") \
+            from None
+    if not isinstance(data, dict):
+        raise AdapterPackError(f"{path / META} must hold a JSON object, not {type(data).__name__}")
     if data.get("format") != PACK_FORMAT:
         raise AdapterPackError(f"{path}: adapter pack format {data.get('format')} is not {PACK_FORMAT}")
+    fields = {f.name: f.type for f in dataclasses.fields(PackMeta)}
+    unknown, missing = sorted(set(data) - set(fields)), sorted(set(fields) - set(data) - {"format"})
+    if unknown or missing:
+        raise AdapterPackError(f"{path / META}: unknown keys {unknown}, missing keys {missing}")
+    kinds = {"int": int, "str": str, "float": (int, float), "list[int]": list}
+    wrong = [k for k, t in fields.items() if k in data and not isinstance(data[k], kinds[t])
+             or (t == "list[int]" and not all(isinstance(v, int) for v in data.get(k, [])))]
+    if wrong:
+        raise AdapterPackError(f"{path / META}: wrong value types for {wrong}")
     return PackMeta(**data)
 
 
@@ -105,13 +121,26 @@ def load_adapter_pack(model: DDiTModel, path) -> PackMeta:
             f"adapter pack has LoRA rank {meta.lora_rank} (alpha {meta.lora_alpha}); the model was built with "
             f"rank {model.lora_rank} (alpha {model.lora_alpha})"
         )
-    tensors = load_file(str(Path(path) / WEIGHTS), device=str(next(model.parameters()).device))
+    weights = Path(path) / WEIGHTS
+    try:
+        tensors = load_file(str(weights), device=str(next(model.parameters()).device))
+    except Exception as err:  # safetensors' own error type: truncated or not a safetensors file
+        raise AdapterPackError(f"{weights} cannot be read ({str(err).splitlines()[0]}); the file is damaged or "
+                               "truncated: copy it again or retrain") from None
     for p in model.extra_sizes:
         mods = {k.split(".modules.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"p{p}.modules.")}
-        model.extra[str(p)].load_state_dict(mods, strict=True)
         lora = {k.split(".lora.", 1)[1]: v for k, v in tensors.items() if k.startswith(f"p{p}.lora.")}
-        result = set_peft_model_state_dict(model.transformer, lora, adapter_name=adapter_name(p))
+        expected = {k for k in model.transformer.state_dict() if f".{adapter_name(p)}." in k and "lora_" in k}
+        given = {k.replace(".weight", f".{adapter_name(p)}.weight") for k in lora}
+        try:
+            model.extra[str(p)].load_state_dict(mods, strict=True)
+            result = set_peft_model_state_dict(model.transformer, lora, adapter_name=adapter_name(p))
+        except RuntimeError as err:  # torch's size-mismatch / missing-key report, many lines long
+            raise AdapterPackError(f"{weights}: adapter p{p} does not match {META} or this model "
+                                   f"({' '.join(str(err).split())[:240]})") from None
         unexpected = getattr(result, "unexpected_keys", None) or []
         if unexpected:
             raise AdapterPackError(f"adapter p{p} has weights this model lacks: {unexpected[:3]}")
+        if expected - given:
+            raise AdapterPackError(f"{weights}: adapter p{p} lacks LoRA weights {sorted(expected - given)[:3]}")
     return meta

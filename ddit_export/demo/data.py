@@ -53,13 +53,29 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int = IMAGE_S
     cx, cy = uniform(10, size - 10, 1, 1), uniform(10, size - 10, 1, 1)
     radius = uniform(6.5, 10, 1, 1)
     jitter = uniform(-0.07, 0.07, 3, 1, 1)
+    phase = torch.randint(0, 4, (b, 2), generator=generator)
     for i, label in enumerate(labels.tolist()):
-        shape, colour = CLASSES[CLASS_NAMES[label]]
-        dist = _signed_distance(shape, xx - cx[i], yy - cy[i], radius[i])
+        cls = CLASSES[CLASS_NAMES[label]]
+        dist = _signed_distance(cls.shape, xx - cx[i], yy - cy[i], radius[i])
         alpha = (0.5 - dist).clamp(0, 1)  # one-pixel anti-aliased edge
-        fill = (torch.tensor(colour).view(3, 1, 1) + jitter[i]).clamp(0, 1)
+        fill = (torch.tensor(cls.colour).view(3, 1, 1) + jitter[i]).clamp(0, 1)
+        if cls.textured:
+            second = (torch.tensor(cls.colour2).view(3, 1, 1) + jitter[i]).clamp(0, 1)
+            on = _texture(cls.texture, xx.long() + phase[i, 0], yy.long() + phase[i, 1])
+            fill = torch.where(on, fill, second)
         image[i] = image[i] * (1 - alpha) + fill * alpha
     return image
+
+
+def _texture(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Boolean pattern on integer pixel coordinates: detail at the scale of the base patch (2 pixels)."""
+    if kind == "stripes":
+        return (y // 2) % 2 == 0
+    if kind == "checks":
+        return ((x // 2) + (y // 2)) % 2 == 0
+    if kind == "diagonal":
+        return ((x + y) // 2) % 2 == 0
+    raise ValueError(f"unknown texture {kind}")
 
 
 def sample_batch(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

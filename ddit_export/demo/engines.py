@@ -7,6 +7,7 @@ from pathlib import Path
 from ..export.build import Reporter, export_engines
 from ..export.request import ExportRequest
 from .model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
+from .tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU
 
 DEMO_PATCH_SIZES = (2, 4, 8)
 DEFAULT_ENGINE_DIR = Path("engines") / "demo"
@@ -16,7 +17,8 @@ def demo_request(out: Path, force: bool = False) -> ExportRequest:
     return ExportRequest(
         family="flux", model=DEMO_MODEL_ID, patch_sizes=DEMO_PATCH_SIZES, adapters=str(require(ADAPTERS_DIR)),
         height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN, dtype="fp32", out=str(out), force=force,
-        backends=("onnx",),
+        # the demo's tuned schedule, so `generate` on these engines schedules as `ddit-export demo` does
+        backends=("onnx",), tau=DEFAULT_TAU, scheduler_sizes=DEFAULT_SIZES, rule=DEFAULT_RULE,
     )
 
 

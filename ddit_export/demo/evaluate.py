@@ -15,8 +15,8 @@ import torch
 from ..bench.quality import frechet_distance, psnr, ssim
 from ..runtime.dispatcher import schedule_config
 from ..runtime.sampling import generate
-from .classes import CLASS_NAMES
-from .classifier import DemoClassifier, score
+from .classes import CLASS_NAMES, FLAT_CLASSES, TEXTURED_CLASSES
+from .classifier import DemoClassifier, load_classifier, score
 from .codec import decode
 from .conditioning import demo_conditioning
 from .data import sample_batch
@@ -61,24 +61,18 @@ def warm_up(backend, steps: int = 4) -> None:
         generate(backend, cond, schedule_config(backend, static_patch=patch), steps=steps, seed=0)
 
 
-def sample_runs(backend, n: int, steps: int, seed: int, taus: list[float], progress=None,
-                settle_steps: int = 0, patch_sizes: tuple[int, ...] | None = None) -> tuple[Run, dict]:
-    """The static base run and one DDiT run per tau, sample by sample interleaved.
-
-    `patch_sizes`: the sizes DDiT may pick (default: every engine's).
-    """
-    base, ddit = Run(), {tau: Run() for tau in taus}
+def sample_runs(backend, n: int, steps: int, seed: int, configs: dict, progress=None) -> tuple[Run, dict]:
+    """The static base run and one run per ``configs[key] = ScheduleConfig``, sample by sample interleaved."""
+    base, runs = Run(), {key: Run() for key in configs}
     static = schedule_config(backend, static_patch=backend.base_patch)
-    dynamic = {tau: schedule_config(backend, tau=tau, settle_steps=settle_steps, patch_sizes=patch_sizes)
-               for tau in taus}
     for i, label in enumerate(sample_labels(n).tolist()):
         cond = demo_conditioning(CLASS_NAMES[label])
         base.add(*timed_generate(backend, cond, static, steps, seed + i))
-        for tau in taus:
-            ddit[tau].add(*timed_generate(backend, cond, dynamic[tau], steps, seed + i))
+        for key, config in configs.items():
+            runs[key].add(*timed_generate(backend, cond, config, steps, seed + i))
         if progress:
             progress()
-    return base, ddit
+    return base, runs
 
 
 def real_features(classifier: DemoClassifier) -> torch.Tensor:
@@ -91,14 +85,30 @@ def histogram(schedules: list[list[int]], sizes) -> dict[str, int]:
     return {str(p): flat.count(p) for p in sizes}
 
 
+def token_costs(schedules: list[list[int]], tokens: dict[int, int]) -> list[float]:
+    """Each schedule's tokens over all steps as a fraction of the all-base schedule's."""
+    base = tokens[min(tokens)]
+    return [sum(tokens[p] for p in s) / (len(s) * base) for s in schedules]
+
+
 def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifier, real: torch.Tensor,
-            sizes) -> dict:
+            sizes, tokens: dict[int, int]) -> dict:
     """Every number the demo reports for one DDiT configuration against the static base."""
     acc_base, feats_base = score(classifier, base.batch, labels)
     acc_ddit, feats_ddit = score(classifier, ddit.batch, labels)
     t_base = sum(base.seconds) / len(base.seconds)
     t_ddit = sum(ddit.seconds) / len(ddit.seconds)
+    costs = token_costs(ddit.schedules, tokens)
+    per_class = {name: [c for c, lab in zip(costs, labels.tolist()) if lab == i] for i, name in enumerate(CLASS_NAMES)}
+    per_class = {name: sum(v) / len(v) for name, v in per_class.items() if v}
+    flat = [per_class[n] for n in FLAT_CLASSES if n in per_class]
+    textured = [per_class[n] for n in TEXTURED_CLASSES if n in per_class]
     return {
+        "token_cost": sum(costs) / len(costs),
+        "token_cost_per_class": per_class,
+        "token_cost_flat": sum(flat) / len(flat) if flat else None,
+        "token_cost_textured": sum(textured) / len(textured) if textured else None,
+        "distinct_schedules": len({tuple(s) for s in ddit.schedules}),
         "seconds_per_image_base": t_base,
         "seconds_per_image_ddit": t_ddit,
         "speedup": t_base / t_ddit,
@@ -112,3 +122,24 @@ def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifi
         "schedule_histogram": histogram(ddit.schedules, sizes),
         "schedules": ddit.schedules,
     }
+
+
+def schedule_hooks(manifest: dict) -> dict | None:
+    """What `ddit-export schedules` needs to score the demo: its classes as prompts, its codec, its classifier.
+
+    None for engines of any other model.
+    """
+    from .model import DEMO_MODEL_ID
+
+    if manifest["model"]["id"] != DEMO_MODEL_ID:
+        return None
+    classifier = load_classifier()
+    real = real_features(classifier)
+
+    def score_images(images: torch.Tensor, prompts: list[str]) -> dict:
+        labels = torch.tensor([CLASS_NAMES.index(p) for p in prompts])
+        accuracy, feats = score(classifier, images, labels)
+        return {"accuracy": accuracy, "fd": frechet_distance(feats, real)}
+
+    return {"prompts": list(CLASS_NAMES), "to_images": lambda latent: decode(latent.float()),
+            "score": score_images}

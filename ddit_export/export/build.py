@@ -22,7 +22,8 @@ from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
 from ..ddit.merge import base_state_dict, build_engine
 from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
 from ..families.base import config_hash
-from ..util.atomic import atomic_folder
+from ..runtime.rules import DEFAULT_RULE, RULES
+from ..util.atomic import atomic_folder, output_lock
 from .iospec import IOSpec
 from .manifest import (
     MANIFEST,
@@ -86,8 +87,15 @@ def _scheduler_defaults(req: ExportRequest, old: dict | None, base_patch: int, w
     same_model = old and old["model"].get("weights_sha256") == weights and old["adapters"].get("sha256") == adapters
     if same_model and req.tau is None and req.rho is None and old["scheduler"].get("calibration"):
         return old["scheduler"]
+    rule = req.rule or DEFAULT_RULE
+    preset = RULES[rule]
+    fresh["rule"] = rule
     fresh["tau"] = DEFAULT_TAU if req.tau is None else req.tau
-    fresh["rho"] = DEFAULT_RHO if req.rho is None else req.rho
+    fresh["rho"] = preset.get("rho", DEFAULT_RHO) if req.rho is None else req.rho
+    if req.scheduler_sizes is not None:  # e.g. the demo's tuned 2,4 of engines 2,4,8
+        fresh["patch_sizes"] = list(req.scheduler_sizes)
+    if preset["warmup"] == "coarsest":
+        fresh["warmup_patch"] = max(req.scheduler_sizes or req.patch_sizes)
     return fresh
 
 
@@ -210,6 +218,13 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
         return export_staged(req, reporter)
     reporter = reporter or Reporter()
     req.check_out_writable()
+    # One writer per --out from reading the old manifest to the final rename: a concurrent export
+    # waits, then reuses this one's engines or is refused for other inputs, as if run afterwards.
+    with output_lock(req.out_dir, on_wait=reporter.warn):
+        return _export_locked(req, reporter)
+
+
+def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
     model.to(req.device)

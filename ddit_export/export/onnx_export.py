@@ -173,6 +173,8 @@ def _save(program: torch.onnx.ONNXProgram, path: Path, external: bool) -> None:
     external_data_path(path).unlink(missing_ok=True)
     try:
         program.save(path, external_data=external)
+    except OSError as exc:  # a full or read-only disk is the environment's fault: keep it an OSError
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except Exception as exc:
         raise ExportError(f"saving ONNX graph to {path} failed: {_root_cause(exc)}") from exc
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..families.base import family_by_name
+from ..runtime.rules import RULES
+from ..util import limits
+from ..util.atomic import check_writable
+from ..util.devices import parse_device
 
 BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
 LAYOUTS = ("single", "staged")
@@ -28,7 +30,7 @@ class ExportRequest:
     frames: int | None = None
     batch: int = 1
     text_len: int | None = None
-    dtype: str = "bf16"
+    dtype: str | None = None  # None: bf16 when the export device is CUDA, else fp32 (see __post_init__)
     opset: int = 20
     out: str | None = None
     force: bool = False
@@ -40,36 +42,58 @@ class ExportRequest:
     device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
+    scheduler_sizes: tuple[int, ...] | None = None  # sizes the default schedule may pick; None: every size
+    rule: str | None = None  # the engines' default dynamic rule (runtime/rules.py); None: DEFAULT_RULE
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
     layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
 
     def __post_init__(self):
-        self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
+        if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):
+            raise TypeError(f"patch_sizes takes a sequence of integers like (2, 4) (got {self.patch_sizes!r})")
+        self.patch_sizes = tuple(sorted(set(limits.check_int(p, "--patch-sizes") for p in self.patch_sizes)))
         fam = family_by_name(self.family)
         self.model = self.model or fam.default_model
-        self.height = self.height or fam.default_size[0]
-        self.width = self.width or fam.default_size[1]
-        if (self.tau is not None and self.tau < 0) or (self.rho is not None and not 0 < self.rho < 1):
-            raise ValueError(f"scheduler tau must be >= 0 and rho in (0, 1) (got tau {self.tau}, rho {self.rho})")
+        geometry = fam.defaults.geometry(self.model)  # `tiny` defaults to a size that exports in seconds
+        # `is None`, not `or`: --height 0 is a mistake to refuse, not a request for the default.
+        self.height = geometry["height"] if self.height is None else limits.check_int(self.height, "--height",
+                                                                                      high=limits.MAX_SIDE)
+        self.width = geometry["width"] if self.width is None else limits.check_int(self.width, "--width",
+                                                                                   high=limits.MAX_SIDE)
+        if self.tau is not None:
+            self.tau = limits.check_tau(self.tau)
+        if self.rho is not None:
+            self.rho = limits.check_rho(self.rho)
+        self.atol = limits.check_float(self.atol, "--atol", low=0.0, low_open=True)
+        self.rtol = limits.check_float(self.rtol, "--rtol", low=0.0, low_open=True)
         if self.text_len is None:
             self.text_len = fam.default_text_len
         if self.frames is None:
-            self.frames = fam.default_frames
+            self.frames = geometry["frames"]
+        elif fam.default_frames:
+            self.frames = limits.check_int(self.frames, "--frames", high=limits.MAX_FRAMES)
+        self.batch = limits.check_int(self.batch, "--batch", high=limits.MAX_BATCH)
+        self.text_len = limits.check_int(self.text_len, "--text-len", high=limits.MAX_TEXT_LEN)
+        self.opset = limits.check_int(self.opset, "--opset")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)} (got {self.layout})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
-        if self.batch < 1 or self.text_len < 1:
-            raise ValueError("--batch and --text-len must be at least 1")
         if self.opset < 20:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
         fam.check_image_size(self.height, self.width, self.frames)
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
+        if self.rule is not None and self.rule not in RULES:
+            raise ValueError(f"unknown scheduler rule {self.rule!r}: choose one of {', '.join(RULES)}")
+        if self.scheduler_sizes is not None:
+            self.scheduler_sizes = tuple(sorted(set(int(p) for p in self.scheduler_sizes)))
+            if not set(self.scheduler_sizes) <= set(self.patch_sizes) or fam.base_patch not in self.scheduler_sizes:
+                raise ValueError(f"scheduler sizes {list(self.scheduler_sizes)} must be some of --patch-sizes "
+                                 f"{list(self.patch_sizes)}, the base {fam.base_patch} included")
         self.backends = self._checked_backends()
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: no CUDA device is visible; use --device cpu")
+        self.device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
+        self.device = "cpu" if self.device == "auto" else str(parse_device(self.device))
+        if self.dtype is None:  # what the export device can run: ONNX Runtime's CPU kernels have no bf16 math
+            self.dtype = "bf16" if self.device.startswith("cuda") else "fp32"
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
 
     def _checked_backends(self) -> tuple[str, ...]:
         from .tensorrt import unavailable_reason
@@ -116,16 +140,4 @@ class ExportRequest:
         return identity
 
     def check_out_writable(self) -> None:
-        out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} exists and is not a folder")
-        parent = out.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        try:  # ask the file system itself: permission bits say nothing about /proc, read-only mounts, quotas
-            probe = tempfile.mkdtemp(prefix=".ddit-probe-", dir=parent)
-            os.rmdir(probe)
-        except OSError as err:
-            raise ValueError(
-                f"--out {out} is not writable ({err.strerror} in {parent}); choose another --out"
-            ) from None
+        check_writable(self.out_dir)

@@ -155,6 +155,12 @@ class Family:
         h, w = latent_shape[-2:]
         if h % self.base_patch or w % self.base_patch:
             raise ValueError(f"the base patch {self.base_patch} must divide the {h}x{w} latent grid")
+        too_big = [p for p in sizes if p > min(h, w)]
+        if too_big:  # a block wider than the grid is mostly padding: refused before it allocates anything
+            raise ValueError(
+                f"patch size(s) {too_big} do not fit in the {h}x{w} latent grid ({h * self.vae_scale}x"
+                f"{w * self.vae_scale} pixels); use sizes up to {min(h, w)} or a larger --height/--width"
+            )
 
     def preset(self, name: str, seed: int = 0):
         """A random-weight model from a named config; the seed makes every build identical."""
@@ -172,11 +178,9 @@ class Family:
             return built if dtype == torch.float32 else built.to(dtype)
         path = Path(model).expanduser()
         if path.is_dir():
-            # str(): diffusers records the argument as the config's _name_or_path, which must stay JSON.
-            if (path / "transformer" / "config.json").is_file():
-                return cls.from_pretrained(str(path), subfolder="transformer", torch_dtype=dtype)
-            if (path / "config.json").is_file():
-                return cls.from_pretrained(str(path), torch_dtype=dtype)
+            for folder, sub in ((path / "transformer", "transformer"), (path, None)):
+                if (folder / "config.json").is_file():
+                    return self._load_folder(cls, path, folder, sub, dtype)
             raise ModelLoadError(
                 f"{path} holds neither a diffusers pipeline (transformer/config.json) nor a transformer "
                 "(config.json); point --model at the folder written by save_pretrained"
@@ -191,8 +195,28 @@ class Family:
             raise ModelLoadError(
                 f"model '{model}' is not a local folder and is not in the local Hugging Face cache "
                 f"(no hub access at run time): download it beforehand, e.g. `hf download {model}`, "
-                f"or pass a folder ({type(err).__name__})"
+                f"pass a folder, or try the offline preset `--model tiny` ({type(err).__name__})"
             ) from None
+
+    @staticmethod
+    def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype):
+        """from_pretrained on a folder, with a damaged config or missing weights named in one line."""
+        config = folder / "config.json"
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"{config} is not valid JSON ({err}); restore it from the model's source") from None
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            # checked here: diffusers would log its own error lines before raising
+            raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
+                                 "model's weights files there")
+        try:
+            # str(): diffusers records the argument as the config's _name_or_path, which must stay JSON.
+            return cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+            first = " ".join(str(err).split())[:300]
+            raise ModelLoadError(f"{folder} cannot be loaded as a {cls.__name__} ({type(err).__name__}: {first}); "
+                                 "check its config.json and weights files") from None
 
 
 def config_hash(config) -> str:

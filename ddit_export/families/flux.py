@@ -13,6 +13,7 @@ from torch import nn
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
 from .base import Family, TensorSpecLike
+from .defaults import FAMILY_DEFAULTS
 
 FLUX_TINY_CONFIG = dict(
     patch_size=1,
@@ -54,9 +55,10 @@ class FluxFamily(Family):
     rope_name = "pos_embed"
     lora_targets = FLUX_LORA_TARGETS
     presets = {"tiny": FLUX_TINY_CONFIG, "medium": FLUX_MEDIUM_CONFIG, "smoke": FLUX_SMOKE_CONFIG}
-    default_text_len = 512
-    default_model = "black-forest-labs/FLUX.1-dev"
-    default_size = (1024, 1024)
+    defaults = FAMILY_DEFAULTS["flux"]
+    default_text_len = defaults.text_len
+    default_model = defaults.model
+    default_size = defaults.size
 
     @staticmethod
     def model_class():

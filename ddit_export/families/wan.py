@@ -16,6 +16,7 @@ from torch import nn
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
 from .base import Family, TensorSpecLike
+from .defaults import FAMILY_DEFAULTS
 
 WAN_TINY_CONFIG = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
@@ -90,12 +91,13 @@ class WanFamily(Family):
     rope_name = "rope"
     lora_targets = WAN_LORA_TARGETS
     presets = {"tiny": WAN_TINY_CONFIG, "medium": WAN_MEDIUM_CONFIG}
-    default_text_len = 512
-    default_frames = 81
+    defaults = FAMILY_DEFAULTS["wan"]
+    default_text_len = defaults.text_len
+    default_frames = defaults.frames
     timestep_scale = 1000.0  # WanPipeline passes the scheduler's timestep (sigma * 1000)...
     float32_inputs = ("timestep",)  # ...in fp32, whatever the transformer's dtype
-    default_model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    default_size = (480, 832)
+    default_model = defaults.model
+    default_size = defaults.size
 
     @staticmethod
     def model_class():

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from .backends.base import Backend
-from .scheduler import AccelerationScheduler, Decision, ScheduleConfig
+from .schedule_spec import check_schedule
+from .scheduler import DEFAULT_RULE, RULES, AccelerationScheduler, Decision, ScheduleConfig
 from .trace import Trace, clock_for
 
 
@@ -33,12 +34,26 @@ def schedule_config(
     base_last_steps: int = 0,
     settle_steps: int | None = None,
     patch_sizes: tuple[int, ...] | None = None,
+    schedule: tuple[int, ...] | None = None,
+    rule: str | None = None,
 ) -> ScheduleConfig:
-    """Scheduler settings for a backend's engines; tau / rho default to the manifest's calibration.
+    """Scheduler settings for a backend's engines; tau / rho / rule default to the manifest's calibration.
 
     `patch_sizes` limits the sizes the scheduler may pick to some of the engines (the base among them).
+    `schedule` pins one size per step (a fixed schedule; `schedule_spec.parse_schedule`).
+    `rule` names a preset of the dynamic rule (`scheduler.RULES`: statistic, warm-up, ratchet).
     """
     defaults = backend.manifest.get("scheduler", {})
+    if schedule is not None:
+        check_schedule(schedule, backend.patch_sizes, None)
+        return ScheduleConfig(patch_sizes=tuple(backend.patch_sizes), base_patch=backend.base_patch,
+                              fixed=tuple(schedule))
+    rule = defaults.get("rule", DEFAULT_RULE) if rule is None else rule
+    if rule not in RULES:
+        raise ValueError(f"unknown scheduler rule {rule!r}: choose one of {', '.join(RULES)}")
+    preset = RULES[rule]
+    if patch_sizes is None and static_patch is None and defaults.get("patch_sizes"):  # tuned subset (demo: 2,4)
+        patch_sizes = tuple(int(p) for p in defaults["patch_sizes"])
     if patch_sizes is not None:
         unknown = sorted(set(patch_sizes) - set(backend.patch_sizes))
         if unknown or backend.base_patch not in patch_sizes:
@@ -46,16 +61,31 @@ def schedule_config(
                 f"patch sizes {sorted(patch_sizes)}: the scheduler can pick only sizes the engines have "
                 f"({list(backend.patch_sizes)}), the base {backend.base_patch} among them"
             )
+    sizes = tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes))
+    if warmup_patch is None:  # the rule's own warm-up, unless the manifest was calibrated for this rule
+        own = max(sizes) if preset["warmup"] == "coarsest" else None
+        warmup_patch = defaults.get("warmup_patch") if defaults.get("rule", DEFAULT_RULE) == rule else own
     return ScheduleConfig(
-        patch_sizes=tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes)),
+        patch_sizes=sizes,
         base_patch=backend.base_patch,
         tau=float(defaults.get("tau", 1e-3) if tau is None else tau),
-        rho=float(defaults.get("rho", 0.4) if rho is None else rho),
-        warmup_patch=defaults.get("warmup_patch") if warmup_patch is None else warmup_patch,
+        rho=float(_default_rho(defaults, rule, preset) if rho is None else rho),
+        warmup_patch=warmup_patch,
         base_last_steps=base_last_steps,
-        settle_steps=int(defaults.get("settle_steps", 0) if settle_steps is None else settle_steps),
+        settle_steps=int(defaults.get("settle_steps", preset.get("settle", 0)) if settle_steps is None
+                         else settle_steps),
         static_patch=static_patch,
+        statistic=preset["statistic"],
+        monotone=preset["monotone"],
+        size_scaled_tau=preset.get("size_scaled_tau", False),
     )
+
+
+def _default_rho(defaults: dict, rule: str, preset: dict) -> float:
+    """The manifest's rho when it was set for this rule (calibration), else the rule's own, else 0.4."""
+    if defaults.get("rule", DEFAULT_RULE) == rule and "rho" in defaults:
+        return defaults["rho"]
+    return preset.get("rho", defaults.get("rho", 0.4))
 
 
 class DDiTRunner:

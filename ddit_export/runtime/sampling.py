@@ -78,9 +78,11 @@ def generate(
     seed: int = 0,
     latents: torch.Tensor | None = None,
     return_trajectory: bool = False,
+    on_step=None,
 ) -> GenerationResult:
     """Sample one batch with DDiT patch scheduling on ``backend``'s engines (Wan: `generate_wan`).
 
+    ``on_step(step_index, patch_size)`` is called after each step (progress display).
     ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
@@ -88,7 +90,7 @@ def generate(
         from .sampling_wan import generate_wan
 
         return generate_wan(backend, conditioning, schedule, steps=steps, seed=seed, latents=latents,
-                            return_trajectory=return_trajectory)
+                            return_trajectory=return_trajectory, on_step=on_step)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer (got {steps!r})")
     device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
@@ -114,6 +116,8 @@ def generate(
             trajectory[i].copy_(latent)
         pred = runner.step(latent, i, timestep=engine_timesteps[i], **static_inputs)
         latent = sampler.step(pred, t, latent, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i, runner.decision.patch_size)
     if trajectory is not None:
         trajectory[steps].copy_(latent)
     return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps)

@@ -93,6 +93,7 @@ def generate_wan(
     latents: torch.Tensor | None = None,
     return_trajectory: bool = False,
     batched_cfg: bool | None = None,
+    on_step=None,
 ) -> GenerationResult:
     """Sample one batch of Wan videos with DDiT patch scheduling; see the module docstring.
 
@@ -145,6 +146,8 @@ def generate_wan(
             pred_uncond = runner.run(x, encoder_hidden_states=uncond, timestep=ts)
             pred = pred_uncond + scale * (pred_cond - pred_uncond)
         latent = sampler.step(pred, t, latent, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i, runner.decision.patch_size)
     if trajectory is not None:
         trajectory[steps].copy_(latent)
     return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps,

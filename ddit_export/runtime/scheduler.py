@@ -54,7 +54,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .rules import DEFAULT_RULE, RULES  # torch-free, for the command line's --rule
+
 __all__ = [
+    "DEFAULT_RULE",
+    "RULES",
     "AccelerationScheduler",
     "Decision",
     "ScheduleConfig",
@@ -62,6 +66,7 @@ __all__ = [
     "select_patch",
 ]
 
+STATISTICS = ("std", "detail")
 # Number of latents a third backward difference needs.
 HISTORY = 4
 # d3 = sum(coeff[age] * z[k - age]) with age 0 the newest latent.
@@ -87,6 +92,12 @@ class ScheduleConfig:
         differences of the next steps measure that change, not the latent's smoothness; with 2 every
         decision reads a d3 made from one engine's velocities (docs/method.md, Scheduler).
     static_patch: if set, always this size (static runs); stats are then ``None``.
+    fixed: a fixed schedule, one size per step (``schedule_spec.parse_schedule("8x14,2x14")``); stats ``None``.
+    statistic: ``"std"`` (the paper's: std over every element of a block) or ``"detail"`` (std of what is
+        left of the block after removing each channel's block mean: the part of d3 a P x P token cannot
+        hold as one value; see `block_statistics`).
+    monotone: never go back to a coarser size once a finer one ran (coarse-to-fine with a ratchet).
+    size_scaled_tau: size P passes below ``tau * 2 * base / P`` rather than ``tau`` (`select_patch`).
     """
 
     patch_sizes: tuple[int, ...]
@@ -97,6 +108,10 @@ class ScheduleConfig:
     base_last_steps: int = 0
     static_patch: int | None = None
     settle_steps: int = 0
+    fixed: tuple[int, ...] | None = None
+    statistic: str = "std"
+    monotone: bool = False
+    size_scaled_tau: bool = False
 
     def __post_init__(self) -> None:
         sizes = tuple(self.patch_sizes)
@@ -130,6 +145,18 @@ class ScheduleConfig:
             )
         if not (_is_int(self.settle_steps) and self.settle_steps >= 0):
             raise ValueError(f"ScheduleConfig.settle_steps must be an int >= 0, got {self.settle_steps!r}")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"ScheduleConfig.statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+        if self.fixed is not None:
+            fixed = tuple(self.fixed)
+            object.__setattr__(self, "fixed", fixed)
+            if not fixed or not all(_is_int(p) for p in fixed):
+                raise ValueError(f"ScheduleConfig.fixed must be a non-empty sequence of ints, got {self.fixed!r}")
+            unknown = sorted(set(fixed) - set(sizes))
+            if unknown:
+                raise ValueError(f"ScheduleConfig.fixed uses sizes {unknown} that are not in patch_sizes {sizes}")
+            if self.static_patch is not None:
+                raise ValueError("ScheduleConfig: give a fixed schedule or a static patch, not both")
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -148,13 +175,16 @@ class Decision:
     stats: dict[int, float] | None
 
 
-def block_statistics(d3: torch.Tensor, sizes: Sequence[int], rho: float) -> torch.Tensor:
+def block_statistics(d3: torch.Tensor, sizes: Sequence[int], rho: float, statistic: str = "std") -> torch.Tensor:
     """Per-size ``rho``-quantile of block stds of ``d3``, as one float32 tensor on ``d3``'s device.
 
     ``d3`` is ``B x C x h x w`` or ``B x C x F x h x w``. For each ``P`` in ``sizes`` the grid is
     replicate-padded bottom/right to a multiple of ``P`` (as the engines pad the latent), cut into
     ``P x P`` blocks, the population std is taken over every element of each block (channels,
     frames and pixels), and the ``rho``-quantile is taken over all blocks of the batch.
+    ``statistic="detail"`` first removes each channel's mean over the block (and frames), so a block
+    whose change is uniform scores 0: it measures structure below the scale ``P``, which differs
+    between sizes, where the plain std is dominated by the overall magnitude of ``d3``.
     No host synchronisation happens here.
     """
     if d3.dim() not in (4, 5):
@@ -171,6 +201,8 @@ def block_statistics(d3: torch.Tensor, sizes: Sequence[int], rho: float) -> torc
         pad_h, pad_w = -h % p, -w % p
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
         blocks = xp.reshape(b, c, (h + pad_h) // p, p, (w + pad_w) // p, p)
+        if statistic == "detail":
+            blocks = blocks - blocks.mean(dim=(3, 5), keepdim=True)
         stds = blocks.std(dim=(1, 3, 5), correction=0)  # B x h/P x w/P
         out.append(_quantile(stds.flatten(), rho))
     return torch.stack(out) if out else x.new_empty(0)
@@ -189,9 +221,14 @@ def _quantile(values: torch.Tensor, rho: float) -> torch.Tensor:
     return torch.lerp(ordered[low], ordered[high], position - low) + 0 * ordered[-1]
 
 
-def select_patch(stats: Mapping[int, float], tau: float, base_patch: int) -> int:
-    """Largest size whose statistic is strictly below ``tau``; the base if none (NaN never wins)."""
-    passing = [p for p, value in stats.items() if value < tau]
+def select_patch(stats: Mapping[int, float], tau: float, base_patch: int, size_scaled: bool = False) -> int:
+    """Largest size whose statistic is strictly below its threshold; the base if none (NaN never wins).
+
+    The threshold is ``tau`` for every size, or with ``size_scaled`` ``tau * 2 * base / P``: ``tau`` for the
+    first coarse size, half of it for the next. On real trajectories the statistic of every size is
+    nearly the same (docs/method.md), so one threshold makes the coarsest size win whenever any does.
+    """
+    passing = [p for p, value in stats.items() if value < (tau * 2 * base_patch / p if size_scaled else tau)]
     return max(passing) if passing else base_patch
 
 
@@ -211,10 +248,13 @@ class AccelerationScheduler:
         self._patch: int | None = None  # the size decided last (settle_steps)
         self._hold = 0  # steps the current size is still kept for (settle_steps)
 
-    @staticmethod
-    def _check_total_steps(total_steps: int | None) -> int | None:
+    def _check_total_steps(self, total_steps: int | None) -> int | None:
         if total_steps is not None and not (_is_int(total_steps) and total_steps > 0):
             raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+        fixed = self.config.fixed
+        if fixed is not None and total_steps is not None and len(fixed) != total_steps:
+            raise ValueError(f"the fixed schedule has {len(fixed)} steps but sampling runs {total_steps}: "
+                             "give one size per step")
         return total_steps
 
     @property
@@ -240,6 +280,10 @@ class AccelerationScheduler:
             return Decision(cfg.static_patch, None)
         if not (_is_int(step_index) and step_index >= 0):
             raise ValueError(f"step_index must be an int >= 0, got {step_index!r}")
+        if cfg.fixed is not None:
+            if step_index >= len(cfg.fixed):
+                raise ValueError(f"the fixed schedule has {len(cfg.fixed)} steps; step {step_index} was asked for")
+            return Decision(cfg.fixed[step_index], None)
         force_base = False
         if cfg.base_last_steps > 0:
             if self.total_steps is None:
@@ -260,7 +304,9 @@ class AccelerationScheduler:
             self._hold -= 1
             patch = self._patch
         else:
-            patch = select_patch(stats, cfg.tau, cfg.base_patch)
+            patch = select_patch(stats, cfg.tau, cfg.base_patch, cfg.size_scaled_tau)
+            if cfg.monotone and self._patch is not None:
+                patch = min(patch, self._patch)  # the ratchet: never coarser than the last step
             if self._patch is not None and patch != self._patch:
                 self._hold = cfg.settle_steps
         self._patch = patch
@@ -294,5 +340,5 @@ class AccelerationScheduler:
         d3.copy_(ring[newest % HISTORY])  # float32 from here on
         for age in range(1, HISTORY):
             d3.add_(ring[(newest - age) % HISTORY], alpha=_D3_COEFFS[age])
-        values = block_statistics(d3, candidates, self.config.rho).tolist()  # the one host sync
+        values = block_statistics(d3, candidates, self.config.rho, self.config.statistic).tolist()  # one host sync
         return dict(zip(candidates, values))

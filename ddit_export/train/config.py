@@ -42,6 +42,7 @@ class TrainConfig:
     batch_size: int = 1
     seed: int = 0
     lora_rank: int = 32
+    init_adapters: str | None = None  # start from this adapter pack (e.g. after fine-tuning the base)
     optimizer: str = "adamw"
     lr: float | None = None
     lr_schedule: str = "constant"  # or "cosine" (warm-up, then decay to 10%): train/optim.py
@@ -91,6 +92,8 @@ class TrainConfig:
                              "or use --optimizer adamw")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive (got {self.lr})")
+        if self.init_adapters and not (Path(self.init_adapters) / "adapters.json").is_file():
+            raise ValueError(f"--init-adapters {self.init_adapters}: not an adapter pack (no adapters.json in it)")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite discards it: pass one of them")
         fam.check_image_size(self.height, self.width, self.frames)
@@ -103,14 +106,7 @@ class TrainConfig:
             raise ValueError(f"--out {self.out} exists and is not a folder")
 
     def _check_patch_sizes(self, fam) -> None:
-        grid = self.latent_shape[-2:]
-        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
-        too_big = [p for p in self.patch_sizes if p > min(grid)]
-        if too_big:
-            raise ValueError(
-                f"patch size(s) {too_big} do not fit in the {grid[0]}x{grid[1]} latent grid of a "
-                f"{self.height}x{self.width} image; drop them or train at a larger --height/--width"
-            )
+        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)  # sizes beyond the grid included
         if len(self.patch_sizes) < 2:
             raise ValueError(f"nothing to train: give the base size and at least one larger size, "
                              f"e.g. --patch-sizes {fam.base_patch},{2 * fam.base_patch}")

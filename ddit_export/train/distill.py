@@ -82,6 +82,10 @@ def build_model(config: TrainConfig, device) -> DDiTModel:
     transformer = fam.load(config.model, config.torch_dtype)
     config.latent_channels = fam.latent_channels_of(transformer.config)
     model = DDiTModel(fam, transformer, config.patch_sizes, lora_rank=config.lora_rank).to(device)
+    if config.init_adapters:  # continue from a pack (its rank and sizes must fit; one clear error otherwise)
+        from ..ddit.adapter_pack import load_adapter_pack
+
+        load_adapter_pack(model, config.init_adapters)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(transformer)
     return model

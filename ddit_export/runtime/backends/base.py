@@ -26,6 +26,7 @@ from typing_extensions import Self
 from ...export.iospec import IOSpec
 from ...export.manifest import read_manifest
 from ...export.request import DTYPES
+from ...util.devices import parse_device
 
 LATENT_INPUT = "latent"
 
@@ -50,7 +51,7 @@ class Backend(ABC):
     def __init__(self, folder: str | Path, manifest: dict | None = None, device: str | torch.device = "cpu"):
         self.folder = Path(folder)
         self.manifest = manifest if manifest is not None else read_manifest(self.folder)
-        self.device = torch.device(device)
+        self.device = parse_device(device, "device")  # 'gpu0', 'cuda:99', 'meta': one ValueError, not a crash later
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             # An explicit index, so device comparisons (and preallocated buffers) are stable.
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -123,6 +124,12 @@ class Backend(ABC):
         feeds = {}
         for name, (shape, dtype) in self._inputs.items():
             value = given[name]
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"input '{name}' must be a torch.Tensor (got {type(value).__name__}); "
+                                "convert arrays with torch.from_numpy")
+            if value.is_complex() or value.device.type == "meta":
+                raise ValueError(f"input '{name}' is a {value.dtype} tensor on {value.device}: engines take real "
+                                 f"tensors with data, on cpu or cuda")
             if tuple(value.shape) != shape:
                 raise BackendError(
                     f"input '{name}' has shape {tuple(value.shape)}; the engines were built for {shape}"

@@ -98,19 +98,42 @@ class OnnxRuntimeBackend(Backend):
         for patch, entry in sorted(entries.items()):
             verify_entry(self.folder, entry)  # refuses altered artifacts with the manifest's message
             paths[patch] = str(self.folder / entry["files"][0])
-        if self.on_cuda:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3  # errors only: node placement notes are not the user's concern
-            self._sessions = {p: ort.InferenceSession(f, options, providers=self.providers) for p, f in paths.items()}
-            for patch, session in self._sessions.items():
-                self._check_signature(patch, session)
-        else:
-            self._sessions, self.cpu_threading, self.cpu_threading_seconds = tuned_sessions(
-                paths, self.providers, self._zero_feeds(), LATENT_INPUT, cpu_threading, check=self._check_signature
-            )
+        if not self.on_cuda and self.dtype == torch.bfloat16:
+            raise BackendError(self._cpu_dtype_refusal())
+        try:
+            if self.on_cuda:
+                options = ort.SessionOptions()
+                options.log_severity_level = 3  # errors only: node placement notes are not the user's concern
+                self._sessions = {p: ort.InferenceSession(f, options, providers=self.providers)
+                                  for p, f in paths.items()}
+                for patch, session in self._sessions.items():
+                    self._check_signature(patch, session)
+            else:
+                self._sessions, self.cpu_threading, self.cpu_threading_seconds = tuned_sessions(
+                    paths, self.providers, self._zero_feeds(), LATENT_INPUT, cpu_threading,
+                    check=self._check_signature,
+                )
+        except BackendError:
+            raise
+        except Exception as err:  # ORT's own exception types derive from Exception only
+            raise self._load_failure(err) from None
         self._output_name = self.input_metadata.output_names[0]
         self._bindings = {p: s.io_binding() for p, s in self._sessions.items()} if self.io_binding else {}
         self._out: torch.Tensor | None = None  # the shared bound output, allocated on first use
+
+    def _cpu_dtype_refusal(self) -> str:
+        dtype = self.manifest["dtype"]
+        return (f"the engines in {self.folder} are {dtype} and ONNX Runtime on the CPU has no {dtype} math: "
+                f"use --backend torch, a GPU (--device cuda with onnxruntime-gpu), or re-export with --dtype fp32")
+
+    def _load_failure(self, err: Exception) -> BackendError:
+        """ONNX Runtime's multi-line load errors as one line that says what to do."""
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if not self.on_cuda and self.dtype != torch.float32 and type(err).__name__ in ("NotImplemented", "Fail",
+                                                                                       "InvalidGraph"):
+            return BackendError(self._cpu_dtype_refusal())
+        return BackendError(f"ONNX Runtime cannot load the engines in {self.folder} ({type(err).__name__}: "
+                            f"{first[:300]}); the graph or its data file is damaged: re-export with --force")
 
     def _providers(self) -> list:
         if self.device.type != "cuda":

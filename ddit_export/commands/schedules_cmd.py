@@ -1,0 +1,154 @@
+"""`ddit-export schedules ENGINE_DIR`: the dynamic rule(s) against fixed schedules of the same cost.
+
+Runs the static base, families of fixed schedules (coarse-then-base, base-then-coarse, spread, mixed
+coarse-to-fine) and the dynamic rule(s) on the same samples (prompts x seeds), then prints the points
+on the fixed front and every dynamic point with its place against that front. Writes into --out:
+`schedules.json` (every point), `schedules.md` (the tables) and `schedules.png` (quality vs cost).
+Run it on your own model before trusting a dynamic setting: if a fixed schedule of the same cost is
+as good, pin that one (`--schedule` on generate, demo, bench and the drop-ins).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from .arglists import comma_list
+from .errors import run_guarded
+
+DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
+    p.add_argument("--backend", default="onnx", help="engine runtime (default onnx)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--steps", type=int, default=28, help="denoising steps per image (default 28)")
+    p.add_argument("--seeds", default="100,101,102,103",
+                   help="comma list of noise seeds per prompt (default 100-103: not the seeds rules were tuned on)")
+    p.add_argument("--prompt", action="append",
+                   help="a prompt (repeat for several; default: every demo class on the demo, else one prompt)")
+    p.add_argument("--dynamic", action="append", metavar="RULE@TAU",
+                   help="a dynamic point, e.g. paper@0.004 (repeat; default: the manifest's rule and tau, "
+                        "and the paper's rule at the same tau)")
+    p.add_argument("--sizes", help="patch sizes the schedules may use, the base included (default: every engine's)")
+    p.add_argument("--out", help="output folder (default outputs/schedules-<engine dir>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(lambda: schedules_command(args, Console(highlight=False)))
+
+
+def parse_dynamic(text: str) -> tuple[str, float]:
+    from ..runtime.rules import RULES
+
+    rule, _, tau = text.partition("@")
+    if rule not in RULES or not tau:
+        raise ValueError(f"--dynamic {text!r}: write RULE@TAU with RULE one of {', '.join(RULES)} (e.g. paper@0.004)")
+    try:
+        value = float(tau)
+    except ValueError:
+        raise ValueError(f"--dynamic {text!r}: {tau!r} is not a number") from None
+    if not value >= 0:
+        raise ValueError(f"--dynamic {text!r}: tau must be >= 0")
+    return rule, value
+
+
+def schedules_command(args: argparse.Namespace, console: Console) -> int:
+    from ..bench import schedules as sch
+    from ..bench.flops import flops_table
+    from ..export.manifest import read_manifest
+    from ..runtime.backends import backend_class, get_backend
+    from ..runtime.conditioning import make_conditioning
+    from ..runtime.dispatcher import schedule_config
+    from ..runtime.scheduler import DEFAULT_RULE
+    from .bench_cmd import check_device
+
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    manifest = read_manifest(folder)
+    if args.steps < 4:
+        raise ValueError(f"--steps must be at least 4: a dynamic rule needs 3 warm-up steps (got {args.steps})")
+    seeds = comma_list(args.seeds, "--seeds")
+    device = check_device(args.device)
+    backend_class(args.backend)
+    defaults = manifest.get("scheduler", {})
+    dynamic = [parse_dynamic(d) for d in args.dynamic] if args.dynamic else None
+    hooks = evaluation_hooks(manifest)
+    prompts = args.prompt or hooks.get("prompts") or [DEFAULT_PROMPT]
+    samples = [(prompt, seed) for seed in seeds for prompt in prompts]
+    out = Path(args.out).expanduser() if args.out else Path("outputs") / f"schedules-{folder.resolve().name}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+
+    with get_backend(args.backend, folder, device=device) as backend:
+        sizes = sorted(comma_list(args.sizes, "--sizes")) if args.sizes else list(backend.patch_sizes)
+        if backend.base_patch not in sizes or not set(sizes) <= set(backend.patch_sizes):
+            raise ValueError(f"--sizes must be some of the engines' sizes {list(backend.patch_sizes)}, the base "
+                             f"{backend.base_patch} included (got {sizes})")
+        if dynamic is None:
+            tau = float(defaults.get("tau", 1e-3))
+            rule = defaults.get("rule", DEFAULT_RULE)
+            dynamic = sorted({(rule, tau), ("paper", tau)})
+        configs = {f"{rule}@{tau:g}": ("dynamic", schedule_config(backend, tau=tau, rule=rule,
+                                                                   patch_sizes=tuple(sizes)))
+                   for rule, tau in dynamic}
+        for label, schedule in sch.fixed_families(args.steps, sizes, backend.base_patch).items():
+            configs[label] = ("fixed", schedule_config(backend, schedule=schedule))
+        console.print(f"{len(configs)} schedules (+ the static base) x {len(samples)} samples, {args.steps} steps, "
+                      f"backend {args.backend}")
+        tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+        with progress_bar(console, len(configs) + 1) as advance:
+            points = sch.evaluate(
+                backend, samples, configs, args.steps, tokens=tokens, flops=flops_table(manifest),
+                conditioning=lambda prompt: make_conditioning(manifest, prompt, device=device),
+                to_images=hooks.get("to_images"), score=hooks.get("score"), progress=advance)
+    sch.mark_front(points)
+    from ..bench.schedules_report import write_reports
+
+    written = write_reports(points, out, title=f"schedules of {folder} ({len(samples)} samples, {args.steps} steps, "
+                                               f"{args.backend})", console=console)
+    for path in written:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def evaluation_hooks(manifest: dict) -> dict:
+    """Model-specific prompts, image decoding and scores (the demo: its classes, codec, classifier)."""
+    from ..demo.evaluate import schedule_hooks
+
+    return schedule_hooks(manifest) or {}
+
+
+def progress_bar(console: Console, total: int):
+    """A counted bar with ETA on a terminal; one status line per finished schedule otherwise."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextmanager
+    def bar():
+        if not console.is_terminal:
+            done = [0]
+
+            def line(message: str) -> None:
+                done[0] += 1
+                console.print(f"[{done[0]}/{total}] {message}")
+
+            yield line
+            return
+        columns = (TextColumn("schedules"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.description}"))
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("", total=total)
+            progress.advance(task)  # the static base runs first, inside evaluate
+
+            def advance(message: str) -> None:
+                progress.update(task, advance=1, description=message)
+
+            yield advance
+
+    return bar()

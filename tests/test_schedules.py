@@ -1,0 +1,218 @@
+"""Fixed schedules, the dynamic rules' new pieces, and `ddit-export schedules` against fixed fronts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddit_export.bench.schedules import SchedulePoint, fixed_families, front_at, mark_front
+from ddit_export.runtime.schedule_spec import check_schedule, format_schedule, parse_schedule
+from ddit_export.runtime.scheduler import RULES, AccelerationScheduler, ScheduleConfig, block_statistics
+
+# ---------------------------------------------------------------- the spec
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("8x2,2x3", (8, 8, 2, 2, 2)),
+    ("2,2,4", (2, 2, 4)),
+    ("2x2, 4, 8x1", (2, 2, 4, 8)),
+    ("4", (4,)),
+])
+def test_parse_schedule_run_lengths_and_lists(text, expected):
+    assert parse_schedule(text) == expected
+    assert parse_schedule(format_schedule(expected)) == expected
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty"),
+    ("8y4", "not SIZE or SIZExSTEPS"),
+    ("8x0", "positive"),
+    ("0x3", "positive"),
+    ("4,,2", "not SIZE"),
+    ("2x20000", "more than"),
+])
+def test_parse_schedule_refuses_bad_text_naming_the_flag(text, match):
+    with pytest.raises(ValueError, match=match) as err:
+        parse_schedule(text, flag="--schedule")
+    assert "--schedule" in str(err.value)
+
+
+def test_check_schedule_sizes_and_length():
+    check_schedule((8, 2), (2, 4, 8), 2)
+    with pytest.raises(ValueError, match=r"patch size\(s\) \[16\]"):
+        check_schedule((16, 2), (2, 4, 8), 2)
+    with pytest.raises(ValueError, match=r"gives 2 steps \(8,2\) but sampling runs 3"):
+        check_schedule((8, 2), (2, 4, 8), 3)
+
+
+def test_format_schedule():
+    assert format_schedule([4] * 25 + [2] * 3) == "4x25,2x3"
+    assert format_schedule([2, 4, 2]) == "2,4,2"
+
+
+# ---------------------------------------------------------------- the scheduler
+
+
+def test_fixed_schedule_is_followed_step_by_step_and_has_no_stats():
+    fixed = (8, 8, 4, 2)
+    sched = AccelerationScheduler(ScheduleConfig((2, 4, 8), fixed=fixed), total_steps=4)
+    decisions = [sched.step(torch.randn(1, 3, 8, 8), i) for i in range(4)]
+    assert [d.patch_size for d in decisions] == list(fixed) and all(d.stats is None for d in decisions)
+    with pytest.raises(ValueError, match="has 4 steps; step 4"):
+        sched.step(torch.randn(1, 3, 8, 8), 4)
+
+
+def test_fixed_schedule_errors():
+    with pytest.raises(ValueError, match="sizes \\[16\\]"):
+        ScheduleConfig((2, 4), fixed=(16, 2))
+    with pytest.raises(ValueError, match="not both"):
+        ScheduleConfig((2, 4), fixed=(4, 2), static_patch=2)
+    with pytest.raises(ValueError, match="has 2 steps but sampling runs 3"):
+        AccelerationScheduler(ScheduleConfig((2, 4), fixed=(4, 2)), total_steps=3)
+
+
+def _loop_detail(d3: torch.Tensor, p: int, rho: float) -> float:
+    """Loop reference of the "detail" statistic: per block, remove each channel's (and frame's) mean, then std."""
+    x = d3.double().numpy()
+    if x.ndim == 4:
+        x = x[:, :, None]
+    bsz, _, _, h, w = x.shape
+    stds = []
+    for b in range(bsz):
+        for i in range(-(-h // p)):
+            for j in range(-(-w // p)):
+                rows = [min(r, h - 1) for r in range(i * p, (i + 1) * p)]
+                cols = [min(c, w - 1) for c in range(j * p, (j + 1) * p)]
+                block = x[b][:, :, rows][:, :, :, cols]
+                block = block - block.mean(axis=(2, 3), keepdims=True)
+                stds.append(np.sqrt((block**2).mean()))
+    return float(np.quantile(np.array(stds), rho))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 6, 10), (1, 3, 2, 6, 10)])
+def test_detail_statistic_matches_a_loop_reference(shape):
+    d3 = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.1, 2.0, shape[-1])
+    got = block_statistics(d3, (8, 4), 0.4, statistic="detail")
+    np.testing.assert_allclose(got.numpy(), [_loop_detail(d3, 8, 0.4), _loop_detail(d3, 4, 0.4)], rtol=1e-5)
+
+
+def test_detail_statistic_ignores_a_uniform_change_that_the_plain_std_sees():
+    # d3 constant per channel: a P x P token holds it exactly, so "detail" is 0 while the paper's std is not.
+    d3 = torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous()
+    assert block_statistics(d3, (4, 8), 0.4, "detail").abs().max() < 1e-6
+    assert block_statistics(d3, (4, 8), 0.4, "std").min() > 1.0
+
+
+def test_detail_statistic_separates_sizes_for_structure_between_them():
+    # A checkerboard of 4 x 4 cells: constant inside every 4-block, varying inside every 8-block.
+    y, x = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    d3 = (((y // 4 + x // 4) % 2) * 2.0 - 1).expand(1, 3, 16, 16).contiguous()
+    stat8, stat4 = block_statistics(d3, (8, 4), 0.4, "detail").tolist()
+    assert stat4 < 1e-6 and stat8 > 0.9
+
+
+def test_monotone_never_goes_back_to_a_coarser_size():
+    # After warm-up at the coarsest size, a noisy step forces the base; smooth steps after it stay at the base.
+    smooth = [torch.full((1, 3, 16, 16), float(k)) for k in range(10)]  # the spike leaves d3's window at step 8
+    noisy = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 10
+    latents = smooth[:4] + [smooth[4] + noisy] + smooth[5:]
+    cfg = ScheduleConfig((2, 4, 8), tau=1e-3, warmup_patch=8, monotone=True)
+    free = ScheduleConfig((2, 4, 8), tau=1e-3, warmup_patch=8, monotone=False)
+    sched = AccelerationScheduler(cfg)
+    ratchet = [sched.step(z, i).patch_size for i, z in enumerate(latents)]
+    sched = AccelerationScheduler(free)
+    bouncing = [sched.step(z, i).patch_size for i, z in enumerate(latents)]
+    assert ratchet[:4] == [8, 8, 8, 8] and set(ratchet[4:]) == {2}
+    assert bouncing[4] == 2 and bouncing[-1] == 8  # the paper's rule goes coarse again once d3 is smooth
+
+
+def test_rules_are_named_presets_with_the_paper_rule_kept():
+    assert RULES["paper"] == {"statistic": "std", "warmup": "base", "monotone": False}
+
+
+# ---------------------------------------------------------------- families and the front
+
+
+def test_fixed_families_cover_each_family_once_per_schedule():
+    families = fixed_families(12, [2, 4, 8], 2)
+    schedules = list(families.values())
+    assert len(schedules) == len(set(schedules))  # no schedule twice under two names
+    assert all(len(s) == 12 for s in schedules)
+    names = {label.split(" ")[0] for label in families}
+    assert names == {"coarse-then-base", "base-then-coarse", "spread", "mixed"}
+    assert families["coarse-then-base 4x9,2x3"] == (4,) * 9 + (2,) * 3
+    assert families["base-then-coarse 2x3,8x9"] == (2,) * 3 + (8,) * 9
+    mixed = [s for label, s in families.items() if label.startswith("mixed")]
+    assert mixed and all(list(s) == sorted(s, reverse=True) and set(s) == {2, 4, 8} for s in mixed)
+
+
+def _point(label, kind, cost, psnr):
+    return SchedulePoint(label, kind, [[2]], token_cost=cost, psnr=psnr)
+
+
+def test_front_marking_and_placement_of_dynamic_points():
+    points = [_point("base", "base", 1.0, float("inf")), _point("a", "fixed", 0.3, 20.0),
+              _point("b", "fixed", 0.5, 25.0), _point("c", "fixed", 0.5, 22.0), _point("d", "fixed", 0.7, 30.0),
+              _point("above", "dynamic", 0.4, 23.0), _point("under", "dynamic", 0.6, 26.0),
+              _point("beaten", "dynamic", 0.55, 24.0)]
+    mark_front(points)
+    by = {p.label: p for p in points}
+    assert [p.label for p in points if p.front] == ["base", "a", "b", "d"]
+    assert by["above"].above_front and by["above"].front_psnr_at_cost == pytest.approx(22.5)
+    assert not by["under"].above_front and by["under"].front_psnr_at_cost == pytest.approx(27.5)
+    assert not by["beaten"].above_front  # fixed "b" is cheaper and better
+
+
+def test_front_at_between_and_beyond_points():
+    front = [_point("a", "fixed", 0.2, 10.0), _point("b", "fixed", 0.6, 30.0),
+             _point("base", "base", 1.0, float("inf"))]
+    assert front_at(front, 0.1) is None
+    assert front_at(front, 0.4) == pytest.approx(20.0)
+    assert front_at(front, 0.8) == pytest.approx(30.0)  # next to the base: the lower point's PSNR
+
+
+# ---------------------------------------------------------------- the command on tiny engines
+
+
+def test_schedules_command_on_tiny_engines(tiny_flux_engines, tmp_path, capsys):
+    from ddit_export.cli import main
+
+    out = tmp_path / "report"
+    code = main(["schedules", str(tiny_flux_engines), "--steps", "6", "--seeds", "0", "--dynamic", "paper@0.001",
+                 "--dynamic", "paper@1000", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "schedules.json").read_text())
+    points = {p["label"]: p for p in report["points"]}
+    # tau 1000: the paper's rule runs the base for 3 warm-up steps, then the coarsest size: a fixed schedule.
+    coarse = points["paper@1000"]
+    assert coarse["kind"] == "dynamic" and coarse["schedules"] == ["2x3,8x3"]
+    assert coarse["same_as"] == "base-then-coarse 2x3,8x3" and coarse["above_front"] is False
+    assert coarse["token_cost"] == pytest.approx((3 * 64 + 3 * 4) / (6 * 64))
+    assert points["static base"]["token_cost"] == 1.0 and points["static base"]["psnr_db"] == "inf"
+    fixed = [p for p in report["points"] if p["kind"] == "fixed"]
+    assert fixed and any(p["front"] for p in fixed)
+    assert (out / "schedules.png").stat().st_size > 0 and "| schedule |" in (out / "schedules.md").read_text()
+
+
+def test_schedules_command_refuses_bad_input(tiny_flux_engines, tmp_path, capsys):
+    from ddit_export.cli import main
+
+    assert main(["schedules", str(tiny_flux_engines), "--dynamic", "nosuch@1", "--out", str(tmp_path)]) == 2
+    assert "RULE@TAU" in capsys.readouterr().err
+    assert main(["schedules", str(tiny_flux_engines), "--steps", "2", "--out", str(tmp_path)]) == 2
+    assert "at least 4" in capsys.readouterr().err
+    assert main(["schedules", str(tmp_path / "missing")]) == 2
+
+
+def test_schedules_command_on_tiny_wan_engines(tiny_wan_engines, tmp_path):
+    from ddit_export.cli import main
+
+    out = tmp_path / "report"
+    assert main(["schedules", str(tiny_wan_engines), "--steps", "4", "--seeds", "0", "--dynamic", "paper@1000",
+                 "--out", str(out)]) == 0
+    points = {p["label"]: p for p in json.loads((out / "schedules.json").read_text())["points"]}
+    assert points["paper@1000"]["schedules"] == ["2x3,8"]
+    assert {p["kind"] for p in points.values()} == {"base", "fixed", "dynamic"}
