@@ -139,7 +139,7 @@ def test_reuse_force_and_an_altered_trunk(flux_folders, flux_pack, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--layout", "stacked"], "--layout must be one of single, staged (got stacked)"),
-    (["--layout", "staged", "--batch", "0"], "--batch and --text-len must be at least 1"),
+    (["--layout", "Staged"], "--layout must be one of single, staged (got Staged)"),
 ])
 def test_bad_layout_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, extra, message):
     out = tmp_path / "x"
