@@ -140,6 +140,7 @@ def test_reuse_force_and_an_altered_trunk(flux_folders, flux_pack, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--layout", "stacked"], "--layout must be one of single, staged (got stacked)"),
     (["--layout", "staged", "--batch", "0"], "argument --batch: must be an integer from 1 to 64"),
+    (["--layout", "Staged"], "--layout must be one of single, staged (got Staged)"),
 ])
 def test_bad_layout_input_is_one_line_exit_2_and_no_output(tmp_path, cli, extra, message):
     out = tmp_path / "x"
@@ -236,8 +237,9 @@ def test_bench_reports_resident_weights_per_layout(flux_folders, tmp_path):
         report = json.loads((out / "bench.json").read_text())
         rows.update({(m["layout"], m["backend"]): m for m in report["memory"]})
         assert "Resident memory after loading all sizes" in (out / "bench.md").read_text()
-    for backend in ("onnx", "torch"):
-        single, staged = rows["single", backend], rows["staged", backend]
-        assert single["sizes"] == staged["sizes"] == [2, 4, 8]
-        assert 0 < staged["weight_bytes"] < single["weight_bytes"], backend
-        assert staged["rss_load_bytes"] > 0
+    assert all(m["sizes"] == [2, 4, 8] for m in rows.values())
+    # ONNX Runtime sessions of single engines share nothing; the staged chain holds one model (at this
+    # tiny preset most bytes are the size-8 residual, 1024 x 1024, which both layouts hold once).
+    assert 0 < rows["staged", "onnx"]["weight_bytes"] < rows["single", "onnx"]["weight_bytes"]
+    # Both staged backends hold the same one set of tensors (counted from graphs vs from modules).
+    assert rows["staged", "torch"]["weight_bytes"] == pytest.approx(rows["staged", "onnx"]["weight_bytes"], rel=0.02)

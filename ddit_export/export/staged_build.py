@@ -20,7 +20,7 @@ import torch
 from ..ddit.engine import PatchSizeEngine
 from ..ddit.merge import base_state_dict
 from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
-from ..util.atomic import atomic_folder
+from ..util.atomic import atomic_folder, output_lock
 from .build import (
     Reporter,
     _previous_manifest,
@@ -53,6 +53,11 @@ ORT_CHOICE = {"trunk": "dynamic-token-axis", "prepacking": True, "measured_in": 
 def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     req.check_out_writable()
+    with output_lock(req.out_dir, on_wait=reporter.warn):  # one writer per --out, as for single engines
+        return _export_staged_locked(req, reporter)
+
+
+def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = _previous_manifest(req)
     model, adapters = load_ddit_model(req, reporter)
     model.to(req.device)
