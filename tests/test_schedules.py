@@ -131,6 +131,42 @@ def test_monotone_never_goes_back_to_a_coarser_size():
 
 def test_rules_are_named_presets_with_the_paper_rule_kept():
     assert RULES["paper"] == {"statistic": "std", "warmup": "base", "monotone": False}
+    assert set(RULES) == {"paper", "coarse-to-fine"}
+
+
+def _reference_coarse_to_fine(latents, sizes, base, tau, rho, settle):
+    """The coarse-to-fine rule written out as loops, from the block stds of each step's d3."""
+    out, hold = [], 0
+    for k, z in enumerate(latents):
+        if k < 3:
+            out.append(max(sizes))
+            continue
+        if hold:
+            hold -= 1
+            out.append(out[-1])
+            continue
+        d3 = z - 3 * latents[k - 1] + 3 * latents[k - 2] - latents[k - 3]
+        stats = {p: block_statistics(d3, (p,), rho)[0].item() for p in sizes if p != base}
+        passing = [p for p, v in stats.items() if v < tau * 2 * base / p]
+        pick = min(max(passing) if passing else base, out[-1])
+        if pick != out[-1]:
+            hold = settle
+        out.append(pick)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coarse_to_fine_rule_matches_a_loop_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    # d3 that grows along the trajectory, as on the demo: smooth early, detail late.
+    latents = [torch.randn(1, 3, 16, 16, generator=g) * (0.002 * k * k) for k in range(20)]
+    latents = [sum(latents[: k + 1]) for k in range(20)]
+    cfg = ScheduleConfig((2, 4, 8), tau=0.5, rho=0.9, warmup_patch=8, monotone=True, size_scaled_tau=True,
+                         settle_steps=3)
+    sched = AccelerationScheduler(cfg)
+    got = [sched.step(z, i).patch_size for i, z in enumerate(latents)]
+    assert got == _reference_coarse_to_fine(latents, (2, 4, 8), 2, 0.5, 0.9, 3)
+    assert got[0] == 8 and got == sorted(got, reverse=True) and len(set(got)) >= 2
 
 
 # ---------------------------------------------------------------- families and the front

@@ -1,17 +1,23 @@
-"""The dynamic rules' names, torch-free: the command line lists them in `--rule` before importing torch."""
+"""The dynamic rules' names, torch-free: the command line lists them in `--rule` before importing torch.
+
+Each rule is a preset of `ScheduleConfig` knobs (docs/method.md, "Rules", has the measurements):
+  statistic        "std" (the paper's block std of d3) or "detail" (block std after removing each
+                   channel's block mean)
+  warmup           size of the first 3 steps: "base" or "coarsest"
+  monotone         the ratchet: never go back to a coarser size once a finer one ran
+  size_scaled_tau  size P passes below tau * 2p / P (tau for 2p, tau / 2 for 4p)
+  rho, settle      the rule's own percentile and settle steps (a calibration for the rule overrides them)
+"""
 
 from __future__ import annotations
 
-# Named dynamic rules (`--rule`): the statistic, the warm-up size ("base" or "coarsest") and the ratchet.
 RULES: dict[str, dict] = {
-    "paper": {"statistic": "std", "warmup": "base", "monotone": False},  # arXiv 2602.16968 as written
-    "detail": {"statistic": "detail", "warmup": "base", "monotone": False},
-    "ctf-std": {"statistic": "std", "warmup": "coarsest", "monotone": True},
-    "ctf-detail": {"statistic": "detail", "warmup": "coarsest", "monotone": True},
-    "ctf": {"statistic": "std", "warmup": "coarsest", "monotone": True, "size_scaled_tau": True, "rho": 0.9},
-    "ctf-free": {"statistic": "std", "warmup": "coarsest", "monotone": False, "size_scaled_tau": True, "rho": 0.9},
-    "ctf-r4": {"statistic": "std", "warmup": "coarsest", "monotone": True, "size_scaled_tau": True},
-    "ctf-s3": {"statistic": "std", "warmup": "coarsest", "monotone": True, "size_scaled_tau": True, "rho": 0.9,
-               "settle": 3},
+    # arXiv 2602.16968 as written: every step decides on its own, warm-up at the base.
+    "paper": {"statistic": "std", "warmup": "base", "monotone": False},
+    # Measured best on the demo (docs/method.md): start at the coarsest size, step down one size at a
+    # time as the 90th-percentile block std crosses a per-size threshold, hold each new size 3 steps
+    # (d3 spans the switch), never go back up.
+    "coarse-to-fine": {"statistic": "std", "warmup": "coarsest", "monotone": True, "size_scaled_tau": True,
+                       "rho": 0.9, "settle": 3},
 }
 DEFAULT_RULE = "paper"
