@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=patch_list, metavar="2,4,8",
                    help=f"patch sizes DDiT may pick, the base included (default {','.join(map(str, DEFAULT_SIZES))}; "
                         "the engines have 2,4,8)")
-    p.add_argument("--settle-steps", type=argtypes.non_negative_int, default=0, metavar="N",
-                   help="keep a newly chosen size N more steps (default 0, the paper's rule; see ddit-export generate)")
+    p.add_argument("--settle-steps", type=argtypes.non_negative_int, metavar="N",
+                   help="keep a newly chosen size N more steps (default: the rule's; see ddit-export generate)")
     add_schedule_arguments(p, "; default steps 28")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
     p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
@@ -73,7 +73,7 @@ def _check(args) -> None:
         raise ValueError(f"--samples must be at least {len(CLASS_NAMES)} (one per class; got {args.samples})")
     if args.steps < 4:
         raise ValueError(f"--steps must be at least 4: DDiT needs 3 warm-up steps (got {args.steps})")
-    if args.settle_steps < 0:
+    if args.settle_steps is not None and args.settle_steps < 0:
         raise ValueError(f"--settle-steps must be 0 or more (got {args.settle_steps})")
     if not args.tau >= 0:
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
@@ -124,7 +124,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     report = {
         "model": "demo", "backend": "onnx", "device": "cpu", "samples": args.samples, "steps": args.steps,
         "tau": None if args.fixed else args.tau, "rule": None if args.fixed else args.rule,
-        "fixed_schedule": args.schedule, "rho": manifest["scheduler"]["rho"], "settle_steps": args.settle_steps,
+        "fixed_schedule": args.schedule, "rho": config.rho, "settle_steps": config.settle_steps,
         "seed": args.seed,
         "scheduler_sizes": sorted(args.sizes), "ort_cpu_threading": ort_threading,
         "export_seconds": export_seconds, "total_seconds": time.perf_counter() - started,
