@@ -123,7 +123,8 @@ def test_demo_command_writes_the_report(tmp_path):
     assert main(["generate", str(tmp_path / "engines"), "--prompt", "a red fox", "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no").exists()
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
-    assert manifest["scheduler"]["tau"] == DEFAULT_TAU and manifest["scheduler"]["patch_sizes"] == [2, 4]
+    assert manifest["scheduler"]["tau"] == DEFAULT_TAU and manifest["scheduler"]["patch_sizes"] == list(DEFAULT_SIZES) \
+        and manifest["scheduler"]["rule"] == "coarse-to-fine"
     assert manifest["latent_shape"] == [1, 3, 32, 32]  # the model's own 3 channels, not FLUX's 16
     assert manifest["adapters"]["trained"] is True
 
