@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..runtime.schedule_spec import format_schedule
+from .end_to_end import schedule_cost
 
 __all__ = ["SchedulePoint", "evaluate", "fixed_families", "mark_front"]
 
@@ -96,10 +97,6 @@ class SchedulePoint:
                 "schedules": [format_schedule(x) for x in self.schedules]}
 
 
-def _cost(schedule: list[int], per_call: dict[int, float], base: int) -> float:
-    return sum(per_call[p] for p in schedule) / (len(schedule) * per_call[base])
-
-
 def evaluate(backend, samples: list[tuple[str, int]], configs: dict[str, tuple[str, object]], steps: int, *,
              tokens: dict[int, float], flops: dict[int, float], conditioning: Callable[[str], object],
              to_images: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -138,12 +135,12 @@ def evaluate(backend, samples: list[tuple[str, int]], configs: dict[str, tuple[s
         images, schedules, seconds = run(config)
         point = SchedulePoint(
             label, kind, schedules,
-            token_cost=sum(_cost(s, tokens, base) for s in schedules) / len(schedules),
-            flop_cost=sum(_cost(s, flops, base) for s in schedules) / len(schedules),
+            token_cost=sum(schedule_cost(s, tokens, base) for s in schedules) / len(schedules),
+            flop_cost=sum(schedule_cost(s, flops, base) for s in schedules) / len(schedules),
             psnr=float(psnr(images, reference, data_range=span)), ssim=float(ssim(images, reference, data_range=span)),
             scores=score(images, prompts) if score else {}, seconds_per_image=seconds)
         for prompt in dict.fromkeys(prompts):
-            mine = [_cost(s, tokens, base) for s, q in zip(schedules, prompts) if q == prompt]
+            mine = [schedule_cost(s, tokens, base) for s, q in zip(schedules, prompts) if q == prompt]
             point.cost_per_prompt[prompt] = sum(mine) / len(mine)
         points.append(point)
         if progress:

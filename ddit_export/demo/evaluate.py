@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..bench.end_to_end import schedule_cost
 from ..bench.quality import frechet_distance, psnr, ssim
 from ..runtime.dispatcher import schedule_config
 from ..runtime.sampling import generate
@@ -87,8 +88,7 @@ def histogram(schedules: list[list[int]], sizes) -> dict[str, int]:
 
 def token_costs(schedules: list[list[int]], tokens: dict[int, int]) -> list[float]:
     """Each schedule's tokens over all steps as a fraction of the all-base schedule's."""
-    base = tokens[min(tokens)]
-    return [sum(tokens[p] for p in s) / (len(s) * base) for s in schedules]
+    return [schedule_cost(s, tokens, min(tokens)) for s in schedules]
 
 
 def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifier, real: torch.Tensor,
