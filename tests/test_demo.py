@@ -14,7 +14,7 @@ from ddit_export.demo.classes import CLASS_NAMES, class_index
 from ddit_export.demo.codec import PADDED_CHANNELS, decode, encode
 from ddit_export.demo.conditioning import demo_conditioning, load_class_table
 from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN, build_padded_transformer, narrow_to_pixel_channels
-from ddit_export.demo.tuning import DEFAULT_SIZES, DEFAULT_TAU
+from ddit_export.demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, demo_error_model
 from ddit_export.families.flux import FLUX
 
 REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "token_cost",
@@ -124,7 +124,8 @@ def test_demo_command_writes_the_report(tmp_path):
     assert not (tmp_path / "no").exists()
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
     assert manifest["scheduler"]["tau"] == DEFAULT_TAU and manifest["scheduler"]["patch_sizes"] == list(DEFAULT_SIZES) \
-        and manifest["scheduler"]["rule"] == "coarse-to-fine"
+        and manifest["scheduler"]["rule"] == DEFAULT_RULE == "predicted-error"
+    assert manifest["scheduler"]["error_model"] == demo_error_model()  # the fit shipped with the demo
     assert manifest["latent_shape"] == [1, 3, 32, 32]  # the model's own 3 channels, not FLUX's 16
     assert manifest["adapters"]["trained"] is True
 

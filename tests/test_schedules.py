@@ -131,7 +131,7 @@ def test_monotone_never_goes_back_to_a_coarser_size():
 
 def test_rules_are_named_presets_with_the_paper_rule_kept():
     assert RULES["paper"] == {"statistic": "std", "warmup": "base", "monotone": False}
-    assert set(RULES) == {"paper", "coarse-to-fine"}
+    assert set(RULES) == {"paper", "coarse-to-fine", "predicted-error"}
 
 
 def _reference_coarse_to_fine(latents, sizes, base, tau, rho, settle):

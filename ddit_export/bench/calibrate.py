@@ -189,7 +189,13 @@ def json_safe(value):
 
 
 def store_calibration(folder, expected: dict, tau: float, rho: float, calibration: dict) -> Path:
-    """Set the manifest's scheduler defaults with an atomic rewrite (temp file beside it, os.replace).
+    """Set the manifest's scheduler defaults tau and rho (see `update_scheduler`)."""
+    return update_scheduler(folder, expected, {"tau": float(tau), "rho": float(rho),
+                                               "calibration": json_safe(calibration)})
+
+
+def update_scheduler(folder, expected: dict, changes: dict) -> Path:
+    """Merge ``changes`` into the manifest's scheduler block with an atomic rewrite (temp file, os.replace).
 
     Refuses when the manifest changed since ``expected`` was read (a re-export meanwhile).
     """
@@ -199,8 +205,7 @@ def store_calibration(folder, expected: dict, tau: float, rho: float, calibratio
     current = read_manifest(folder)
     if current.get("created") != expected.get("created") or current["engines"] != expected["engines"]:
         raise ValueError(f"{folder / MANIFEST} changed while calibrating (re-exported?); run calibrate again")
-    current["scheduler"] = {**current.get("scheduler", {}), "tau": float(tau), "rho": float(rho),
-                            "calibration": json_safe(calibration)}
+    current["scheduler"] = {**current.get("scheduler", {}), **changes}
     return write_text_atomic(folder / MANIFEST, json.dumps(current, indent=2) + "\n")
 
 

@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", choices=sorted(SPEED_FLAGS), default="tokens",
                    help="speed-up maximised: tokens / flops (noise-free schedule cost) or wall (default tokens)")
     p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest as it is")
+    p.add_argument("--error-model", action="store_true",
+                   help="fit the predicted-error rule's error model on base trajectories (one extra engine call "
+                        "per coarse size per step) and make predicted-error the folder's rule; no tau sweep "
+                        "(run calibrate again without it to pick tau)")
     p.add_argument("--out", help="folder for calibration.json/.md/.png (default outputs/calibrate-<engine dir>)")
     p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/calibration.json)")
 
@@ -72,6 +76,8 @@ def _grid(args) -> tuple[list[float], list[float]]:
 
 
 def calibrate_command(args: argparse.Namespace, console: Console) -> int:
+    if args.error_model:
+        return error_model_command(args, console)
     from ..bench import calibrate, plots, report
     from ..bench.flops import flops_table
     from ..export.manifest import read_manifest
@@ -141,4 +147,52 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     else:
         calibrate.store_calibration(folder, manifest, chosen["tau"], chosen["rho"], record)
         console.print(f"stored as the default in {folder / 'manifest.json'}")
+    return 0
+
+
+def error_model_command(args: argparse.Namespace, console: Console) -> int:
+    """`calibrate --error-model`: fit, report, and store the model (and the rule) in the manifest."""
+    from ..bench import report
+    from ..bench.calibrate import update_scheduler
+    from ..bench.error_model import fit_error_model
+    from ..export.manifest import read_manifest
+    from ..runtime.backends import backend_class, get_backend
+    from ..runtime.conditioning import make_conditioning
+    from .schedules_cmd import evaluation_hooks
+
+    seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
+    tau = comma_list(args.taus, "--taus", float, check=limits.check_tau) if args.taus else None
+    if tau is not None and len(tau) != 1:
+        raise ValueError(f"--error-model stores one tau: give --taus a single value (got {len(tau)})")
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    manifest = read_manifest(folder)
+    device = check_device(args.device)
+    backend_class(args.backend)
+    prompts = args.prompt or evaluation_hooks(manifest).get("prompts") or [DEFAULT_PROMPT]
+    out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
+    check_writable(out)
+    with get_backend(args.backend, folder, device=device) as backend, \
+            Counted(console, len(prompts) * len(seeds), "fitting the error model", unit="sample") as bar:
+        samples = [(make_conditioning(manifest, prompt, device=device), seed) for seed in seeds for prompt in prompts]
+        model, record = fit_error_model(backend, samples, args.steps, progress=lambda: bar.advance())
+    record = {**record, "backend": args.backend, "device": str(device), "seeds": seeds, "prompts": len(prompts)}
+    sizes = manifest.get("scheduler", {}).get("patch_sizes") or [int(e["patch_size"]) for e in manifest["engines"]]
+    changes = {"rule": "predicted-error", "warmup_patch": max(sizes),  # the rule warms up at the coarsest size
+               "error_model": model.to_json(), "error_model_fit": record}
+    if tau is not None:
+        changes["tau"] = tau[0]
+    with staged_files(out) as staging:
+        written = report.write_json(staging / "error_model.json", {**model.to_json(), **record})
+    console.print(f"wrote {out / written.name}")
+    for p, coefficients in model.coefficients:
+        console.print(f"size {p}: velocity error / statistic {min(coefficients):.3g} .. {max(coefficients):.3g} "
+                      f"over sigma {model.sigmas[0]:.3g} .. {model.sigmas[-1]:.3g}")
+    if args.dry_run:
+        console.print("--dry-run: manifest unchanged")
+        return 0
+    update_scheduler(folder, manifest, changes)
+    console.print(f"stored in {folder / 'manifest.json'}: rule predicted-error"
+                  + (f", tau {tau[0]:g}" if tau else "; pick its tau with `ddit-export calibrate` (a sweep)"))
     return 0

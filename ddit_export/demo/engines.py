@@ -7,7 +7,7 @@ from pathlib import Path
 from ..export.build import Reporter, export_engines
 from ..export.request import ExportRequest
 from .model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
-from .tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU
+from .tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, demo_error_model
 
 DEMO_PATCH_SIZES = (2, 4, 8)
 DEFAULT_ENGINE_DIR = Path("engines") / "demo"
@@ -19,6 +19,7 @@ def demo_request(out: Path, force: bool = False) -> ExportRequest:
         height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN, dtype="fp32", out=str(out), force=force,
         # the demo's tuned schedule, so `generate` on these engines schedules as `ddit-export demo` does
         backends=("onnx",), tau=DEFAULT_TAU, scheduler_sizes=DEFAULT_SIZES, rule=DEFAULT_RULE,
+        error_model=demo_error_model(),
     )
 
 

@@ -96,6 +96,8 @@ def _scheduler_defaults(req: ExportRequest, old: dict | None, base_patch: int, w
         fresh["patch_sizes"] = list(req.scheduler_sizes)
     if preset["warmup"] == "coarsest":
         fresh["warmup_patch"] = max(req.scheduler_sizes or req.patch_sizes)
+    if req.error_model is not None:
+        fresh["error_model"] = req.error_model
     return fresh
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..families.base import family_by_name
-from ..runtime.rules import RULES
+from ..runtime.rules import NEEDS_ERROR_MODEL, RULES
 from ..util import limits
 from ..util.atomic import check_writable
 from ..util.devices import parse_device
@@ -44,6 +44,7 @@ class ExportRequest:
     rho: float | None = None  # None: as tau, else 0.4
     scheduler_sizes: tuple[int, ...] | None = None  # sizes the default schedule may pick; None: every size
     rule: str | None = None  # the engines' default dynamic rule (runtime/rules.py); None: DEFAULT_RULE
+    error_model: dict | None = None  # the predicted-error rule's fitted model (ErrorModel.to_json); the demo ships one
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
     layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
 
@@ -82,6 +83,9 @@ class ExportRequest:
         fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"unknown scheduler rule {self.rule!r}: choose one of {', '.join(RULES)}")
+        if self.rule in NEEDS_ERROR_MODEL and self.error_model is None:
+            raise ValueError(f"--rule {self.rule} needs the engines' error model, which is fitted on the engines: "
+                             "export with another rule, then run `ddit-export calibrate ENGINE_DIR --error-model`")
         if self.scheduler_sizes is not None:
             self.scheduler_sizes = tuple(sorted(set(int(p) for p in self.scheduler_sizes)))
             if not set(self.scheduler_sizes) <= set(self.patch_sizes) or fam.base_patch not in self.scheduler_sizes:

@@ -20,7 +20,7 @@ import torch
 
 from .backends.base import Backend
 from .schedule_spec import check_schedule
-from .scheduler import DEFAULT_RULE, RULES, AccelerationScheduler, Decision, ScheduleConfig
+from .scheduler import DEFAULT_RULE, RULES, AccelerationScheduler, Decision, ErrorModel, ScheduleConfig
 from .trace import Trace, clock_for
 
 
@@ -78,6 +78,7 @@ def schedule_config(
         statistic=preset["statistic"],
         monotone=preset["monotone"],
         size_scaled_tau=preset.get("size_scaled_tau", False),
+        error_model=ErrorModel.from_json(defaults["error_model"]) if defaults.get("error_model") else None,
     )
 
 
@@ -115,12 +116,14 @@ class DDiTRunner:
         self.scheduler.reset(total_steps)
         self.decision = None
 
-    def decide(self, latent: torch.Tensor, step_index: int) -> Decision:
-        """Observe this step's sampler latent (before the model call) and pick its patch size."""
+    def decide(self, latent: torch.Tensor, step_index: int, sigma: float | None = None) -> Decision:
+        """Observe this step's sampler latent (before the model call) and pick its patch size.
+
+        ``sigma``: the sampler's noise level at this step (the predicted-error rule needs it)."""
         if step_index == 0 and len(self.trace):
             self.reset()  # step 0 always opens a new trajectory, as in the scheduler
         start = self.clock.mark()
-        decision = self.scheduler.step(latent, step_index)
+        decision = self.scheduler.step(latent, step_index, sigma)
         self.trace.open_step(step_index, decision, start, self.clock.mark())
         self.decision = decision
         return decision
@@ -134,9 +137,10 @@ class DDiTRunner:
         self.trace.add_engine_call(start, self.clock.mark())
         return out
 
-    def step(self, latent: torch.Tensor, step_index: int, **conditioning: torch.Tensor) -> torch.Tensor:
+    def step(self, latent: torch.Tensor, step_index: int, sigma: float | None = None,
+             **conditioning: torch.Tensor) -> torch.Tensor:
         """`decide` then `run`: the prediction for this step's latent."""
-        self.decide(latent, step_index)
+        self.decide(latent, step_index, sigma)
         return self.run(latent, **conditioning)
 
     def finish(self) -> Trace:

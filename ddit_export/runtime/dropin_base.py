@@ -31,6 +31,10 @@ from .trace import Trace
 class DropInTransformer(nn.Module):
     """Scheduler + static engines behind a diffusers transformer's call (subclassed per family)."""
 
+    # What the pipeline's timestep is per unit of the sampler's sigma (FluxPipeline hands the transformer
+    # sigma itself; WanPipeline hands it sigma * 1000): the predicted-error rule reads sigma from it.
+    timestep_per_sigma = 1.0
+
     def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
         super().__init__()
         schedule = schedule or schedule_config(backend)
@@ -94,7 +98,7 @@ class DropInTransformer(nn.Module):
                 self._ended = False
             self._step += 1
             self._latent = to_latent(hidden_states)
-            self.runner.decide(self._latent, self._step)
+            self.runner.decide(self._latent, self._step, t / self.timestep_per_sigma)
         self._prev = (t, hidden_states, version)
         return self._latent
 

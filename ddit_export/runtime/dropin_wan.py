@@ -36,6 +36,8 @@ from .scheduler import ScheduleConfig
 class DDiTWanTransformer(DropInTransformer):
     """`WanTransformer3DModel` stand-in: scheduler + static engines behind the same call."""
 
+    timestep_per_sigma = 1000.0  # WanPipeline passes the sampler's timesteps, sigma * 1000
+
     def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
         super().__init__(backend, schedule, total_steps)
         request = backend.manifest["request"]

@@ -111,10 +111,11 @@ def generate(
 
     trajectory = torch.empty((steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
     runner = DDiTRunner(backend, schedule, total_steps=steps)
+    sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
     for i, t in enumerate(timesteps):
         if trajectory is not None:
             trajectory[i].copy_(latent)
-        pred = runner.step(latent, i, timestep=engine_timesteps[i], **static_inputs)
+        pred = runner.step(latent, i, sigmas[i], timestep=engine_timesteps[i], **static_inputs)
         latent = sampler.step(pred, t, latent, return_dict=False)[0]
         if on_step is not None:
             on_step(i, runner.decision.patch_size)

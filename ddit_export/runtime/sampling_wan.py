@@ -126,11 +126,12 @@ def generate_wan(
 
     trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
     runner = DDiTRunner(backend, schedule, total_steps=steps)
+    sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
     for i, t in enumerate(timesteps):
         if trajectory is not None:
             trajectory[i].copy_(latent)
         x = latent.to(dtype)  # what WanPipeline hands the transformer (and so what DDiT observes)
-        runner.decide(x, i)
+        runner.decide(x, i, sigmas[i])
         ts = engine_timesteps[i]
         if not layout.guided:
             pred = runner.run(x, encoder_hidden_states=cond, timestep=ts)

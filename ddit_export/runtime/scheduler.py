@@ -48,12 +48,14 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .predicted_error import WARMUP_STEPS, ErrorModel, block_detail, choose_size
 from .rules import DEFAULT_RULE, RULES  # torch-free, for the command line's --rule
 
 __all__ = [
@@ -61,12 +63,13 @@ __all__ = [
     "RULES",
     "AccelerationScheduler",
     "Decision",
+    "ErrorModel",
     "ScheduleConfig",
     "block_statistics",
     "select_patch",
 ]
 
-STATISTICS = ("std", "detail")
+STATISTICS = ("std", "detail", "x0-detail")
 # Number of latents a third backward difference needs.
 HISTORY = 4
 # d3 = sum(coeff[age] * z[k - age]) with age 0 the newest latent.
@@ -98,6 +101,9 @@ class ScheduleConfig:
         hold as one value; see `block_statistics`).
     monotone: never go back to a coarser size once a finer one ran (coarse-to-fine with a ratchet).
     size_scaled_tau: size P passes below ``tau * 2 * base / P`` rather than ``tau`` (`select_patch`).
+    error_model: for ``statistic="x0-detail"`` (the `predicted-error` rule, `predicted_error.py`): the
+        fitted ratio of each coarse size's velocity error to the statistic; ``tau`` is then the squared
+        error one step of base tokens is worth, and `AccelerationScheduler.step` needs each step's sigma.
     """
 
     patch_sizes: tuple[int, ...]
@@ -112,6 +118,7 @@ class ScheduleConfig:
     statistic: str = "std"
     monotone: bool = False
     size_scaled_tau: bool = False
+    error_model: ErrorModel | None = None
 
     def __post_init__(self) -> None:
         sizes = tuple(self.patch_sizes)
@@ -147,6 +154,14 @@ class ScheduleConfig:
             raise ValueError(f"ScheduleConfig.settle_steps must be an int >= 0, got {self.settle_steps!r}")
         if self.statistic not in STATISTICS:
             raise ValueError(f"ScheduleConfig.statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+        if self.statistic == "x0-detail" and self.static_patch is None and self.fixed is None:
+            if not isinstance(self.error_model, ErrorModel):
+                raise ValueError("the predicted-error rule needs the engines' error model: run `ddit-export calibrate "
+                                 "ENGINE_DIR --error-model` (or choose another --rule)")
+            missing = sorted(set(self.candidates) - set(self.error_model.sizes))
+            if missing:
+                raise ValueError(f"the error model has no coefficients for sizes {missing}: run `ddit-export "
+                                 "calibrate ENGINE_DIR --error-model` again")
         if self.fixed is not None:
             fixed = tuple(self.fixed)
             object.__setattr__(self, "fixed", fixed)
@@ -273,8 +288,12 @@ class AccelerationScheduler:
         self._patch, self._hold = None, 0
 
     @torch.no_grad()
-    def step(self, latent: torch.Tensor, step_index: int) -> Decision:
-        """Observe the pre-model latent of step ``step_index`` (0-based), then decide its patch size."""
+    def step(self, latent: torch.Tensor, step_index: int, sigma: float | None = None) -> Decision:
+        """Observe the pre-model latent of step ``step_index`` (0-based), then decide its patch size.
+
+        ``sigma`` is the sampler's noise level at this step (a float); the `predicted-error` rule
+        (``statistic="x0-detail"``) needs it, the others ignore it.
+        """
         cfg = self.config
         if cfg.static_patch is not None:
             return Decision(cfg.static_patch, None)
@@ -295,7 +314,7 @@ class AccelerationScheduler:
         if step_index == 0:  # step 0 always opens a new trajectory, even if reset() was forgotten
             self._count, self._patch, self._hold = 0, None, 0
 
-        stats = self._observe(latent)
+        stats = self._observe_x0(latent, sigma) if cfg.statistic == "x0-detail" else self._observe(latent)
         if stats is None:
             patch = cfg.base_patch if force_base or cfg.warmup_patch is None else cfg.warmup_patch
         elif force_base:
@@ -304,13 +323,53 @@ class AccelerationScheduler:
             self._hold -= 1
             patch = self._patch
         else:
-            patch = select_patch(stats, cfg.tau, cfg.base_patch, cfg.size_scaled_tau)
+            patch = self._choose(stats)
             if cfg.monotone and self._patch is not None:
                 patch = min(patch, self._patch)  # the ratchet: never coarser than the last step
             if self._patch is not None and patch != self._patch:
                 self._hold = cfg.settle_steps
         self._patch = patch
         return Decision(patch, stats)
+
+    def _choose(self, stats: dict[int, float]) -> int:
+        cfg = self.config
+        if cfg.statistic != "x0-detail":
+            return select_patch(stats, cfg.tau, cfg.base_patch, cfg.size_scaled_tau)
+        return choose_size(stats, cfg.error_model, self._sigma, self._sigma_step, cfg.tau, self._tokens,
+                           cfg.base_patch)
+
+    def _observe_x0(self, latent: torch.Tensor, sigma: float | None) -> dict[int, float] | None:
+        """Keep the previous latent; from the third step on, the block detail of the predicted x0 per candidate."""
+        if sigma is None or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+            raise ValueError(f"the predicted-error rule needs each step's sigma as a finite float, got {sigma!r}")
+        if latent.dim() not in (4, 5):
+            raise ValueError(
+                f"latent must be B x C x h x w or B x C x F x h x w, got shape {tuple(latent.shape)}"
+            )
+        layout = (latent.shape, latent.dtype, latent.device)
+        if layout != self._layout:  # a new layout is a new trajectory: allocate once, then reuse
+            self._ring = torch.empty((1, *latent.shape), dtype=latent.dtype, device=latent.device)
+            self._d3 = torch.empty(latent.shape, dtype=torch.float32, device=latent.device)
+            self._layout = layout
+            self._count = 0
+            h, w = latent.shape[-2:]
+            base = self.config.base_patch
+            self._tokens = {p: math.ceil(h / p) * math.ceil(w / p) / (math.ceil(h / base) * math.ceil(w / base))
+                            for p in self.config.patch_sizes}
+        stats = None
+        if self._count >= WARMUP_STEPS and self.config.candidates:
+            x0 = self._d3  # z - sigma * v, with v from the last sampler step (predicted_error.predicted_x0)
+            step = sigma - self._prev_sigma
+            if step == 0:
+                raise ValueError(f"two steps at sigma {sigma}: the predicted-error rule needs a decreasing schedule")
+            x0.copy_(latent).sub_(self._ring[0]).mul_(-sigma / step).add_(latent)
+            values = block_detail(x0, self.config.candidates).tolist()  # one host sync
+            stats = dict(zip(self.config.candidates, values))
+            self._sigma, self._sigma_step = float(sigma), float(self._prev_sigma - sigma)
+        self._ring[0].copy_(latent)
+        self._prev_sigma = float(sigma)
+        self._count += 1
+        return stats
 
     def _observe(self, latent: torch.Tensor) -> dict[int, float] | None:
         """Push ``latent`` into the ring; return the candidates' statistics once 4 latents exist."""
