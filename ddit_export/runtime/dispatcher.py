@@ -111,6 +111,8 @@ class DDiTRunner:
         self.trace = Trace(self.clock)
         self.decision: Decision | None = None
         self.cache = cache  # a runtime.cache.StepCache, or None
+        if cache is not None:
+            cache.reset()  # a new runner is a new trajectory: nothing of a previous one is reused
         self.total_steps = total_steps
         self._step, self._calls = -1, 0
 

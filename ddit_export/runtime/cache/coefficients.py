@@ -33,7 +33,7 @@ def teacache_coefficients(manifest: dict) -> tuple[tuple[float, ...], str]:
         if manifest["family"] == family and key in model:
             return coefficients, f"published TeaCache coefficients for {family} '{key}'"
     raise ValueError(f"TeaCache has no published coefficients for {manifest['model']['id']!r}: fit them on this "
-                     f"model with `ddit-export calibrate {{ENGINE_DIR}} --cache` (stored in the manifest)")
+                     f"model with `ddit-export calibrate ENGINE_DIR --cache` (stored in the manifest)")
 
 
 def rescale(coefficients, x: float) -> float:
