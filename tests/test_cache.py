@@ -220,3 +220,15 @@ def test_bad_cache_input_is_one_line_and_exit_2(folders, tmp_path, capsys, folde
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_dropins_accept_the_same_cache_and_refuse_a_single_folder(folders):
+    from ddit_export.runtime.backends.base import BackendError
+    from ddit_export.runtime.dropin_flux import DDiTFluxTransformer
+
+    with get_backend("onnx", folders["flux-single"]) as backend, pytest.raises(BackendError, match="--layout staged"):
+        DDiTFluxTransformer(backend, cache="teacache:0.25")
+    with get_backend("onnx", folders["flux"]) as backend:
+        assert DDiTFluxTransformer(backend, cache="none").runner.cache is None
+        with pytest.raises(ValueError, match="calibrate ENGINE_DIR --cache"):  # tiny: no published polynomial
+            DDiTFluxTransformer(backend, cache="teacache:0.25")
