@@ -48,9 +48,9 @@ def add_cache_argument(p) -> None:
     """`--cache teacache:0.25 | fbcache:0.05 | none` (staged folders; runtime/cache/), the same on every command."""
     import argparse
 
-    from ..runtime.cache.spec import parse_cache
-
     def cache(text: str):
+        from ..runtime.cache.spec import parse_cache  # here, not at parser build: the package imports torch
+
         try:
             return parse_cache(text)
         except ValueError as err:
