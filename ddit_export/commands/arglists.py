@@ -42,3 +42,20 @@ def schedule_from_args(args, steps: int | None) -> tuple[int, ...] | None:
         if getattr(args, flag, None) is not None:
             raise ValueError(f"--schedule fixes every step; it cannot be combined with --{flag}")
     return schedule
+
+
+def add_cache_argument(p) -> None:
+    """`--cache teacache:0.25 | fbcache:0.05 | none` (staged folders; runtime/cache/), the same on every command."""
+    import argparse
+
+    def cache(text: str):
+        from ..runtime.cache.spec import parse_cache  # here, not at parser build: the package imports torch
+
+        try:
+            return parse_cache(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"--cache {text!r}: ")) from None
+
+    p.add_argument("--cache", type=cache, metavar="KIND:T",
+                   help="step caching on a staged folder: teacache:T (TeaCache, e.g. 0.25), fbcache:T (first-block "
+                        "cache, e.g. 0.05) or none (default)")

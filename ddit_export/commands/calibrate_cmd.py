@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="minimum mean quality vs the static base (default psnr 30 dB, ssim 0.9)")
     p.add_argument("--speed", choices=sorted(SPEED_FLAGS), default="tokens",
                    help="speed-up maximised: tokens / flops (noise-free schedule cost) or wall (default tokens)")
+    p.add_argument("--cache", action="store_true",
+                   help="instead of tau: fit TeaCache's rescaling polynomial on this model's trajectories (a staged "
+                        "folder; stored as manifest cache.teacache, used by --cache teacache:T)")
     p.add_argument("--dry-run", action="store_true", help="report only; leave the manifest as it is")
     p.add_argument("--error-model", action="store_true",
                    help="fit the predicted-error rule's error model on base trajectories (one extra engine call "
@@ -78,6 +81,10 @@ def _grid(args) -> tuple[list[float], list[float]]:
 def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     if args.error_model:
         return error_model_command(args, console)
+    if args.cache:
+        from .calibrate_cache_cmd import calibrate_cache_command
+
+        return calibrate_cache_command(args, console)
     from ..bench import calibrate, plots, report
     from ..bench.flops import flops_table
     from ..export.manifest import read_manifest

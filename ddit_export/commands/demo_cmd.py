@@ -19,7 +19,7 @@ from rich.table import Table
 from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import add_schedule_arguments, schedule_from_args
+from .arglists import add_cache_argument, add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
 from .export_cmd import RichReporter, patch_list
 from .progress import Counted
@@ -41,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep a newly chosen size N more steps (default: the rule's; see ddit-export generate)")
     add_schedule_arguments(p, "; default steps 28")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
-    p.add_argument("--engines", default="engines/demo", help="engine folder (built or reused; default engines/demo)")
+    add_cache_argument(p)
+    p.add_argument("--engines", help="engine folder (built or reused; default engines/demo, with --cache "
+                                     "engines/demo-staged: the staged layout, which step caching needs)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
     p.add_argument("--force", action="store_true", help="rebuild the engines even if --engines holds others")
@@ -88,6 +90,11 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     from ..runtime.dispatcher import schedule_config
 
     _check(args)
+    if args.cache is not None:  # static base, cache alone, DDiT alone, DDiT + cache, side by side
+        from .demo_cache import cache_demo_command
+
+        return cache_demo_command(args, console)
+    args.engines = args.engines or "engines/demo"
     out = Path(args.out).expanduser()
     check_writable(out)
     if args.report:
@@ -105,7 +112,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
 
     labels = sample_labels(args.samples)
     with get_backend("onnx", args.engines) as backend:
-        ort_threading = {str(p): mode for p, mode in backend.cpu_threading.items()}
+        ort_threading = {str(p): mode for p, mode in getattr(backend, "cpu_threading", {}).items()}
         warm_up(backend)
         what = f"schedule {args.schedule}" if args.fixed else f"DDiT {args.rule} tau {args.tau:g}"
         with Counted(console, args.samples, f"sampling base + {what}, {args.steps} steps", unit="sample") as bar:

@@ -23,7 +23,7 @@ from rich.table import Table
 from ..util.atomic import atomic_file, check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_schedule_arguments, schedule_from_args
+from .arglists import add_cache_argument, add_schedule_arguments, schedule_from_args
 from .errors import run_guarded
 from .export_cmd import patch_list
 from .progress import Counted
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep a newly chosen size N more steps, so decisions never read a third difference "
                         "spanning an engine switch (default: the manifest's, else 0 = the paper's rule)")
     add_schedule_arguments(p)
+    add_cache_argument(p)
     p.add_argument("--guidance", type=argtypes.non_negative_float,
                    help="FLUX: embedded guidance scale (default 3.5 when the model has one); "
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
@@ -151,13 +152,18 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
             schedule=args.fixed, rule=args.rule,
         )
+        cache = None
+        if args.cache is not None:
+            from ..runtime.cache import StepCache
+
+            cache = StepCache(backend, args.cache)  # a single-layout folder is refused here, with the fix
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
         with Counted(console, args.steps, "sampling", unit="step") as bar:
             result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
                               return_trajectory=bool(args.save_trajectory),
-                              on_step=lambda _, patch: bar.advance(status=f"p{patch}"))
+                              on_step=lambda _, patch: bar.advance(status=f"p{patch}"), cache=cache)
         if result.cfg is not None:  # Wan: say how the guidance passes ran (one call or two per step)
             console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
@@ -175,6 +181,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             "base_last_steps": config.base_last_steps, "settle_steps": config.settle_steps,
             "fixed_schedule": args.schedule, "statistic": config.statistic, "monotone": config.monotone,
             "timesteps": result.timesteps.float().cpu().tolist(),
+            "cache": cache.describe() if cache is not None else None,
             **_wan_record(args, conditioning, result),
             **trace.to_json(),
         }
@@ -250,6 +257,9 @@ def _print_summary(console: Console, trace, written: list[Path]) -> None:
     console.print(f"schedule ({len(schedule)} steps): [bold]{' '.join(str(p) for p in schedule)}[/]")
     counts = {p: schedule.count(p) for p in sorted(set(schedule))}
     console.print("steps per patch size: " + ", ".join(f"p{p}: {n}" for p, n in counts.items()))
+    if any(trace.cached):
+        console.print(f"served from the step cache: {sum(trace.cached)} of {len(schedule)} steps "
+                      f"({' '.join('c' if c else '.' for c in trace.cached)})")
     totals = trace.totals()
     table = Table(title="where the time went")
     for col in ("part", "seconds", "share"):

@@ -70,6 +70,9 @@ class StagedModel(nn.Module):
             "embed": (embed, embed_inputs, list(fp.EMBED_OUTPUTS)),
             "trunk": (self.trunk, list(fp.TRUNK_INPUTS), list(TRUNK_OUTPUTS)),
             "head": (head, head_inputs, [HEAD_OUTPUT]),
+            # the trunk split after block 0 (first-block caching; `chain` never runs these)
+            "first_block": (self.trunk.first_block, list(fp.TRUNK_INPUTS), ["head_tokens", "head_text_tokens"]),
+            "other_blocks": (self.trunk.other_blocks, list(fp.OTHER_BLOCKS_INPUTS), ["trunk_tokens"]),
         }
 
 
@@ -77,10 +80,15 @@ def chain(parts: dict, given: dict) -> dict:
     """Run embed -> trunk -> head, each on the named values it takes; returns every named value."""
     values = dict(given)
     for part in ("embed", "trunk", "head"):
-        run, inputs, outputs = parts[part]
-        out = run(**{n: values[n] for n in inputs})
-        values.update(zip(outputs, out if isinstance(out, (tuple, list)) else (out,)))
+        values = run_part(parts[part], values)
     return values
+
+
+def run_part(part: tuple, values: dict) -> dict:
+    """One part `(callable, input names, output names)` on the named values: the values plus its outputs."""
+    run, inputs, outputs = part
+    out = run(**{n: values[n] for n in inputs})
+    return {**values, **dict(zip(outputs, out if isinstance(out, (tuple, list)) else (out,)))}
 
 
 def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:

@@ -52,6 +52,25 @@ class FluxTrunk(nn.Module):
             text, hidden = block(hidden_states=hidden, encoder_hidden_states=text, temb=temb, image_rotary_emb=rope)
         return hidden, hidden - tokens
 
+    # The trunk split after block 0, for first-block caching (same blocks, same order as `forward`).
+    def _blocks(self):
+        return [*self.transformer_blocks, *self.single_transformer_blocks]
+
+    def first_block(self, tokens, text_tokens, temb, rope_cos, rope_sin, size_index):
+        self.selection.index = size_index
+        block = self._blocks()[0]
+        text, hidden = block(hidden_states=tokens, encoder_hidden_states=text_tokens, temb=temb,
+                             image_rotary_emb=(rope_cos, rope_sin))
+        return hidden, text
+
+    def other_blocks(self, head_tokens, head_text_tokens, temb, rope_cos, rope_sin, size_index):
+        self.selection.index = size_index
+        hidden, text = head_tokens, head_text_tokens
+        for block in self._blocks()[1:]:
+            text, hidden = block(hidden_states=hidden, encoder_hidden_states=text, temb=temb,
+                                 image_rotary_emb=(rope_cos, rope_sin))
+        return hidden
+
 
 class FluxHead(nn.Module):
     """Final norm/modulation, the size's de-embedding, unpatchify, the DDiT residual, crop."""
@@ -74,6 +93,7 @@ class FluxHead(nn.Module):
 
 EMBED_OUTPUTS = ("tokens", "text_tokens", "temb", "rope_cos", "rope_sin")
 TRUNK_INPUTS = ("tokens", "text_tokens", "temb", "rope_cos", "rope_sin", "size_index")
+OTHER_BLOCKS_INPUTS = ("head_tokens", "head_text_tokens", "temb", "rope_cos", "rope_sin", "size_index")
 
 
 def build_parts(family, plain, selection, sizes_modules: dict, latent_shape):

@@ -42,6 +42,18 @@ class WanTrunk(nn.Module):
             hidden = block(hidden, text_tokens, timestep_proj, (rope_cos, rope_sin))
         return hidden, hidden - tokens
 
+    # The trunk split after block 0, for first-block caching (Wan's blocks leave the text tokens as they are).
+    def first_block(self, tokens, text_tokens, timestep_proj, rope_cos, rope_sin, size_index):
+        self.selection.index = size_index
+        return self.blocks[0](tokens, text_tokens, timestep_proj, (rope_cos, rope_sin)), text_tokens
+
+    def other_blocks(self, head_tokens, head_text_tokens, timestep_proj, rope_cos, rope_sin, size_index):
+        self.selection.index = size_index
+        hidden = head_tokens
+        for block in self.blocks[1:]:
+            hidden = block(hidden, head_text_tokens, timestep_proj, (rope_cos, rope_sin))
+        return hidden
+
 
 class WanHead(nn.Module):
     """Output norm with the time modulation, the size's de-embedding, unpatchify, DDiT residual, crop."""
@@ -69,6 +81,7 @@ class WanHead(nn.Module):
 
 EMBED_OUTPUTS = ("tokens", "text_tokens", "temb", "timestep_proj", "rope_cos", "rope_sin")
 TRUNK_INPUTS = ("tokens", "text_tokens", "timestep_proj", "rope_cos", "rope_sin", "size_index")
+OTHER_BLOCKS_INPUTS = ("head_tokens", "head_text_tokens", "timestep_proj", "rope_cos", "rope_sin", "size_index")
 
 
 def build_parts(family, plain, selection, sizes_modules: dict, latent_shape):

@@ -33,11 +33,18 @@ class Run:
     images: list[torch.Tensor] = field(default_factory=list)  # each 3 x 32 x 32 in [0, 1]
     seconds: list[float] = field(default_factory=list)
     schedules: list[list[int]] = field(default_factory=list)
+    cached: list[list[bool]] = field(default_factory=list)  # per step: served from the step cache
 
     def add(self, result, seconds: float) -> None:
         self.images.append(decode(result.latent.float())[0])
         self.seconds.append(seconds)
         self.schedules.append(result.trace.schedule)
+        self.cached.append(result.trace.cached)
+
+    @property
+    def cached_share(self) -> float:
+        flat = [c for s in self.cached for c in s]
+        return sum(flat) / len(flat) if flat else 0.0
 
     @property
     def batch(self) -> torch.Tensor:
@@ -49,9 +56,9 @@ def sample_labels(n: int) -> torch.Tensor:
     return torch.arange(n) % len(CLASS_NAMES)
 
 
-def timed_generate(backend, conditioning, config, steps: int, seed: int):
+def timed_generate(backend, conditioning, config, steps: int, seed: int, cache=None):
     start = time.perf_counter()
-    result = generate(backend, conditioning, config, steps=steps, seed=seed)
+    result = generate(backend, conditioning, config, steps=steps, seed=seed, cache=cache)
     return result, time.perf_counter() - start
 
 
@@ -63,14 +70,16 @@ def warm_up(backend, steps: int = 4) -> None:
 
 
 def sample_runs(backend, n: int, steps: int, seed: int, configs: dict, progress=None) -> tuple[Run, dict]:
-    """The static base run and one run per ``configs[key] = ScheduleConfig``, sample by sample interleaved."""
+    """The static base run and one run per ``configs[key] = ScheduleConfig`` (or ``(ScheduleConfig, StepCache)``),
+    sample by sample interleaved."""
     base, runs = Run(), {key: Run() for key in configs}
     static = schedule_config(backend, static_patch=backend.base_patch)
     for i, label in enumerate(sample_labels(n).tolist()):
         cond = demo_conditioning(CLASS_NAMES[label])
         base.add(*timed_generate(backend, cond, static, steps, seed + i))
         for key, config in configs.items():
-            runs[key].add(*timed_generate(backend, cond, config, steps, seed + i))
+            config, cache = config if isinstance(config, tuple) else (config, None)
+            runs[key].add(*timed_generate(backend, cond, config, steps, seed + i, cache))
         if progress:
             progress()
     return base, runs

@@ -33,8 +33,10 @@ def write_grid(base: list[torch.Tensor], ddit: list[torch.Tensor], labels, path:
     return path
 
 
-def write_schedule_plot(schedules: list[list[int]], labels, sizes, tau: float, path: Path) -> Path:
-    """Patch size per step (one line per sample) and how often each size ran."""
+def write_schedule_plot(schedules: list[list[int]], labels, sizes, tau: float, path: Path,
+                        cached: list[list[bool]] | None = None) -> Path:
+    """Patch size per step (one line per sample) and how often each size ran; with `cached`, the steps
+    served from the step cache are marked (open circles)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,10 +47,14 @@ def write_schedule_plot(schedules: list[list[int]], labels, sizes, tau: float, p
         jitter = (i - len(schedules) / 2) * 0.04  # overlapping lines stay distinguishable
         left.step(range(len(schedule)), np.array(schedule) + jitter, where="mid", alpha=0.6, lw=1,
                   label=CLASS_NAMES[int(labels[i])] if i < len(CLASS_NAMES) else None)
+        if cached is not None:
+            hits = [k for k, c in enumerate(cached[i]) if c]
+            left.scatter(hits, np.array(schedule)[hits] + jitter, s=14, facecolors="none", edgecolors="k", lw=0.6,
+                         label="cached step" if i == 0 and hits else None)
     left.set_yticks(list(sizes))
     left.set_xlabel("denoising step")
     left.set_ylabel("patch size (latent px)")
-    left.set_title(f"DDiT schedule per sample (tau {tau:g})")
+    left.set_title(f"DDiT schedule per sample (tau {tau:g})" + (", o = cached" if cached is not None else ""))
     left.legend(fontsize=7, loc="upper right")
     flat = [p for s in schedules for p in s]
     right.bar([str(p) for p in sizes], [flat.count(p) for p in sizes], color="tab:blue")

@@ -10,6 +10,10 @@
 With classifier-free guidance call `decide` once per step and `run` once per pass: both passes
 use the step's one decision, and the scheduler sees the step's latent once.
 
+With a step cache (`cache=StepCache(...)`, staged folders; runtime/cache/) each `run` goes through it:
+one cache state per pass of a step (`branch`: the pass's name, by default its order in the step), and
+the trace records per step whether it was served from the cache.
+
 The hot path adds nothing to what the scheduler and the engine do: no tensor allocation, no host
 synchronisation (the scheduler does its one `.tolist()`; timing uses CUDA events on CUDA).
 """
@@ -92,7 +96,7 @@ def _default_rho(defaults: dict, rule: str, preset: dict) -> float:
 class DDiTRunner:
     """Scheduler + backend for one trajectory at a time, with a per-step trace."""
 
-    def __init__(self, backend: Backend, config: ScheduleConfig, total_steps: int | None = None):
+    def __init__(self, backend: Backend, config: ScheduleConfig, total_steps: int | None = None, cache=None):
         missing = sorted(set(config.patch_sizes) - set(backend.patch_sizes))
         if missing:
             raise ValueError(
@@ -107,6 +111,11 @@ class DDiTRunner:
         self.clock = clock_for(backend.device)
         self.trace = Trace(self.clock)
         self.decision: Decision | None = None
+        self.cache = cache  # a runtime.cache.StepCache, or None
+        if cache is not None:
+            cache.reset()  # a new runner is a new trajectory: nothing of a previous one is reused
+        self.total_steps = total_steps
+        self._step, self._calls = -1, 0
 
     def reset(self, total_steps: int | None = None) -> None:
         """Start a new trajectory; the previous trace is resolved first and stays valid."""
@@ -115,6 +124,10 @@ class DDiTRunner:
         self.trace = Trace(self.clock)
         self.scheduler.reset(total_steps)
         self.decision = None
+        if total_steps is not None:
+            self.total_steps = total_steps
+        if self.cache is not None:
+            self.cache.reset()
 
     def decide(self, latent: torch.Tensor, step_index: int, sigma: float | None = None) -> Decision:
         """Observe this step's sampler latent (before the model call) and pick its patch size.
@@ -126,15 +139,24 @@ class DDiTRunner:
         decision = self.scheduler.step(latent, step_index, sigma)
         self.trace.open_step(step_index, decision, start, self.clock.mark())
         self.decision = decision
+        self._step, self._calls = step_index, 0
         return decision
 
-    def run(self, latent: torch.Tensor, **conditioning: torch.Tensor) -> torch.Tensor:
-        """One engine call at the current step's patch size (call again for a CFG pass)."""
+    def run(self, latent: torch.Tensor, branch: str | None = None, **conditioning: torch.Tensor) -> torch.Tensor:
+        """One engine call at the current step's patch size (call again for a CFG pass).
+
+        ``branch`` names the pass for the step cache ("cond", "uncond"); by default its order in the step."""
         if self.decision is None:
             raise RuntimeError("DDiTRunner.run before decide: call decide(latent, step_index) first")
         start = self.clock.mark()
-        out = self.backend(self.decision.patch_size, latent, **conditioning)
-        self.trace.add_engine_call(start, self.clock.mark())
+        cached = False
+        if self.cache is None:
+            out = self.backend(self.decision.patch_size, latent, **conditioning)
+        else:
+            out, cached = self.cache(self.decision.patch_size, latent, step=self._step, total_steps=self.total_steps,
+                                     branch=str(self._calls) if branch is None else branch, **conditioning)
+        self._calls += 1
+        self.trace.add_engine_call(start, self.clock.mark(), cached)
         return out
 
     def step(self, latent: torch.Tensor, step_index: int, sigma: float | None = None,

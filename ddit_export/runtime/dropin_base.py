@@ -35,13 +35,23 @@ class DropInTransformer(nn.Module):
     # sigma itself; WanPipeline hands it sigma * 1000): the predicted-error rule reads sigma from it.
     timestep_per_sigma = 1.0
 
-    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
+    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None,
+                 cache=None):
+        """``cache``: "teacache:0.25" / "fbcache:0.05" / a CacheSpec / None (staged folders; runtime/cache/).
+        Without ``total_steps`` TeaCache cannot force the last step (the pipeline never says which it is)."""
         super().__init__()
         schedule = schedule or schedule_config(backend)
         if schedule.base_last_steps and total_steps is None:
             raise ValueError("base_last_steps needs total_steps (the pipeline's num_inference_steps)")
         self.backend = backend
-        self.runner = DDiTRunner(backend, schedule, total_steps)
+        step_cache = None
+        if cache is not None:
+            from .cache import StepCache, parse_cache
+
+            spec = parse_cache(cache) if isinstance(cache, str) else cache
+            step_cache = StepCache(backend, spec) if spec is not None else None
+        self.runner = DDiTRunner(backend, schedule, total_steps, cache=step_cache)
+        self._branch: str | None = None  # the pipeline's `cache_context` name ("cond" / "uncond"), for the cache
         # Pipelines read the model config (in_channels, guidance_embeds, patch_size, ...).
         self.config = FrozenDict(backend.manifest["model"]["config"])
         self.latent_shape = backend.latent_shape
@@ -71,8 +81,12 @@ class DropInTransformer(nn.Module):
 
     @contextmanager
     def cache_context(self, name: str, **kwargs):
-        """Pipelines wrap each pass in this (for diffusers' caches); engines need nothing."""
-        yield
+        """Pipelines wrap each pass in this (as for diffusers' caches): names the step cache's branch."""
+        self._branch = name
+        try:
+            yield
+        finally:
+            self._branch = None
 
     def _reset_stateful_cache(self) -> None:
         """Called by the pipeline at the end of every call: the next call is a new trajectory."""

@@ -30,8 +30,9 @@ from .scheduler import ScheduleConfig
 class DDiTFluxTransformer(DropInTransformer):
     """`FluxTransformer2DModel` stand-in: scheduler + static engines behind the same call."""
 
-    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
-        super().__init__(backend, schedule, total_steps)
+    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None,
+                 cache=None):
+        super().__init__(backend, schedule, total_steps, cache)
         request = backend.manifest["request"]
         self._pixels = (int(request["height"]), int(request["width"]))
         self._img_ids = FLUX.image_ids(FLUX.base_patch, self.latent_shape).float()
@@ -73,7 +74,7 @@ class DDiTFluxTransformer(DropInTransformer):
             if guidance is None:
                 raise ValueError("the engines were built with guidance embeds; the pipeline passed no guidance")
             conditioning["guidance"] = guidance
-        pred = self.runner.run(latent, **conditioning)
+        pred = self.runner.run(latent, self._branch, **conditioning)
         return self._output(FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype), pred, return_dict)
 
     def _check_geometry(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:

@@ -38,8 +38,9 @@ class DDiTWanTransformer(DropInTransformer):
 
     timestep_per_sigma = 1000.0  # WanPipeline passes the sampler's timesteps, sigma * 1000
 
-    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None):
-        super().__init__(backend, schedule, total_steps)
+    def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None,
+                 cache=None):
+        super().__init__(backend, schedule, total_steps, cache)
         request = backend.manifest["request"]
         self._video = (int(request["frames"]), int(request["height"]), int(request["width"]))
 
@@ -57,7 +58,7 @@ class DDiTWanTransformer(DropInTransformer):
         self._check_call(timestep, encoder_hidden_states, encoder_hidden_states_image, attention_kwargs)
         latent = self._track(hidden_states, timestep, to_latent=lambda x: x,
                              check_geometry=lambda: self._check_geometry(hidden_states))
-        pred = self.runner.run(latent, encoder_hidden_states=encoder_hidden_states, timestep=timestep)
+        pred = self.runner.run(latent, self._branch, encoder_hidden_states=encoder_hidden_states, timestep=timestep)
         return self._output(pred.to(hidden_states.dtype), pred, return_dict)
 
     def _check_call(self, timestep, encoder_hidden_states, image_states, attention_kwargs) -> None:

@@ -79,10 +79,12 @@ def generate(
     latents: torch.Tensor | None = None,
     return_trajectory: bool = False,
     on_step=None,
+    cache=None,
 ) -> GenerationResult:
     """Sample one batch with DDiT patch scheduling on ``backend``'s engines (Wan: `generate_wan`).
 
     ``on_step(step_index, patch_size)`` is called after each step (progress display).
+    ``cache`` (a `runtime.cache.StepCache` on a staged backend) serves steps from TeaCache / first-block caching.
     ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
@@ -90,7 +92,7 @@ def generate(
         from .sampling_wan import generate_wan
 
         return generate_wan(backend, conditioning, schedule, steps=steps, seed=seed, latents=latents,
-                            return_trajectory=return_trajectory, on_step=on_step)
+                            return_trajectory=return_trajectory, on_step=on_step, cache=cache)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer (got {steps!r})")
     device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
@@ -110,7 +112,7 @@ def generate(
     static_inputs = conditioning.engine_inputs(backend.input_metadata, device, dtype)
 
     trajectory = torch.empty((steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
-    runner = DDiTRunner(backend, schedule, total_steps=steps)
+    runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
     sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
     for i, t in enumerate(timesteps):
         if trajectory is not None:

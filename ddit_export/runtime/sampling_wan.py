@@ -94,6 +94,7 @@ def generate_wan(
     return_trajectory: bool = False,
     batched_cfg: bool | None = None,
     on_step=None,
+    cache=None,
 ) -> GenerationResult:
     """Sample one batch of Wan videos with DDiT patch scheduling; see the module docstring.
 
@@ -125,7 +126,7 @@ def generate_wan(
     scale = float(conditioning.guidance) if layout.guided else 1.0
 
     trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
-    runner = DDiTRunner(backend, schedule, total_steps=steps)
+    runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
     sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
     for i, t in enumerate(timesteps):
         if trajectory is not None:
@@ -143,8 +144,8 @@ def generate_wan(
             pred = pred_uncond + scale * (pred_cond - pred_uncond)
         else:
             # The backend may reuse its output storage on the next call: keep the cond pass.
-            pred_cond = runner.run(x, encoder_hidden_states=cond, timestep=ts).clone()
-            pred_uncond = runner.run(x, encoder_hidden_states=uncond, timestep=ts)
+            pred_cond = runner.run(x, "cond", encoder_hidden_states=cond, timestep=ts).clone()
+            pred_uncond = runner.run(x, "uncond", encoder_hidden_states=uncond, timestep=ts)
             pred = pred_uncond + scale * (pred_cond - pred_uncond)
         latent = sampler.step(pred, t, latent, return_dict=False)[0]
         if on_step is not None:

@@ -74,6 +74,8 @@ class StepRecord:
     scheduler_seconds: float
     engine_seconds: float
     engine_calls: int  # 2 with classifier-free guidance: both passes share the step's decision
+    cached: bool = False  # every call of the step was served from the step cache (runtime/cache/)
+    cached_calls: int = 0
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -88,7 +90,7 @@ class Trace:
 
     def __init__(self, clock: HostClock | CudaClock | None = None):
         self.clock = clock or HostClock()
-        self._raw: list[list] = []  # [step, decision, start, decided, [(engine start, end), ...]]
+        self._raw: list[list] = []  # [step, decision, start, decided, [(engine start, end, cached), ...]]
         self._end = None
         self._steps: list[StepRecord] | None = None
 
@@ -96,10 +98,10 @@ class Trace:
     def open_step(self, step: int, decision: Decision, start, decided) -> None:
         self._raw.append([step, decision, start, decided, []])
 
-    def add_engine_call(self, start, end) -> None:
+    def add_engine_call(self, start, end, cached: bool = False) -> None:
         if not self._raw:
             raise RuntimeError("an engine call was recorded before any scheduler decision")
-        self._raw[-1][4].append((start, end))
+        self._raw[-1][4].append((start, end, cached))
 
     def finish(self, end=None) -> None:
         """Mark the end of the last step (e.g. after the final sampler update)."""
@@ -121,6 +123,11 @@ class Trace:
         """Patch size of every step (no timing needed, so no sync)."""
         return [raw[1].patch_size for raw in self._raw]
 
+    @property
+    def cached(self) -> list[bool]:
+        """Per step: served from the step cache (every call of it), no timing needed."""
+        return [bool(raw[4]) and all(c[2] for c in raw[4]) for raw in self._raw]
+
     def totals(self) -> dict[str, float]:
         steps = self.steps
         total = sum(s.seconds for s in steps)
@@ -130,7 +137,8 @@ class Trace:
                 "rest_seconds": total - scheduler - engine}
 
     def to_json(self) -> dict:
-        return {"steps": [s.to_json() for s in self.steps], "schedule": self.schedule, "totals": self.totals()}
+        return {"steps": [s.to_json() for s in self.steps], "schedule": self.schedule, "cached": self.cached,
+                "totals": self.totals()}
 
     def _resolve(self) -> list[StepRecord]:
         clock, records = self.clock, []
@@ -139,13 +147,16 @@ class Trace:
                 end = self._raw[i + 1][2]
             else:
                 end = self._end if self._end is not None else (calls[-1][1] if calls else decided)
+            cached_calls = sum(1 for c in calls if c[2])
             records.append(StepRecord(
                 step=step,
                 patch_size=decision.patch_size,
                 stats=dict(decision.stats) if decision.stats is not None else None,
                 seconds=clock.seconds(start, end),
                 scheduler_seconds=clock.seconds(start, decided),
-                engine_seconds=sum(clock.seconds(a, b) for a, b in calls),
+                engine_seconds=sum(clock.seconds(a, b) for a, b, _ in calls),
                 engine_calls=len(calls),
+                cached=bool(calls) and cached_calls == len(calls),
+                cached_calls=cached_calls,
             ))
         return records

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain
+from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
 from ...export.manifest import verify_entry
 from ...export.staged_aoti import WEIGHTS, load_part, load_shared_weights
 from ...export.staged_aoti_stage import PARTS, _as_kwargs
 from .base import Backend, BackendError
+from .staged_calls import StagedCalls, find_weights
 from .staged_onnx import staged_entries
 
 
-class AotiStagedBackend(Backend):
+class AotiStagedBackend(StagedCalls, Backend):
     name = "aoti"
 
     def __init__(self, folder, manifest=None, device="cpu"):
@@ -55,6 +56,21 @@ class AotiStagedBackend(Backend):
         given[SIZE_INDEX] = torch.tensor([self._sizes[patch]], dtype=torch.int64, device=self.device)
         with torch.no_grad():
             return chain(self._parts[patch], given)[HEAD_OUTPUT].to(out_device)
+
+    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    def _start(self, patch, feeds):
+        given = {k: v.to(self.device) for k, v in feeds.items()}
+        given[SIZE_INDEX] = torch.tensor([self._sizes[patch]], dtype=torch.int64, device=self.device)
+        return given
+
+    def _part(self, patch, part, values):
+        if part not in self._parts[patch]:
+            self._require_split()
+        with torch.no_grad():
+            return run_part(self._parts[patch][part], values)
+
+    def signal_weights(self):
+        return find_weights(self.weights)
 
     def close(self) -> None:
         self._parts = {}

@@ -18,6 +18,7 @@ from ...export.manifest import verify_entry
 from .base import Backend, BackendError
 from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from .ort_shared_weights import SharedWeights
+from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
 
 PARTS = ("embed", "trunk", "head")
 
@@ -69,16 +70,33 @@ class OnnxStagedChain:
         values = dict(given)
         values["size_index"] = np.array([self.size_index[patch]], dtype=np.int64)
         for part in PARTS:
-            path = self.files[patch][part]
-            out = self.sessions[path].run(self.outputs[path], {n: values[n] for n in self.inputs[path]})
-            values.update(zip(self.outputs[path], out))
+            values.update(self.run_part(patch, part, values))
         return values
+
+    def run_part(self, patch: int, part: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs of one part at `patch`, by name (it reads the inputs its graph declares)."""
+        path = self.files[patch][part]
+        out = self.sessions[path].run(self.outputs[path], {n: values[n] for n in self.inputs[path]})
+        return dict(zip(self.outputs[path], out))
 
     def close(self) -> None:
         self.sessions.clear()
 
 
-class OnnxStagedBackend(Backend):
+def onnx_initializers(path: Path, names) -> dict[str, torch.Tensor]:
+    """Named initializers of an ONNX file (external data read from beside it) as torch tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    found = {t.name: t for t in model.graph.initializer if t.name in set(names)}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise BackendError(f"{path} has no initializer {missing[0]}: re-export the folder with --layout staged")
+    return {n: torch.from_numpy(numpy_helper.to_array(found[n], base_dir=str(path.parent)).copy()) for n in names}
+
+
+class OnnxStagedBackend(StagedCalls, Backend):
     """`get_backend("onnx", staged_folder)`: the same call as for single engines, run as a chain."""
 
     name = "onnx"
@@ -99,6 +117,19 @@ class OnnxStagedBackend(Backend):
             raise self._engine_missing(patch)
         values = self.chain.run(patch, {n: to_numpy(v) for n, v in feeds.items()})
         return from_numpy(values[self._output]).to(out_device)
+
+    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    def _start(self, patch, feeds):
+        return {**feeds, "size_index": torch.tensor([self.chain.size_index[patch]], dtype=torch.int64)}
+
+    def _part(self, patch, part, values):
+        if part not in PARTS:
+            self._require_split()
+        out = self.chain.run_part(patch, part, {n: to_numpy(v) for n, v in values.items()})
+        return {**values, **{n: from_numpy(v) for n, v in out.items()}}
+
+    def signal_weights(self):
+        return onnx_initializers(self.chain.files[self.patch_sizes[0]]["trunk"], SIGNAL_WEIGHTS)
 
     def close(self) -> None:
         self.chain.close()

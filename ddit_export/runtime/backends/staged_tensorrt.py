@@ -19,10 +19,11 @@ from ...export.manifest import verify_entry
 from ...export.staged_tensorrt import _resolve
 from ...export.tensorrt import check_plan_compatible, device_signature, require_tensorrt, shared_activation_bytes
 from .base import Backend, BackendError, torch_dtype
-from .staged_onnx import PARTS, staged_entries
+from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
+from .staged_onnx import PARTS, onnx_initializers, staged_entries
 
 
-class TensorRTStagedBackend(Backend):
+class TensorRTStagedBackend(StagedCalls, Backend):
     name = "trt"
 
     def __init__(self, folder, manifest=None, device="cuda"):
@@ -61,7 +62,7 @@ class TensorRTStagedBackend(Backend):
         self.activation_bytes = shared_activation_bytes(needs)
         self._activations = torch.empty(self.activation_bytes, dtype=torch.uint8, device=self.device)
         stream = torch.cuda.current_stream(self.device)
-        self._buffers, self._contexts = {}, {}
+        self._buffers, self._contexts, self._io = {}, {}, {}
         for index, p in enumerate(self._sizes):
             parts_io, tokens = onnx_io[p]["parts_io"], int(onnx_io[p]["tokens"])
             buffers = {}
@@ -84,6 +85,8 @@ class TensorRTStagedBackend(Backend):
                     context.set_tensor_address(t["name"], buffers[t["name"]].data_ptr())
                 contexts.append(context)
             self._buffers[p], self._contexts[p] = buffers, contexts
+            self._io[p] = {part: ([t["name"] for t in io["inputs"]], [t["name"] for t in io["outputs"]])
+                           for part, io in parts_io.items()}
         stream.synchronize()
 
     @property
@@ -101,6 +104,34 @@ class TensorRTStagedBackend(Backend):
             if not context.execute_async_v3(stream.cuda_stream):
                 raise BackendError(f"TensorRT failed to enqueue the {part} of p{patch}")
         return buffers[self.input_metadata.output_names[0]].clone().to(out_device, non_blocking=True)
+
+    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    def _start(self, patch, feeds):
+        buffers = self._buffers[patch]
+        for name, value in feeds.items():
+            buffers[name].copy_(value, non_blocking=True)
+        return dict(buffers)  # the size's static buffers, by name
+
+    def _part(self, patch, part, values):
+        if part not in PARTS:
+            self._require_split()
+        buffers = self._buffers[patch]
+        inputs, outputs = self._io[patch][part]
+        for name in inputs:  # a cached step hands the head tokens computed outside the plans
+            if values[name] is not buffers[name]:
+                buffers[name].copy_(values[name], non_blocking=True)
+        stream = torch.cuda.current_stream(self.device)
+        if not self._contexts[patch][PARTS.index(part)].execute_async_v3(stream.cuda_stream):
+            raise BackendError(f"TensorRT failed to enqueue the {part} of p{patch}")
+        return {**values, **{n: buffers[n] for n in outputs}}
+
+    def run_head(self, patch, values, out_device):
+        return super().run_head(patch, values, out_device).clone()  # the plan's buffer is reused next call
+
+    def signal_weights(self):
+        onnx = staged_entries(self.manifest, "onnx")[self._sizes[0]]
+        return {n: t.to(self.device) for n, t in
+                onnx_initializers(self.folder / onnx["files"][1], SIGNAL_WEIGHTS).items()}
 
     def close(self) -> None:
         self._contexts.clear()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from ...ddit.staged import build_staged, cast_staged
+from ...ddit.staged import SIZE_INDEX, build_staged, cast_staged, run_part
 from .base import Backend
+from .staged_calls import StagedCalls, find_weights
 from .torch_eager import load_manifest_model
 
 
-class TorchStagedBackend(Backend):
+class TorchStagedBackend(StagedCalls, Backend):
     name = "torch"
+    first_block_split = True  # the trunk module runs block 0 and the other blocks apart
 
     def __init__(self, folder, manifest=None, device="cpu"):
         super().__init__(folder, manifest, device)
@@ -35,6 +37,21 @@ class TorchStagedBackend(Backend):
         with torch.no_grad():  # not inference_mode: inference tensors would refuse the caller's in-place updates
             out = self.staged(patch, feeds.pop("latent"), **feeds)
         return out.to(out_device)
+
+    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    def _start(self, patch, feeds):
+        # as `forward`: the size as a Python int, so the base size skips the LoRA matmuls
+        return {**{k: v.to(self.device) for k, v in feeds.items()}, SIZE_INDEX: self.staged.sizes.index(patch)}
+
+    def _part_table(self, patch: int) -> dict:
+        return self.staged.part_callables(patch)
+
+    def _part(self, patch, part, values):
+        with torch.no_grad():
+            return run_part(self._part_table(patch)[part], values)
+
+    def signal_weights(self):
+        return find_weights(dict(self.staged.trunk.named_parameters()))
 
     def close(self) -> None:
         self.staged = None

@@ -32,6 +32,9 @@ class TorchCompileStagedBackend(TorchStagedBackend):
                 "embed": (compiled(parts["embed"][0]), *parts["embed"][1:]),
                 "trunk": (trunk, *parts["trunk"][1:]),
                 "head": (compiled(parts["head"][0]), *parts["head"][1:]),
+                # the trunk split after block 0 (first-block caching), compiled on first use
+                "first_block": (compiled(parts["first_block"][0]), *parts["first_block"][1:]),
+                "other_blocks": (compiled(parts["other_blocks"][0]), *parts["other_blocks"][1:]),
             }
 
     def _infer(self, patch, feeds, out_device):
@@ -41,3 +44,6 @@ class TorchCompileStagedBackend(TorchStagedBackend):
         given[SIZE_INDEX] = self.staged.sizes.index(patch)  # an int: one graph per size, the base without LoRA
         with torch.no_grad():
             return chain(self._parts[patch], given)[HEAD_OUTPUT].to(out_device)
+
+    def _part_table(self, patch: int) -> dict:
+        return self._parts[patch]
