@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from ddit_export.artifacts.manifest import engine_entries, read_manifest
 from ddit_export.cli import main
 from ddit_export.export.aoti import load_aoti
-from ddit_export.export.manifest import engine_entries, read_manifest
 from ddit_export.export.request import ExportRequest
 from ddit_export.export.tensorrt import (
     PlanMismatchError,

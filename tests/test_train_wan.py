@@ -12,10 +12,10 @@ from ddit_export.ddit.adapter_pack import read_meta
 from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.wan import WAN
-from ddit_export.runtime.sampling import initial_noise
-from ddit_export.runtime.sampling_wan import wan_sampler
+from ddit_export.pipelines.flux import initial_noise
+from ddit_export.pipelines.wan import wan_sampler
 from ddit_export.train import TrainConfig, collect_trajectories
-from ddit_export.train.conditioning import synthetic_conditions
+from ddit_export.train.prompts import synthetic_conditions
 
 GEOMETRY = dict(frames=5, height=96, width=160, text_len=8)  # latent 1 x 16 x 2 x 12 x 20; 8 pads 12 -> 16
 LATENT = WAN.latent_shape(1, 96, 160, 5)

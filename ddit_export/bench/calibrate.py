@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..export.manifest import MANIFEST, read_manifest
+from ..artifacts.manifest import MANIFEST, read_manifest
 from .end_to_end import schedule_cost, timed_generate
 from .latency import bench_inputs
 from .timing import Stopwatch
@@ -96,7 +96,7 @@ def image_decoder(manifest: dict, device):
     FLUX pipeline folders decode with their VAE; the demo model with its exact pixel codec.
     """
     from ..demo.model import DEMO_MODEL_ID
-    from ..runtime.sampling import decode_images, vae_folder
+    from ..pipelines.flux import decode_images, vae_folder
 
     if manifest["model"]["id"] == DEMO_MODEL_ID:
         from ..demo.codec import decode
@@ -124,7 +124,7 @@ def sweep(backend, samples: list[Sample], taus: list[float], rhos: list[float], 
     ``decode(latent) -> images`` (see `image_decoder`) adds image metrics when given.
     """
     from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
 
     base = backend.base_patch
     watch = Stopwatch(backend.device)

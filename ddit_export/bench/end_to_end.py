@@ -25,7 +25,7 @@ def schedule_cost(schedule: list[int], per_call: dict[int, float], base: int) ->
 
 def timed_generate(backend, conditioning, schedule, steps: int, seed: int, watch: Stopwatch):
     """(seconds, GenerationResult) of one image on ``backend``."""
-    from ..runtime.sampling import generate
+    from ..pipelines.flux import generate
 
     watch.start()
     result = generate(backend, conditioning, schedule, steps=steps, seed=seed)
@@ -33,7 +33,7 @@ def timed_generate(backend, conditioning, schedule, steps: int, seed: int, watch
 
 
 def _mode_configs(engine, eager, tau, rho, schedule=None, rule=None) -> dict:
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
 
     configs = {
         "static": (engine, schedule_config(engine, static_patch=engine.base_patch)),

@@ -97,8 +97,8 @@ def load_backends(folder: Path, manifest: dict, names: list[str] | None, device,
 
 
 def bench_command(args: argparse.Namespace, console: Console) -> int:
+    from ..artifacts.manifest import read_manifest, tool_versions
     from ..bench import latency, plots, report
-    from ..export.manifest import read_manifest, tool_versions
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     folder = Path(args.engine_dir).expanduser()

@@ -72,9 +72,9 @@ def _grid(args) -> tuple[list[float], list[float]]:
 
 
 def calibrate_command(args: argparse.Namespace, console: Console) -> int:
+    from ..artifacts.manifest import read_manifest
     from ..bench import calibrate, plots, report
     from ..bench.flops import flops_table
-    from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class, get_backend
 
     taus, rhos = _grid(args)  # flags first: refused before any file is read

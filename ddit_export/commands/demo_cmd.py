@@ -85,7 +85,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     from ..demo.evaluate import figures, real_features, sample_labels, sample_runs, warm_up
     from ..demo.plots import write_grid, write_schedule_plot
     from ..runtime.backends import get_backend
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
 
     _check(args)
     out = Path(args.out).expanduser()

@@ -129,11 +129,11 @@ def _check_args(args, manifest: dict):
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
-    from ..export.manifest import read_manifest
+    from ..artifacts.manifest import read_manifest
+    from ..pipelines.flux import generate
     from ..runtime.backends import get_backend
     from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
-    from ..runtime.sampling import generate
+    from ..runtime.runner import schedule_config
 
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():
@@ -194,7 +194,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
 
 def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, device) -> Path:
     from ..demo.model import DEMO_MODEL_ID
-    from ..runtime.sampling import decode_images, vae_folder
+    from ..pipelines.flux import decode_images, vae_folder
 
     if manifest["model"]["id"] == DEMO_MODEL_ID:  # the demo's latent is the pixels: its exact codec decodes
         from ..demo.codec import decode
@@ -229,8 +229,8 @@ def _write_latent_and_video(manifest: dict, latent: torch.Tensor, out: Path, dev
     """Wan: the video latent always; a GIF per video when the model folder has Wan's VAE."""
     import numpy as np
 
-    from ..runtime.sampling import vae_folder
-    from ..runtime.sampling_wan import decode_video
+    from ..pipelines.flux import vae_folder
+    from ..pipelines.wan import decode_video
 
     path = out / "latent.npy"
     np.save(path, latent.float().cpu().numpy())

@@ -61,12 +61,12 @@ def parse_dynamic(text: str) -> tuple[str, float]:
 
 
 def schedules_command(args: argparse.Namespace, console: Console) -> int:
+    from ..artifacts.manifest import read_manifest
     from ..bench import schedules as sch
     from ..bench.flops import flops_table
-    from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class, get_backend
     from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
     from ..runtime.scheduler import DEFAULT_RULE
     from .bench_cmd import check_device
 

@@ -18,14 +18,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
-from ..ddit.merge import base_state_dict, build_engine
-from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
-from ..families.base import config_hash
-from ..runtime.rules import DEFAULT_RULE, RULES
-from ..util.atomic import atomic_folder, output_lock
-from .iospec import IOSpec
-from .manifest import (
+from ..artifacts.iospec import IOSpec
+from ..artifacts.manifest import (
     MANIFEST,
     MANIFEST_FORMAT,
     ManifestError,
@@ -36,6 +30,12 @@ from .manifest import (
     verify_entry,
     write_manifest,
 )
+from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
+from ..ddit.merge import base_state_dict, build_engine
+from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
+from ..families.base import config_hash
+from ..runtime.rules import DEFAULT_RULE, RULES
+from ..util.atomic import atomic_folder, output_lock
 from .request import ExportRequest
 from .stages import SizeJob, aoti_stage, onnx_stage, trt_stage
 

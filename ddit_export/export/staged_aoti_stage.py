@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.manifest import sha256_file
 from ..ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain
-from .manifest import sha256_file
 from .staged_aoti import WEIGHTS, compile_part, load_part, load_shared_weights, package_relpath, save_shared_weights
 from .validate import require_valid, validate_callable
 

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.iospec import IOSpec
+from ..artifacts.manifest import (
+    sha256_file,
+    sha256_tensors,
+    write_manifest,
+)
 from ..ddit.engine import PatchSizeEngine
 from ..ddit.merge import base_state_dict
 from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
@@ -29,12 +35,6 @@ from .build import (
     load_ddit_model,
     manifest_record,
     stage_key_base,
-)
-from .iospec import IOSpec
-from .manifest import (
-    sha256_file,
-    sha256_tensors,
-    write_manifest,
 )
 from .onnx_export import export_onnx
 from .request import ExportRequest

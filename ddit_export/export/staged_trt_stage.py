@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from polygraphy.backend.base import BaseRunner
 
-from .manifest import sha256_file
+from ..artifacts.manifest import sha256_file
 from .staged_tensorrt import TRUNK_PLAN, part_plan_relpath, trunk_profiles
 from .staged_validate import tensor_metadata
 from .tensorrt import TIMING_CACHE, build_plan, device_signature, require_tensorrt

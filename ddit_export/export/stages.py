@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.manifest import sha256_file
 from ..ddit.engine import ENGINE_OUTPUT, PatchSizeEngine
 from ..ddit.merge import cast_engine
-from .manifest import sha256_file
 from .onnx_export import export_onnx
 from .request import ExportRequest
 from .validate import require_valid, validate_callable, validate_onnx

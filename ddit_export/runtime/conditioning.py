@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..export.iospec import IOSpec
+from ..artifacts.iospec import IOSpec
 
 DEFAULT_GUIDANCE = 3.5
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
@@ -114,7 +114,7 @@ def make_conditioning(
         return wan_conditioning(manifest, prompt, guidance, device, negative_prompt)
     io = IOSpec.from_json(manifest["io"])
     if manifest["model"]["id"] == "demo":
-        from ..demo.conditioning import CLASS_NAMES, demo_conditioning
+        from ..demo.class_table import CLASS_NAMES, demo_conditioning
 
         if prompt in CLASS_NAMES:  # a class name -> the demo's class table; other text stays synthetic
             return demo_conditioning(prompt, batch=next(t.shape[0] for t in io.inputs if t.name == "latent"))
@@ -128,7 +128,7 @@ def make_conditioning(
 
 def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = ""):
     """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch."""
-    from .sampling_wan import DEFAULT_CFG, cfg_layout
+    from ..pipelines.wan import DEFAULT_CFG, cfg_layout
 
     guidance = DEFAULT_CFG if guidance is None else float(guidance)
     io = IOSpec.from_json(manifest["io"])

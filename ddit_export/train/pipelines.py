@@ -38,7 +38,7 @@ def flux_teacher_sampler(model_id: str | None):
     """The pipeline folder's own scheduler when there is one, else FLUX.1's configuration."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from ..runtime.sampling import flux_sampler
+    from ..pipelines.flux import flux_sampler
 
     folder = Path(model_id or "").expanduser()
     if model_id and (folder / "scheduler" / "scheduler_config.json").is_file():
@@ -47,13 +47,13 @@ def flux_teacher_sampler(model_id: str | None):
 
 
 def flux_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
-    from ..runtime.sampling import flux_timesteps
+    from ..pipelines.flux import flux_timesteps
 
     return flux_timesteps(sampler, steps, base_tokens, device)
 
 
 def wan_teacher_sampler(model_id: str | None):
-    from ..runtime.sampling_wan import wan_sampler
+    from ..pipelines.wan import wan_sampler
 
     return wan_sampler({"model": {"id": model_id}} if model_id else None)  # the folder's scheduler/, else UniPC
 

@@ -83,7 +83,7 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
     """
     from contextlib import nullcontext
 
-    from ..runtime.sampling import initial_noise
+    from ..pipelines.flux import initial_noise
     from .pipelines import teacher_pipeline
 
     family = model.family

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ...artifacts.manifest import engine_entries, verify_entry
 from ...export.aoti import load_aoti
-from ...export.manifest import engine_entries, verify_entry
 from .base import Backend, BackendError
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from typing_extensions import Self
 
-from ...export.iospec import IOSpec
-from ...export.manifest import read_manifest
+from ...artifacts.iospec import IOSpec
+from ...artifacts.manifest import read_manifest
 from ...export.request import DTYPES
 from ...util.devices import parse_device
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ...artifacts.manifest import verify_entry
 from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain
-from ...export.manifest import verify_entry
 from ...export.staged_aoti import WEIGHTS, load_part, load_shared_weights
 from ...export.staged_aoti_stage import PARTS, _as_kwargs
 from .base import Backend, BackendError

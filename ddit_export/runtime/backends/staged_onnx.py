@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...export.manifest import verify_entry
+from ...artifacts.manifest import verify_entry
 from .base import Backend, BackendError
 from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from .ort_shared_weights import SharedWeights

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ...export.manifest import verify_entry
+from ...artifacts.manifest import verify_entry
 from ...export.staged_tensorrt import _resolve
 from ...export.tensorrt import check_plan_compatible, device_signature, require_tensorrt, shared_activation_bytes
 from .base import Backend, BackendError, torch_dtype

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from ...artifacts.manifest import ManifestError, sha256_file, sha256_tensors
 from ...ddit.merge import base_state_dict, build_engine
 from ...ddit.model import DDiTModel
 from ...export.build import Reporter, load_ddit_model
-from ...export.manifest import ManifestError, sha256_file, sha256_tensors
 from ...export.request import ExportRequest
 from .base import Backend
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backends.base import Backend
-from .conditioning import Conditioning
-from .dispatcher import DDiTRunner
-from .scheduler import ScheduleConfig
-from .trace import Trace
+from ..runtime.backends.base import Backend
+from ..runtime.conditioning import Conditioning
+from ..runtime.runner import DDiTRunner
+from ..runtime.scheduler import ScheduleConfig
+from ..runtime.trace import Trace
 
 FLUX_SHIFT = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
@@ -87,7 +87,7 @@ def generate(
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
     if backend.manifest.get("family") == "wan":  # Wan's sampler, float32 latent and CFG: sampling_wan.py
-        from .sampling_wan import generate_wan
+        from .wan import generate_wan
 
         return generate_wan(backend, conditioning, schedule, steps=steps, seed=seed, latents=latents,
                             return_trajectory=return_trajectory, on_step=on_step)

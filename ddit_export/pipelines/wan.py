@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .backends.base import Backend
-from .conditioning import Conditioning
-from .dispatcher import DDiTRunner
-from .sampling import GenerationResult, initial_noise
-from .scheduler import ScheduleConfig
+from ..runtime.backends.base import Backend
+from ..runtime.conditioning import Conditioning
+from ..runtime.runner import DDiTRunner
+from ..runtime.scheduler import ScheduleConfig
+from .flux import GenerationResult, initial_noise
 
 DEFAULT_CFG = 5.0  # WanPipeline's default guidance_scale
 # Wan 2.1's released scheduler configuration (Wan-AI/Wan2.1-T2V-*-Diffusers, scheduler/).

@@ -86,7 +86,7 @@ def load_negative_embeds(path, family, model_config) -> dict[str, torch.Tensor]:
 
 
 def synthetic_conditions(prompts: list[str], family, model_config, text_len: int) -> dict[str, torch.Tensor]:
-    from ..export.iospec import IOSpec, TensorSpec
+    from ..artifacts.iospec import IOSpec, TensorSpec
     from ..runtime.conditioning import synthetic_conditioning
 
     specs = embedding_specs(family, model_config, text_len)
