@@ -56,13 +56,13 @@ def test_flop_formula_matches_torch_flop_counter(family, geometry, torch_single_
     from torch.utils.flop_counter import FlopCounterMode
 
     from ddit_export.bench.flops import COUNTERS
+    from ddit_export.ddit.loading import load_ddit_model
     from ddit_export.ddit.merge import build_engine
-    from ddit_export.export.build import Reporter, load_ddit_model
     from ddit_export.export.request import ExportRequest
 
     req = ExportRequest(family=family, model="tiny", patch_sizes=(2, 4), text_len=8, dtype="fp32",
                         backends=("onnx",), **geometry)
-    model, _ = load_ddit_model(req, Reporter())
+    model = load_ddit_model(req.family_obj, req.model, req.patch_sizes).model
     for patch in (2, 4):
         engine = build_engine(model, patch, req.latent_shape, req.text_len)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:

@@ -68,14 +68,15 @@ def test_distillation_loss_decreases(trained):
 
 def test_the_pack_loads_into_the_wan_exporter(trained, torch_single_thread):
     """The export's own load step (pack check, `adapters.trained`) and merge; ONNX tracing is test_wan's."""
-    from ddit_export.export.build import Reporter, load_ddit_model
+    from ddit_export.ddit.loading import load_ddit_model
     from ddit_export.export.request import ExportRequest
 
     meta = read_meta(trained)
     assert (meta.family, meta.base_model, meta.patch_sizes) == ("wan", "tiny", [4, 8])
     req = ExportRequest(family="wan", model="tiny", adapters=str(trained), patch_sizes=(2, 4), dtype="fp32",
                         **GEOMETRY)
-    model, adapters = load_ddit_model(req, Reporter())
+    loaded = load_ddit_model(req.family_obj, req.model, req.patch_sizes, req.adapters)
+    model, adapters = loaded.model, loaded.adapters
     assert adapters["trained"] is True
     untrained = DDiTModel(WAN, WAN.tiny(), [2, 4], lora_rank=4)
     latent, cond = torch.randn(LATENT, generator=torch.Generator().manual_seed(0)), conditioning()

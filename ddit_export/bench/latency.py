@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts.manifest import read_manifest
-from ..families.base import family_by_name
+from ..families.registry import family_by_name
 from .flops import flops_table
 from .timing import Stopwatch, rotated, summarize
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts.manifest import engine_entries, read_manifest, sha256_tensors
-from ..families.base import family_by_name
+from ..families.registry import family_by_name
 from .timing import Stopwatch, rotated, summarize
 
 PEER_OPSET = 18  # optimum's FLUX config default range; any opset ORT runs is fine for timing

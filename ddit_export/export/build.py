@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,15 +25,14 @@ from ..artifacts.manifest import (
     MANIFEST_FORMAT,
     ManifestError,
     read_manifest,
-    sha256_file,
     sha256_tensors,
     tool_versions,
     verify_entry,
     write_manifest,
 )
-from ..ddit.adapter_pack import check_pack, load_adapter_pack, read_meta
+from ..ddit.loading import load_ddit_model
 from ..ddit.merge import base_state_dict, build_engine
-from ..ddit.model import DEFAULT_LORA_RANK, DDiTModel
+from ..ddit.model import DDiTModel
 from ..families.base import config_hash
 from ..runtime.rules import DEFAULT_RULE, RULES
 from ..util.atomic import atomic_folder, output_lock
@@ -185,30 +185,10 @@ def manifest_record(req: ExportRequest, model, adapters: dict, weights_sha: str,
     }
 
 
-def load_ddit_model(req: ExportRequest, reporter: Reporter) -> tuple[DDiTModel, dict]:
-    fam = req.family_obj
-    pack = read_meta(req.adapters) if req.adapters else None
-    transformer = fam.load(req.model, torch.float32)
-    req.latent_channels = fam.latent_channels_of(transformer.config)
-    model = DDiTModel(
-        fam, transformer, req.patch_sizes,
-        lora_rank=pack.lora_rank if pack else DEFAULT_LORA_RANK,
-        lora_alpha=pack.lora_alpha if pack else None,
-    )
-    if pack:
-        check_pack(pack, model, req.patch_sizes)
-        load_adapter_pack(model, req.adapters)
-        adapters = {"path": str(req.adapters), "sha256": sha256_file(Path(req.adapters) / "adapters.safetensors"),
-                    "trained": True}
-    else:
-        adapters = {"path": None, "sha256": None, "trained": not model.extra_sizes}
-        if model.extra_sizes:
-            reporter.warn(
-                f"no --adapters: sizes {model.extra_sizes} use UNTRAINED DDiT modules (initialised, LoRA zero). "
-                "Their outputs are only an approximation of the base model; fine for latency work, "
-                "not for images. Train adapters with `ddit-export train`."
-            )
-    return model.eval(), adapters
+def load_for_export(req: ExportRequest, reporter: Reporter) -> tuple[ExportRequest, DDiTModel, dict]:
+    """The request's model (`ddit.loading`), and the request completed with the model's latent channels."""
+    loaded = load_ddit_model(req.family_obj, req.model, req.patch_sizes, req.adapters, reporter.warn)
+    return replace(req, latent_channels=loaded.latent_channels), loaded.model, loaded.adapters
 
 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
@@ -226,7 +206,7 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
 
 def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = _previous_manifest(req)
-    model, adapters = load_ddit_model(req, reporter)
+    req, model, adapters = load_for_export(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))  # the base model, not adapters
     key_base = stage_key_base(req, weights_sha, adapters)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..families.base import family_by_name
+from ..artifacts.dtypes import DTYPES
+from ..families.registry import family_by_name
 from ..runtime.rules import RULES
 from ..util import limits
 from ..util.atomic import check_writable
@@ -16,7 +17,6 @@ from ..util.devices import parse_device
 
 BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
 LAYOUTS = ("single", "staged")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -96,7 +96,7 @@ class ExportRequest:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
 
     def _checked_backends(self) -> tuple[str, ...]:
-        from .tensorrt import unavailable_reason
+        from ..artifacts.tensorrt_plans import unavailable_reason
 
         if self.backends is None:
             return ("onnx",) if unavailable_reason() else ("onnx", "trt")

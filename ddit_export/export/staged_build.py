@@ -32,7 +32,7 @@ from .build import (
     _previous_manifest,
     _reuse,
     _stage_key,
-    load_ddit_model,
+    load_for_export,
     manifest_record,
     stage_key_base,
 )
@@ -59,7 +59,7 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
 
 def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = _previous_manifest(req)
-    model, adapters = load_ddit_model(req, reporter)
+    req, model, adapters = load_for_export(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}

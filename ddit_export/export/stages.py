@@ -95,7 +95,8 @@ def onnx_stage(job: SizeJob) -> dict:
 
 def aoti_stage(job: SizeJob) -> dict:
     """AOTInductor package of the product-dtype engine, validated against the same eager module."""
-    from .aoti import export_aoti, load_aoti
+    from ..runtime.backends.aoti import load_aoti
+    from .aoti import export_aoti
 
     started = time.perf_counter()
     job.to_product()
@@ -114,7 +115,8 @@ def aoti_stage(job: SizeJob) -> dict:
 
 def trt_stage(job: SizeJob, onnx_entry: dict) -> dict:
     """TensorRT plan from this size's validated ONNX graph, validated on the GPU against torch."""
-    from .tensorrt import TIMING_CACHE, build_plan, device_signature, plan_relpath, validate_plan
+    from ..artifacts.tensorrt_plans import TIMING_CACHE, device_signature, plan_relpath
+    from .tensorrt import build_plan, validate_plan
 
     started = time.perf_counter()
     job.to_product()

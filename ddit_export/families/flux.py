@@ -66,14 +66,6 @@ class FluxFamily(Family):
 
         return FluxTransformer2DModel
 
-    def load(self, model: str, dtype: torch.dtype = torch.float32):
-        """`demo` is the small model shipped inside the package (see ddit_export/demo/)."""
-        if model == "demo":
-            from ..demo.model import load_demo_transformer
-
-            return load_demo_transformer(dtype)
-        return super().load(model, dtype)
-
     # ---- geometry -------------------------------------------------------------------------------
     def check_image_size(self, height: int, width: int, frames: int | None = None) -> None:
         self.check_pixels(height, width)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..families.base import family_by_name
+from ..families.registry import family_by_name
 from ..util import limits
 from .optim import LR_SCHEDULES
 from .pipelines import teacher_pipeline

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from typing_extensions import Self
 
+from ...artifacts.dtypes import DTYPES
 from ...artifacts.iospec import IOSpec
 from ...artifacts.manifest import read_manifest
-from ...export.request import DTYPES
 from ...util.devices import parse_device
 
 LATENT_INPUT = "latent"

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...artifacts.layouts import PARTS
 from ...artifacts.manifest import verify_entry
 from .base import Backend, BackendError
 from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from .ort_shared_weights import SharedWeights
-
-PARTS = ("embed", "trunk", "head")
 
 
 def staged_entries(manifest: dict, backend: str) -> dict[int, dict]:

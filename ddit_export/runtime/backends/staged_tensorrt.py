@@ -16,8 +16,13 @@ from __future__ import annotations
 import torch
 
 from ...artifacts.manifest import verify_entry
-from ...export.staged_tensorrt import _resolve
-from ...export.tensorrt import check_plan_compatible, device_signature, require_tensorrt, shared_activation_bytes
+from ...artifacts.tensorrt_plans import (
+    check_plan_compatible,
+    device_signature,
+    require_tensorrt,
+    resolve_axis,
+    shared_activation_bytes,
+)
 from .base import Backend, BackendError, torch_dtype
 from .staged_onnx import PARTS, staged_entries
 
@@ -68,7 +73,7 @@ class TensorRTStagedBackend(Backend):
             for io in parts_io.values():
                 for t in [*io["inputs"], *io["outputs"]]:
                     if t["name"] not in buffers:
-                        shape = tuple(_resolve(d, tokens, text_len) for d in t["shape"])
+                        shape = tuple(resolve_axis(d, tokens, text_len) for d in t["shape"])
                         buffers[t["name"]] = torch.empty(shape, dtype=torch_dtype(t["dtype"]), device=self.device)
             buffers["size_index"].fill_(self._sizes.index(p))  # constant per size
             contexts = []
