@@ -12,7 +12,7 @@ from ddit_export.ddit.adapter_pack import read_meta
 from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.wan import WAN
-from ddit_export.pipelines.flux import initial_noise
+from ddit_export.pipelines.base import initial_noise
 from ddit_export.pipelines.wan import wan_sampler
 from ddit_export.train import TrainConfig, collect_trajectories
 from ddit_export.train.prompts import synthetic_conditions

@@ -11,11 +11,10 @@ import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
 from ddit_export.cli import main
-from ddit_export.pipelines.flux import generate
+from ddit_export.pipelines.registry import generate, make_conditioning
 from ddit_export.pipelines.wan import WAN_UNIPC, cfg_layout
 from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
-from ddit_export.runtime.conditioning import make_conditioning
 from ddit_export.runtime.runner import schedule_config
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -110,7 +110,7 @@ def evaluate(backend, samples: list[tuple[str, int]], configs: dict[str, tuple[s
     import time
 
     from ..bench.quality import psnr, ssim
-    from ..pipelines.flux import generate
+    from ..pipelines.registry import generate
     from ..runtime.runner import schedule_config
 
     base = backend.base_patch

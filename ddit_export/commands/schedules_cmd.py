@@ -64,8 +64,8 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     from ..artifacts.manifest import read_manifest
     from ..bench import schedules as sch
     from ..bench.flops import flops_table
+    from ..pipelines.registry import make_conditioning
     from ..runtime.backends import backend_class, get_backend
-    from ..runtime.conditioning import make_conditioning
     from ..runtime.runner import schedule_config
     from ..runtime.scheduler import DEFAULT_RULE
     from .bench_cmd import check_device

@@ -14,7 +14,7 @@ import torch
 
 from ..bench.end_to_end import schedule_cost
 from ..bench.quality import frechet_distance, psnr, ssim
-from ..pipelines.flux import generate
+from ..pipelines.registry import generate
 from ..runtime.runner import schedule_config
 from .class_table import demo_conditioning
 from .classes import CLASS_NAMES, FLAT_CLASSES, TEXTURED_CLASSES

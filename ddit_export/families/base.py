@@ -8,7 +8,6 @@ in `ddit_export.ddit`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from contextlib import contextmanager
@@ -225,10 +224,3 @@ class Family:
             first = " ".join(str(err).split())[:300]
             raise ModelLoadError(f"{folder} cannot be loaded as a {cls.__name__} ({type(err).__name__}: {first}); "
                                  "check its config.json and weights files") from None
-
-
-def config_hash(config) -> str:
-    """Content hash of a diffusers config, ignoring bookkeeping keys (paths, library version)."""
-    clean = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    text = json.dumps(clean, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

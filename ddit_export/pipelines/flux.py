@@ -1,28 +1,35 @@
-"""Denoising loop for engines used without a diffusers pipeline (the `generate` command, tests).
+"""The FLUX pipeline: the runtime half of the FLUX family (sampler, loop, prompt encoding, decoding,
+teacher sampling for training, FLOP formula), for engines used without a diffusers pipeline.
 
-For FLUX it reproduces what `FluxPipeline` does around the transformer: diffusers'
+It reproduces what `FluxPipeline` does around the transformer: diffusers'
 `FlowMatchEulerDiscreteScheduler` with FLUX.1's resolution-dependent shift (`calculate_shift`
 with base_image_seq_len 256, max 4096, base_shift 0.5, max_shift 1.15; sigmas
 `np.linspace(1, 1/steps, steps)`), the pipeline's noise (`randn_tensor` on the unpacked latent
 shape with a CPU generator, so a seed gives the same noise on any device), and timesteps passed
 as t/1000 in the latent dtype. The only change: every step goes through `DDiTRunner`, which picks
-the patch size. Wan engines are sampled as `WanPipeline` does, in `sampling_wan.py` (`generate`
-dispatches on the manifest's family).
+the patch size. Prompts: the model folder's CLIP + T5 through `FluxPipeline.encode_prompt`, padded
+to the engines' static text length, else synthetic (runtime/conditioning.py). Guidance (FLUX's
+embedded guidance scale) defaults to 3.5 when the engines take a guidance input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..artifacts.iospec import IOSpec
 from ..runtime.backends.base import Backend
-from ..runtime.conditioning import Conditioning
+from ..runtime.conditioning import (
+    Conditioning,
+    pipeline_folder_with_text_encoders,
+    synthetic_conditioning,
+)
 from ..runtime.runner import DDiTRunner
 from ..runtime.scheduler import ScheduleConfig
-from ..runtime.trace import Trace
+from .base import GenerationResult, Pipeline, TeacherPipeline, initial_noise, save_latent, vae_folder
+from .flop_count import FLUX_MLP_RATIO, FLUX_TIME_FREQS, attention, lin, scaled
 
 FLUX_SHIFT = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
@@ -52,24 +59,11 @@ def flux_timesteps(sampler, steps: int, image_seq_len: int, device) -> torch.Ten
     return sampler.timesteps
 
 
-def initial_noise(shape, seed: int, device, dtype: torch.dtype) -> torch.Tensor:
-    """The noise FluxPipeline draws for this seed (before packing)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    return randn_tensor(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed), device=torch.device(device),
-                        dtype=dtype)
+DEFAULT_GUIDANCE = 3.5  # FLUX-dev's embedded guidance, when the engines take a guidance input
+TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")  # CLIP + T5
 
 
-@dataclass
-class GenerationResult:
-    latent: torch.Tensor  # final sampler latent, B x C [x F] x h x w
-    trace: Trace
-    trajectory: torch.Tensor | None  # [steps + 1, B, C, [F,] h, w]: latent before each step, then the final one
-    timesteps: torch.Tensor
-    cfg: str | None = None  # Wan: classifier-free guidance "off" | "batched" | "two-calls"; FLUX: None
-
-
-def generate(
+def generate_flux(
     backend: Backend,
     conditioning: Conditioning,
     schedule: ScheduleConfig,
@@ -80,17 +74,12 @@ def generate(
     return_trajectory: bool = False,
     on_step=None,
 ) -> GenerationResult:
-    """Sample one batch with DDiT patch scheduling on ``backend``'s engines (Wan: `generate_wan`).
+    """Sample one batch of FLUX images with DDiT patch scheduling on ``backend``'s engines.
 
     ``on_step(step_index, patch_size)`` is called after each step (progress display).
     ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
-    if backend.manifest.get("family") == "wan":  # Wan's sampler, float32 latent and CFG: sampling_wan.py
-        from .wan import generate_wan
-
-        return generate_wan(backend, conditioning, schedule, steps=steps, seed=seed, latents=latents,
-                            return_trajectory=return_trajectory, on_step=on_step)
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer (got {steps!r})")
     device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
@@ -123,12 +112,6 @@ def generate(
     return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps)
 
 
-def vae_folder(manifest: dict) -> Path | None:
-    """The manifest model's diffusers pipeline folder when it holds a VAE (`vae/`), else None."""
-    path = Path(manifest["model"]["id"]).expanduser()
-    return path if (path / "vae" / "config.json").is_file() else None
-
-
 @torch.no_grad()
 def decode_images(folder: Path, latent: torch.Tensor, device="cpu") -> list:
     """PIL images from a final FLUX latent (`B x 16 x h x w`) with the pipeline folder's VAE."""
@@ -142,3 +125,143 @@ def decode_images(folder: Path, latent: torch.Tensor, device="cpu") -> list:
     image = vae.decode(z, return_dict=False)[0]
     processor = VaeImageProcessor(vae_scale_factor=2 ** (len(cfg.block_out_channels) - 1) * 2)
     return processor.postprocess(image, output_type="pil")
+
+
+def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float | None, device="cpu") -> Conditioning:
+    from diffusers import FluxPipeline
+
+    shapes = {t.name: t.shape for t in io.inputs}
+    batch, text_len, _ = shapes["encoder_hidden_states"]
+    # Only the text side is loaded: the engines replace the transformer, the VAE is loaded by the caller.
+    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+    with torch.no_grad():
+        states, pooled, _ = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=torch.device(device), num_images_per_prompt=batch,
+            max_sequence_length=text_len,
+        )
+    return Conditioning(states, pooled, guidance, source=f"text encoders of {folder}")
+
+
+def flux_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu") -> Conditioning:
+    """Conditioning for ``prompt`` on FLUX engines (the pipeline folder's encoders on ``device``, else synthetic)."""
+    io = IOSpec.from_json(manifest["io"])
+    if manifest["model"]["id"] == "demo":
+        from ..demo.class_table import CLASS_NAMES, demo_conditioning
+
+        if prompt in CLASS_NAMES:  # a class name -> the demo's class table; other text stays synthetic
+            return demo_conditioning(prompt, batch=next(t.shape[0] for t in io.inputs if t.name == "latent"))
+    if guidance is None and "guidance" in io.input_names:
+        guidance = DEFAULT_GUIDANCE
+    folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
+    if folder is not None:
+        return encoded_conditioning(folder, prompt, io, guidance, device)
+    return synthetic_conditioning(prompt, io, guidance)
+
+
+def flux_teacher_sampler(model_id: str | None):
+    """The pipeline folder's own scheduler when there is one, else FLUX.1's configuration."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ..pipelines.flux import flux_sampler
+
+    folder = Path(model_id or "").expanduser()
+    if model_id and (folder / "scheduler" / "scheduler_config.json").is_file():
+        return FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    return flux_sampler()
+
+
+def flux_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
+    from ..pipelines.flux import flux_timesteps
+
+    return flux_timesteps(sampler, steps, base_tokens, device)
+
+
+def flux_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
+    """FLUX text encoders of a pipeline folder, loaded once for all prompts."""
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+    states, pooled = [], []
+    with torch.no_grad():
+        for prompt in prompts:
+            s, p, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=torch.device(device),
+                                         num_images_per_prompt=1, max_sequence_length=text_len)
+            states.append(s.float().cpu())
+            pooled.append(p.float().cpu())
+    del pipe
+    return {"encoder_hidden_states": torch.cat(states), "pooled_projections": torch.cat(pooled)}
+
+
+def flux_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bool, batch: int = 1) -> dict:
+    """Per-part FLOPs of one FLUX engine call; ``total`` is their sum."""
+    d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    n, t, f = tokens, text_len, int(config["in_channels"]) // 4 * patch * patch  # FLUX tokens hold 2x2 pixels
+    seq, hidden = n + t, FLUX_MLP_RATIO * d
+    embedders = 2 if config.get("guidance_embeds") else 1
+    double = (2 * lin(1, d, 6 * d) + lin(seq, d, 3 * d) + lin(seq, d, d) + attention(seq, seq, d)
+              + lin(seq, d, hidden) + lin(seq, hidden, d))
+    single = (lin(1, d, 3 * d) + lin(seq, d, 3 * d) + lin(seq, d, hidden) + attention(seq, seq, d)
+              + lin(seq, d + hidden, d))
+    parts = {
+        "embed": lin(n, f, d) + lin(t, int(config["joint_attention_dim"]), d),
+        "conditioning": embedders * (lin(1, FLUX_TIME_FREQS, d) + lin(1, d, d))
+        + lin(1, int(config["pooled_projection_dim"]), d) + lin(1, d, d),
+        "double_blocks": int(config["num_layers"]) * double,
+        "single_blocks": int(config["num_single_layers"]) * single,
+        "output": lin(1, d, 2 * d) + lin(n, d, f),
+        "ddit_residual": lin(n, f, f) if residual else 0,
+    }
+    return scaled(parts, batch)
+
+
+def write_images(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
+    """PNG images when the model folder has a VAE, else the latent (`latent.npy`)."""
+    folder = vae_folder(manifest)
+    if folder is None:
+        return [save_latent(latent, out)]
+    images = decode_images(folder, latent, device)
+    paths = [out / ("image.png" if len(images) == 1 else f"image_{i}.png") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths[:1]
+
+
+class Flux(Pipeline):
+    """FLUX.1 as `FluxPipeline` samples it (module docstring)."""
+
+    family = "flux"
+    teacher = TeacherPipeline(flux_teacher_sampler, flux_schedule, keeps_fp32_latent=False, guidance="embedded",
+                              default_guidance=DEFAULT_GUIDANCE, default_steps=28)  # FluxPipeline's defaults
+    text_encoder_folders = TEXT_ENCODER_FOLDERS
+
+    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt=""):
+        return flux_conditioning(manifest, prompt, guidance, device)
+
+    def generate(self, backend, conditioning, schedule, **options):
+        return generate_flux(backend, conditioning, schedule, **options)
+
+    def image_decoder(self, manifest, device):
+        folder = vae_folder(manifest)
+        if folder is None:
+            return None
+
+        def decode_vae(latent):
+            import numpy as np
+
+            pil = decode_images(folder, latent, device)
+            return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0).permute(2, 0, 1)
+                                for i in pil])
+
+        return decode_vae
+
+    def write_outputs(self, manifest, latent, out, device):
+        return write_images(manifest, latent, out, device)
+
+    def encode_prompts(self, folder, prompts, text_len, device):
+        return flux_encoded(folder, prompts, text_len, device)
+
+    def flops(self, config, tokens, text_len, patch, residual, batch=1):
+        return flux_flops(config, tokens, text_len, patch, residual, batch)
+
+
+FLUX_PIPELINE = Flux()

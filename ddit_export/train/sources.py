@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..pipelines.registry import teacher_pipeline
 from .config import TrainConfig
 from .data import SampleSet
 from .images import encode_image_folder, resolve_vae
-from .pipelines import teacher_pipeline
 from .prompts import (
     NEGATIVE_PROMPT,
     load_negative_embeds,
