@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.console import Console
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files
+from ..util.atomic import check_writable, staged_files, write_text_atomic
 from . import argtypes
-from .arglists import comma_list
+from .arglists import comma_list, engine_folder
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 from .progress import Counted
@@ -72,17 +72,13 @@ def _grid(args) -> tuple[list[float], list[float]]:
 
 
 def calibrate_command(args: argparse.Namespace, console: Console) -> int:
-    from ..artifacts.manifest import read_manifest
     from ..bench import calibrate, plots, report
     from ..bench.flops import flops_table
     from ..runtime.backends import backend_class, get_backend
 
     taus, rhos = _grid(args)  # flags first: refused before any file is read
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
@@ -122,7 +118,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     data = calibrate.json_safe({"engine_dir": str(folder), **record})
     with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
         written = [report.write_json(staging / "calibration.json", data),
-                   report.write_text_atomic(staging / "calibration.md", f"# calibration of {folder}\n\n{table}"),
+                   write_text_atomic(staging / "calibration.md", f"# calibration of {folder}\n\n{table}"),
                    plots.plot_calibration(points, chosen, args.metric, budget, speed, staging / "calibration.png")]
         if args.json:  # asked for elsewhere: there instead of in --out
             (staging / "calibration.json").unlink()

@@ -19,9 +19,9 @@ from rich.table import Table
 from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import add_schedule_arguments, schedule_from_args
+from .arglists import add_schedule_arguments, patch_list, schedule_from_args
 from .errors import run_guarded
-from .export_cmd import RichReporter, patch_list
+from .export_cmd import RichReporter
 from .progress import Counted
 
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories

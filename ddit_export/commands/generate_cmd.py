@@ -23,9 +23,8 @@ from rich.table import Table
 from ..util.atomic import atomic_file, check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_schedule_arguments, schedule_from_args
+from .arglists import add_schedule_arguments, engine_folder, patch_list, schedule_from_args
 from .errors import run_guarded
-from .export_cmd import patch_list
 from .progress import Counted
 
 if TYPE_CHECKING:
@@ -120,15 +119,11 @@ def _check_args(args, manifest: dict):
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
-    from ..artifacts.manifest import read_manifest
     from ..pipelines.registry import generate, make_conditioning, pipeline_for
     from ..runtime.backends import get_backend
     from ..runtime.runner import schedule_config
 
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     device = _check_args(args, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once

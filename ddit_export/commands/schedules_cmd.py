@@ -18,7 +18,7 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import comma_list
+from .arglists import comma_list, engine_folder
 from .errors import run_guarded
 from .progress import Counted
 
@@ -61,7 +61,6 @@ def parse_dynamic(text: str) -> tuple[str, float]:
 
 
 def schedules_command(args: argparse.Namespace, console: Console) -> int:
-    from ..artifacts.manifest import read_manifest
     from ..bench import schedules as sch
     from ..bench.flops import flops_table
     from ..pipelines.registry import make_conditioning
@@ -70,10 +69,7 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     from ..runtime.scheduler import DEFAULT_RULE
     from .bench_cmd import check_device
 
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     if args.steps < 4:
         raise ValueError(f"--steps must be at least 4: a dynamic rule needs 3 warm-up steps (got {args.steps})")
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)

@@ -21,7 +21,7 @@ from .onnx_export import export_onnx
 from .request import ExportRequest
 from .validate import require_valid, validate_callable, validate_onnx
 
-# Half-precision engines are compared with relative metrics (anchors.md: cosine >= 0.997).
+# Half-precision engines are compared with relative metrics (docs/method.md, Validation).
 HALF_TOLERANCES = dict(atol=5e-2, rtol=5e-2, min_cosine=0.997)
 
 

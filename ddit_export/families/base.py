@@ -95,7 +95,7 @@ class Family:
         return (channels or self.latent_channels) * patch * patch
 
     def padded_shape(self, latent_shape, patch: int) -> tuple[int, ...]:
-        """The latent shape rounded up so that `patch` divides the grid (ddit_method.md, padding)."""
+        """The latent shape rounded up so that `patch` divides the grid (docs/method.md, Scheduler: padding)."""
         *lead, h, w = latent_shape
         return (*lead, -(-h // patch) * patch, -(-w // patch) * patch)
 

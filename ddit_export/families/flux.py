@@ -85,7 +85,7 @@ class FluxFamily(Family):
         """RoPE coordinates of each token in the BASE token grid.
 
         A coarse token spanning s x s base tokens sits at the fractional centre s*i + (s-1)/2, so
-        tokens of every patch size share one coordinate system (ddit_method.md, Positions).
+        tokens of every patch size share one coordinate system (docs/method.md, Modules per extra size: positions).
         """
         h, w = latent_shape[-2:]
         s = patch // self.base_patch
