@@ -8,12 +8,12 @@ import shutil
 import pytest
 import torch
 
-from ddit_export.export.iospec import IOSpec
-from ddit_export.export.manifest import ManifestError
+from ddit_export.artifacts.iospec import IOSpec
+from ddit_export.artifacts.manifest import ManifestError
+from ddit_export.pipelines.registry import make_conditioning
 from ddit_export.runtime.backends import BackendError, available_backends, get_backend
 from ddit_export.runtime.backends.onnxruntime import OnnxRuntimeBackend, cuda_provider_available
 from ddit_export.runtime.backends.torch_eager import TorchEagerBackend
-from ddit_export.runtime.conditioning import make_conditioning
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from ddit_export.bench.flops import flux_flops
 from ddit_export.bench.timing import percentile, rotated, summarize
 from ddit_export.commands import bench_cmd
+from ddit_export.pipelines.flux import flux_flops
 
 ENGINE_KEYS = {"backend", "patch_size", "tokens", "flops", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms",
                "std_ms", "iters", "flops_per_s", "speedup_vs_base"}
@@ -55,20 +55,20 @@ def test_flop_formula_matches_torch_flop_counter(family, geometry, torch_single_
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ddit_export.bench.flops import COUNTERS
+    from ddit_export.ddit.loading import load_ddit_model
     from ddit_export.ddit.merge import build_engine
-    from ddit_export.export.build import Reporter, load_ddit_model
     from ddit_export.export.request import ExportRequest
+    from ddit_export.pipelines.registry import pipeline_by_family
 
     req = ExportRequest(family=family, model="tiny", patch_sizes=(2, 4), text_len=8, dtype="fp32",
                         backends=("onnx",), **geometry)
-    model, _ = load_ddit_model(req, Reporter())
+    model = load_ddit_model(req.family_obj, req.model, req.patch_sizes).model
     for patch in (2, 4):
         engine = build_engine(model, patch, req.latent_shape, req.text_len)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             engine(**engine.sample_inputs(torch.float32))
         tokens = req.family_obj.tokens(req.latent_shape, patch)
-        ours = COUNTERS[family](dict(model.config), tokens, req.text_len, patch, residual=patch != 2)
+        ours = pipeline_by_family(family).flops(dict(model.config), tokens, req.text_len, patch, residual=patch != 2)
         assert ours["total"] == counter.get_total_flops()
 
 

@@ -15,14 +15,13 @@ from ddit_export.bench.cache_fit import Pair, fit_polynomial
 from ddit_export.cli import main
 from ddit_export.export.build import export_engines
 from ddit_export.export.request import ExportRequest
+from ddit_export.pipelines import generate, make_conditioning
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.cache import StepCache, parse_cache
 from ddit_export.runtime.cache.coefficients import FLUX_DEV, WAN21_T2V_1_3B, teacache_coefficients
 from ddit_export.runtime.cache.state import BranchState
 from ddit_export.runtime.cache.teacache import TeaCachePolicy
-from ddit_export.runtime.conditioning import make_conditioning
-from ddit_export.runtime.dispatcher import schedule_config
-from ddit_export.runtime.sampling import generate
+from ddit_export.runtime.runner import schedule_config
 
 HUGE = 1e9  # a threshold that skips every step it may
 
@@ -225,8 +224,8 @@ def test_bad_cache_input_is_one_line_and_exit_2(folders, tmp_path, capsys, folde
 
 
 def test_dropins_accept_the_same_cache_and_refuse_a_single_folder(folders):
+    from ddit_export.pipelines.flux_dropin import DDiTFluxTransformer
     from ddit_export.runtime.backends.base import BackendError
-    from ddit_export.runtime.dropin_flux import DDiTFluxTransformer
 
     with get_backend("onnx", folders["flux-single"]) as backend, pytest.raises(BackendError, match="--layout staged"):
         DDiTFluxTransformer(backend, cache="teacache:0.25")

@@ -5,11 +5,8 @@ import json
 import pytest
 import torch
 
-from ddit_export.cli import main
-from ddit_export.export.aoti import load_aoti
-from ddit_export.export.manifest import engine_entries, read_manifest
-from ddit_export.export.request import ExportRequest
-from ddit_export.export.tensorrt import (
+from ddit_export.artifacts.manifest import engine_entries, read_manifest
+from ddit_export.artifacts.tensorrt_plans import (
     PlanMismatchError,
     aligned,
     check_plan_compatible,
@@ -17,6 +14,9 @@ from ddit_export.export.tensorrt import (
     shared_activation_bytes,
     unavailable_reason,
 )
+from ddit_export.cli import main
+from ddit_export.export.request import ExportRequest
+from ddit_export.runtime.backends.aoti import load_aoti
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
+from ddit_export.artifacts.manifest import sha256_file
 from ddit_export.export.build import export_engines
-from ddit_export.export.manifest import sha256_file
 from ddit_export.export.request import ExportRequest
 
 TINY = ["flux", "--model", "tiny", "--height", "64", "--width", "64", "--text-len", "8"]

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
+from ddit_export.demo.class_table import demo_conditioning, load_class_table
 from ddit_export.demo.classes import CLASS_NAMES, class_index
 from ddit_export.demo.codec import PADDED_CHANNELS, decode, encode
-from ddit_export.demo.conditioning import demo_conditioning, load_class_table
 from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN, build_padded_transformer, narrow_to_pixel_channels
 from ddit_export.demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, demo_error_model
 from ddit_export.families.flux import FLUX

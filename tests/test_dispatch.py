@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddit_export.runtime.conditioning import make_conditioning, prompt_seed
-from ddit_export.runtime.dispatcher import DDiTRunner, schedule_config
-from ddit_export.runtime.sampling import generate, initial_noise
+from ddit_export.pipelines.base import initial_noise
+from ddit_export.pipelines.registry import generate, make_conditioning
+from ddit_export.runtime.conditioning import prompt_seed
+from ddit_export.runtime.runner import DDiTRunner, schedule_config
 from ddit_export.runtime.scheduler import ScheduleConfig
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from ddit_export.artifacts.iospec import IOSpec, random_feed
+from ddit_export.artifacts.manifest import read_manifest, sha256_file
 from ddit_export.cli import main
-from ddit_export.export.iospec import IOSpec, random_feed
-from ddit_export.export.manifest import read_manifest, sha256_file
 
 TINY = ["flux", "--model", "tiny", "--text-len", "8", "--dtype", "fp32"]
 
@@ -141,7 +141,7 @@ def test_console_script_is_installed():
 
 
 def test_a_calibrated_schedule_survives_a_re_export_unless_tau_is_given(engines):
-    from ddit_export.export.manifest import write_manifest
+    from ddit_export.artifacts.manifest import write_manifest
 
     m = read_manifest(engines)
     m["scheduler"].update(tau=0.05, rho=0.3, calibration={"budget": "psnr >= 30"})
@@ -170,7 +170,7 @@ def test_export_from_a_saved_diffusers_folder(tmp_path, layout):
 
 
 def read_manifest_hash_of_tiny():
-    from ddit_export.export.manifest import sha256_tensors
+    from ddit_export.artifacts.manifest import sha256_tensors
     from ddit_export.families.flux import FLUX
 
     return sha256_tensors(FLUX.tiny().state_dict())

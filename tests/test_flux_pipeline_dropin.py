@@ -7,10 +7,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
 from ddit_export.families.flux import FLUX
-from ddit_export.runtime.conditioning import make_conditioning
-from ddit_export.runtime.dispatcher import schedule_config
-from ddit_export.runtime.dropin_flux import DDiTFluxTransformer
-from ddit_export.runtime.sampling import FLUX_SHIFT, generate
+from ddit_export.pipelines.flux import FLUX_SHIFT
+from ddit_export.pipelines.flux_dropin import DDiTFluxTransformer
+from ddit_export.pipelines.registry import generate, make_conditioning
+from ddit_export.runtime.runner import schedule_config
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

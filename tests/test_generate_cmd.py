@@ -123,7 +123,7 @@ def tiny_text_encoders(root):
 
 
 def test_prompt_goes_through_the_pipelines_text_encoders(tiny_flux_engines, tmp_path, capsys):
-    from ddit_export.runtime.conditioning import make_conditioning
+    from ddit_export.pipelines.registry import make_conditioning
 
     model = tiny_text_encoders(tmp_path / "pipeline")
     engines = tmp_path / "engines"

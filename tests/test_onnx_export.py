@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddit_export.export.iospec import IOSpec, TensorSpec, random_feed
+from ddit_export.artifacts.iospec import IOSpec, TensorSpec, random_feed
 from ddit_export.export.onnx_export import ExportError, _verify_inputs, export_onnx, external_data_path
 from ddit_export.export.validate import ValidationError, require_valid, validate_onnx
 

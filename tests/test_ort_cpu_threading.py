@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ddit_export.pipelines.registry import make_conditioning
 from ddit_export.runtime.backends import BackendError, get_backend
 from ddit_export.runtime.backends.ort_cpu_threading import MODES, TUNE_BELOW_SECONDS, choose_modes, session_options
-from ddit_export.runtime.conditioning import make_conditioning
 
 
 def test_each_engine_takes_its_fastest_mode_and_only_one_spins():

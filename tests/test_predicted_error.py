@@ -129,9 +129,8 @@ def test_export_refuses_the_rule_without_a_model():
 
 def test_fit_measures_each_coarse_engines_error_on_the_base_trajectory(tiny_flux_backends):
     from ddit_export.bench.error_model import fit_error_model
-    from ddit_export.runtime.conditioning import make_conditioning
-    from ddit_export.runtime.dispatcher import schedule_config
-    from ddit_export.runtime.sampling import generate
+    from ddit_export.pipelines import generate, make_conditioning
+    from ddit_export.runtime.runner import schedule_config
 
     backend, steps = tiny_flux_backends["onnx"], 7
     cond = make_conditioning(backend.manifest, "a red bicycle")
@@ -153,11 +152,11 @@ def test_calibrate_error_model_then_generate_and_the_pipeline_agree(tiny_flux_en
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     from ddit_export.families.flux import FLUX
+    from ddit_export.pipelines import generate, make_conditioning
+    from ddit_export.pipelines.flux import FLUX_SHIFT
+    from ddit_export.pipelines.flux_dropin import DDiTFluxTransformer
     from ddit_export.runtime.backends import get_backend
-    from ddit_export.runtime.conditioning import make_conditioning
-    from ddit_export.runtime.dispatcher import schedule_config
-    from ddit_export.runtime.dropin_flux import DDiTFluxTransformer
-    from ddit_export.runtime.sampling import FLUX_SHIFT, generate
+    from ddit_export.runtime.runner import schedule_config
 
     folder = tmp_path / "engines"
     shutil.copytree(tiny_flux_engines, folder)
@@ -196,9 +195,8 @@ def test_calibrate_error_model_refuses_bad_input(tiny_flux_engines, tmp_path, cl
 
 
 def test_wan_sampling_runs_the_rule(tiny_wan_engines):
+    from ddit_export.pipelines import generate, make_conditioning
     from ddit_export.runtime.backends import get_backend
-    from ddit_export.runtime.conditioning import make_conditioning
-    from ddit_export.runtime.sampling import generate
 
     with get_backend("onnx", tiny_wan_engines) as backend:
         sizes = tuple(backend.patch_sizes)

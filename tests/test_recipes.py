@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from ddit_export.artifacts.manifest import read_manifest
 from ddit_export.cli import main
-from ddit_export.export.manifest import read_manifest
 from ddit_export.export.recipe import load_recipe
 from ddit_export.export.request import ExportRequest
 

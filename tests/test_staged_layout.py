@@ -13,13 +13,13 @@ import pytest
 import torch
 from test_ddit_model import randomise_ddit
 
+from ddit_export.artifacts.manifest import read_manifest, sha256_file
 from ddit_export.cli import main
 from ddit_export.ddit.adapter_pack import save_adapter_pack
 from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.ddit.staged import build_staged, chain
-from ddit_export.export.manifest import read_manifest, sha256_file
-from ddit_export.families.base import family_by_name
+from ddit_export.families.registry import family_by_name
 from ddit_export.runtime.backends import get_backend
 
 FLUX_GEOMETRY = ["--height", "128", "--width", "128", "--text-len", "8", "--dtype", "fp32"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ddit_export.artifacts.tensorrt_plans import unavailable_reason
 from ddit_export.export.staged_tensorrt import trunk_profiles
-from ddit_export.export.tensorrt import unavailable_reason
 
 TRUNK_IO = {"inputs": [
     {"name": "tokens", "shape": [1, "tokens", 32], "dtype": "float32"},

@@ -14,8 +14,8 @@ from ddit_export.ddit.adapter_pack import read_meta
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.flux import FLUX
 from ddit_export.train import DistillationObjective, TrainConfig, collect_trajectories, freeze_for_distillation, train
-from ddit_export.train.conditioning import synthetic_conditions
 from ddit_export.train.images import encode_image_folder
+from ddit_export.train.prompts import synthetic_conditions
 
 TINY = ["flux", "--model", "tiny", "--height", "64", "--width", "64", "--text-len", "8", "--teacher-steps", "3",
         "--batch-size", "2", "--lora-rank", "4", "--lr", "1e-3", "--dtype", "fp32", "--checkpoint-every", "0"]

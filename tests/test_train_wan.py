@@ -12,10 +12,10 @@ from ddit_export.ddit.adapter_pack import read_meta
 from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.wan import WAN
-from ddit_export.runtime.sampling import initial_noise
-from ddit_export.runtime.sampling_wan import wan_sampler
+from ddit_export.pipelines.base import initial_noise
+from ddit_export.pipelines.wan import wan_sampler
 from ddit_export.train import TrainConfig, collect_trajectories
-from ddit_export.train.conditioning import synthetic_conditions
+from ddit_export.train.prompts import synthetic_conditions
 
 GEOMETRY = dict(frames=5, height=96, width=160, text_len=8)  # latent 1 x 16 x 2 x 12 x 20; 8 pads 12 -> 16
 LATENT = WAN.latent_shape(1, 96, 160, 5)
@@ -68,14 +68,15 @@ def test_distillation_loss_decreases(trained):
 
 def test_the_pack_loads_into_the_wan_exporter(trained, torch_single_thread):
     """The export's own load step (pack check, `adapters.trained`) and merge; ONNX tracing is test_wan's."""
-    from ddit_export.export.build import Reporter, load_ddit_model
+    from ddit_export.ddit.loading import load_ddit_model
     from ddit_export.export.request import ExportRequest
 
     meta = read_meta(trained)
     assert (meta.family, meta.base_model, meta.patch_sizes) == ("wan", "tiny", [4, 8])
     req = ExportRequest(family="wan", model="tiny", adapters=str(trained), patch_sizes=(2, 4), dtype="fp32",
                         **GEOMETRY)
-    model, adapters = load_ddit_model(req, Reporter())
+    loaded = load_ddit_model(req.family_obj, req.model, req.patch_sizes, req.adapters)
+    model, adapters = loaded.model, loaded.adapters
     assert adapters["trained"] is True
     untrained = DDiTModel(WAN, WAN.tiny(), [2, 4], lora_rank=4)
     latent, cond = torch.randn(LATENT, generator=torch.Generator().manual_seed(0)), conditioning()

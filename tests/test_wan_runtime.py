@@ -11,12 +11,11 @@ import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
 from ddit_export.cli import main
+from ddit_export.pipelines.registry import generate, make_conditioning
+from ddit_export.pipelines.wan import WAN_UNIPC, cfg_layout
+from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
-from ddit_export.runtime.conditioning import make_conditioning
-from ddit_export.runtime.dispatcher import schedule_config
-from ddit_export.runtime.dropin_wan import DDiTWanTransformer
-from ddit_export.runtime.sampling import generate
-from ddit_export.runtime.sampling_wan import WAN_UNIPC, cfg_layout
+from ddit_export.runtime.runner import schedule_config
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -226,7 +225,7 @@ def tiny_wan_text_side(root):
 
 
 def test_prompts_go_through_the_pipelines_umt5_and_its_scheduler(tiny_wan_engines, tmp_path, capsys):
-    from ddit_export.runtime.sampling_wan import wan_sampler
+    from ddit_export.pipelines.wan import wan_sampler
 
     model = tiny_wan_text_side(tmp_path / "pipeline")
     manifest = json.loads((tiny_wan_engines / "manifest.json").read_text())

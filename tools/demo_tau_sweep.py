@@ -14,7 +14,7 @@ from ddit_export.demo.classifier import load_classifier
 from ddit_export.demo.engines import DEFAULT_ENGINE_DIR, export_demo_engines
 from ddit_export.demo.evaluate import figures, real_features, sample_labels, sample_runs, warm_up
 from ddit_export.runtime.backends import get_backend
-from ddit_export.runtime.dispatcher import schedule_config
+from ddit_export.runtime.runner import schedule_config
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--taus", default="0.01,0.02,0.05,0.1")

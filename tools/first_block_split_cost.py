@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from ddit_export.pipelines import make_conditioning
 from ddit_export.runtime.backends import get_backend
-from ddit_export.runtime.conditioning import make_conditioning
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from ddit_export.artifacts.tensorrt_plans import unavailable_reason
 from ddit_export.bench.latency import engine_latency
 from ddit_export.export.build import export_engines
 from ddit_export.export.request import ExportRequest
-from ddit_export.export.tensorrt import unavailable_reason
 from ddit_export.runtime.backends import get_backend
 
 TIMED_BACKENDS = ("torch", "torch-compile", "onnx", "aoti", "trt")

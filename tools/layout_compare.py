@@ -26,8 +26,8 @@ import torch
 
 def memory(folder: str, backend: str, sizes: str | None) -> dict:
     """Load one folder's backend (only `sizes` when given: the single layout's base engine alone)."""
+    from ddit_export.artifacts.manifest import read_manifest
     from ddit_export.bench.memory import memory_row, rss_bytes
-    from ddit_export.export.manifest import read_manifest
     from ddit_export.runtime.backends import backend_class, get_backend
 
     torch.set_num_threads(1)

@@ -19,9 +19,9 @@ import torch
 def main() -> None:
     from ddit_export.bench.end_to_end import timed_generate
     from ddit_export.bench.timing import Stopwatch
+    from ddit_export.pipelines.registry import make_conditioning
     from ddit_export.runtime.backends import get_backend
-    from ddit_export.runtime.conditioning import make_conditioning
-    from ddit_export.runtime.dispatcher import schedule_config
+    from ddit_export.runtime.runner import schedule_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--single", required=True)

@@ -70,8 +70,8 @@ def save_transformer(model) -> None:
 
 
 def stage_base(args) -> dict:
+    from ddit_export.demo.class_table import make_class_table, save_class_table
     from ddit_export.demo.codec import PADDED_CHANNELS
-    from ddit_export.demo.conditioning import make_class_table, save_class_table
     from ddit_export.demo.model import narrow_to_pixel_channels
     from ddit_export.demo.training import train_base
 
@@ -138,7 +138,7 @@ def stage_classifier(args) -> dict:
 def stage_adapters(args) -> dict:
     from safetensors.torch import save_file
 
-    from ddit_export.demo.conditioning import load_class_table
+    from ddit_export.demo.class_table import load_class_table
     from ddit_export.train import TrainConfig, train
 
     _, table = load_class_table()

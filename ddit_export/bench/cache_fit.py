@@ -11,14 +11,13 @@ nothing about another's), and the fit is stored in the manifest as `cache.teacac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..export.manifest import MANIFEST, read_manifest
+from ..artifacts.manifest import update_block
 from ..runtime.cache import StepCache, parse_cache
 from ..runtime.cache.teacache import relative_l1
 
@@ -58,8 +57,8 @@ class RecordingCache(StepCache):
 
 def collect_pairs(backend, conditionings: list, seeds: list[int], steps: int, progress=None) -> list[Pair]:
     """Every consecutive-step pair of static runs at each of the backend's sizes."""
-    from ..runtime.dispatcher import schedule_config
-    from ..runtime.sampling import generate
+    from ..pipelines import generate
+    from ..runtime.runner import schedule_config
 
     recorder = RecordingCache(backend)
     runs = [(p, c, s) for p in backend.patch_sizes for c in conditionings for s in seeds]
@@ -89,11 +88,4 @@ def fit_polynomial(pairs: list[Pair]) -> dict:
 
 def store_cache_fit(folder, expected: dict, record: dict) -> Path:
     """Write `cache.teacache` into the manifest atomically; refuses when the folder was re-exported meanwhile."""
-    from .report import write_text_atomic
-
-    folder = Path(folder)
-    current = read_manifest(folder)
-    if current.get("created") != expected.get("created") or current["engines"] != expected["engines"]:
-        raise ValueError(f"{folder / MANIFEST} changed while calibrating (re-exported?); run calibrate --cache again")
-    current["cache"] = {**current.get("cache", {}), "teacache": record}
-    return write_text_atomic(folder / MANIFEST, json.dumps(current, indent=2) + "\n")
+    return update_block(folder, expected, "cache", {"teacache": record}, doing="calibrating --cache")

@@ -17,7 +17,6 @@ The pick maximises the chosen speed-up among points whose mean quality meets the
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..export.manifest import MANIFEST, read_manifest
+from ..artifacts.manifest import update_scheduler
 from .end_to_end import schedule_cost, timed_generate
 from .latency import bench_inputs
 from .timing import Stopwatch
@@ -93,24 +92,11 @@ def image_quality(images: torch.Tensor, refs: torch.Tensor) -> dict:
 def image_decoder(manifest: dict, device):
     """``latent -> B x 3 x H x W`` images in [0, 1] when the engines' model has a decoder, else None.
 
-    FLUX pipeline folders decode with their VAE; the demo model with its exact pixel codec.
+    FLUX pipeline folders decode with their VAE; the demo model with its exact pixel codec (`Pipeline.image_decoder`).
     """
-    from ..demo.model import DEMO_MODEL_ID
-    from ..runtime.sampling import decode_images, vae_folder
+    from ..pipelines.registry import pipeline_for
 
-    if manifest["model"]["id"] == DEMO_MODEL_ID:
-        from ..demo.codec import decode
-
-        return lambda latent: decode(latent.float().cpu())
-    folder = vae_folder(manifest) if manifest["family"] == "flux" else None  # decode_images is FLUX's VAE
-    if folder is None:
-        return None
-
-    def decode_vae(latent):
-        pil = decode_images(folder, latent, device)
-        return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0).permute(2, 0, 1) for i in pil])
-
-    return decode_vae
+    return pipeline_for(manifest).image_decoder(manifest, device)
 
 
 def _mean(values: list[float]) -> float:
@@ -123,8 +109,8 @@ def sweep(backend, samples: list[Sample], taus: list[float], rhos: list[float], 
 
     ``decode(latent) -> images`` (see `image_decoder`) adds image metrics when given.
     """
-    from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
+    from ..pipelines.registry import make_conditioning
+    from ..runtime.runner import schedule_config
 
     base = backend.base_patch
     watch = Stopwatch(backend.device)
@@ -189,24 +175,12 @@ def json_safe(value):
 
 
 def store_calibration(folder, expected: dict, tau: float, rho: float, calibration: dict) -> Path:
-    """Set the manifest's scheduler defaults tau and rho (see `update_scheduler`)."""
-    return update_scheduler(folder, expected, {"tau": float(tau), "rho": float(rho),
-                                               "calibration": json_safe(calibration)})
-
-
-def update_scheduler(folder, expected: dict, changes: dict) -> Path:
-    """Merge ``changes`` into the manifest's scheduler block with an atomic rewrite (temp file, os.replace).
+    """Set the manifest's scheduler defaults (artifacts/manifest.py writes it, atomically).
 
     Refuses when the manifest changed since ``expected`` was read (a re-export meanwhile).
     """
-    from .report import write_text_atomic
-
-    folder = Path(folder)
-    current = read_manifest(folder)
-    if current.get("created") != expected.get("created") or current["engines"] != expected["engines"]:
-        raise ValueError(f"{folder / MANIFEST} changed while calibrating (re-exported?); run calibrate again")
-    current["scheduler"] = {**current.get("scheduler", {}), **changes}
-    return write_text_atomic(folder / MANIFEST, json.dumps(current, indent=2) + "\n")
+    changes = {"tau": float(tau), "rho": float(rho), "calibration": json_safe(calibration)}
+    return update_scheduler(folder, expected, changes, doing="calibrating")
 
 
 def calibration_record(chosen: dict, points: list[dict], *, metric, budget, speed, taus, rhos, samples,

@@ -25,7 +25,7 @@ def schedule_cost(schedule: list[int], per_call: dict[int, float], base: int) ->
 
 def timed_generate(backend, conditioning, schedule, steps: int, seed: int, watch: Stopwatch):
     """(seconds, GenerationResult) of one image on ``backend``."""
-    from ..runtime.sampling import generate
+    from ..pipelines.registry import generate
 
     watch.start()
     result = generate(backend, conditioning, schedule, steps=steps, seed=seed)
@@ -33,7 +33,7 @@ def timed_generate(backend, conditioning, schedule, steps: int, seed: int, watch
 
 
 def _mode_configs(engine, eager, tau, rho, schedule=None, rule=None) -> dict:
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
 
     configs = {
         "static": (engine, schedule_config(engine, static_patch=engine.base_patch)),
@@ -52,7 +52,7 @@ def end_to_end(engine, eager, *, steps: int, seeds: list[int], repeats: int, tau
     ``schedule`` replaces the dynamic rule by a fixed schedule (the "dynamic" mode then runs it).
     ``progress(done, total)`` is called after every image (warm-up images included).
     """
-    from ..runtime.conditioning import make_conditioning
+    from ..pipelines.registry import make_conditioning
 
     if steps < 1 or repeats < 1 or not seeds:
         raise ValueError("end to end needs --steps >= 1, --e2e-repeats >= 1 and at least one seed")

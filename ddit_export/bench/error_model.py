@@ -39,8 +39,8 @@ class _ComparingBackend:
 def fit_error_model(backend, samples: list[tuple[object, int]], steps: int,
                     progress: Callable[[], None] | None = None) -> tuple[ErrorModel, dict]:
     """``samples``: (conditioning, seed) pairs. Returns the model and a record for the manifest."""
-    from ..runtime.dispatcher import schedule_config
-    from ..runtime.sampling import generate
+    from ..pipelines import generate
+    from ..runtime.runner import schedule_config
 
     if steps <= WARMUP_STEPS + 1:
         raise ValueError(f"--steps must be more than {WARMUP_STEPS + 1} to fit an error model (got {steps})")

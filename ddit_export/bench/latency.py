@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..export.manifest import read_manifest
-from ..families.base import family_by_name
+from ..artifacts.manifest import read_manifest
+from ..families.registry import family_by_name
 from .flops import flops_table
 from .timing import Stopwatch, rotated, summarize
 

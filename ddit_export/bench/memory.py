@@ -64,7 +64,7 @@ def weight_bytes(backend) -> int | None:
         return sum(_graph_weight_bytes(p) for p in graphs) - backend.chain.shared.duplicate_bytes
     sessions = getattr(backend, "_sessions", None)
     if sessions:
-        from ..export.manifest import engine_entries
+        from ..artifacts.manifest import engine_entries
 
         entries = engine_entries(backend.manifest, "onnx")
         return sum(_graph_weight_bytes(backend.folder / entries[p]["files"][0]) for p in sessions)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.manifest import engine_entries, read_manifest, sha256_tensors
-from ..families.base import family_by_name
+from ..artifacts.manifest import engine_entries, read_manifest, sha256_tensors
+from ..families.registry import family_by_name
 from .timing import Stopwatch, rotated, summarize
 
 PEER_OPSET = 18  # optimum's FLUX config default range; any opset ORT runs is fine for timing
@@ -105,7 +105,7 @@ def peer_latency(folder, warmup: int = 10, iters: int = 50, providers=("CPUExecu
         options.log_severity_level = 3
         sessions = {"optimum-onnx base": ort.InferenceSession(str(peer_file), options, providers=list(providers)),
                     "ddit-export base": ort.InferenceSession(str(ours_file), options, providers=list(providers))}
-        from ..export.iospec import IOSpec, random_feed
+        from ..artifacts.iospec import IOSpec, random_feed
 
         feeds = {"optimum-onnx base": peer_feed(manifest, sessions["optimum-onnx base"]),
                  "ddit-export base": random_feed(IOSpec.from_json(manifest["io"]), seed=0)}

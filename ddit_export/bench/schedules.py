@@ -110,8 +110,8 @@ def evaluate(backend, samples: list[tuple[str, int]], configs: dict[str, tuple[s
     import time
 
     from ..bench.quality import psnr, ssim
-    from ..runtime.dispatcher import schedule_config
-    from ..runtime.sampling import generate
+    from ..pipelines.registry import generate
+    from ..runtime.runner import schedule_config
 
     base = backend.base_patch
     conds = {prompt: conditioning(prompt) for prompt, _ in samples}

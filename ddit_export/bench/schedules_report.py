@@ -7,9 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..util.atomic import write_text_atomic
 from .calibrate import json_safe
 from .plots import plot_schedule_front
-from .report import write_json, write_text_atomic
+from .report import write_json
 
 
 def _columns(points) -> list[str]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 
+def split_list(text: str, kind: type = int) -> list:
+    """`"a,b,c"` -> values of `kind` (blank items skipped); ValueError on an item that is not one."""
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
 def comma_list(text: str, flag: str, kind: type = int, check=None) -> list:
     """`"a,b,c"` -> values of `kind`; a bad or empty list is one clear ValueError naming the flag.
 
     `check(value, flag)` (one of util/limits.py's) bounds every value."""
     try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
+        values = split_list(text, kind)
     except ValueError:
         noun = "integers" if kind is int else "numbers"
         raise ValueError(f"{flag} takes a comma list of {noun} (got {text!r})") from None
@@ -59,3 +64,30 @@ def add_cache_argument(p) -> None:
     p.add_argument("--cache", type=cache, metavar="KIND:T",
                    help="step caching on a staged folder: teacache:T (TeaCache, e.g. 0.25), fbcache:T (first-block "
                         "cache, e.g. 0.05) or none (default)")
+
+
+def patch_list(text: str) -> tuple[int, ...]:
+    """argparse type of --patch-sizes / --sizes: positive integers like 2,4,8."""
+    import argparse
+
+    try:
+        sizes = tuple(split_list(text, int))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"patch sizes must be integers like 2,4,8 (got '{text}')") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one patch size, e.g. 2,4")
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"patch sizes must be positive, like 2,4,8 (got '{text}')")
+    return sizes
+
+
+def engine_folder(engine_dir: str):
+    """ENGINE_DIR argument -> (folder, its checked manifest): every command that reads engines starts here."""
+    from pathlib import Path
+
+    from ..artifacts.manifest import read_manifest
+
+    folder = Path(engine_dir).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    return folder, read_manifest(folder)

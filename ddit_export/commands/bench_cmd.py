@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files
+from ..util.atomic import check_writable, staged_files, write_text_atomic
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_schedule_arguments, comma_list, schedule_from_args
+from .arglists import add_schedule_arguments, comma_list, engine_folder, schedule_from_args
 from .errors import run_guarded
 from .progress import Counted
 
@@ -97,14 +97,11 @@ def load_backends(folder: Path, manifest: dict, names: list[str] | None, device,
 
 
 def bench_command(args: argparse.Namespace, console: Console) -> int:
+    from ..artifacts.manifest import tool_versions
     from ..bench import latency, plots, report
-    from ..export.manifest import read_manifest, tool_versions
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     _check_args(args)
     device = check_device(args.device)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
@@ -145,7 +142,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     }
     with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
         written = [report.write_json(staging / "bench.json", result),
-                   report.write_text_atomic(staging / "bench.md", report.bench_markdown(result)),
+                   write_text_atomic(staging / "bench.md", report.bench_markdown(result)),
                    plots.plot_latency(rows, staging / "latency.png")]
         if e2e and "skipped" not in e2e:
             written.append(plots.plot_schedule(e2e["modes"]["dynamic"]["schedules"], int(manifest["base_patch"]),

@@ -16,29 +16,16 @@ from ..util.atomic import check_writable
 from .arglists import comma_list
 from .bench_cmd import check_device
 from .progress import Counted
-
-
-def _prompts(args, manifest) -> list[str]:
-    if args.prompt:
-        return list(args.prompt)
-    from ..demo.model import DEMO_MODEL_ID
-
-    if manifest["model"]["id"] == DEMO_MODEL_ID:  # the demo's prompts are its class names
-        from ..demo.classes import CLASS_NAMES
-
-        return list(CLASS_NAMES)
-    from .calibrate_cmd import DEFAULT_PROMPT
-
-    return [DEFAULT_PROMPT]
+from .prompts import prompts_for
 
 
 def calibrate_cache_command(args: argparse.Namespace, console: Console) -> int:
+    from ..artifacts.manifest import read_manifest
     from ..bench import report
     from ..bench.cache_fit import collect_pairs, fit_polynomial, store_cache_fit
-    from ..export.manifest import read_manifest
+    from ..pipelines import make_conditioning
     from ..runtime.backends import get_backend
     from ..runtime.cache import require_staged
-    from ..runtime.conditioning import make_conditioning
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     if args.steps < 3:
@@ -50,7 +37,7 @@ def calibrate_cache_command(args: argparse.Namespace, console: Console) -> int:
     device = check_device(args.device)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-cache-{folder.resolve().name}"
     check_writable(out)
-    prompts = _prompts(args, manifest)
+    prompts = prompts_for(args.prompt, manifest)
     with get_backend(args.backend, folder, device=device) as backend:
         require_staged(backend)
         conds = [make_conditioning(manifest, p, device=device) for p in prompts]

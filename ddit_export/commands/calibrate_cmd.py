@@ -14,16 +14,16 @@ from pathlib import Path
 from rich.console import Console
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files
+from ..util.atomic import check_writable, staged_files, write_text_atomic
 from . import argtypes
-from .arglists import comma_list
+from .arglists import comma_list, engine_folder
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 from .progress import Counted
+from .prompts import DEFAULT_PROMPT, prompts_for
 
 SPEED_FLAGS = {"tokens": "token_speedup", "flops": "flop_speedup", "wall": "wall_speedup"}
 DEFAULT_BUDGETS = {"psnr": 30.0, "ssim": 0.9, "image_psnr": 30.0, "image_ssim": 0.9}
-DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,15 +87,11 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
         return calibrate_cache_command(args, console)
     from ..bench import calibrate, plots, report
     from ..bench.flops import flops_table
-    from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class, get_backend
 
     taus, rhos = _grid(args)  # flags first: refused before any file is read
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
@@ -135,7 +131,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     data = calibrate.json_safe({"engine_dir": str(folder), **record})
     with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
         written = [report.write_json(staging / "calibration.json", data),
-                   report.write_text_atomic(staging / "calibration.md", f"# calibration of {folder}\n\n{table}"),
+                   write_text_atomic(staging / "calibration.md", f"# calibration of {folder}\n\n{table}"),
                    plots.plot_calibration(points, chosen, args.metric, budget, speed, staging / "calibration.png")]
         if args.json:  # asked for elsewhere: there instead of in --out
             (staging / "calibration.json").unlink()
@@ -159,13 +155,11 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
 
 def error_model_command(args: argparse.Namespace, console: Console) -> int:
     """`calibrate --error-model`: fit, report, and store the model (and the rule) in the manifest."""
+    from ..artifacts.manifest import read_manifest, update_scheduler
     from ..bench import report
-    from ..bench.calibrate import update_scheduler
     from ..bench.error_model import fit_error_model
-    from ..export.manifest import read_manifest
+    from ..pipelines import make_conditioning
     from ..runtime.backends import backend_class, get_backend
-    from ..runtime.conditioning import make_conditioning
-    from .schedules_cmd import evaluation_hooks
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     tau = comma_list(args.taus, "--taus", float, check=limits.check_tau) if args.taus else None
@@ -177,7 +171,7 @@ def error_model_command(args: argparse.Namespace, console: Console) -> int:
     manifest = read_manifest(folder)
     device = check_device(args.device)
     backend_class(args.backend)
-    prompts = args.prompt or evaluation_hooks(manifest).get("prompts") or [DEFAULT_PROMPT]
+    prompts = prompts_for(args.prompt, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
     check_writable(out)
     with get_backend(args.backend, folder, device=device) as backend, \

@@ -24,10 +24,10 @@ FIT_STEPS = 28
 
 
 def _fit_if_missing(folder: Path, manifest: dict, console) -> dict:
+    from ..artifacts.manifest import read_manifest
     from ..bench.cache_fit import collect_pairs, fit_polynomial, store_cache_fit
+    from ..demo.class_table import demo_conditioning
     from ..demo.classes import CLASS_NAMES
-    from ..demo.conditioning import demo_conditioning
-    from ..export.manifest import read_manifest
     from ..runtime.backends import get_backend
 
     if manifest.get("cache", {}).get("teacache", {}).get("coefficients"):
@@ -52,7 +52,7 @@ def cache_demo_command(args, console) -> int:
     from ..demo.plots import write_grid, write_schedule_plot
     from ..runtime.backends import get_backend
     from ..runtime.cache import StepCache
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
     from .export_cmd import RichReporter
 
     folder = Path(args.engines or DEFAULT_STAGED_DIR).expanduser()

@@ -19,9 +19,9 @@ from rich.table import Table
 from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, schedule_from_args
+from .arglists import add_cache_argument, add_schedule_arguments, patch_list, schedule_from_args
 from .errors import run_guarded
-from .export_cmd import RichReporter, patch_list
+from .export_cmd import RichReporter
 from .progress import Counted
 
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
@@ -87,7 +87,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     from ..demo.evaluate import figures, real_features, sample_labels, sample_runs, warm_up
     from ..demo.plots import write_grid, write_schedule_plot
     from ..runtime.backends import get_backend
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
 
     _check(args)
     if args.cache is not None:  # static base, cache alone, DDiT alone, DDiT + cache, side by side

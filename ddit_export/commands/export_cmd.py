@@ -10,19 +10,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import argtypes
+from .arglists import patch_list
 from .errors import run_guarded, stderr
-
-
-def patch_list(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"patch sizes must be integers like 2,4,8 (got '{text}')") from None
-    if not sizes:
-        raise argparse.ArgumentTypeError("give at least one patch size, e.g. 2,4")
-    if min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"patch sizes must be positive, like 2,4,8 (got '{text}')")
-    return sizes
 
 
 def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:

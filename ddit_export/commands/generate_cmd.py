@@ -23,15 +23,14 @@ from rich.table import Table
 from ..util.atomic import atomic_file, check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, schedule_from_args
+from .arglists import add_cache_argument, add_schedule_arguments, engine_folder, patch_list, schedule_from_args
 from .errors import run_guarded
-from .export_cmd import patch_list
 from .progress import Counted
+from .prompts import DEFAULT_PROMPT
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
-DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
 DEFAULT_STEPS = 50
 
 
@@ -74,39 +73,30 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: generate_command(args, Console(highlight=False)))
 
 
-def _checked_prompt(prompt: str | None, manifest: dict) -> str:
-    """The prompt to condition on; the demo model knows only its class names, so other text is refused
-    (it would silently sample noise from made-up embeddings)."""
-    from ..demo.model import DEMO_MODEL_ID
-
-    demo = manifest.get("model", {}).get("id") == DEMO_MODEL_ID
+def _checked_prompt(prompt: str | None, pipeline) -> str:
+    """The prompt to condition on; a pipeline that knows only some prompts (the demo's class names) refuses
+    other text (it would silently sample noise from made-up embeddings)."""
     if prompt is None:
-        if not demo:
-            return DEFAULT_PROMPT
-        from ..demo.classes import CLASS_NAMES
-
-        return CLASS_NAMES[0]
+        return pipeline.default_prompt or DEFAULT_PROMPT
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
         raise ValueError("--prompt is not valid UTF-8 text; check the terminal's or the script's encoding") from None
-    if demo:
-        from ..demo.classes import CLASS_NAMES, class_index
-
-        return CLASS_NAMES[class_index(prompt)]  # raises with the list of classes
-    return prompt
+    return pipeline.check_prompt(prompt)
 
 
 def _check_args(args, manifest: dict):
     """Everything that can be refused before loading engines; returns the device."""
+    from ..pipelines.registry import FAMILY_PIPELINES, pipeline_for
     from ..runtime.backends import backend_class
 
-    args.prompt = _checked_prompt(args.prompt, manifest)
-
-    if manifest.get("family") not in ("flux", "wan"):
+    if manifest.get("family") not in FAMILY_PIPELINES:
         family = manifest.get("family")
-        raise ValueError(f"generate runs FLUX and Wan engines; {args.engine_dir} holds {family} engines")
-    if manifest.get("family") == "wan" and args.guidance is not None and not args.guidance > 0:
+        raise ValueError(f"generate runs {' and '.join(sorted(FAMILY_PIPELINES))} engines; {args.engine_dir} "
+                         f"holds {family} engines")
+    pipeline = pipeline_for(manifest)
+    args.prompt = _checked_prompt(args.prompt, pipeline)
+    if pipeline.teacher.guidance == "cfg" and args.guidance is not None and not args.guidance > 0:
         raise ValueError(f"--guidance is Wan's CFG scale and must be > 0 (1 disables CFG); got {args.guidance}")
     backend_class(args.backend)  # unknown name -> the list of backends
     args.fixed = schedule_from_args(args, args.steps)
@@ -130,16 +120,11 @@ def _check_args(args, manifest: dict):
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
-    from ..export.manifest import read_manifest
+    from ..pipelines.registry import generate, make_conditioning, pipeline_for
     from ..runtime.backends import get_backend
-    from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
-    from ..runtime.sampling import generate
+    from ..runtime.runner import schedule_config
 
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     device = _check_args(args, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once
@@ -169,10 +154,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
 
     trace = result.trace
     with staged_files(out) as staging:  # every output or none: a full disk leaves no half-written folder
-        if manifest["family"] == "wan":
-            written = _write_latent_and_video(manifest, result.latent, staging, device)
-        else:
-            written = [_write_image_or_latent(manifest, result.latent, staging, device)]
+        written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
         record = {
             "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
             "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
@@ -199,57 +181,12 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _write_image_or_latent(manifest: dict, latent: torch.Tensor, out: Path, device) -> Path:
-    from ..demo.model import DEMO_MODEL_ID
-    from ..runtime.sampling import decode_images, vae_folder
-
-    if manifest["model"]["id"] == DEMO_MODEL_ID:  # the demo's latent is the pixels: its exact codec decodes
-        from ..demo.codec import decode
-        from ..demo.plots import to_pil
-
-        path = out / "image.png"
-        to_pil(decode(latent.float().cpu())[0]).save(path)
-        return path
-    folder = vae_folder(manifest)
-    if folder is None:
-        import numpy as np
-
-        path = out / "latent.npy"
-        np.save(path, latent.float().cpu().numpy())
-        return path
-    images = decode_images(folder, latent, device)
-    paths = [out / ("image.png" if len(images) == 1 else f"image_{i}.png") for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
-    return paths[0]
-
-
 def _wan_record(args, conditioning, result) -> dict:
     """Wan-only trace.json keys (FLUX's record is unchanged): the CFG scale and how it ran."""
     if result.cfg is None:
         return {}
     negative = args.negative_prompt if result.cfg != "off" else None
     return {"guidance_scale": conditioning.guidance, "cfg": result.cfg, "negative_prompt": negative}
-
-
-def _write_latent_and_video(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
-    """Wan: the video latent always; a GIF per video when the model folder has Wan's VAE."""
-    import numpy as np
-
-    from ..runtime.sampling import vae_folder
-    from ..runtime.sampling_wan import decode_video
-
-    path = out / "latent.npy"
-    np.save(path, latent.float().cpu().numpy())
-    written = [path]
-    folder = vae_folder(manifest)
-    if folder is not None:
-        videos = decode_video(folder, latent, device)
-        for i, frames in enumerate(videos):
-            gif = out / ("video.gif" if len(videos) == 1 else f"video_{i}.gif")
-            frames[0].save(gif, save_all=True, append_images=frames[1:], duration=62, loop=0)  # 16 fps, Wan's rate
-            written.append(gif)
-    return written
 
 
 def _print_summary(console: Console, trace, written: list[Path]) -> None:

@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..export.manifest import read_manifest
+    from ..artifacts.manifest import read_manifest
 
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough for the summary table on one line per size

@@ -18,11 +18,10 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import comma_list
+from .arglists import comma_list, engine_folder
 from .errors import run_guarded
 from .progress import Counted
-
-DEFAULT_PROMPT = "a photograph of a red fox in fresh snow, golden hour"
+from .prompts import evaluation_hooks, prompts_for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,17 +62,13 @@ def parse_dynamic(text: str) -> tuple[str, float]:
 def schedules_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import schedules as sch
     from ..bench.flops import flops_table
-    from ..export.manifest import read_manifest
+    from ..pipelines.registry import make_conditioning
     from ..runtime.backends import backend_class, get_backend
-    from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
+    from ..runtime.runner import schedule_config
     from ..runtime.scheduler import DEFAULT_RULE
     from .bench_cmd import check_device
 
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     if args.steps < 4:
         raise ValueError(f"--steps must be at least 4: a dynamic rule needs 3 warm-up steps (got {args.steps})")
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
@@ -82,7 +77,7 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     defaults = manifest.get("scheduler", {})
     dynamic = [parse_dynamic(d) for d in args.dynamic] if args.dynamic else None
     hooks = evaluation_hooks(manifest)
-    prompts = args.prompt or hooks.get("prompts") or [DEFAULT_PROMPT]
+    prompts = prompts_for(args.prompt, manifest)
     samples = [(prompt, seed) for seed in seeds for prompt in prompts]
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"schedules-{folder.resolve().name}"
     check_writable(out)  # before any sampling
@@ -118,10 +113,3 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     for path in written:
         console.print(f"wrote {path}")
     return 0
-
-
-def evaluation_hooks(manifest: dict) -> dict:
-    """Model-specific prompts, image decoding and scores (the demo: its classes, codec, classifier)."""
-    from ..demo.evaluate import schedule_hooks
-
-    return schedule_hooks(manifest) or {}

@@ -11,11 +11,12 @@ import argparse
 
 from rich.console import Console
 
+from ..families.defaults import FAMILY_DEFAULTS
 from . import argtypes
+from .arglists import patch_list
 from .errors import run_guarded
-from .export_cmd import patch_list
 
-FAMILIES = ["flux", "wan"]
+FAMILIES = list(FAMILY_DEFAULTS)  # every family (plain data: the help costs no torch import)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

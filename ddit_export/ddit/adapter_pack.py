@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..families.base import config_hash
+from ..artifacts.manifest import config_hash
 from ..util.atomic import atomic_folder
 from .model import DDiTModel, adapter_name
 

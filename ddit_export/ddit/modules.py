@@ -1,4 +1,4 @@
-"""The small modules DDiT adds for each extra patch size P (ddit_method.md, Model changes)."""
+"""The small modules DDiT adds for each extra patch size P (docs/method.md, Modules per extra size)."""
 
 from __future__ import annotations
 

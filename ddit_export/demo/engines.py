@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.build import Reporter, export_engines
+from ..export.build import export_engines
+from ..export.engine_folder import Reporter
 from ..export.request import ExportRequest
 from .model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
 from .tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, demo_error_model

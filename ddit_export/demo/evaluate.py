@@ -14,12 +14,12 @@ import torch
 
 from ..bench.end_to_end import schedule_cost
 from ..bench.quality import frechet_distance, psnr, ssim
-from ..runtime.dispatcher import schedule_config
-from ..runtime.sampling import generate
+from ..pipelines.registry import generate
+from ..runtime.runner import schedule_config
+from .class_table import demo_conditioning
 from .classes import CLASS_NAMES, FLAT_CLASSES, TEXTURED_CLASSES
 from .classifier import DemoClassifier, load_classifier, score
 from .codec import decode
-from .conditioning import demo_conditioning
 from .data import sample_batch
 
 REAL_SAMPLES = 512  # procedural reference images for the Frechet distance

@@ -91,9 +91,9 @@ def narrow_to_pixel_channels(padded):
 
 
 def load_demo_transformer(dtype: torch.dtype = torch.float32):
-    """The shipped, trained demo transformer; its config names it "demo" (a plain string, JSON-safe)."""
-    from diffusers import FluxTransformer2DModel
+    """The shipped, trained demo transformer, as `--model demo` loads it (a model shipped with the package:
+    families/base.py `Family.load`)."""
+    from ..families.flux import FLUX
 
-    model = FluxTransformer2DModel.from_pretrained(str(require(TRANSFORMER_DIR)), torch_dtype=dtype)
-    model.register_to_config(_name_or_path=DEMO_MODEL_ID)
-    return model
+    require(TRANSFORMER_DIR)
+    return FLUX.load(DEMO_MODEL_ID, dtype)

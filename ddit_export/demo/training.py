@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from ..families.flux import FLUX
 from ..train.data import flow_sigma
 from ..train.trajectories import shift_mu
+from .class_table import class_conditions
 from .classifier import DemoClassifier
 from .codec import LATENT_CHANNELS, encode
-from .conditioning import class_conditions
 from .data import sample_batch
 
 
 def sampler_mu(latent_hw: int = 32) -> float:
     """The shift the runtime sampler applies for this latent grid (base tokens = (hw / 2)^2)."""
-    from ..runtime.sampling import flux_sampler
+    from ..pipelines.flux import flux_sampler
 
     return shift_mu(flux_sampler(), (latent_hw // FLUX.base_patch) ** 2)
 

@@ -3,7 +3,7 @@
 `torch.export` traces the merged engine module with static shapes (the same module the ONNX graph
 comes from) and `aoti_compile_and_package` compiles it to a self-contained package that a server
 loads with `aoti_load_package`, no Python model code needed. A package is compiled for the device
-it was built on (CPU here, CUDA where the engine module lives on a GPU).
+it was built on (CPU here, CUDA where the engine module lives on a GPU); runtime/backends/aoti.py loads it.
 """
 
 from __future__ import annotations
@@ -31,11 +31,3 @@ def export_aoti(module: torch.nn.Module, inputs: dict[str, torch.Tensor], path) 
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AotiError(f"AOTInductor could not compile {type(module).__name__}: {cause}") from err
     return path
-
-
-def load_aoti(path, device: str | torch.device = "cpu"):
-    """A callable taking the engine's keyword inputs and returning its prediction."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
-    return torch._inductor.aoti_load_package(str(path))

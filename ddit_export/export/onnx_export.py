@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import onnx
 import torch
 
-from ddit_export.export.iospec import IOSpec, TensorSpec
+from ddit_export.artifacts.iospec import IOSpec, TensorSpec
 
 if TYPE_CHECKING:
     import onnx_ir as ir

@@ -8,15 +8,18 @@ from pathlib import Path
 
 import torch
 
-from ..families.base import family_by_name
+from ..artifacts.dtypes import DTYPES
+from ..families.registry import family_by_name
 from ..runtime.rules import NEEDS_ERROR_MODEL, RULES
 from ..util import limits
 from ..util.atomic import check_writable
 from ..util.devices import parse_device
 
-BACKENDS = ("onnx", "aoti", "trt")  # the order stages run in: trt builds from the onnx graph
+# ARTIFACT KINDS an export writes (the manifest entries' "backend" key and --backends, kept for compatibility),
+# in the order stages run: trt builds from the onnx graph. Not to be confused with the runtime backends that
+# run them (runtime/backends: torch, torch-compile, onnx, onnx-trt, aoti, trt).
+ARTIFACT_KINDS = ("onnx", "aoti", "trt")
 LAYOUTS = ("single", "staged")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -34,11 +37,11 @@ class ExportRequest:
     opset: int = 20
     out: str | None = None
     force: bool = False
-    external_data: bool | None = None  # None: only when the graph is >= 2 GiB
+    external_data: bool | None = None  # None: only when the weights reach 1.5 GiB (onnx_export.py)
     atol: float = 1e-4
     rtol: float = 1e-3
     min_cosine: float = 0.9999
-    backends: tuple[str, ...] | None = None  # None: onnx, plus trt where TensorRT and CUDA are present
+    backends: tuple[str, ...] | None = None  # artifact kinds; None: onnx, plus trt where TensorRT and CUDA are present
     device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
@@ -100,19 +103,19 @@ class ExportRequest:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
 
     def _checked_backends(self) -> tuple[str, ...]:
-        from .tensorrt import unavailable_reason
+        from ..artifacts.tensorrt_plans import unavailable_reason
 
         if self.backends is None:
             return ("onnx",) if unavailable_reason() else ("onnx", "trt")
         backends = tuple(dict.fromkeys(self.backends))  # de-duplicated, order kept
-        unknown = set(backends) - set(BACKENDS)
+        unknown = set(backends) - set(ARTIFACT_KINDS)
         if unknown:
-            raise ValueError(f"unknown backend(s) {sorted(unknown)}; available: {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown backend(s) {sorted(unknown)}; available: {', '.join(ARTIFACT_KINDS)}")
         if "onnx" not in backends:
             raise ValueError("--backends must include onnx: the I/O spec and TensorRT plans are made from it")
         if "trt" in backends and unavailable_reason():
             raise ValueError(f"--backends trt: {unavailable_reason()}")
-        return tuple(b for b in BACKENDS if b in backends)
+        return tuple(b for b in ARTIFACT_KINDS if b in backends)
 
     @property
     def family_obj(self):

@@ -4,7 +4,8 @@ Every part of every size (the trunk once per size: AOTInductor code is static-sh
 with `aot_inductor.package_constants_in_so=False`, so no package carries weights. The weights are
 written once to `staged/weights.safetensors` (each distinct tensor once; the names every part
 knows it by are aliases in the file's metadata) and a loader hands the same tensors to every
-package with `load_constants(..., user_managed=True)`: all sizes cost one model's weights.
+package with `load_constants(..., user_managed=True)` (runtime/backends/staged_aoti.py): all sizes
+cost one model's weights. File names: artifacts/layouts.py.
 """
 
 from __future__ import annotations
@@ -16,13 +17,6 @@ from pathlib import Path
 import torch
 
 from .aoti import AotiError
-
-WEIGHTS = "staged/weights.safetensors"
-PART_PREFIX = {"embed": "embeds.{p}.", "trunk": "trunk.", "head": "heads.{p}."}
-
-
-def package_relpath(part: str, patch: int) -> str:
-    return f"staged/aoti/{part}_p{patch}.pt2"
 
 
 def save_shared_weights(staged, path: Path) -> None:
@@ -39,16 +33,6 @@ def save_shared_weights(staged, path: Path) -> None:
     save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases)})
 
 
-def load_shared_weights(path: Path, device) -> dict[str, torch.Tensor]:
-    """name -> tensor for every name of the staged model; aliases share one tensor."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device=str(device)) as fh:
-        aliases = json.loads(fh.metadata()["aliases"])
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    return {name: tensors[first] for name, first in aliases.items()}
-
-
 def compile_part(module, inputs: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -60,16 +44,3 @@ def compile_part(module, inputs: dict, path: Path) -> None:
     except Exception as err:
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AotiError(f"AOTInductor could not compile {type(module).__name__}: {cause}") from err
-
-
-def load_part(path: Path, part: str, patch: int, weights: dict[str, torch.Tensor], device):
-    """A compiled part with its constants pointed at the shared tensors (no copy)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        runner = torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
-    else:
-        runner = torch._inductor.aoti_load_package(str(path))
-    prefix = PART_PREFIX[part].format(p=patch)
-    constants = {fqn: weights[prefix + fqn] for fqn in runner.get_constant_fqns()}
-    runner.load_constants(constants, check_full_update=True, user_managed=True)
-    return runner

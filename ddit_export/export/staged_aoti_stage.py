@@ -11,20 +11,12 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.layouts import PARTS, WEIGHTS, package_relpath
+from ..artifacts.manifest import sha256_file
 from ..ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain
-from .manifest import sha256_file
-from .staged_aoti import WEIGHTS, compile_part, load_part, load_shared_weights, package_relpath, save_shared_weights
+from ..runtime.backends.staged_aoti import as_kwargs, load_part, load_shared_weights
+from .staged_aoti import compile_part, save_shared_weights
 from .validate import require_valid, validate_callable
-
-PARTS = ("embed", "trunk", "head")
-
-
-def _as_kwargs(runner):
-    """AOTInductor runners take the exported kwargs; a part returning one tensor returns it alone."""
-    def run(**inputs):
-        out = runner(**inputs)
-        return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-    return run
 
 
 def aoti_stage(staged, req, tmp: Path, values: dict, tolerances: dict, reporter) -> list[dict]:
@@ -40,7 +32,7 @@ def aoti_stage(staged, req, tmp: Path, values: dict, tolerances: dict, reporter)
             module, names, outputs = parts[part]
             inputs = {n: values[p][n] for n in names}
             compile_part(module, inputs, tmp / package_relpath(part, p))
-            runners[part] = (_as_kwargs(load_part(tmp / package_relpath(part, p), part, p, weights, device)),
+            runners[part] = (as_kwargs(load_part(tmp / package_relpath(part, p), part, p, weights, device)),
                              names, outputs)
             result = validate_callable(module, inputs, runners[part][0], f"aotinductor {torch.__version__}",
                                        output_names=outputs, **tolerances)

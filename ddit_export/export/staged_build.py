@@ -17,24 +17,24 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.iospec import IOSpec
+from ..artifacts.manifest import (
+    sha256_file,
+    sha256_tensors,
+    write_manifest,
+)
 from ..ddit.engine import PatchSizeEngine
 from ..ddit.merge import base_state_dict
 from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ..util.atomic import atomic_folder, output_lock
-from .build import (
+from .engine_folder import (
     Reporter,
-    _previous_manifest,
-    _reuse,
-    _stage_key,
-    load_ddit_model,
+    load_for_export,
     manifest_record,
+    previous_manifest,
+    reuse,
+    stage_key,
     stage_key_base,
-)
-from .iospec import IOSpec
-from .manifest import (
-    sha256_file,
-    sha256_tensors,
-    write_manifest,
 )
 from .onnx_export import export_onnx
 from .request import ExportRequest
@@ -58,15 +58,15 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
 
 
 def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
-    old = _previous_manifest(req)
-    model, adapters = load_ddit_model(req, reporter)
+    old = previous_manifest(req)
+    req, model, adapters = load_for_export(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
-    keys = {(p, b): _stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
+    keys = {(p, b): stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
     reporter.begin(list(req.patch_sizes))
     with atomic_folder(req.out_dir, replace=True) as tmp:
-        entries = [_reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
+        entries = [reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
         if not entries or any(e is None for e in entries):
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
             staged = build_staged(model, req.latent_shape, req.text_len)

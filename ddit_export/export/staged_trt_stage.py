@@ -11,10 +11,11 @@ from collections import OrderedDict
 
 from polygraphy.backend.base import BaseRunner
 
-from .manifest import sha256_file
-from .staged_tensorrt import TRUNK_PLAN, part_plan_relpath, trunk_profiles
+from ..artifacts.manifest import sha256_file
+from ..artifacts.tensorrt_plans import TIMING_CACHE, TRUNK_PLAN, device_signature, part_plan_relpath, require_tensorrt
+from .staged_tensorrt import trunk_profiles
 from .staged_validate import tensor_metadata
-from .tensorrt import TIMING_CACHE, build_plan, device_signature, require_tensorrt
+from .tensorrt import build_plan
 from .validate import compare_with_torch, require_valid
 
 

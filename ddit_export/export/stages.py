@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.manifest import sha256_file
 from ..ddit.engine import ENGINE_OUTPUT, PatchSizeEngine
 from ..ddit.merge import cast_engine
-from .manifest import sha256_file
 from .onnx_export import export_onnx
 from .request import ExportRequest
 from .validate import require_valid, validate_callable, validate_onnx
 
-# Half-precision engines are compared with relative metrics (anchors.md: cosine >= 0.997).
+# Half-precision engines are compared with relative metrics (docs/method.md, Validation).
 HALF_TOLERANCES = dict(atol=5e-2, rtol=5e-2, min_cosine=0.997)
 
 
@@ -95,7 +95,8 @@ def onnx_stage(job: SizeJob) -> dict:
 
 def aoti_stage(job: SizeJob) -> dict:
     """AOTInductor package of the product-dtype engine, validated against the same eager module."""
-    from .aoti import export_aoti, load_aoti
+    from ..runtime.backends.aoti import load_aoti
+    from .aoti import export_aoti
 
     started = time.perf_counter()
     job.to_product()
@@ -114,7 +115,8 @@ def aoti_stage(job: SizeJob) -> dict:
 
 def trt_stage(job: SizeJob, onnx_entry: dict) -> dict:
     """TensorRT plan from this size's validated ONNX graph, validated on the GPU against torch."""
-    from .tensorrt import TIMING_CACHE, build_plan, device_signature, plan_relpath, validate_plan
+    from ..artifacts.tensorrt_plans import TIMING_CACHE, device_signature, plan_relpath
+    from .tensorrt import build_plan, validate_plan
 
     started = time.perf_counter()
     job.to_product()

@@ -25,7 +25,7 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.datatype import DataType
 from polygraphy.logger import G_LOGGER
 
-from ddit_export.export.iospec import IOSpec
+from ddit_export.artifacts.iospec import IOSpec
 
 
 class ValidationError(Exception):

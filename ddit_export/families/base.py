@@ -8,7 +8,6 @@ in `ddit_export.ddit`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 TensorSpecLike = tuple[str, tuple[int, ...]]
+# Models shipped inside the package: `--model NAME` loads `assets/NAME/transformer/` (a diffusers folder).
+PACKAGED_MODELS = Path(__file__).resolve().parent.parent / "assets"
 
 
 class ModelLoadError(ValueError):
@@ -94,7 +95,7 @@ class Family:
         return (channels or self.latent_channels) * patch * patch
 
     def padded_shape(self, latent_shape, patch: int) -> tuple[int, ...]:
-        """The latent shape rounded up so that `patch` divides the grid (ddit_method.md, padding)."""
+        """The latent shape rounded up so that `patch` divides the grid (docs/method.md, Scheduler: padding)."""
         *lead, h, w = latent_shape
         return (*lead, -(-h // patch) * patch, -(-w // patch) * patch)
 
@@ -171,11 +172,17 @@ class Family:
         return self.preset("tiny", seed)
 
     def load(self, model: str, dtype: torch.dtype = torch.float32):
-        """Load the transformer from a preset name, a diffusers pipeline/transformer folder, or a cached id."""
+        """Load the transformer from a preset name, a model shipped with the package, a diffusers
+        pipeline/transformer folder, or a cached hub id."""
         cls = self.model_class()
         if model in self.presets:
             built = self.preset(model)
             return built if dtype == torch.float32 else built.to(dtype)
+        packaged = PACKAGED_MODELS / model / "transformer"
+        if "/" not in model and (packaged / "config.json").is_file():
+            built = self._load_folder(cls, packaged, packaged, None, dtype)
+            built.register_to_config(_name_or_path=model)  # its id, not the install path (a plain JSON string)
+            return built
         path = Path(model).expanduser()
         if path.is_dir():
             for folder, sub in ((path / "transformer", "transformer"), (path, None)):
@@ -217,20 +224,3 @@ class Family:
             first = " ".join(str(err).split())[:300]
             raise ModelLoadError(f"{folder} cannot be loaded as a {cls.__name__} ({type(err).__name__}: {first}); "
                                  "check its config.json and weights files") from None
-
-
-def config_hash(config) -> str:
-    """Content hash of a diffusers config, ignoring bookkeeping keys (paths, library version)."""
-    clean = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    text = json.dumps(clean, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def family_by_name(name: str) -> Family:
-    from .flux import FLUX
-    from .wan import WAN
-
-    families = {"flux": FLUX, "wan": WAN}
-    if name not in families:
-        raise ValueError(f"unknown model family '{name}'; known: {', '.join(sorted(families))}")
-    return families[name]

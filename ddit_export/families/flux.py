@@ -66,14 +66,6 @@ class FluxFamily(Family):
 
         return FluxTransformer2DModel
 
-    def load(self, model: str, dtype: torch.dtype = torch.float32):
-        """`demo` is the small model shipped inside the package (see ddit_export/demo/)."""
-        if model == "demo":
-            from ..demo.model import load_demo_transformer
-
-            return load_demo_transformer(dtype)
-        return super().load(model, dtype)
-
     # ---- geometry -------------------------------------------------------------------------------
     def check_image_size(self, height: int, width: int, frames: int | None = None) -> None:
         self.check_pixels(height, width)
@@ -93,7 +85,7 @@ class FluxFamily(Family):
         """RoPE coordinates of each token in the BASE token grid.
 
         A coarse token spanning s x s base tokens sits at the fractional centre s*i + (s-1)/2, so
-        tokens of every patch size share one coordinate system (ddit_method.md, Positions).
+        tokens of every patch size share one coordinate system (docs/method.md, Modules per extra size: positions).
         """
         h, w = latent_shape[-2:]
         s = patch // self.base_patch

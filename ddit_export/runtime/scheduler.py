@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 STATISTICS = ("std", "detail", "x0-detail")
+DEFAULT_TAU, DEFAULT_RHO = 1e-3, 0.4  # the paper's defaults (docs/method.md); export and runtime read these
 # Number of latents a third backward difference needs.
 HISTORY = 4
 # d3 = sum(coeff[age] * z[k - age]) with age 0 the newest latent.
@@ -108,8 +109,8 @@ class ScheduleConfig:
 
     patch_sizes: tuple[int, ...]
     base_patch: int = 2
-    tau: float = 1e-3
-    rho: float = 0.4
+    tau: float = DEFAULT_TAU
+    rho: float = DEFAULT_RHO
     warmup_patch: int | None = None
     base_last_steps: int = 0
     static_patch: int | None = None

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..families.base import family_by_name
+from ..families.registry import family_by_name
+from ..pipelines.registry import teacher_pipeline
 from ..util import limits
 from .optim import LR_SCHEDULES
-from .pipelines import teacher_pipeline
 
 TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OPTIMIZERS = ("adamw", "prodigy")

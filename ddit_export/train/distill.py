@@ -19,13 +19,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..ddit.model import DDiTModel
+from ..pipelines.registry import teacher_pipeline
 from .checkpoint import load_checkpoint, newest_checkpoint, read_state, save_checkpoint
 from .config import TrainConfig
 from .data import SampleSet, SampleStream, model_inputs
 from .objective import DistillationObjective, freeze_for_distillation
 from .optim import lr_factor, make_optimizer
 from .outputs import prepare_out, publish_pack, write_train_log
-from .pipelines import teacher_pipeline
 from .recompute import enable_gradient_checkpointing
 from .sources import build_samples, guidance_for
 from .trajectories import base_tokens, call_conditions, shift_mu, timestep_like_pipeline

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .conditioning import (
+from ..pipelines.registry import teacher_pipeline
+from .config import TrainConfig
+from .data import SampleSet
+from .images import encode_image_folder, resolve_vae
+from .prompts import (
     NEGATIVE_PROMPT,
     load_negative_embeds,
     load_prompt_embeds,
@@ -12,10 +16,6 @@ from .conditioning import (
     read_prompts,
     synthetic_conditions,
 )
-from .config import TrainConfig
-from .data import SampleSet
-from .images import encode_image_folder, resolve_vae
-from .pipelines import teacher_pipeline
 from .trajectories import collect_trajectories
 
 

@@ -83,8 +83,8 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
     """
     from contextlib import nullcontext
 
-    from ..runtime.sampling import initial_noise
-    from .pipelines import teacher_pipeline
+    from ..pipelines.base import initial_noise
+    from ..pipelines.registry import teacher_pipeline
 
     family = model.family
     pipeline = teacher_pipeline(family)

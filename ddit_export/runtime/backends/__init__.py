@@ -46,7 +46,7 @@ STAGED_BACKENDS = {
 
 def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", **options) -> Backend:
     """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``."""
-    from ...export.manifest import read_manifest
+    from ...artifacts.manifest import read_manifest
 
     single = backend_class(name)  # refuses unknown names before touching the folder
     manifest = read_manifest(folder)

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from ...export.aoti import load_aoti
-from ...export.manifest import engine_entries, verify_entry
+from ...artifacts.manifest import engine_entries, verify_entry
 from .base import Backend, BackendError
+
+
+def load_aoti(path, device: str | torch.device = "cpu"):
+    """A callable taking the engine's keyword inputs and returning its prediction."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
+    return torch._inductor.aoti_load_package(str(path))
 
 
 class AotiBackend(Backend):

@@ -1,7 +1,7 @@
 """One small interface for every engine runtime, modelled on Polygraphy's runners.
 
 A backend is loaded from an engine folder (its ``manifest.json``) and runs one static-shape
-engine per patch size. Every engine has the same signature (design.md): the full-resolution
+engine per patch size. Every engine has the same signature (docs/architecture.md): the full-resolution
 latent plus the step's conditioning in, the full-resolution prediction out. So a call is one
 dict lookup by patch size, and the dispatcher never reshapes anything::
 
@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from typing_extensions import Self
 
-from ...export.iospec import IOSpec
-from ...export.manifest import read_manifest
-from ...export.request import DTYPES
+from ...artifacts.dtypes import DTYPES
+from ...artifacts.manifest import Manifest, read_manifest
 from ...util.devices import parse_device
 
 LATENT_INPUT = "latent"
@@ -50,15 +49,15 @@ class Backend(ABC):
 
     def __init__(self, folder: str | Path, manifest: dict | None = None, device: str | torch.device = "cpu"):
         self.folder = Path(folder)
-        self.manifest = manifest if manifest is not None else read_manifest(self.folder)
+        self.manifest = Manifest(manifest) if manifest is not None else read_manifest(self.folder)
         self.device = parse_device(device, "device")  # 'gpu0', 'cuda:99', 'meta': one ValueError, not a crash later
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             # An explicit index, so device comparisons (and preallocated buffers) are stable.
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.input_metadata = IOSpec.from_json(self.manifest["io"])
-        self.latent_shape = tuple(self.manifest["latent_shape"])
-        self.dtype = DTYPES[self.manifest["dtype"]]
-        self.base_patch = int(self.manifest["base_patch"])
+        self.input_metadata = self.manifest.io
+        self.latent_shape = self.manifest.latent_shape
+        self.dtype = DTYPES[self.manifest.dtype]
+        self.base_patch = self.manifest.base_patch
         # name -> (shape, torch dtype): checked and cast against on every call, in graph order.
         self._inputs = {t.name: (t.shape, torch_dtype(t.dtype)) for t in self.input_metadata.inputs}
         if LATENT_INPUT not in self._inputs:

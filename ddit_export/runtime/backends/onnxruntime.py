@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from ...export.manifest import engine_entries, verify_entry
+from ...artifacts.manifest import engine_entries, verify_entry
 from .base import LATENT_INPUT, Backend, BackendError, torch_dtype
 from .ort_cpu_threading import MODES as THREADING_MODES
 from .ort_cpu_threading import tuned_sessions

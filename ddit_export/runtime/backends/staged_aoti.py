@@ -7,15 +7,48 @@ size together holds one set of weights. Same interface as the single layout's ba
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
+from ...artifacts.layouts import PART_PREFIX, PARTS, WEIGHTS
+from ...artifacts.manifest import verify_entry
 from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
-from ...export.manifest import verify_entry
-from ...export.staged_aoti import WEIGHTS, load_part, load_shared_weights
-from ...export.staged_aoti_stage import PARTS, _as_kwargs
 from .base import Backend, BackendError
 from .staged_calls import StagedCalls, find_weights
 from .staged_onnx import staged_entries
+
+
+def load_shared_weights(path: Path, device) -> dict[str, torch.Tensor]:
+    """name -> tensor for every name of the staged model; aliases share one tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device)) as fh:
+        aliases = json.loads(fh.metadata()["aliases"])
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    return {name: tensors[first] for name, first in aliases.items()}
+
+
+def load_part(path: Path, part: str, patch: int, weights: dict[str, torch.Tensor], device):
+    """A compiled part with its constants pointed at the shared tensors (no copy)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        runner = torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
+    else:
+        runner = torch._inductor.aoti_load_package(str(path))
+    prefix = PART_PREFIX[part].format(p=patch)
+    constants = {fqn: weights[prefix + fqn] for fqn in runner.get_constant_fqns()}
+    runner.load_constants(constants, check_full_update=True, user_managed=True)
+    return runner
+
+
+def as_kwargs(runner):
+    """AOTInductor runners take the exported kwargs; a part returning one tensor returns it alone."""
+    def run(**inputs):
+        out = runner(**inputs)
+        return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+    return run
 
 
 class AotiStagedBackend(StagedCalls, Backend):
@@ -40,7 +73,7 @@ class AotiStagedBackend(StagedCalls, Backend):
         for p, entry in sorted(entries.items()):
             io = onnx[p]["parts_io"]  # the parts' input and output names (same graphs' signatures)
             self._parts[p] = {
-                part: (_as_kwargs(load_part(self.folder / rel, part, p, self.weights, self.device)),
+                part: (as_kwargs(load_part(self.folder / rel, part, p, self.weights, self.device)),
                        [t["name"] for t in io[part]["inputs"]], [t["name"] for t in io[part]["outputs"]])
                 for part, rel in zip(PARTS, entry["files"])
             }

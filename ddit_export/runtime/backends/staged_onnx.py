@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...export.manifest import verify_entry
+from ...artifacts.layouts import PARTS
+from ...artifacts.manifest import verify_entry
 from .base import Backend, BackendError
 from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from .ort_shared_weights import SharedWeights
 from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
-
-PARTS = ("embed", "trunk", "head")
 
 
 def staged_entries(manifest: dict, backend: str) -> dict[int, dict]:

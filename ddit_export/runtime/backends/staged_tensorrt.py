@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from ...export.manifest import verify_entry
-from ...export.staged_tensorrt import _resolve
-from ...export.tensorrt import check_plan_compatible, device_signature, require_tensorrt, shared_activation_bytes
+from ...artifacts.manifest import verify_entry
+from ...artifacts.tensorrt_plans import (
+    check_plan_compatible,
+    device_signature,
+    require_tensorrt,
+    resolve_axis,
+    shared_activation_bytes,
+)
 from .base import Backend, BackendError, torch_dtype
 from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
 from .staged_onnx import PARTS, onnx_initializers, staged_entries
@@ -69,7 +74,7 @@ class TensorRTStagedBackend(StagedCalls, Backend):
             for io in parts_io.values():
                 for t in [*io["inputs"], *io["outputs"]]:
                     if t["name"] not in buffers:
-                        shape = tuple(_resolve(d, tokens, text_len) for d in t["shape"])
+                        shape = tuple(resolve_axis(d, tokens, text_len) for d in t["shape"])
                         buffers[t["name"]] = torch.empty(shape, dtype=torch_dtype(t["dtype"]), device=self.device)
             buffers["size_index"].fill_(self._sizes.index(p))  # constant per size
             contexts = []

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from ...export.manifest import engine_entries, verify_entry
-from ...export.tensorrt import check_plan_compatible, device_signature, require_tensorrt, shared_activation_bytes
+from ...artifacts.manifest import engine_entries, verify_entry
+from ...artifacts.tensorrt_plans import (
+    check_plan_compatible,
+    device_signature,
+    require_tensorrt,
+    shared_activation_bytes,
+)
 from .base import Backend, BackendError, torch_dtype
 
 

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import torch
 
+from ...artifacts.manifest import ManifestError, sha256_file, sha256_tensors
+from ...ddit.loading import load_ddit_model
 from ...ddit.merge import base_state_dict, build_engine
 from ...ddit.model import DDiTModel
-from ...export.build import Reporter, load_ddit_model
-from ...export.manifest import ManifestError, sha256_file, sha256_tensors
-from ...export.request import ExportRequest
+from ...families.registry import family_by_name
 from .base import Backend
 
 
 def load_manifest_model(manifest: dict) -> DDiTModel:
     """The DDiT model (fp32, CPU, eval) a manifest was built from, verified against its hashes.
 
-    Uses the export's own loader, so the DDiT modules are attached exactly as at export time; the
+    Uses the export's own loader (ddit/loading.py), so the DDiT modules are attached exactly as at export time; the
     base weights must hash as the manifest says, and a trained adapter pack as its file hash.
     """
     adapters = manifest["adapters"].get("path")
@@ -36,10 +36,8 @@ def load_manifest_model(manifest: dict) -> DDiTModel:
                 f"adapter pack {pack_file} is not the one the engines were built with (sha256 differs); "
                 "rebuild the engines or restore the pack"
             )
-    request = ExportRequest(
-        **manifest["request"], patch_sizes=tuple(manifest["patch_sizes"]), adapters=adapters, backends=("onnx",)
-    )
-    model, _ = load_ddit_model(request, Reporter())
+    family = family_by_name(manifest["family"])
+    model = load_ddit_model(family, manifest["model"]["id"], tuple(manifest["patch_sizes"]), adapters).model
     actual = sha256_tensors(base_state_dict(model.transformer))  # as the export hashes it: base weights only
     expected = manifest["model"]["weights_sha256"]
     if actual != expected:

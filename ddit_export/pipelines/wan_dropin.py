@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 
 from ..families.wan import WAN
-from .backends.base import Backend
-from .dropin_base import DropInTransformer
-from .scheduler import ScheduleConfig
+from ..runtime.backends.base import Backend
+from ..runtime.dropin import DropInTransformer
+from ..runtime.scheduler import ScheduleConfig
 
 
 class DDiTWanTransformer(DropInTransformer):

@@ -24,7 +24,16 @@ import torch
 
 from .backends.base import Backend
 from .schedule_spec import check_schedule
-from .scheduler import DEFAULT_RULE, RULES, AccelerationScheduler, Decision, ErrorModel, ScheduleConfig
+from .scheduler import (
+    DEFAULT_RHO,
+    DEFAULT_RULE,
+    DEFAULT_TAU,
+    RULES,
+    AccelerationScheduler,
+    Decision,
+    ErrorModel,
+    ScheduleConfig,
+)
 from .trace import Trace, clock_for
 
 
@@ -72,7 +81,7 @@ def schedule_config(
     return ScheduleConfig(
         patch_sizes=sizes,
         base_patch=backend.base_patch,
-        tau=float(defaults.get("tau", 1e-3) if tau is None else tau),
+        tau=float(defaults.get("tau", DEFAULT_TAU) if tau is None else tau),
         rho=float(_default_rho(defaults, rule, preset) if rho is None else rho),
         warmup_patch=warmup_patch,
         base_last_steps=base_last_steps,
@@ -87,10 +96,10 @@ def schedule_config(
 
 
 def _default_rho(defaults: dict, rule: str, preset: dict) -> float:
-    """The manifest's rho when it was set for this rule (calibration), else the rule's own, else 0.4."""
+    """The manifest's rho when it was set for this rule (calibration), else the rule's own, else DEFAULT_RHO."""
     if defaults.get("rule", DEFAULT_RULE) == rule and "rho" in defaults:
         return defaults["rho"]
-    return preset.get("rho", defaults.get("rho", 0.4))
+    return preset.get("rho", defaults.get("rho", DEFAULT_RHO))
 
 
 class DDiTRunner:

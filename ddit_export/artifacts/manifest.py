@@ -3,6 +3,11 @@
 One manifest per engine folder: the model (id, config, weights hash), the adapters, the static
 geometry, the I/O spec shared by every engine, one entry per patch size per backend (file, sha256,
 validation), tool versions and the scheduler defaults. Runtimes load engines from it alone.
+
+This module is the manifest's one reader (`read_manifest`, which checks the structure and returns a
+typed `Manifest`) and its one writer (`write_manifest` for an export, `update_scheduler` for a
+calibration), both atomic. The file format is `MANIFEST_FORMAT`; a new key is added here, with a
+default for folders written before it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from ..util.atomic import write_text_atomic
+from .iospec import IOSpec
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -41,6 +49,13 @@ def sha256_tensors(state_dict) -> str:
     return digest.hexdigest()
 
 
+def config_hash(config) -> str:
+    """Content hash of a diffusers config, ignoring bookkeeping keys (paths, library version)."""
+    clean = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    text = json.dumps(clean, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def tool_versions() -> dict[str, str | None]:
     versions = {}
     for name in TOOLS:
@@ -51,7 +66,71 @@ def tool_versions() -> dict[str, str | None]:
     return versions
 
 
-def read_manifest(folder) -> dict:
+class Manifest(dict):
+    """A checked manifest: typed accessors over the JSON object (still a dict, so it is written back as read).
+
+    Readers use the properties; the keys not given one here (validation results, tool versions, the
+    staged layout's extras) are read as the JSON has them.
+    """
+
+    @property
+    def family(self) -> str:
+        return self["family"]
+
+    @property
+    def layout(self) -> str:
+        return self.get("layout", "single")  # folders from before layouts are single
+
+    @property
+    def model_id(self) -> str:
+        return self["model"]["id"]
+
+    @property
+    def model_config(self) -> dict:
+        return self["model"]["config"]
+
+    @property
+    def base_patch(self) -> int:
+        return int(self["base_patch"])
+
+    @property
+    def patch_sizes(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self["patch_sizes"])
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self["latent_shape"])
+
+    @property
+    def dtype(self) -> str:
+        """The engines' precision name ("fp32", "fp16", "bf16"; artifacts/dtypes.py)."""
+        return self["dtype"]
+
+    @property
+    def text_len(self) -> int:
+        return int(self["request"]["text_len"])
+
+    @property
+    def io(self) -> IOSpec:
+        """The inputs and outputs every engine of the folder shares."""
+        return IOSpec.from_json(self["io"])
+
+    @property
+    def scheduler(self) -> dict:
+        """The engines' default schedule (tau, rho, rule, warm-up, calibration)."""
+        return self["scheduler"]
+
+    @property
+    def artifact_kinds(self) -> list[str]:
+        """The kinds of engine files the folder holds ("onnx", "aoti", "trt"), in build order."""
+        return list(dict.fromkeys(e["backend"] for e in self["engines"]))
+
+    def engines_of(self, kind: str) -> dict[int, dict]:
+        """patch size -> engine entry, for one artifact kind."""
+        return engine_entries(self, kind)
+
+
+def read_manifest(folder) -> Manifest:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise ManifestError(f"{folder} has no {MANIFEST}: build engines there first with `ddit-export flux ...`")
@@ -66,7 +145,7 @@ def read_manifest(folder) -> dict:
     problem = _structure_problem(data)
     if problem:
         raise ManifestError(f"{path} is inconsistent: {problem}; rebuild the folder with --force")
-    return data
+    return Manifest(data)
 
 
 # key -> the JSON type every runtime relies on (a damaged manifest is refused, not half-used).
@@ -108,9 +187,25 @@ def _structure_problem(data: dict) -> str | None:
 
 
 def write_manifest(folder, manifest: dict) -> Path:
-    path = Path(folder) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    """Write ``manifest`` into ``folder`` completely or not at all."""
+    return write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def update_scheduler(folder, expected: dict, changes: dict, doing: str = "calibrating") -> Path:
+    """Set keys of the manifest's scheduler defaults (a calibration's tau, rho and record)."""
+    return update_block(folder, expected, "scheduler", changes, doing)
+
+
+def update_block(folder, expected: dict, block: str, changes: dict, doing: str = "calibrating") -> Path:
+    """Set keys of one top-level block of the manifest ("scheduler", "cache"), atomically.
+
+    Refuses when the manifest changed since ``expected`` was read (a re-export meanwhile).
+    """
+    current = read_manifest(folder)
+    if current.get("created") != expected.get("created") or current["engines"] != expected["engines"]:
+        raise ManifestError(f"{Path(folder) / MANIFEST} changed while {doing} (re-exported?); run it again")
+    current[block] = {**current.get(block, {}), **changes}
+    return write_manifest(folder, current)
 
 
 def engine_entries(manifest: dict, backend: str) -> dict[int, dict]:

@@ -5,7 +5,7 @@ Three sources:
   inputs stacked per prompt (`encoder_hidden_states` [N,T,D], `pooled_projections` [N,D] for FLUX),
   and for Wan's classifier-free guidance `negative_encoder_hidden_states` [1 or N,T,D];
 - the pipeline's own text encoders, when `--model` is a diffusers pipeline folder holding them
-  (FLUX: CLIP + T5 through FluxPipeline; Wan: UMT5 through WanPipeline);
+  (each family's pipeline encodes: `Pipeline.encode_prompts`);
 - otherwise SYNTHETIC embeddings: the runtime's rule (`runtime.conditioning`), a generator seeded
   from sha256(prompt), so training and `ddit-export generate` see the same tensors for one prompt.
 
@@ -86,7 +86,7 @@ def load_negative_embeds(path, family, model_config) -> dict[str, torch.Tensor]:
 
 
 def synthetic_conditions(prompts: list[str], family, model_config, text_len: int) -> dict[str, torch.Tensor]:
-    from ..export.iospec import IOSpec, TensorSpec
+    from ..artifacts.iospec import IOSpec, TensorSpec
     from ..runtime.conditioning import synthetic_conditioning
 
     specs = embedding_specs(family, model_config, text_len)
@@ -98,47 +98,15 @@ def synthetic_conditions(prompts: list[str], family, model_config, text_len: int
     return out
 
 
-def flux_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
-    """FLUX text encoders of a pipeline folder, loaded once for all prompts."""
-    from diffusers import FluxPipeline
-
-    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
-    states, pooled = [], []
-    with torch.no_grad():
-        for prompt in prompts:
-            s, p, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=torch.device(device),
-                                         num_images_per_prompt=1, max_sequence_length=text_len)
-            states.append(s.float().cpu())
-            pooled.append(p.float().cpu())
-    del pipe
-    return {"encoder_hidden_states": torch.cat(states), "pooled_projections": torch.cat(pooled)}
-
-
-def wan_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
-    """Wan's UMT5 through WanPipeline.encode_prompt (as `runtime.conditioning.wan_conditioning`)."""
-    from diffusers import WanPipeline
-
-    pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
-    with torch.no_grad():
-        states, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
-                                       max_sequence_length=text_len, device=torch.device(device))
-    del pipe
-    return {"encoder_hidden_states": states.float().cpu()}
-
-
-# family -> (sub-folders a pipeline folder must hold, encoder)
-TEXT_ENCODERS = {"flux": (("text_encoder", "text_encoder_2"), flux_encoded), "wan": (("text_encoder",), wan_encoded)}
-
-
 def prompt_conditions(prompts: list[str], family, model_config, model_id: str, text_len: int,
                       device="cpu") -> tuple[dict[str, torch.Tensor], str]:
     """Embeddings for `prompts` and a line saying where they came from."""
+    from ..pipelines.registry import pipeline_by_family
     from ..runtime.conditioning import pipeline_folder_with_text_encoders
 
-    if family.name in TEXT_ENCODERS:
-        subfolders, encode = TEXT_ENCODERS[family.name]
-        folder = pipeline_folder_with_text_encoders(model_id, subfolders)
-        if folder is not None:
-            return encode(folder, prompts, text_len, device), f"text encoders of {folder}"
+    pipeline = pipeline_by_family(family)
+    folder = pipeline_folder_with_text_encoders(model_id, pipeline.text_encoder_folders)
+    if folder is not None:
+        return pipeline.encode_prompts(folder, prompts, text_len, device), f"text encoders of {folder}"
     return (synthetic_conditions(prompts, family, model_config, text_len),
             "synthetic (seeded from sha256 of each prompt; the model has no text encoders here)")

@@ -1,4 +1,4 @@
-"""Denoising loop for Wan 2.1 engines used without a diffusers pipeline (`generate`, tests).
+"""The Wan 2.1 pipeline: the runtime half of the Wan family, for engines used without a diffusers pipeline.
 
 It reproduces what `WanPipeline` does around the transformer, so that the drop-in and this loop
 give the same video for the same seed:
@@ -17,6 +17,10 @@ give the same video for the same seed:
   halves of a preallocated input, the prompt and negative embeddings are concatenated once per
   request, and the prediction is split. Otherwise the step makes two calls of the same engine.
 
+Prompts: `guidance` is the classifier-free guidance scale (WanPipeline's default 5.0; <= 1 turns CFG
+off), and with CFG a negative prompt (WanPipeline's default "") is encoded the same way. The
+embeddings have the VIDEO batch. A Wan pipeline folder needs only `text_encoder/` (UMT5).
+
 Host synchronisations per step: the DDiT scheduler's one `.tolist()`; nothing here adds one.
 """
 
@@ -27,13 +31,16 @@ from pathlib import Path
 
 import torch
 
-from .backends.base import Backend
-from .conditioning import Conditioning
-from .dispatcher import DDiTRunner
-from .sampling import GenerationResult, initial_noise
-from .scheduler import ScheduleConfig
+from ..artifacts.iospec import IOSpec
+from ..runtime.backends.base import Backend
+from ..runtime.conditioning import Conditioning, pipeline_folder_with_text_encoders, prompt_seed
+from ..runtime.runner import DDiTRunner
+from ..runtime.scheduler import ScheduleConfig
+from .base import GenerationResult, Pipeline, TeacherPipeline, initial_noise, save_latent, vae_folder
+from .flop_count import attention, lin, scaled
 
 DEFAULT_CFG = 5.0  # WanPipeline's default guidance_scale
+TEXT_ENCODER_FOLDERS = ("text_encoder",)  # UMT5
 # Wan 2.1's released scheduler configuration (Wan-AI/Wan2.1-T2V-*-Diffusers, scheduler/).
 WAN_UNIPC = dict(
     num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
@@ -185,3 +192,119 @@ def decode_video(folder: Path, latent: torch.Tensor, device="cpu") -> list[list]
     z = latent.to(device=device, dtype=vae.dtype) / inv_std + mean
     video = vae.decode(z, return_dict=False)[0]
     return VideoProcessor(vae_scale_factor=cfg.scale_factor_spatial).postprocess_video(video, output_type="pil")
+
+
+def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = ""):
+    """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch."""
+    from ..pipelines.wan import DEFAULT_CFG, cfg_layout
+
+    guidance = DEFAULT_CFG if guidance is None else float(guidance)
+    io = IOSpec.from_json(manifest["io"])
+    engine_batch, text_len, dim = {t.name: t.shape for t in io.inputs}["encoder_hidden_states"]
+    layout = cfg_layout(engine_batch, guidance)
+    folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
+    if folder is not None:
+        from diffusers import WanPipeline
+
+        # Only the text side is loaded; the engines replace the transformer.
+        pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+        with torch.no_grad():
+            cond, neg = pipe.encode_prompt(
+                prompt=prompt, negative_prompt=negative_prompt if layout.guided else None,
+                do_classifier_free_guidance=layout.guided, num_videos_per_prompt=layout.video_batch,
+                max_sequence_length=text_len, device=torch.device(device),
+            )
+        return Conditioning(cond, None, guidance, f"text encoder of {folder}", neg)
+
+    def draw(text: str) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(prompt_seed(text))
+        return torch.randn((1, text_len, dim), generator=gen).expand(layout.video_batch, -1, -1)
+
+    neg = draw(negative_prompt) if layout.guided else None
+    source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)})"
+    return Conditioning(draw(prompt), None, guidance, source, neg)
+
+
+def wan_teacher_sampler(model_id: str | None):
+    from ..pipelines.wan import wan_sampler
+
+    return wan_sampler({"model": {"id": model_id}} if model_id else None)  # the folder's scheduler/, else UniPC
+
+
+def wan_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
+    sampler.set_timesteps(steps, device=device)  # resets UniPC's multistep history too
+    sampler.set_begin_index(0)  # as WanPipeline
+    return sampler.timesteps
+
+
+def wan_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
+    """Wan's UMT5 through WanPipeline.encode_prompt (as `wan_conditioning`)."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+    with torch.no_grad():
+        states, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+                                       max_sequence_length=text_len, device=torch.device(device))
+    del pipe
+    return {"encoder_hidden_states": states.float().cpu()}
+
+
+def wan_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bool, batch: int = 1) -> dict:
+    """Per-part FLOPs of one Wan 2.1 text-to-video engine call; ``total`` is their sum."""
+    if config.get("added_kv_proj_dim") or config.get("image_dim"):
+        raise ValueError("FLOP count: Wan image-to-video (added image K/V) is not modelled")
+    d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    n, t, f, ffn = tokens, text_len, int(config["in_channels"]) * patch * patch, int(config["ffn_dim"])
+    block = (lin(n, d, 3 * d) + attention(n, n, d) + lin(n, d, d)  # self-attention
+             + lin(n, d, d) + lin(t, d, 2 * d) + attention(n, t, d) + lin(n, d, d)  # cross-attention
+             + lin(n, d, ffn) + lin(n, ffn, d))
+    parts = {
+        "embed": lin(n, f, d),
+        "conditioning": lin(1, int(config["freq_dim"]), d) + lin(1, d, d) + lin(1, d, 6 * d)
+        + lin(t, int(config["text_dim"]), d) + lin(t, d, d),
+        "blocks": int(config["num_layers"]) * block,
+        "output": lin(n, d, f),
+        "ddit_residual": lin(n, f, f) if residual else 0,
+    }
+    return scaled(parts, batch)
+
+
+def write_video(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
+    """The video latent always; a GIF per video when the model folder has Wan's VAE."""
+    written = [save_latent(latent, out)]
+    folder = vae_folder(manifest)
+    if folder is not None:
+        videos = decode_video(folder, latent, device)
+        for i, frames in enumerate(videos):
+            gif = out / ("video.gif" if len(videos) == 1 else f"video_{i}.gif")
+            frames[0].save(gif, save_all=True, append_images=frames[1:], duration=62, loop=0)  # 16 fps, Wan's rate
+            written.append(gif)
+    return written
+
+
+class Wan(Pipeline):
+    """Wan 2.1 text-to-video as `WanPipeline` samples it (module docstring)."""
+
+    family = "wan"
+    # CFG-free trajectories by default: the student only learns the conditional velocity (train/trajectories.py)
+    teacher = TeacherPipeline(wan_teacher_sampler, wan_schedule, keeps_fp32_latent=True, guidance="cfg",
+                              default_guidance=1.0, default_steps=50)  # WanPipeline's 50 steps
+    text_encoder_folders = TEXT_ENCODER_FOLDERS
+
+    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt=""):
+        return wan_conditioning(manifest, prompt, guidance, device, negative_prompt)
+
+    def generate(self, backend, conditioning, schedule, **options):
+        return generate_wan(backend, conditioning, schedule, **options)
+
+    def write_outputs(self, manifest, latent, out, device):
+        return write_video(manifest, latent, out, device)
+
+    def encode_prompts(self, folder, prompts, text_len, device):
+        return wan_encoded(folder, prompts, text_len, device)
+
+    def flops(self, config, tokens, text_len, patch, residual, batch=1):
+        return wan_flops(config, tokens, text_len, patch, residual, batch)
+
+
+WAN_PIPELINE = Wan()

@@ -23,7 +23,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from .backends.base import Backend
-from .dispatcher import DDiTRunner, schedule_config
+from .runner import DDiTRunner, schedule_config
 from .scheduler import Decision, ScheduleConfig
 from .trace import Trace
 
