@@ -105,14 +105,15 @@ def block_detail(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     P as the engines pad. One float32 tensor on ``x``'s device; no host synchronisation.
     """
     x = x.float().flatten(1, -3)
-    b, c, h, w = x.shape
+    h, w = x.shape[-2:]
     out = []
     for p in sizes:
         pad_h, pad_w = -h % p, -w % p
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
-        blocks = xp.reshape(b, c, (h + pad_h) // p, p, (w + pad_w) // p, p)
-        out.append((blocks - blocks.mean(dim=(3, 5), keepdim=True)).pow(2).mean().sqrt())
-    return torch.stack(out) if out else x.new_empty(0)
+        # The mean over equal-sized blocks of each block's variance is E[x^2] - E[block mean^2]: two
+        # reductions and one pooling, half the time of subtracting the means block by block.
+        out.append(xp.square().mean() - F.avg_pool2d(xp, p).square().mean())
+    return torch.stack(out).clamp_min(0).sqrt() if out else x.new_empty(0)
 
 
 def choose_size(details: Mapping[int, float], model: ErrorModel, sigma: float, step: float, tau: float,
