@@ -110,10 +110,17 @@ def plot_schedule_front(points: list, path) -> Path:
         ax.scatter([p.token_cost for p in mine], [p.psnr for p in mine], s=14, alpha=0.6, label=f"fixed: {family}")
     front = sorted((p for p in finite if p.front), key=lambda p: p.token_cost)
     ax.plot([p.token_cost for p in front], [p.psnr for p in front], color="black", lw=1, label="fixed front")
-    for p in (q for q in finite if q.kind == "dynamic"):
+    dynamic = sorted((q for q in finite if q.kind == "dynamic"), key=lambda q: q.psnr)
+    spread = max([q.psnr for q in finite] + [1.0]) - min([q.psnr for q in finite] + [0.0])
+    label_y = float("-inf")
+    for p in dynamic:
         ax.scatter([p.token_cost], [p.psnr], s=90, marker="*", zorder=3,
                    color="tab:green" if p.above_front else "tab:red")
-        ax.annotate(p.label, (p.token_cost, p.psnr), textcoords="offset points", xytext=(5, 4), fontsize="small")
+        # Rules often sit close together: labels are stacked at least 5% of the range apart, with leader lines.
+        label_y = max(p.psnr - 0.03 * spread, label_y + 0.05 * spread)
+        ax.annotate(p.label, (p.token_cost, p.psnr), xytext=(p.token_cost + 0.06, label_y), fontsize="small",
+                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"},
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xlabel("token cost (fraction of the static base's tokens)")
     ax.set_ylabel("PSNR vs static base (dB)")
     ax.set_title("dynamic rules (stars: green above the fixed front) vs fixed schedules")
