@@ -57,6 +57,7 @@ class DDiTServer:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ddit-sampling")
         self.conditionings: OrderedDict = OrderedDict()
         self.served = 0
+        self.in_flight = 0  # requests inside generate_batch (queued for a batch or sampling)
         self.tokens = {p: _tokens(self.solo.latent_shape, p) for p in self.sizes}
         from .metrics import ServeMetrics
 
@@ -80,7 +81,7 @@ class DDiTServer:
     def health(self) -> dict:
         return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
-                "max_batch": self.max_batch, "served": self.served}
+                "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight}
 
     async def generate_http(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -98,7 +99,11 @@ class DDiTServer:
             return self._refuse(err)
         except ValueError as err:  # the library's own checks (unknown class, schedule vs sizes, ...)
             return self._refuse(RequestError(str(err), 422))
-        result = await self.generate_batch(job)
+        self.in_flight += 1
+        try:
+            result = await self.generate_batch(job)
+        finally:
+            self.in_flight -= 1
         if isinstance(result, Exception):
             self.metrics.refused("sampling")
             self.metrics.answered(500, time.perf_counter() - start)

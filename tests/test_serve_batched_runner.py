@@ -1,0 +1,90 @@
+"""`BatchedRunner` without Ray: lock-step requests keep their solo schedules and latents, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from serve_helpers import VARIANT_BATCH, demo_engine_folders
+
+from ddit_export.runtime.backends import get_backend
+from ddit_export.runtime.conditioning import make_conditioning
+from ddit_export.runtime.dispatcher import schedule_config
+from ddit_export.runtime.sampling import generate
+from ddit_export.runtime.schedule_spec import parse_schedule
+from ddit_export.serve.batched_runner import BatchedRunner, Job
+
+
+@pytest.fixture(scope="module")
+def backends(torch_single_thread_module):
+    solo_dir, batch_dir = demo_engine_folders()
+    solo, batched = get_backend("onnx", solo_dir), get_backend("onnx", batch_dir)
+    yield solo, batched
+    solo.close()
+    batched.close()
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread_module():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def jobs_for(solo) -> list[Job]:
+    """Five requests that diverge: three classes, three seeds, a tuned dynamic rule, a looser tau, a fixed
+    schedule and a different step count, so groups form, split and shrink as requests change size or finish."""
+    cond = {c: make_conditioning(solo.manifest, c) for c in ("red circle", "white checkered circle", "cyan ring")}
+    dynamic = schedule_config(solo)
+    return [
+        Job(cond["red circle"], dynamic, steps=12, seed=1),
+        Job(cond["white checkered circle"], dynamic, steps=12, seed=2),
+        Job(cond["cyan ring"], schedule_config(solo, tau=0.05), steps=12, seed=3),
+        Job(cond["red circle"], schedule_config(solo, schedule=parse_schedule("8x4,4x4,2x2")), steps=10, seed=4),
+        Job(cond["cyan ring"], dynamic, steps=9, seed=5),
+    ]
+
+
+def test_lock_step_equals_solo_runs(backends):
+    solo, batched = backends
+    runner = BatchedRunner([batched, solo])
+    assert runner.batches == (1, VARIANT_BATCH)
+    jobs = jobs_for(solo)
+    results = runner.run(jobs)
+    shared = 0
+    for job, result in zip(jobs, results):
+        alone = generate(solo, job.conditioning, job.config, steps=job.steps, seed=job.seed)
+        assert result.trace.schedule == alone.trace.schedule
+        assert torch.equal(result.latent, alone.latent)  # bitwise: rows of the demo's engines are independent
+        assert len(result.batch_sizes) == job.steps
+        shared += sum(n > 1 for n in result.batch_sizes)
+    assert shared > 0  # engine calls were really shared
+    assert max(max(r.batch_sizes) for r in results) <= VARIANT_BATCH  # a group never exceeds the largest batch
+    schedules = {tuple(r.trace.schedule) for r in results}
+    assert len(schedules) > 1  # the requests did not share one schedule
+
+
+def test_group_split_and_padding(backends):
+    solo, batched = backends
+    runner = BatchedRunner([solo, batched])
+    assert [runner.call_batch(n) for n in (1, 2, 3, 4, 5)] == [1, 4, 4, 4, 4]
+    cond = make_conditioning(solo.manifest, "green square")
+    fixed = schedule_config(solo, schedule=parse_schedule("8x3,2x2"))
+    jobs = [Job(cond, fixed, steps=5, seed=s) for s in range(6)]  # 6 at one size: one call of 4, one of 2 padded
+    results = runner.run(jobs)
+    assert sorted(r.batch_sizes for r in results) == [[2] * 5] * 2 + [[4] * 5] * 4
+    for job, result in zip(jobs, results):
+        alone = generate(solo, job.conditioning, job.config, steps=job.steps, seed=job.seed)
+        assert torch.equal(result.latent, alone.latent)
+
+
+def test_bad_job_fails_alone_and_bad_engine_sets_refused(backends):
+    solo, batched = backends
+    runner = BatchedRunner([solo])
+    cond = make_conditioning(solo.manifest, "green square")
+    good = Job(cond, schedule_config(solo), steps=4, seed=0)
+    results = runner.run([good, Job(cond, schedule_config(solo), steps=0, seed=0)])
+    assert isinstance(results[1], ValueError) and "steps" in str(results[1])
+    assert torch.equal(results[0].latent, generate(solo, cond, good.config, steps=4, seed=0).latent)
+    with pytest.raises(ValueError, match="batch-1 engines"):
+        BatchedRunner([batched])
