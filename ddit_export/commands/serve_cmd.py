@@ -108,6 +108,13 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
     from ..serve.config import serve_config, write_config
 
     folder = _check(args)
+    if args.write_config:  # before any export: a path that cannot be written is refused at once
+        from ..util.atomic import check_writable
+
+        config_path = Path(args.write_config).expanduser()
+        if config_path.is_dir():
+            raise ValueError(f"--write-config {config_path} is a folder; name the file, e.g. {config_path}/serve.yaml")
+        check_writable(config_path.parent, "--write-config's folder")
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if torch.cuda.is_available() else 0.0)
     batch_dirs = []
     if args.max_batch > 1:

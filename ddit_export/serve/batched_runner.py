@@ -121,7 +121,7 @@ class BatchedRunner:
         for i, job in enumerate(jobs):
             try:
                 active[i] = _Active(job, self.solo)
-            except Exception as err:  # noqa: BLE001 - handed back to that request alone
+            except Exception as err:  # handed back to that request alone
                 results[i] = err
         while active:
             groups: dict[int, list[int]] = {}

@@ -61,7 +61,8 @@ class Report:
             "not_sent": self.requests - len(self.outcomes),
             "wall_seconds": round(self.wall_seconds, 3),
             "throughput_rps": round(len(ok) / self.wall_seconds, 3) if self.wall_seconds else 0.0,
-            "latency_seconds": {f"p{q}": round(_percentile(latencies, q), 4) for q in (50, 95, 99)} if latencies else {},
+            "latency_seconds": {f"p{q}": round(_percentile(latencies, q), 4) for q in (50, 95, 99)}
+            if latencies else {},
             "error_examples": sorted({f"{o.status}: {o.error}" for o in self.outcomes if o.error})[:5],
             "killed_replica_pid": self.killed_pid,
             "verification": self.verification,

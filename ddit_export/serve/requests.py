@@ -69,7 +69,9 @@ def _float(body: dict, key: str, low: float, high: float | None, open_ends: bool
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RequestError(f"'{key}' must be a finite number (got {value!r})")
-    ok = (low < value if open_ends else low <= value) and (high is None or (value < high if open_ends else value <= high))
+    above = low < value if open_ends else low <= value
+    below = high is None or (value < high if open_ends else value <= high)
+    ok = above and below
     if not ok:
         span = f"in ({low}, {high})" if open_ends else (f">= {low}" if high is None else f"in [{low}, {high}]")
         raise RequestError(f"'{key}' must be {span} (got {value})")
