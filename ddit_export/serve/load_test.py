@@ -63,6 +63,9 @@ class Report:
             "throughput_rps": round(len(ok) / self.wall_seconds, 3) if self.wall_seconds else 0.0,
             "latency_seconds": {f"p{q}": round(_percentile(latencies, q), 4) for q in (50, 95, 99)}
             if latencies else {},
+            "mean_requests_per_engine_call": round(
+                sum(sum(o.trace["batch_sizes"]) for o in ok if o.trace) /
+                max(1, sum(len(o.trace["batch_sizes"]) for o in ok if o.trace)), 3),
             "error_examples": sorted({f"{o.status}: {o.error}" for o in self.outcomes if o.error})[:5],
             "killed_replica_pid": self.killed_pid,
             "verification": self.verification,
