@@ -88,3 +88,45 @@ def test_bad_job_fails_alone_and_bad_engine_sets_refused(backends):
     assert torch.equal(results[0].latent, generate(solo, cond, good.config, steps=4, seed=0).latent)
     with pytest.raises(ValueError, match="batch-1 engines"):
         BatchedRunner([batched])
+
+
+def test_requests_joining_a_running_loop_keep_their_solo_results(backends):
+    """A request admitted at another request's step 3 shares its engine calls (rows at different timesteps)."""
+    from ddit_export.serve.batched_runner import _Active
+
+    solo, batched = backends
+    runner = BatchedRunner([solo, batched])
+    fixed = schedule_config(solo, schedule=parse_schedule("8x6,2x2"))
+    first = Job(make_conditioning(solo.manifest, "red circle"), fixed, steps=8, seed=21)
+    later = Job(make_conditioning(solo.manifest, "lime hatched diamond"), fixed, steps=8, seed=22)
+    active, results = {"first": _Active(first, solo, 0.0)}, {}
+    for _ in range(3):
+        results.update(runner.step(active))
+    active["later"] = _Active(later, solo, 0.0)
+    while active:
+        results.update(runner.step(active))
+    assert results["first"].batch_sizes == [1, 1, 1, 2, 2, 2, 1, 1]  # steps 3-5 at p8 with the newcomer's 0-2
+    for key, job in (("first", first), ("later", later)):
+        alone = generate(solo, job.conditioning, job.config, steps=job.steps, seed=job.seed)
+        assert torch.equal(results[key].latent, alone.latent)
+
+
+def test_continuous_batcher_admits_up_to_max_active(backends):
+    from ddit_export.serve.continuous import ContinuousBatcher
+
+    solo, batched = backends
+    batcher = ContinuousBatcher(BatchedRunner([solo, batched]), max_active=2)
+    try:
+        cond = make_conditioning(solo.manifest, "yellow cross")
+        jobs = [Job(cond, schedule_config(solo), steps=6, seed=30 + i) for i in range(3)]
+        futures = [batcher.submit(job) for job in jobs]
+        bad = batcher.submit(Job(cond, schedule_config(solo), steps=0, seed=0))
+        results = [f.result(timeout=120) for f in futures]
+        with pytest.raises(ValueError, match="steps"):
+            bad.result(timeout=120)
+    finally:
+        batcher.close()
+    assert max(max(r.batch_sizes) for r in results) <= 2  # never more than max_active sampling together
+    for job, result in zip(jobs, results):
+        alone = generate(solo, job.conditioning, job.config, steps=job.steps, seed=job.seed)
+        assert torch.equal(result.latent, alone.latent) and result.trace.schedule == alone.trace.schedule

@@ -5,9 +5,10 @@
     GET  /healthz       JSON: engines, batches, replica pid, requests served
 
 Batching: `@serve.batch` collects the requests that arrive within `--batch-wait-ms` (at most
-`--max-batch`); `BatchedRunner` samples them in lock-step, each with its own scheduler, one engine
-call per patch size per step. The loop runs on one worker thread, so the replica keeps answering
-HTTP (and collecting the next batch) while a batch samples.
+`--max-batch`) and they join the replica's sampling loop together (`ContinuousBatcher`, one thread,
+so the replica keeps answering HTTP); `BatchedRunner.step` advances every active request, each with
+its own scheduler, one engine call per patch size per step. Requests of a later window join at the
+next step, up to `--max-batch` sampling at once.
 
 `build_app(args)` is the application builder `serve run` / `serve deploy` import (serve/config.py).
 """
@@ -20,13 +21,13 @@ import json
 import os
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .continuous import ContinuousBatcher
 from .requests import MAX_BODY_BYTES, GenerateRequest, RequestError, parse_body
 
 DEFAULT_STEPS = 28
@@ -54,7 +55,7 @@ class DDiTServer:
         self.max_batch = max_batch
         self.generate_batch.set_max_batch_size(max_batch)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ddit-sampling")
+        self.batcher = ContinuousBatcher(self.runner, max_active=max_batch)
         self.conditionings: OrderedDict = OrderedDict()
         self.served = 0
         self.in_flight = 0  # requests inside generate_batch (queued for a batch or sampling)
@@ -81,7 +82,8 @@ class DDiTServer:
     def health(self) -> dict:
         return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
-                "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight}
+                "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
+                "sampling": self.batcher.active}
 
     async def generate_http(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -225,10 +227,18 @@ class DDiTServer:
         }
 
     # -- batching -----------------------------------------------------------------------------------
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.01, max_concurrent_batches=1024)
     async def generate_batch(self, jobs: list) -> list:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self.runner.run, jobs)
+        """The window's requests join the sampling loop together (and so start in lock-step); later windows join
+        the same loop at its next step, up to --max-batch requests sampling at once."""
+        futures = [self.batcher.submit(job) for job in jobs]
+        results = []
+        for future in futures:
+            try:
+                results.append(await asyncio.wrap_future(future))
+            except Exception as err:  # that request's failure, answered as a 500
+                results.append(err)
+        return results
 
 
 def _tokens(latent_shape, patch: int) -> int:

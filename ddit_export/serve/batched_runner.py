@@ -48,7 +48,7 @@ class JobResult:
     latent: torch.Tensor  # 1 x C x h x w, the final sampler latent
     trace: Trace
     batch_sizes: list[int] = field(default_factory=list)  # per step: requests in this request's engine call
-    seconds: float = 0.0  # wall time of the lock-step run this request was part of, until it finished
+    seconds: float = 0.0  # from joining the lock-step loop to finishing
 
 
 def engine_batch(backend: Backend) -> int:
@@ -58,7 +58,7 @@ def engine_batch(backend: Backend) -> int:
 class _Active:
     """Per-request loop state (what `generate` keeps in locals)."""
 
-    def __init__(self, job: Job, solo: Backend):
+    def __init__(self, job: Job, solo: Backend, admitted: float):
         if not (isinstance(job.steps, int) and job.steps >= 1):
             raise ValueError(f"steps must be a positive integer (got {job.steps!r})")
         device, dtype, shape = solo.device, solo.dtype, solo.latent_shape
@@ -72,6 +72,7 @@ class _Active:
         self.runner = DDiTRunner(solo, job.config, total_steps=job.steps)
         self.step = 0
         self.batch_sizes: list[int] = []
+        self.admitted = admitted
 
     @property
     def done(self) -> bool:
@@ -114,29 +115,37 @@ class BatchedRunner:
         return tuple(self.backends)
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult | Exception]:
-        """Sample every job; a job that cannot start (bad steps, ...) gets its exception in its slot."""
+        """Sample every job in lock-step; a job that cannot start (bad steps, ...) gets its exception in its slot."""
         start = time.perf_counter()
         results: list[JobResult | Exception | None] = [None] * len(jobs)
         active: dict[int, _Active] = {}
         for i, job in enumerate(jobs):
             try:
-                active[i] = _Active(job, self.solo)
+                active[i] = _Active(job, self.solo, start)
             except Exception as err:  # handed back to that request alone
                 results[i] = err
         while active:
-            groups: dict[int, list[int]] = {}
-            for i, state in active.items():
-                decision = state.runner.decide(state.latent, state.step)
-                groups.setdefault(decision.patch_size, []).append(i)
-            for patch, members in groups.items():
-                size = self.call_batch(len(members))
-                for lo in range(0, len(members), size):
-                    self._run_group(patch, [active[i] for i in members[lo:lo + size]])
-            for i in [i for i, s in active.items() if s.done]:
-                state = active.pop(i)
-                results[i] = JobResult(state.latent, state.runner.finish(), state.batch_sizes,
-                                       time.perf_counter() - start)
+            for i, result in self.step(active).items():
+                results[i] = result
         return results  # type: ignore[return-value]
+
+    def step(self, active: dict) -> dict:
+        """One denoising step of every request in `active` (key -> `_Active`): each decides its own patch size,
+        each size's requests share engine calls. Finished requests leave `active`; returns key -> JobResult."""
+        groups: dict[int, list] = {}
+        for key, state in active.items():
+            decision = state.runner.decide(state.latent, state.step)
+            groups.setdefault(decision.patch_size, []).append(key)
+        for patch, members in groups.items():
+            size = self.call_batch(len(members))
+            for lo in range(0, len(members), size):
+                self._run_group(patch, [active[k] for k in members[lo:lo + size]])
+        done = {}
+        for key in [k for k, s in active.items() if s.done]:
+            state = active.pop(key)
+            done[key] = JobResult(state.latent, state.runner.finish(), state.batch_sizes,
+                                  time.perf_counter() - state.admitted)
+        return done
 
     def _run_group(self, patch: int, group: list[_Active]) -> None:
         """One engine call for every request of the group, then each request's own sampler step."""
