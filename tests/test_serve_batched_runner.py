@@ -130,3 +130,22 @@ def test_continuous_batcher_admits_up_to_max_active(backends):
     for job, result in zip(jobs, results):
         alone = generate(solo, job.conditioning, job.config, steps=job.steps, seed=job.seed)
         assert torch.equal(result.latent, alone.latent) and result.trace.schedule == alone.trace.schedule
+
+
+def test_groups_split_by_measured_call_time(backends):
+    solo, batched = backends
+    runner = BatchedRunner([solo, batched])
+    measured = runner.calibrate(repeats=1)
+    assert sorted(measured) == [(b, p) for b in (1, VARIANT_BATCH) for p in (2, 4, 8)]
+    assert all(t > 0 for t in measured.values())
+    # a batched call dearer than four single ones -> single calls; cheaper -> one padded call
+    runner.call_seconds = {(1, 2): 1.0, (VARIANT_BATCH, 2): 5.0, (1, 8): 1.0, (VARIANT_BATCH, 8): 1.5}
+    assert [runner.call_batch(n, 2) for n in (1, 3, 4)] == [1, 1, 1]
+    assert [runner.call_batch(n, 8) for n in (1, 2, 3, 4, 6)] == [1, 2, 3, 4, 4]
+    cond = make_conditioning(solo.manifest, "magenta diamond")
+    fixed = schedule_config(solo, schedule=parse_schedule("8x3,2x3"))
+    jobs = [Job(cond, fixed, steps=6, seed=40 + i) for i in range(3)]
+    results = runner.run(jobs)
+    assert all(r.batch_sizes == [3, 3, 3, 1, 1, 1] for r in results)  # p8 shared, p2 one by one
+    for job, result in zip(jobs, results):
+        assert torch.equal(result.latent, generate(solo, job.conditioning, job.config, steps=6, seed=job.seed).latent)

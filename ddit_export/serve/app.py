@@ -47,6 +47,8 @@ class DDiTServer:
         folders = [engine_dir, *batch_dirs]
         self.backends = [get_backend(backend, folder, device=self.device) for folder in folders]
         self.runner = BatchedRunner(self.backends)
+        if len(self.backends) > 1:
+            self.runner.calibrate()  # how to split each size's group: measured here, on this replica's device
         self.solo = self.runner.solo
         self.manifest = self.solo.manifest
         self.sizes = tuple(self.solo.patch_sizes)
@@ -83,7 +85,8 @@ class DDiTServer:
         return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
                 "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
-                "sampling": self.batcher.active}
+                "sampling": self.batcher.active,
+                "call_ms": {f"b{b}p{p}": round(1000 * t, 3) for (b, p), t in self.runner.call_seconds.items()}}
 
     async def generate_http(self, request: Request) -> Response:
         start = time.perf_counter()

@@ -6,9 +6,10 @@
 
 Every request keeps its own `DDiTRunner` (its scheduler ring, its trace), its own sampler and its own
 noise, exactly as `sampling.generate` sets them up. Each step, every active request decides its patch
-size from its own latent; the requests that chose the same size run as ONE call of that size's engine
-(rows stacked along the batch; the group padded with copies of its first row up to the smallest
-loaded batch that holds it); then each request takes its own sampler step. Nothing of one request
+size from its own latent; the requests that chose the same size share calls of that size's engine
+(rows stacked along the batch, padded with copies of a real row up to a loaded batch; how a group is
+split is chosen from each engine's measured call time, `calibrate`); then each request takes its own
+sampler step. Nothing of one request
 reaches another's scheduler, so a request's schedule and latent are the ones a solo run gives
 whenever the engine's rows do not depend on each other (bitwise on the demo's ONNX engines,
 docs/serving.md; the tests check it).
@@ -100,14 +101,32 @@ class BatchedRunner:
                 raise ValueError(f"{b.folder} (batch {batch}) lacks patch sizes {sorted(missing)}")
         self.backends = dict(sorted(by_batch.items()))
         self.max_batch = max(self.backends)
+        self.call_seconds: dict[tuple[int, int], float] = {}  # (batch, patch) -> seconds per call (`calibrate`)
 
-    def call_batch(self, n: int) -> int:
-        """Requests per engine call for a group of `n`: the smallest loaded batch that holds it (else the largest).
+    def calibrate(self, repeats: int = 5) -> dict[tuple[int, int], float]:
+        """Time one call of every (batch, patch) engine (median of `repeats` after a warm call), so `call_batch`
+        picks the cheapest way to run a group. Measured on the demo's ONNX engines on a 2-core CPU, a batch-8 call
+        cost less than 8 batch-1 calls at p8 and more at p2 and p4 (docs/serving.md)."""
+        for batch, backend in self.backends.items():
+            feeds = {t.name: torch.zeros(t.shape, dtype=backend.dtype, device=backend.device)
+                     for t in backend.input_metadata.inputs}
+            latent = feeds.pop("latent")
+            for patch in self.solo.patch_sizes:
+                times = []
+                for _ in range(repeats + 1):
+                    start = time.perf_counter()
+                    backend(patch, latent, **feeds).cpu()  # .cpu(): the call has finished on any device
+                    times.append(time.perf_counter() - start)
+                self.call_seconds[(batch, patch)] = sorted(times[1:])[repeats // 2]
+        return dict(self.call_seconds)
 
-        Measured on the demo's ONNX engines on a 2-core CPU, a padded batch-8 call and the same requests as
-        batch-1 calls cost about the same at p2 (compute-bound) and the batch call wins at p4 / p8
-        (docs/serving.md); rows are bitwise identical either way, so this choice never changes a result.
-        """
+    def call_batch(self, n: int, patch: int | None = None) -> int:
+        """Requests per engine call for a group of `n` at `patch`: with `calibrate`d times, the loaded batch whose
+        calls take least in total (`ceil(n / b) * t(b)`, ties to the larger batch); else the smallest loaded batch
+        that holds the group. Rows are bitwise identical at every batch, so the choice never changes a result."""
+        if patch is not None and self.call_seconds:
+            best = min(self.backends, key=lambda b: (-(-n // b) * self.call_seconds[(b, patch)], -b))
+            return min(best, n) if best > 1 else 1
         return min((b for b in self.backends if b >= n), default=self.max_batch)
 
     @property
@@ -137,7 +156,7 @@ class BatchedRunner:
             decision = state.runner.decide(state.latent, state.step)
             groups.setdefault(decision.patch_size, []).append(key)
         for patch, members in groups.items():
-            size = self.call_batch(len(members))
+            size = self.call_batch(len(members), patch)
             for lo in range(0, len(members), size):
                 self._run_group(patch, [active[k] for k in members[lo:lo + size]])
         done = {}
@@ -150,7 +169,7 @@ class BatchedRunner:
     def _run_group(self, patch: int, group: list[_Active]) -> None:
         """One engine call for every request of the group, then each request's own sampler step."""
         n = len(group)
-        batch = self.call_batch(n)
+        batch = min((b for b in self.backends if b >= n), default=self.max_batch)
         backend = self.backends[batch]
         rows = group + [group[0]] * (batch - n)  # padding: copies of a real row, so no NaN or overflow
 
