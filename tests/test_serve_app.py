@@ -35,7 +35,7 @@ def server(tmp_path_factory):
     from safetensors.torch import save_file
 
     from ddit_export.demo.conditioning import demo_conditioning
-    from ddit_export.serve.app import build_app, deployment_options
+    from ddit_export.serve.app import bind_app, deployment_options
 
     solo_dir, batch_dir = demo_engine_folders()
     embeds = tmp_path_factory.mktemp("embeds")
@@ -49,7 +49,7 @@ def server(tmp_path_factory):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         options = deployment_options(replicas=1, max_batch=VARIANT_BATCH, num_cpus=0.5)
-        serve.run(build_app({"engine_dir": str(solo_dir), "batch_dirs": [str(batch_dir)], "max_batch": VARIANT_BATCH,
+        serve.run(bind_app({"engine_dir": str(solo_dir), "batch_dirs": [str(batch_dir)], "max_batch": VARIANT_BATCH,
                              "batch_wait_ms": BATCH_WAIT_MS, "embeds_dir": str(embeds)}, options),
                   name="ddit", route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",

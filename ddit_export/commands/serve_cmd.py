@@ -139,7 +139,7 @@ def _serve(args, config: dict, console: Console) -> int:
     import ray
     from ray import serve
 
-    from ..serve.app import build_app
+    from ..serve.app import bind_app
 
     app_cfg = config["applications"][0]
     deployment = {k: v for k, v in app_cfg["deployments"][0].items() if k != "name"}
@@ -152,7 +152,7 @@ def _serve(args, config: dict, console: Console) -> int:
     ray.init(**init, logging_level="ERROR", log_to_driver=False)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(app_cfg["args"], deployment), name=app_cfg["name"], route_prefix="/")
+        serve.run(bind_app(app_cfg["args"], deployment), name=app_cfg["name"], route_prefix="/")
         url = f"http://{args.host}:{args.port}"
         console.print(f"serving {args.engine_dir} on {url} in {time.perf_counter() - started:.1f} s: "
                       f"POST {url}/v1/generate, GET {url}/healthz (Ctrl-C stops)")

@@ -269,9 +269,14 @@ def deployment_options(replicas: int | None = None, autoscale: tuple[int, int] |
     return options
 
 
-def build_app(args: dict, options: dict | None = None):
+def build_app(args: dict):
     """Application builder for `serve run ddit_export.serve.app:build_app engine_dir=...` and config files
-    (whose `deployments` section sets replicas and resources); `options` go to `DDiTServer.options`."""
+    (whose `deployments` section sets replicas and resources). Ray requires exactly one parameter."""
+    return bind_app(args)
+
+
+def bind_app(args: dict, options: dict | None = None):
+    """The application for `args` (build_app's keys), with `options` for `DDiTServer.options` (replicas, ...)."""
     known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps"}
     unknown = sorted(set(args) - known)
     if unknown or "engine_dir" not in args:
