@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args) -> Path:
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():  # before the heavy imports: a typo answers at once
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     from ..export.manifest import read_manifest
     from ..runtime.backends import backend_class
 
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     manifest = read_manifest(folder)
     if manifest.get("family") != "flux":
         raise ValueError(f"serve runs FLUX-family engines; {folder} holds {manifest.get('family')} engines")
@@ -102,11 +102,6 @@ def _port_free(host: str, port: int) -> None:
 
 
 def serve_command(args: argparse.Namespace, console: Console) -> int:
-    import torch
-
-    from ..serve.batch_engines import batch_variant
-    from ..serve.config import serve_config, write_config
-
     folder = _check(args)
     if args.write_config:  # before any export: a path that cannot be written is refused at once
         from ..util.atomic import check_writable
@@ -115,6 +110,11 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
         if config_path.is_dir():
             raise ValueError(f"--write-config {config_path} is a folder; name the file, e.g. {config_path}/serve.yaml")
         check_writable(config_path.parent, "--write-config's folder")
+    import torch
+
+    from ..serve.batch_engines import batch_variant
+    from ..serve.config import serve_config, write_config
+
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if torch.cuda.is_available() else 0.0)
     batch_dirs = []
     if args.max_batch > 1:
