@@ -92,17 +92,17 @@ def test_bad_job_fails_alone_and_bad_engine_sets_refused(backends):
 
 def test_requests_joining_a_running_loop_keep_their_solo_results(backends):
     """A request admitted at another request's step 3 shares its engine calls (rows at different timesteps)."""
-    from ddit_export.serve.batched_runner import _Active
+    from ddit_export.serve.batched_runner import ActiveRequest
 
     solo, batched = backends
     runner = BatchedRunner([solo, batched])
     fixed = schedule_config(solo, schedule=parse_schedule("8x6,2x2"))
     first = Job(make_conditioning(solo.manifest, "red circle"), fixed, steps=8, seed=21)
     later = Job(make_conditioning(solo.manifest, "lime hatched diamond"), fixed, steps=8, seed=22)
-    active, results = {"first": _Active(first, solo, 0.0)}, {}
+    active, results = {"first": ActiveRequest(first, solo, 0.0)}, {}
     for _ in range(3):
         results.update(runner.step(active))
-    active["later"] = _Active(later, solo, 0.0)
+    active["later"] = ActiveRequest(later, solo, 0.0)
     while active:
         results.update(runner.step(active))
     assert results["first"].batch_sizes == [1, 1, 1, 2, 2, 2, 1, 1]  # steps 3-5 at p8 with the newcomer's 0-2

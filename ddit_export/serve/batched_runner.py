@@ -56,7 +56,7 @@ def engine_batch(backend: Backend) -> int:
     return int(backend.latent_shape[0])
 
 
-class _Active:
+class ActiveRequest:
     """Per-request loop state (what `generate` keeps in locals)."""
 
     def __init__(self, job: Job, solo: Backend, admitted: float):
@@ -139,10 +139,10 @@ class BatchedRunner:
         """Sample every job in lock-step; a job that cannot start (bad steps, ...) gets its exception in its slot."""
         start = time.perf_counter()
         results: list[JobResult | Exception | None] = [None] * len(jobs)
-        active: dict[int, _Active] = {}
+        active: dict[int, ActiveRequest] = {}
         for i, job in enumerate(jobs):
             try:
-                active[i] = _Active(job, self.solo, start)
+                active[i] = ActiveRequest(job, self.solo, start)
             except Exception as err:  # handed back to that request alone
                 results[i] = err
         while active:
@@ -151,7 +151,7 @@ class BatchedRunner:
         return results  # type: ignore[return-value]
 
     def step(self, active: dict) -> dict:
-        """One denoising step of every request in `active` (key -> `_Active`): each decides its own patch size,
+        """One denoising step of every request in `active` (key -> `ActiveRequest`): each decides its own patch size,
         each size's requests share engine calls. Finished requests leave `active`; returns key -> JobResult."""
         groups: dict[int, list] = {}
         for key, state in active.items():
@@ -168,7 +168,7 @@ class BatchedRunner:
                                   time.perf_counter() - state.admitted)
         return done
 
-    def _run_group(self, patch: int, group: list[_Active]) -> None:
+    def _run_group(self, patch: int, group: list[ActiveRequest]) -> None:
         """One engine call for every request of the group, then each request's own sampler step."""
         n = len(group)
         batch = min((b for b in self.backends if b >= n), default=self.max_batch)

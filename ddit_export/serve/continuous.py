@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
-from .batched_runner import BatchedRunner, Job, _Active
+from .batched_runner import ActiveRequest, BatchedRunner, Job
 
 
 class ContinuousBatcher:
@@ -28,7 +28,7 @@ class ContinuousBatcher:
         self.runner = runner
         self.max_active = max_active
         self._pending: deque[tuple[Job, Future]] = deque()
-        self._active: dict[int, _Active] = {}
+        self._active: dict[int, ActiveRequest] = {}
         self._futures: dict[int, Future] = {}
         self._ids = itertools.count()
         self._wake = threading.Condition()
@@ -61,7 +61,7 @@ class ContinuousBatcher:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                state = _Active(job, self.runner.solo, time.perf_counter())
+                state = ActiveRequest(job, self.runner.solo, time.perf_counter())
             except Exception as err:  # that request alone fails
                 future.set_exception(err)
                 continue
