@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": ("bench_cmd", "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
     "calibrate": ("calibrate_cmd", "sweep tau/rho, pick tau for a quality budget, store it in the manifest"),
     "schedules": ("schedules_cmd", "compare the dynamic rule(s) with fixed schedules of the same cost (Pareto table)"),
+    "serve": ("serve_cmd", "serve the engines over HTTP on Ray Serve, batching requests per replica"),
     "train": ("train_cmd", "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
 EXPORT_FAMILIES = ("flux", "wan")

@@ -1,0 +1,168 @@
+"""`ddit-export serve`: the engines behind an HTTP API on Ray Serve (docs/serving.md).
+
+Starts a local Ray instance (or joins `--address`), runs the `DDiTServer` application and blocks
+until Ctrl-C / SIGTERM, then shuts Serve and Ray down. With `--max-batch B > 1` the engines are also
+exported at batch B (`ENGINE_DIR.batchB`, reused when unchanged) before Ray starts. `--write-config
+FILE` writes the Ray Serve config for `serve run` / `serve deploy` instead of serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from . import argtypes
+from .errors import run_guarded
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_BATCH_WAIT_MS = 10.0
+
+
+def autoscale_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give MIN,MAX replicas like 1,4 (got '{text}')") from None
+    if not 0 <= low <= high or high < 1:
+        raise argparse.ArgumentTypeError(f"need 0 <= MIN <= MAX and MAX >= 1 (got '{text}')")
+    return low, high
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is an integer from 1 to 65535 (got '{text}')") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is an integer from 1 to 65535 (got {port})")
+    return port
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder exported at batch 1 (holds manifest.json)")
+    p.add_argument("--backend", default="onnx", help="engine runtime in each replica (default onnx)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=argtypes.positive_int, help="fixed number of replicas (default 1)")
+    scale.add_argument("--autoscale", type=autoscale_range, metavar="MIN,MAX",
+                       help="autoscale between MIN and MAX replicas on ongoing requests")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=port_number, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--max-batch", type=argtypes.batch, default=DEFAULT_MAX_BATCH,
+                   help=f"requests sampled together in lock-step per replica (default {DEFAULT_MAX_BATCH}; 1 disables)")
+    p.add_argument("--batch-wait-ms", type=argtypes.non_negative_float, default=DEFAULT_BATCH_WAIT_MS,
+                   help=f"how long a replica waits to fill a batch (default {DEFAULT_BATCH_WAIT_MS:g} ms)")
+    p.add_argument("--steps", type=argtypes.steps, default=28, help="steps of a request that names none (default 28)")
+    p.add_argument("--embeds-dir", metavar="DIR",
+                   help="folder of ID.safetensors prompt embeddings that requests name by prompt_embeds_id")
+    p.add_argument("--cpus-per-replica", type=argtypes.positive_float, default=1.0,
+                   help="Ray CPUs each replica reserves (default 1)")
+    p.add_argument("--gpus-per-replica", type=argtypes.non_negative_float,
+                   help="GPUs each replica reserves (default 1 where CUDA exists, else 0)")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--metrics-port", type=port_number, help="Ray's Prometheus export port on this node")
+    p.add_argument("--write-config", metavar="serve.yaml",
+                   help="write the Ray Serve config file for `serve run` / `serve deploy` and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(lambda: serve_command(args, Console(highlight=False)))
+
+
+def _check(args) -> Path:
+    folder = Path(args.engine_dir).expanduser()
+    if not folder.is_dir():  # before the heavy imports: a typo answers at once
+        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
+    from ..export.manifest import read_manifest
+    from ..runtime.backends import backend_class
+
+    manifest = read_manifest(folder)
+    if manifest.get("family") != "flux":
+        raise ValueError(f"serve runs FLUX-family engines; {folder} holds {manifest.get('family')} engines")
+    if int(manifest["latent_shape"][0]) != 1:
+        raise ValueError(f"{folder} was exported at batch {manifest['latent_shape'][0]}: serve the batch-1 folder "
+                         "(--max-batch exports the batched engines beside it)")
+    backend_class(args.backend)
+    if args.embeds_dir and not Path(args.embeds_dir).expanduser().is_dir():
+        raise ValueError(f"--embeds-dir {args.embeds_dir} is not a folder")
+    return folder
+
+
+def _port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port or --host") \
+                from None
+
+
+def serve_command(args: argparse.Namespace, console: Console) -> int:
+    folder = _check(args)
+    if args.write_config:  # before any export: a path that cannot be written is refused at once
+        from ..util.atomic import check_writable
+
+        config_path = Path(args.write_config).expanduser()
+        if config_path.is_dir():
+            raise ValueError(f"--write-config {config_path} is a folder; name the file, e.g. {config_path}/serve.yaml")
+        check_writable(config_path.parent, "--write-config's folder")
+    import torch
+
+    from ..serve.batch_engines import batch_variant
+    from ..serve.config import serve_config, write_config
+
+    gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if torch.cuda.is_available() else 0.0)
+    batch_dirs = []
+    if args.max_batch > 1:
+        started = time.perf_counter()
+        batch_dirs.append(batch_variant(folder, args.max_batch, args.backend))
+        console.print(f"batch-{args.max_batch} engines: {batch_dirs[0]} ({time.perf_counter() - started:.1f} s)")
+    config = serve_config(
+        engine_dir=folder, batch_dirs=batch_dirs, backend=args.backend, max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms, host=args.host, port=args.port, replicas=args.replicas,
+        autoscale=args.autoscale, num_cpus=args.cpus_per_replica, num_gpus=gpus,
+        embeds_dir=Path(args.embeds_dir).expanduser() if args.embeds_dir else None, default_steps=args.steps,
+    )
+    if args.write_config:
+        path = write_config(args.write_config, config)
+        console.print(f"wrote {path}: run it with `serve run {path}` (or `serve deploy` on a running cluster)")
+        return 0
+    _port_free(args.host, args.port)
+    return _serve(args, config, console)
+
+
+def _serve(args, config: dict, console: Console) -> int:
+    import ray
+    from ray import serve
+
+    from ..serve.app import bind_app
+
+    app_cfg = config["applications"][0]
+    deployment = {k: v for k, v in app_cfg["deployments"][0].items() if k != "name"}
+    replicas = args.replicas or (args.autoscale[1] if args.autoscale else 1)
+    started = time.perf_counter()
+    init = {"address": args.address} if args.address else {
+        "num_cpus": max(2, int(-(-replicas * args.cpus_per_replica // 1))), "include_dashboard": False}
+    if args.metrics_port:
+        init["_metrics_export_port"] = args.metrics_port
+    ray.init(**init, logging_level="ERROR", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(bind_app(app_cfg["args"], deployment), name=app_cfg["name"], route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        console.print(f"serving {args.engine_dir} on {url} in {time.perf_counter() - started:.1f} s: "
+                      f"POST {url}/v1/generate, GET {url}/healthz (Ctrl-C stops)")
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping: Serve and Ray shut down")
+        return 0
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

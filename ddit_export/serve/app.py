@@ -1,0 +1,290 @@
+"""The Ray Serve application: one `DDiTServer` replica per GPU (or CPU slot), each loading its engines once.
+
+    POST /v1/generate   JSON (serve/requests.py) -> image/png or application/x-npy; the schedule and
+                        timings in the `X-DDiT-Trace` header (JSON); 4xx JSON for bad requests
+    GET  /healthz       JSON: engines, batches, replica pid, requests served
+
+Batching: `@serve.batch` collects the requests that arrive within `--batch-wait-ms` (at most
+`--max-batch`) and they join the replica's sampling loop together (`ContinuousBatcher`, one thread,
+so the replica keeps answering HTTP); `BatchedRunner.step` advances every active request, each with
+its own scheduler, one engine call per patch size per step. Requests of a later window join at the
+next step, up to `--max-batch` sampling at once.
+
+`build_app(args)` is the application builder `serve run` / `serve deploy` import (serve/config.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .continuous import ContinuousBatcher
+from .requests import MAX_BODY_BYTES, GenerateRequest, RequestError, parse_body
+
+DEFAULT_STEPS = 28
+CONDITIONING_CACHE = 256  # prompts whose embeddings a replica keeps
+
+
+@serve.deployment(name="DDiTServer", max_ongoing_requests=16)
+class DDiTServer:
+    def __init__(self, engine_dir: str, backend: str = "onnx", batch_dirs: tuple[str, ...] = (), max_batch: int = 1,
+                 batch_wait_ms: float = 10.0, embeds_dir: str | None = None, default_steps: int = DEFAULT_STEPS):
+        import torch
+
+        from ..runtime.backends import get_backend
+        from .batched_runner import BatchedRunner
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        folders = [engine_dir, *batch_dirs]
+        self.backends = [get_backend(backend, folder, device=self.device) for folder in folders]
+        self.runner = BatchedRunner(self.backends)
+        if len(self.backends) > 1:
+            self.runner.calibrate()  # how to split each size's group: measured here, on this replica's device
+        self.solo = self.runner.solo
+        self.manifest = self.solo.manifest
+        self.sizes = tuple(self.solo.patch_sizes)
+        self.embeds_dir = Path(embeds_dir) if embeds_dir else None
+        self.default_steps = default_steps
+        self.max_batch = max_batch
+        self.generate_batch.set_max_batch_size(max_batch)
+        self.generate_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        self.batcher = ContinuousBatcher(self.runner, max_active=max_batch)
+        self.conditionings: OrderedDict = OrderedDict()
+        self.served = 0
+        self.in_flight = 0  # requests inside generate_batch (queued for a batch or sampling)
+        self.tokens = {p: _tokens(self.solo.latent_shape, p) for p in self.sizes}
+        from .metrics import ServeMetrics
+
+        self.metrics = ServeMetrics()
+        from ..runtime.sampling import flux_sampler
+
+        flux_sampler()  # imports diffusers' sampler now, not during the first request
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/") or "/"
+        if path == "/healthz" and request.method == "GET":
+            return JSONResponse(self.health())
+        if path == "/v1/generate":
+            if request.method != "POST":
+                return _error(RequestError("use POST for /v1/generate", 405))
+            return await self.generate_http(request)
+        return _error(RequestError(f"no route {request.method} {request.url.path}; use POST /v1/generate or "
+                                   "GET /healthz", 404))
+
+    def health(self) -> dict:
+        return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
+                "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
+                "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
+                "sampling": self.batcher.active,
+                "call_ms": {f"b{b}p{p}": round(1000 * t, 3) for (b, p), t in self.runner.call_seconds.items()}}
+
+    async def generate_http(self, request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        if declared > MAX_BODY_BYTES:
+            self.metrics.refused("oversize")
+            return self._refuse(RequestError(f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}", 413))
+        try:
+            req = parse_body(await request.body(), self.sizes, self.default_steps)
+            job = self.job(req)
+        except RequestError as err:
+            return self._refuse(err)
+        except ValueError as err:  # the library's own checks (unknown class, schedule vs sizes, ...)
+            return self._refuse(RequestError(str(err), 422))
+        self.in_flight += 1
+        try:
+            result = await self.generate_batch(job)
+        finally:
+            self.in_flight -= 1
+        if isinstance(result, Exception):
+            self.metrics.refused("sampling")
+            self.metrics.answered(500, time.perf_counter() - start)
+            return JSONResponse({"error": f"sampling failed: {type(result).__name__}: {result}", "status": 500}, 500)
+        body, media = self.encode(result.latent, req.output)
+        self.served += 1
+        schedule = result.trace.schedule
+        self.metrics.sampled(schedule, self.tokens, self.solo.base_patch)
+        self.metrics.batch.observe(max(result.batch_sizes))
+        self.metrics.answered(200, time.perf_counter() - start)
+        trace = self.trace_header(req, result, time.perf_counter() - start)
+        return Response(body, media_type=media, headers={"X-DDiT-Trace": json.dumps(trace, separators=(",", ":"))})
+
+    def _refuse(self, err: RequestError) -> Response:
+        self.metrics.refused(f"http_{err.status}")
+        self.metrics.answered(err.status)
+        return _error(err)
+
+    # -- requests -> jobs -> responses ----------------------------------------------------------------
+    def job(self, req: GenerateRequest):
+        from ..runtime.dispatcher import schedule_config
+        from .batched_runner import Job
+
+        if req.output == "png" and not self._can_png():
+            raise RequestError("these engines' model has no VAE (nor the demo's pixel codec): ask for "
+                               "\"output\": \"latent\"", 422)
+        config = schedule_config(self.solo, tau=req.tau, rho=req.rho, patch_sizes=req.sizes, schedule=req.schedule)
+        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed)
+
+    def conditioning(self, req: GenerateRequest):
+        key = (req.prompt, req.prompt_embeds_id, req.guidance)
+        if key in self.conditionings:
+            self.conditionings.move_to_end(key)
+            return self.conditionings[key]
+        if req.prompt_embeds_id is not None:
+            cond = self._stored_embeddings(req.prompt_embeds_id, req.guidance)
+        else:
+            cond = self._prompt_conditioning(req.prompt, req.guidance)
+        self.conditionings[key] = cond
+        if len(self.conditionings) > CONDITIONING_CACHE:
+            self.conditionings.popitem(last=False)
+        return cond
+
+    def _prompt_conditioning(self, prompt: str, guidance):
+        from ..demo.model import DEMO_MODEL_ID
+        from ..runtime.conditioning import make_conditioning
+
+        if self.manifest["model"]["id"] == DEMO_MODEL_ID:
+            from ..demo.classes import CLASS_NAMES, class_index
+
+            try:
+                prompt = CLASS_NAMES[class_index(prompt)]
+            except ValueError as err:
+                raise RequestError(f"unknown demo class: {err}", 422) from None
+        return make_conditioning(self.manifest, prompt, guidance, self.device)
+
+    def _stored_embeddings(self, embeds_id: str, guidance):
+        """`<embeds_dir>/<id>.safetensors` with `encoder_hidden_states` (and `pooled_projections`), batch 1."""
+        from safetensors.torch import load_file
+
+        from ..runtime.conditioning import DEFAULT_GUIDANCE, Conditioning
+
+        path = self.embeds_dir / f"{embeds_id}.safetensors" if self.embeds_dir else None
+        if path is None or not path.is_file():
+            where = "this server has no --embeds-dir" if path is None else f"no {path.name} in the embeddings folder"
+            raise RequestError(f"unknown prompt_embeds_id {embeds_id!r}: {where}", 422)
+        tensors = load_file(str(path))
+        shapes = {t.name: t.shape for t in self.solo.input_metadata.inputs}
+        for name in ("encoder_hidden_states", "pooled_projections"):
+            if name in shapes and (name not in tensors or tuple(tensors[name].shape) != tuple(shapes[name])):
+                got = tuple(tensors[name].shape) if name in tensors else "missing"
+                raise RequestError(f"prompt_embeds_id {embeds_id!r}: '{name}' is {got}; the engines take "
+                                   f"{tuple(shapes[name])}", 422)
+        if guidance is None and "guidance" in shapes:
+            guidance = DEFAULT_GUIDANCE
+        return Conditioning(tensors["encoder_hidden_states"], tensors.get("pooled_projections"), guidance,
+                            source=f"stored embeddings {path.name}")
+
+    def _can_png(self) -> bool:
+        from ..demo.model import DEMO_MODEL_ID
+        from ..runtime.sampling import vae_folder
+
+        return self.manifest["model"]["id"] == DEMO_MODEL_ID or vae_folder(self.manifest) is not None
+
+    def encode(self, latent, output: str) -> tuple[bytes, str]:
+        buffer = io.BytesIO()
+        if output == "latent":
+            import numpy as np
+
+            np.save(buffer, latent.float().cpu().numpy())
+            return buffer.getvalue(), "application/x-npy"
+        from ..demo.model import DEMO_MODEL_ID
+
+        if self.manifest["model"]["id"] == DEMO_MODEL_ID:
+            from ..demo.codec import decode
+            from ..demo.plots import to_pil
+
+            image = to_pil(decode(latent.float().cpu())[0])
+        else:
+            from ..runtime.sampling import decode_images, vae_folder
+
+            image = decode_images(vae_folder(self.manifest), latent, self.device)[0]
+        image.save(buffer, format="PNG")
+        return buffer.getvalue(), "image/png"
+
+    def trace_header(self, req: GenerateRequest, result, seconds: float) -> dict:
+        from ..runtime.schedule_spec import format_schedule
+
+        schedule = result.trace.schedule
+        base = self.tokens[self.solo.base_patch]
+        totals = result.trace.totals()
+        return {
+            "seed": req.seed, "steps": req.steps, "schedule": schedule, "schedule_text": format_schedule(schedule),
+            "token_cost": round(sum(self.tokens[p] for p in schedule) / (base * len(schedule)), 6),
+            "seconds": round(seconds, 6), "sampling_seconds": round(result.seconds, 6),
+            "engine_seconds": round(totals["engine_seconds"], 6),
+            "step_seconds": [round(s.seconds, 6) for s in result.trace.steps],
+            "batch_sizes": result.batch_sizes, "replica_pid": os.getpid(),
+        }
+
+    # -- batching -----------------------------------------------------------------------------------
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.01, max_concurrent_batches=1024)
+    async def generate_batch(self, jobs: list) -> list:
+        """The window's requests join the sampling loop together (and so start in lock-step); later windows join
+        the same loop at its next step, up to --max-batch requests sampling at once."""
+        futures = [self.batcher.submit(job) for job in jobs]
+        results = []
+        for future in futures:
+            try:
+                results.append(await asyncio.wrap_future(future))
+            except Exception as err:  # that request's failure, answered as a 500
+                results.append(err)
+        return results
+
+
+def _tokens(latent_shape, patch: int) -> int:
+    h, w = latent_shape[-2:]
+    return -(-h // patch) * -(-w // patch)
+
+
+def _error(err: RequestError) -> JSONResponse:
+    return JSONResponse(err.to_json(), status_code=err.status)
+
+
+def deployment_options(replicas: int | None = None, autoscale: tuple[int, int] | None = None, max_batch: int = 1,
+                       num_cpus: float = 1.0, num_gpus: float = 0.0) -> dict:
+    """`DDiTServer.options(...)`: replica count or autoscaling, one GPU per replica where there are GPUs."""
+    options: dict = {
+        "ray_actor_options": {"num_cpus": num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})},
+        # Enough requests in flight per replica to fill a batch while the previous one samples.
+        "max_ongoing_requests": max(2 * max_batch, 4),
+    }
+    if autoscale is not None:
+        options["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
+                                         "target_ongoing_requests": max_batch}
+    else:
+        options["num_replicas"] = replicas or 1
+    return options
+
+
+def build_app(args: dict):
+    """Application builder for `serve run ddit_export.serve.app:build_app engine_dir=...` and config files
+    (whose `deployments` section sets replicas and resources). Ray requires exactly one parameter."""
+    return bind_app(args)
+
+
+def bind_app(args: dict, options: dict | None = None):
+    """The application for `args` (build_app's keys), with `options` for `DDiTServer.options` (replicas, ...)."""
+    known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps"}
+    unknown = sorted(set(args) - known)
+    if unknown or "engine_dir" not in args:
+        raise ValueError(f"build_app takes {sorted(known)} (engine_dir required); got unknown {unknown}")
+    batch_dirs = args.get("batch_dirs") or ()
+    if isinstance(batch_dirs, str):
+        batch_dirs = tuple(d for d in batch_dirs.split(",") if d)
+    return DDiTServer.options(**(options or {})).bind(
+        str(args["engine_dir"]), args.get("backend", "onnx"), tuple(batch_dirs), int(args.get("max_batch", 1)),
+        float(args.get("batch_wait_ms", 10.0)), args.get("embeds_dir"), int(args.get("default_steps", DEFAULT_STEPS)),
+    )

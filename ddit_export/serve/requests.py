@@ -1,0 +1,140 @@
+"""`POST /v1/generate` bodies: parsed and checked before any work, each fault one clear 4xx message.
+
+    {"prompt": "red circle" | "prompt_embeds_id": "ID", "seed": 0, "steps": 28,
+     "tau": 0.003, "rho": 0.9, "sizes": [2, 4], "schedule": "8x14,2x14", "guidance": 3.5,
+     "output": "png" | "latent"}
+
+Torch-free: the HTTP layer refuses bad bodies without touching the engines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from ..runtime.schedule_spec import check_schedule, parse_schedule
+from ..util import limits
+
+MAX_BODY_BYTES = 64 * 1024  # a generate request is a few hundred bytes; anything larger is a mistake or abuse
+MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
+OUTPUTS = ("png", "latent")
+FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "output")
+EMBEDS_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class RequestError(ValueError):
+    """A request the server refuses; `status` is the HTTP code (4xx)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+    def to_json(self) -> dict:
+        return {"error": str(self), "status": self.status}
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str | None
+    prompt_embeds_id: str | None
+    seed: int
+    steps: int
+    tau: float | None = None
+    rho: float | None = None
+    sizes: tuple[int, ...] | None = None
+    schedule: tuple[int, ...] | None = None
+    guidance: float | None = None
+    output: str = "png"
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+
+
+def _int(body: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    value = body.get(key, default)
+    if value is None:
+        raise RequestError(f"'{key}' is required (an integer from {low} to {high})")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"'{key}' must be an integer from {low} to {high} (got {value!r})")
+    if not low <= value <= high:
+        raise RequestError(f"'{key}' must be from {low} to {high} (got {value})")
+    return value
+
+
+def _float(body: dict, key: str, low: float, high: float | None, open_ends: bool = False) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"'{key}' must be a finite number (got {value!r})")
+    above = low < value if open_ends else low <= value
+    below = high is None or (value < high if open_ends else value <= high)
+    ok = above and below
+    if not ok:
+        span = f"in ({low}, {high})" if open_ends else (f">= {low}" if high is None else f"in [{low}, {high}]")
+        raise RequestError(f"'{key}' must be {span} (got {value})")
+    return float(value)
+
+
+def parse_body(raw: bytes, engine_sizes: tuple[int, ...], default_steps: int) -> GenerateRequest:
+    """The checked request, or RequestError (413 oversize, 400 malformed JSON, 422 a bad field)."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestError(f"request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}", 413)
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(f"request body is not valid JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"request body must be a JSON object (got {type(body).__name__})")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise RequestError(f"unknown field(s) {unknown}; known: {', '.join(FIELDS)}", 422)
+    try:
+        return _fields(body, engine_sizes, default_steps)
+    except RequestError as err:
+        raise RequestError(str(err), 422) from None
+
+
+def _fields(body: dict, engine_sizes: tuple[int, ...], default_steps: int) -> GenerateRequest:
+    prompt, embeds = body.get("prompt"), body.get("prompt_embeds_id")
+    if (prompt is None) == (embeds is None):
+        raise RequestError("give exactly one of 'prompt' and 'prompt_embeds_id'")
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 2000):
+        raise RequestError("'prompt' must be non-empty text of at most 2000 characters")
+    if embeds is not None and (not isinstance(embeds, str) or not EMBEDS_ID.match(embeds)):
+        raise RequestError("'prompt_embeds_id' must be 1-128 characters of letters, digits, '_', '.', '-'")
+    schedule = None
+    if body.get("schedule") is not None:
+        if not isinstance(body["schedule"], str):
+            raise RequestError("'schedule' must be text such as \"8x14,2x14\"")
+        try:
+            schedule = parse_schedule(body["schedule"], "'schedule'")
+        except ValueError as err:
+            raise RequestError(str(err)) from None
+    steps = _int(body, "steps", 1, MAX_SERVE_STEPS, len(schedule) if schedule else default_steps)
+    if schedule is not None:
+        try:
+            check_schedule(schedule, engine_sizes, steps, "'schedule'")
+        except ValueError as err:
+            raise RequestError(str(err)) from None
+    sizes = body.get("sizes")
+    if sizes is not None:
+        if not isinstance(sizes, list) or not sizes or not all(isinstance(p, int) and not isinstance(p, bool)
+                                                                for p in sizes):
+            raise RequestError(f"'sizes' must be a list of patch sizes, some of {list(engine_sizes)}")
+        unknown = sorted(set(sizes) - set(engine_sizes))
+        if unknown:
+            raise RequestError(f"'sizes' has unknown patch size(s) {unknown}; the engines have {list(engine_sizes)}")
+        if min(engine_sizes) not in sizes:
+            raise RequestError(f"'sizes' must include the base patch size {min(engine_sizes)}")
+        sizes = tuple(sorted(set(sizes)))
+    output = body.get("output", "png")
+    if output not in OUTPUTS:
+        raise RequestError(f"'output' must be one of {', '.join(OUTPUTS)} (got {output!r})")
+    return GenerateRequest(
+        prompt=prompt, prompt_embeds_id=embeds, seed=_int(body, "seed", 0, limits.MAX_SEED, 0), steps=steps,
+        tau=_float(body, "tau", 0.0, None), rho=_float(body, "rho", 0.0, 1.0, open_ends=True), sizes=sizes,
+        schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), output=output,
+    )
