@@ -34,7 +34,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     from safetensors.torch import save_file
 
-    from ddit_export.demo.conditioning import demo_conditioning
+    from ddit_export.demo.class_table import demo_conditioning
     from ddit_export.serve.app import bind_app, deployment_options
 
     solo_dir, batch_dir = demo_engine_folders()
@@ -84,9 +84,8 @@ def get(url: str, path: str, timeout: float = 10.0):
 
 
 def solo_run(solo, prompt: str, seed: int, steps: int, schedule: str | None = None):
-    from ddit_export.runtime.conditioning import make_conditioning
-    from ddit_export.runtime.dispatcher import schedule_config
-    from ddit_export.runtime.sampling import generate
+    from ddit_export.pipelines import generate, make_conditioning
+    from ddit_export.runtime.runner import schedule_config
     from ddit_export.runtime.schedule_spec import parse_schedule
 
     config = schedule_config(solo, schedule=parse_schedule(schedule) if schedule else None)

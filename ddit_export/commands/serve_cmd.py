@@ -76,7 +76,7 @@ def _check(args) -> Path:
     folder = Path(args.engine_dir).expanduser()
     if not folder.is_dir():  # before the heavy imports: a typo answers at once
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    from ..export.manifest import read_manifest
+    from ..artifacts.manifest import read_manifest
     from ..runtime.backends import backend_class
 
     manifest = read_manifest(folder)

@@ -51,6 +51,10 @@ class DDiTServer:
             self.runner.calibrate()  # how to split each size's group: measured here, on this replica's device
         self.solo = self.runner.solo
         self.manifest = self.solo.manifest
+        from ..pipelines import pipeline_for
+
+        self._pipeline = pipeline_for(self.manifest)
+        self._decoder = self._pipeline.image_decoder(self.manifest, self.device)
         self.sizes = tuple(self.solo.patch_sizes)
         self.embeds_dir = Path(embeds_dir) if embeds_dir else None
         self.default_steps = default_steps
@@ -65,7 +69,7 @@ class DDiTServer:
         from .metrics import ServeMetrics
 
         self.metrics = ServeMetrics()
-        from ..runtime.sampling import flux_sampler
+        from ..pipelines.flux import flux_sampler
 
         flux_sampler()  # imports diffusers' sampler now, not during the first request
 
@@ -129,7 +133,7 @@ class DDiTServer:
 
     # -- requests -> jobs -> responses ----------------------------------------------------------------
     def job(self, req: GenerateRequest):
-        from ..runtime.dispatcher import schedule_config
+        from ..runtime.runner import schedule_config
         from .batched_runner import Job
 
         if req.output == "png" and not self._can_png():
@@ -153,16 +157,12 @@ class DDiTServer:
         return cond
 
     def _prompt_conditioning(self, prompt: str, guidance):
-        from ..demo.model import DEMO_MODEL_ID
-        from ..runtime.conditioning import make_conditioning
+        from ..pipelines import make_conditioning, pipeline_for
 
-        if self.manifest["model"]["id"] == DEMO_MODEL_ID:
-            from ..demo.classes import CLASS_NAMES, class_index
-
-            try:
-                prompt = CLASS_NAMES[class_index(prompt)]
-            except ValueError as err:
-                raise RequestError(f"unknown demo class: {err}", 422) from None
+        try:  # a pipeline that knows only some prompts (the demo: its class names) refuses the others
+            prompt = pipeline_for(self.manifest).check_prompt(prompt)
+        except ValueError as err:
+            raise RequestError(f"unknown prompt: {err}", 422) from None
         return make_conditioning(self.manifest, prompt, guidance, self.device)
 
     def _stored_embeddings(self, embeds_id: str, guidance):
@@ -188,10 +188,7 @@ class DDiTServer:
                             source=f"stored embeddings {path.name}")
 
     def _can_png(self) -> bool:
-        from ..demo.model import DEMO_MODEL_ID
-        from ..runtime.sampling import vae_folder
-
-        return self.manifest["model"]["id"] == DEMO_MODEL_ID or vae_folder(self.manifest) is not None
+        return self._decoder is not None
 
     def encode(self, latent, output: str) -> tuple[bytes, str]:
         buffer = io.BytesIO()
@@ -200,19 +197,11 @@ class DDiTServer:
 
             np.save(buffer, latent.float().cpu().numpy())
             return buffer.getvalue(), "application/x-npy"
-        from ..demo.model import DEMO_MODEL_ID
+        import tempfile
 
-        if self.manifest["model"]["id"] == DEMO_MODEL_ID:
-            from ..demo.codec import decode
-            from ..demo.plots import to_pil
-
-            image = to_pil(decode(latent.float().cpu())[0])
-        else:
-            from ..runtime.sampling import decode_images, vae_folder
-
-            image = decode_images(vae_folder(self.manifest), latent, self.device)[0]
-        image.save(buffer, format="PNG")
-        return buffer.getvalue(), "image/png"
+        with tempfile.TemporaryDirectory() as tmp:  # the pipeline's own image writer (the demo: its 8x view)
+            written = self._pipeline.write_outputs(self.manifest, latent, Path(tmp), self.device)
+            return next(p for p in written if p.suffix == ".png").read_bytes(), "image/png"
 
     def trace_header(self, req: GenerateRequest, result, seconds: float) -> dict:
         from ..runtime.schedule_spec import format_schedule

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.manifest import read_manifest
+from ..artifacts.manifest import read_manifest
 
 EXPORTED_FOR = {"onnx": "onnx", "onnx-trt": "onnx", "torch": "onnx", "torch-compile": "onnx", "aoti": "aoti",
                 "trt": "trt"}

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..pipelines.base import initial_noise
+from ..pipelines.flux import flux_sampler, flux_timesteps
 from ..runtime.backends.base import Backend
 from ..runtime.conditioning import Conditioning
-from ..runtime.dispatcher import DDiTRunner
-from ..runtime.sampling import flux_sampler, flux_timesteps, initial_noise
+from ..runtime.runner import DDiTRunner
 from ..runtime.scheduler import ScheduleConfig
 from ..runtime.trace import Trace
 
@@ -69,6 +70,7 @@ class ActiveRequest:
         base = solo.base_patch
         self.timesteps = flux_timesteps(self.sampler, job.steps, (shape[-2] // base) * (shape[-1] // base), device)
         self.engine_timesteps = (self.timesteps.to(dtype) / 1000).unsqueeze(1).expand(-1, shape[0]).contiguous()
+        self.sigmas = self.sampler.sigmas.tolist()  # host floats for the scheduler (the predicted-error rule)
         self.inputs = job.conditioning.engine_inputs(solo.input_metadata, device, dtype)
         self.runner = DDiTRunner(solo, job.config, total_steps=job.steps)
         self.step = 0
@@ -155,7 +157,7 @@ class BatchedRunner:
         each size's requests share engine calls. Finished requests leave `active`; returns key -> JobResult."""
         groups: dict[int, list] = {}
         for key, state in active.items():
-            decision = state.runner.decide(state.latent, state.step)
+            decision = state.runner.decide(state.latent, state.step, state.sigmas[state.step])
             groups.setdefault(decision.patch_size, []).append(key)
         for patch, members in groups.items():
             size = self.call_batch(len(members), patch)

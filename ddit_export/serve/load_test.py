@@ -163,10 +163,9 @@ def verify(report: Report, engine_dir: str, backend: str = "onnx", atol: float =
     import numpy as np
     import torch
 
+    from ..pipelines import generate, make_conditioning
     from ..runtime.backends import get_backend
-    from ..runtime.conditioning import make_conditioning
-    from ..runtime.dispatcher import schedule_config
-    from ..runtime.sampling import generate
+    from ..runtime.runner import schedule_config
     from ..runtime.schedule_spec import parse_schedule
 
     checked = equal = schedule_mismatch = 0
