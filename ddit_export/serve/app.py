@@ -169,7 +169,8 @@ class DDiTServer:
         """`<embeds_dir>/<id>.safetensors` with `encoder_hidden_states` (and `pooled_projections`), batch 1."""
         from safetensors.torch import load_file
 
-        from ..runtime.conditioning import DEFAULT_GUIDANCE, Conditioning
+        from ..pipelines.flux import DEFAULT_GUIDANCE
+        from ..runtime.conditioning import Conditioning
 
         path = self.embeds_dir / f"{embeds_id}.safetensors" if self.embeds_dir else None
         if path is None or not path.is_file():

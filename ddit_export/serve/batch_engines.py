@@ -43,6 +43,7 @@ def batch_variant(folder: str | Path, batch: int, backend: str = "onnx", reporte
         backends=tuple(sorted({"onnx", EXPORTED_FOR.get(backend, "onnx")})),
         tau=scheduler.get("tau"), rho=scheduler.get("rho"), rule=scheduler.get("rule"),
         scheduler_sizes=tuple(scheduler["patch_sizes"]) if scheduler.get("patch_sizes") else None,
+        error_model=scheduler.get("error_model"),  # the predicted-error rule's fit does not depend on the batch
     )
     export_engines(request, reporter or Reporter())
     return variant_path(folder, batch)
