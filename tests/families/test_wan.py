@@ -7,13 +7,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from test_ddit_model import randomise_ddit
 
 from ddit_export.artifacts.iospec import IOSpec, random_feed
 from ddit_export.cli import main
 from ddit_export.ddit.merge import build_engine, cast_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.wan import WAN, FractionalWanRope
+from tests.ddit.test_ddit_model import randomise_ddit
 
 SHAPE = WAN.latent_shape(2, 96, 160, 5)  # 2 x 16 x 2 x 12 x 20: 8 divides neither 12 nor 20
 TEXT = 6
