@@ -55,7 +55,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     overwrite: bool = False
-    latent_channels: int | None = None  # set from the teacher's config once it is loaded; None: the family's
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -111,7 +110,7 @@ class TrainConfig:
             raise ValueError(f"--out {self.out} exists and is not a folder")
 
     def _check_patch_sizes(self, fam) -> None:
-        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)  # sizes beyond the grid included
+        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape())  # sizes beyond the grid included
         if len(self.patch_sizes) < 2:
             raise ValueError(f"nothing to train: give the base size and at least one larger size, "
                              f"e.g. --patch-sizes {fam.base_patch},{2 * fam.base_patch}")
@@ -141,9 +140,9 @@ class TrainConfig:
     def torch_dtype(self) -> torch.dtype:
         return TRAIN_DTYPES[self.dtype]
 
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames, self.latent_channels))
+    def latent_shape(self, latent_channels: int | None = None) -> tuple[int, ...]:
+        """One sample's latent at this run's size; `latent_channels`: the loaded model's (None: the family's)."""
+        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames, latent_channels))
 
     @property
     def out_dir(self) -> Path:
