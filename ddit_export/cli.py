@@ -12,14 +12,14 @@ from importlib import import_module
 
 from . import __version__
 from .commands.argtypes import OneLineParser
+from .families.defaults import FAMILY_DEFAULTS
 from .util import stop
 
 # Command modules import only argparse and rich at module level (torch, diffusers and ONNX load
 # inside the handlers), so `--help` and argument errors answer at once.
 COMMANDS = {
     "demo": ("demo_cmd", "export the embedded demo model and compare DDiT with the static base (speed and quality)"),
-    "flux": ("export_cmd", "export one static engine per patch size for a FLUX transformer"),
-    "wan": ("export_cmd", "export one static engine per patch size for a Wan 2.1 video transformer"),
+    **{family: ("export_cmd", defaults.help) for family, defaults in FAMILY_DEFAULTS.items()},  # flux, wan
     "inspect": ("inspect_cmd", "print an engine folder's manifest readably"),
     "generate": ("generate_cmd", "run a denoising loop on exported engines with DDiT scheduling"),
     "bench": ("bench_cmd", "per-engine latency, FLOPs and end-to-end speed-ups of an engine folder"),
@@ -28,7 +28,7 @@ COMMANDS = {
     "serve": ("serve_cmd", "serve the engines over HTTP on Ray Serve, batching requests per replica"),
     "train": ("train_cmd", "distil DDiT adapters (one per extra patch size) from the frozen base model"),
 }
-EXPORT_FAMILIES = ("flux", "wan")
+EXPORT_FAMILIES = tuple(FAMILY_DEFAULTS)  # one export command per family
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -125,6 +125,11 @@ class Manifest(dict):
         """The kinds of engine files the folder holds ("onnx", "aoti", "trt"), in build order."""
         return list(dict.fromkeys(e["backend"] for e in self["engines"]))
 
+    @property
+    def tokens(self) -> dict[int, int]:
+        """patch size -> the tokens one engine call at that size processes (padding included)."""
+        return {int(e["patch_size"]): int(e["tokens"]) for e in self["engines"]}
+
     def engines_of(self, kind: str) -> dict[int, dict]:
         """patch size -> engine entry, for one artifact kind."""
         return engine_entries(self, kind)

@@ -9,6 +9,9 @@ The peer graph takes the stock transformer's inputs (packed tokens, img_ids / tx
 computed in the graph); ours takes the latent and has RoPE folded in. Both do the same model work
 per call, so the comparison is what our export (static shapes, folded constants) buys on the
 same runtime.
+
+FLUX only, on purpose: optimum-onnx's export config is FluxTransformer2DModel's, so this module names
+the FLUX family itself instead of asking the pipeline registry; other families skip the peer baseline.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         check_writable(Path(args.json).expanduser().parent, "--json's folder")
 
-    tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+    tokens = manifest.tokens
     total = len(taus) * len(rhos)
     console.print(f"sweeping {len(taus)} tau x {len(rhos)} rho = {total} points over {len(samples)} samples, "
                   f"{args.steps} steps, backend {args.backend}")

@@ -102,7 +102,7 @@ def _check_args(args, manifest: dict):
     args.fixed = schedule_from_args(args, args.steps)
     if args.steps is None:
         args.steps = len(args.fixed) if args.fixed else DEFAULT_STEPS
-    sizes = [int(p) for p in manifest["patch_sizes"]]
+    sizes = list(manifest.patch_sizes)
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
         if value is not None and value not in sizes:
             raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
@@ -156,7 +156,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     with staged_files(out) as staging:  # every output or none: a full disk leaves no half-written folder
         written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
         record = {
-            "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest["dtype"],
+            "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest.dtype,
             "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
             "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
             "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,

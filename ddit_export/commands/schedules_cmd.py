@@ -98,7 +98,7 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
             configs[label] = ("fixed", schedule_config(backend, schedule=schedule))
         console.print(f"{len(configs)} schedules (+ the static base) x {len(samples)} samples, {args.steps} steps, "
                       f"backend {args.backend}")
-        tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
+        tokens = manifest.tokens
         with Counted(console, len(configs), "schedules", unit="schedule") as bar:  # after the static base
             points = sch.evaluate(
                 backend, samples, configs, args.steps, tokens=tokens, flops=flops_table(manifest),

@@ -1,7 +1,8 @@
 """Load a model as a DDiT model: the family's transformer, DDiT modules for every size, adapters.
 
-One loader for the export and for the torch backend (which rebuilds the engines a manifest was made
-from). Explicit arguments in, what was learned out (`LoadedModel`); nothing passed in is changed.
+One loader for the export, the torch backend (which rebuilds the engines a manifest was made from) and
+training (which loads the teacher in its training dtype and LoRA rank). Explicit arguments in, what was
+learned out (`LoadedModel`); nothing passed in is changed.
 """
 
 from __future__ import annotations
@@ -20,24 +21,28 @@ from .model import DEFAULT_LORA_RANK, DDiTModel
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: DDiTModel  # eval mode, fp32, CPU
+    model: DDiTModel  # eval mode, on the CPU, in the dtype asked for (fp32 by default)
     adapters: dict  # what the manifest records: {"path", "sha256", "trained"}
     latent_channels: int  # of this model's latent (the family's, unless its config says otherwise)
 
 
 def load_ddit_model(family: Family, model_id: str, patch_sizes, adapters: str | None = None,
-                    warn: Callable[[str], None] | None = None) -> LoadedModel:
-    """``family``'s ``model_id`` with DDiT modules for ``patch_sizes`` and the adapter pack ``adapters``.
+                    warn: Callable[[str], None] | None = None, *, dtype: torch.dtype = torch.float32,
+                    lora_rank: int | None = None) -> LoadedModel:
+    """``family``'s ``model_id`` (weights in ``dtype``) with DDiT modules for ``patch_sizes`` and the adapter
+    pack ``adapters``.
 
-    Without a pack the extra sizes are untrained (initialised, LoRA zero): ``warn`` says so.
+    The LoRA rank is ``lora_rank`` when given (training: a pack of another rank is then refused), else
+    the pack's, else the default. Without a pack the extra sizes are untrained (initialised, LoRA zero):
+    ``warn`` says so.
     """
     pack = read_meta(adapters) if adapters else None
-    transformer = family.load(model_id, torch.float32)
-    model = DDiTModel(
-        family, transformer, patch_sizes,
-        lora_rank=pack.lora_rank if pack else DEFAULT_LORA_RANK,
-        lora_alpha=pack.lora_alpha if pack else None,
-    )
+    transformer = family.load(model_id, dtype)
+    if lora_rank is not None:
+        rank, alpha = lora_rank, None
+    else:
+        rank, alpha = (pack.lora_rank, pack.lora_alpha) if pack else (DEFAULT_LORA_RANK, None)
+    model = DDiTModel(family, transformer, patch_sizes, lora_rank=rank, lora_alpha=alpha)
     if pack:
         check_pack(pack, model, patch_sizes)
         load_adapter_pack(model, adapters)

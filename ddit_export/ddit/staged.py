@@ -16,23 +16,22 @@ import copy
 import torch
 from torch import nn
 
-from . import staged_flux, staged_wan
 from .engine import ENGINE_INPUTS
 from .merge import merged_transformer, rope_tables
 from .model import DDiTModel, adapter_name
 from .stacked_lora import stack_adapters
 
-PARTS = {"flux": staged_flux, "wan": staged_wan}
 TRUNK_OUTPUTS = ("trunk_tokens", "block_residual")
 HEAD_OUTPUT = "prediction"
 SIZE_INDEX = "size_index"
 
 
 def family_parts(family):
-    """The family's part module (`staged_flux` / `staged_wan`)."""
-    if family.name not in PARTS:
-        raise ValueError(f"the staged layout does not know the {family.name} family (have {sorted(PARTS)})")
-    return PARTS[family.name]
+    """The family's part module (`Family.staged_parts`: `staged_flux`, `staged_wan`)."""
+    if family.staged_parts is None:
+        raise ValueError(f"the staged layout does not know the {family.name} family (it names no staged part "
+                         "module: families/<name>.py `staged_parts`)")
+    return family.staged_parts
 
 
 class StagedModel(nn.Module):

@@ -12,6 +12,7 @@ import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ class Family:
     float32_inputs: tuple[str, ...] = ()  # engine inputs the pipeline passes in fp32 whatever the model dtype
     default_model: str = ""
     default_size: tuple[int, int] = (1024, 1024)
+    staged_parts: ModuleType | None = None  # the staged layout's part module (ddit/staged_<name>.py); None: none
 
     @staticmethod
     def model_class():

@@ -1,6 +1,6 @@
 """Each family's defaults as plain data, importable without torch.
 
-The command line builds its help text and checks flags from these before any heavy import
+The command line builds its export commands, their help text and checks flags from these before any heavy import
 (`ddit-export --help` and argument errors must answer in well under a second); the family
 classes in flux.py / wan.py read the same values, so they are stated once.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class FamilyDefaults:
+    help: str  # the `ddit-export <family>` command's one-line help
     model: str  # the checkpoint a bare `ddit-export <family>` exports
     size: tuple[int, int]  # height, width in pixels
     text_len: int
@@ -29,10 +30,12 @@ class FamilyDefaults:
 
 FAMILY_DEFAULTS = {
     "flux": FamilyDefaults(
+        help="export one static engine per patch size for a FLUX transformer",
         model="black-forest-labs/FLUX.1-dev", size=(1024, 1024), text_len=512, frames=None,
         presets=("tiny", "medium", "smoke"), preset_geometry={"tiny": {"height": 128, "width": 128}},
     ),
     "wan": FamilyDefaults(
+        help="export one static engine per patch size for a Wan 2.1 video transformer",
         model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", size=(480, 832), text_len=512, frames=81,
         presets=("tiny", "medium"), preset_geometry={"tiny": {"height": 96, "width": 160, "frames": 5}},
     ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ddit import staged_flux
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
 from .base import Family, TensorSpecLike
@@ -54,6 +55,7 @@ class FluxFamily(Family):
     deembed_name = "proj_out"
     rope_name = "pos_embed"
     lora_targets = FLUX_LORA_TARGETS
+    staged_parts = staged_flux
     presets = {"tiny": FLUX_TINY_CONFIG, "medium": FLUX_MEDIUM_CONFIG, "smoke": FLUX_SMOKE_CONFIG}
     defaults = FAMILY_DEFAULTS["flux"]
     default_text_len = defaults.text_len

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..ddit import staged_wan
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
 from .base import Family, TensorSpecLike
@@ -90,6 +91,7 @@ class WanFamily(Family):
     deembed_name = "proj_out"
     rope_name = "rope"
     lora_targets = WAN_LORA_TARGETS
+    staged_parts = staged_wan
     presets = {"tiny": WAN_TINY_CONFIG, "medium": WAN_MEDIUM_CONFIG}
     defaults = FAMILY_DEFAULTS["wan"]
     default_text_len = defaults.text_len

@@ -44,6 +44,8 @@ class TeacherPipeline:
     guidance: str  # what --guidance means: "embedded" (a transformer input) or "cfg"
     default_guidance: float
     default_steps: int  # the pipeline's default num_inference_steps
+    trains_on_images: bool = False  # `train --images`: encode an image folder with a 2D AutoencoderKL (FLUX);
+    # otherwise training is data-free on the teacher's own sampling trajectories (Wan)
 
 
 class Pipeline:

@@ -234,7 +234,8 @@ class Flux(Pipeline):
 
     family = "flux"
     teacher = TeacherPipeline(flux_teacher_sampler, flux_schedule, keeps_fp32_latent=False, guidance="embedded",
-                              default_guidance=DEFAULT_GUIDANCE, default_steps=28)  # FluxPipeline's defaults
+                              default_guidance=DEFAULT_GUIDANCE, default_steps=28,  # FluxPipeline's defaults
+                              trains_on_images=True)
     text_encoder_folders = TEXT_ENCODER_FOLDERS
 
     def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt=""):

@@ -36,6 +36,11 @@ def teacher_pipeline(family) -> TeacherPipeline:
     return pipeline_by_family(family).teacher
 
 
+def image_training_families() -> list[str]:
+    """The families whose training can take a folder of images (`train --images`)."""
+    return sorted(name for name, p in FAMILY_PIPELINES.items() if p.teacher.trains_on_images)
+
+
 def make_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu",
                       negative_prompt: str = ""):
     """Conditioning for ``prompt`` on the engines ``manifest`` describes (text encoders run on ``device``).

@@ -53,9 +53,9 @@ class DropInTransformer(nn.Module):
         self.runner = DDiTRunner(backend, schedule, total_steps, cache=step_cache)
         self._branch: str | None = None  # the pipeline's `cache_context` name ("cond" / "uncond"), for the cache
         # Pipelines read the model config (in_channels, guidance_embeds, patch_size, ...).
-        self.config = FrozenDict(backend.manifest["model"]["config"])
+        self.config = FrozenDict(backend.manifest.model_config)
         self.latent_shape = backend.latent_shape
-        self._text_len = int(backend.manifest["request"]["text_len"])
+        self._text_len = backend.manifest.text_len
         self._prev: tuple | None = None  # (timestep, hidden_states, its version) of the last call
         self._latent: torch.Tensor | None = None  # the current step's latent, as the engines take it
         self._step = -1

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..families.registry import family_by_name
-from ..pipelines.registry import teacher_pipeline
+from ..pipelines.registry import image_training_families, teacher_pipeline
 from ..util import limits
 from .optim import LR_SCHEDULES
 
@@ -18,7 +18,6 @@ TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OPTIMIZERS = ("adamw", "prodigy")
 DEFAULT_LR = {"adamw": 1e-4, "prodigy": 1.0}  # the paper's Wan (AdamW) and FLUX (Prodigy) settings
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-IMAGE_FAMILIES = ("flux",)  # --images encodes with a 2D AutoencoderKL; Wan trains on its own videos instead
 
 
 @dataclass
@@ -55,7 +54,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     overwrite: bool = False
-    latent_channels: int | None = None  # set from the teacher's config once it is loaded; None: the family's
 
     def __post_init__(self):
         self.patch_sizes = tuple(sorted(set(int(p) for p in self.patch_sizes)))
@@ -103,15 +101,15 @@ class TrainConfig:
             raise ValueError("--resume continues the run in --out and --overwrite discards it: pass one of them")
         fam.check_image_size(self.height, self.width, self.frames)
         self._check_patch_sizes(fam)
-        if self.images and self.family not in IMAGE_FAMILIES:
-            raise ValueError(f"--images is for {', '.join(IMAGE_FAMILIES)} only: {self.family} trains data-free on "
-                             "its own sampling trajectories (--prompts FILE or --prompt-embeds FILE)")
+        if self.images and not teacher_pipeline(fam).trains_on_images:
+            raise ValueError(f"--images is for {', '.join(image_training_families())} only: {self.family} trains "
+                             "data-free on its own sampling trajectories (--prompts FILE or --prompt-embeds FILE)")
         self._check_data()
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out} exists and is not a folder")
 
     def _check_patch_sizes(self, fam) -> None:
-        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)  # sizes beyond the grid included
+        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape())  # sizes beyond the grid included
         if len(self.patch_sizes) < 2:
             raise ValueError(f"nothing to train: give the base size and at least one larger size, "
                              f"e.g. --patch-sizes {fam.base_patch},{2 * fam.base_patch}")
@@ -141,9 +139,9 @@ class TrainConfig:
     def torch_dtype(self) -> torch.dtype:
         return TRAIN_DTYPES[self.dtype]
 
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames, self.latent_channels))
+    def latent_shape(self, latent_channels: int | None = None) -> tuple[int, ...]:
+        """One sample's latent at this run's size; `latent_channels`: the loaded model's (None: the family's)."""
+        return tuple(self.family_obj.latent_shape(1, self.height, self.width, self.frames, latent_channels))
 
     @property
     def out_dir(self) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..ddit.loading import LoadedModel, load_ddit_model
 from ..ddit.model import DDiTModel
 from ..pipelines.registry import teacher_pipeline
 from .checkpoint import load_checkpoint, newest_checkpoint, read_state, save_checkpoint
@@ -65,7 +66,7 @@ def noise_shift(config: TrainConfig, samples: SampleSet) -> float | None:
     if not samples.clean:
         return None
     fam = config.family_obj
-    return shift_mu(teacher_pipeline(fam).sampler(config.model), base_tokens(fam, config.latent_shape))
+    return shift_mu(teacher_pipeline(fam).sampler(config.model), base_tokens(fam, config.latent_shape()))
 
 
 def step_inputs(batch: dict, seed: int, mu: float | None, guidance, names, family, dtype, device) -> tuple:
@@ -77,18 +78,16 @@ def step_inputs(batch: dict, seed: int, mu: float | None, guidance, names, famil
     return latent, conditioning
 
 
-def build_model(config: TrainConfig, device) -> DDiTModel:
-    fam = config.family_obj
-    transformer = fam.load(config.model, config.torch_dtype)
-    config.latent_channels = fam.latent_channels_of(transformer.config)
-    model = DDiTModel(fam, transformer, config.patch_sizes, lora_rank=config.lora_rank).to(device)
-    if config.init_adapters:  # continue from a pack (its rank and sizes must fit; one clear error otherwise)
-        from ..ddit.adapter_pack import load_adapter_pack
-
-        load_adapter_pack(model, config.init_adapters)
+def build_model(config: TrainConfig, device) -> LoadedModel:
+    """The teacher with DDiT modules to train, through the one loader (`ddit/loading.py`): in the training
+    dtype and LoRA rank, continuing from `--init-adapters` (its rank and sizes must fit; one clear error
+    otherwise). `config` is not changed; what the load learned (latent channels, ...) is in the result."""
+    loaded = load_ddit_model(config.family_obj, config.model, config.patch_sizes, config.init_adapters,
+                             dtype=config.torch_dtype, lora_rank=config.lora_rank)
+    loaded.model.train().to(device)
     if config.gradient_checkpointing:
-        enable_gradient_checkpointing(transformer)
-    return model
+        enable_gradient_checkpointing(loaded.model.transformer)
+    return loaded
 
 
 def train(config: TrainConfig, status=say) -> TrainResult:
@@ -108,7 +107,7 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     bf16 = config.dtype == "bf16"
     autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext
 
-    model = build_model(config, device)
+    model = build_model(config, device).model
     trainable = freeze_for_distillation(model)
     status(f"model {config.model}: training sizes {model.extra_sizes} against the base {model.base_patch} "
            f"({sum(p.numel() for p in trainable):,} parameters, LoRA rank {config.lora_rank}, {config.dtype})")

@@ -65,8 +65,9 @@ def trajectory_samples(config: TrainConfig, model, device, autocast=None, progre
         if cfg:
             negative = {k: v[-1:] for k, v in conditions.items()}
             conditions = {k: v[:-1] for k, v in conditions.items()}
+    latent_shape = config.latent_shape(fam.latent_channels_of(model.config))  # the teacher's latent
     samples = collect_trajectories(
-        model, conditions, config.latent_shape, config.teacher_steps, config.seed, guidance_for(model, config),
+        model, conditions, latent_shape, config.teacher_steps, config.seed, guidance_for(model, config),
         batch_size=config.batch_size, sampler=teacher_pipeline(fam).sampler(config.model), device=device,
         dtype=config.torch_dtype, autocast=autocast, progress=progress, cfg=cfg, negative=negative,
     )

@@ -50,7 +50,7 @@ def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu
 
     single = backend_class(name)  # refuses unknown names before touching the folder
     manifest = read_manifest(folder)
-    if manifest.get("layout", "single") == "staged":  # folders from before layouts are single
+    if manifest.layout == "staged":
         if name not in STAGED_BACKENDS:
             raise BackendError(f"backend '{name}' does not run staged folders; use one of {', '.join(STAGED_BACKENDS)}")
         module, cls = STAGED_BACKENDS[name]

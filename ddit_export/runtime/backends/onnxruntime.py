@@ -122,7 +122,7 @@ class OnnxRuntimeBackend(Backend):
         self._out: torch.Tensor | None = None  # the shared bound output, allocated on first use
 
     def _cpu_dtype_refusal(self) -> str:
-        dtype = self.manifest["dtype"]
+        dtype = self.manifest.dtype
         return (f"the engines in {self.folder} are {dtype} and ONNX Runtime on the CPU has no {dtype} math: "
                 f"use --backend torch, a GPU (--device cuda with onnxruntime-gpu), or re-export with --dtype fp32")
 

@@ -17,7 +17,6 @@ from ...artifacts.manifest import verify_entry
 from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
 from .base import Backend, BackendError
 from .staged_calls import StagedCalls, find_weights
-from .staged_onnx import staged_entries
 
 
 def load_shared_weights(path: Path, device) -> dict[str, torch.Tensor]:
@@ -56,8 +55,8 @@ class AotiStagedBackend(StagedCalls, Backend):
 
     def __init__(self, folder, manifest=None, device="cpu"):
         super().__init__(folder, manifest, device)
-        entries = staged_entries(self.manifest, "aoti")
-        onnx = staged_entries(self.manifest, "onnx")
+        entries = self.manifest.engines_of("aoti")
+        onnx = self.manifest.engines_of("onnx")
         if not entries:
             raise BackendError(f"{self.folder} has no AOTInductor packages: export with `--backends onnx,aoti`")
         for entry in entries.values():
@@ -68,7 +67,7 @@ class AotiStagedBackend(StagedCalls, Backend):
                 )
             verify_entry(self.folder, entry)
         self.weights = load_shared_weights(self.folder / WEIGHTS, self.device)
-        self._sizes = {int(p): i for i, p in enumerate(self.manifest["patch_sizes"])}
+        self._sizes = {int(p): i for i, p in enumerate(self.manifest.patch_sizes)}
         self._parts = {}
         for p, entry in sorted(entries.items()):
             io = onnx[p]["parts_io"]  # the parts' input and output names (same graphs' signatures)

@@ -15,16 +15,11 @@ import numpy as np
 import torch
 
 from ...artifacts.layouts import PARTS
-from ...artifacts.manifest import verify_entry
+from ...artifacts.manifest import engine_entries, verify_entry
 from .base import Backend, BackendError
 from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from .ort_shared_weights import SharedWeights
 from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
-
-
-def staged_entries(manifest: dict, backend: str) -> dict[int, dict]:
-    """patch size -> the staged entry of one backend (files: embed, trunk, head)."""
-    return {int(e["patch_size"]): e for e in manifest["engines"] if e["backend"] == backend}
 
 
 class OnnxStagedChain:
@@ -36,7 +31,7 @@ class OnnxStagedChain:
         import onnxruntime as ort
 
         folder = Path(folder)
-        entries = staged_entries(manifest, "onnx")
+        entries = engine_entries(manifest, "onnx")  # a staged entry's files: embed, trunk, head
         if not entries:
             raise BackendError(f"{folder}: the manifest lists no onnx staged engines; export them first")
         ort_choice = manifest.get("staged", {}).get("onnxruntime", {})

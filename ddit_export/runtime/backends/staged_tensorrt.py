@@ -25,7 +25,7 @@ from ...artifacts.tensorrt_plans import (
 )
 from .base import Backend, BackendError, torch_dtype
 from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
-from .staged_onnx import PARTS, onnx_initializers, staged_entries
+from .staged_onnx import PARTS, onnx_initializers
 
 
 class TensorRTStagedBackend(StagedCalls, Backend):
@@ -38,14 +38,14 @@ class TensorRTStagedBackend(StagedCalls, Backend):
 
         if self.device.type != "cuda":
             raise BackendError("the TensorRT backend runs on CUDA: pass device='cuda'")
-        entries = staged_entries(self.manifest, "trt")
+        entries = self.manifest.engines_of("trt")
         if not entries:
             raise BackendError(f"{self.folder} has no staged TensorRT plans: export with `--backends onnx,trt`")
         here = device_signature()
         for entry in entries.values():
             verify_entry(self.folder, entry)
             check_plan_compatible(entry, here)
-        onnx_io = staged_entries(self.manifest, "onnx")
+        onnx_io = self.manifest.engines_of("onnx")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         plans = {}
         for entry in entries.values():
@@ -56,7 +56,7 @@ class TensorRTStagedBackend(StagedCalls, Backend):
                         raise BackendError(f"TensorRT could not deserialise {rel}; rebuild with --force")
         self._plans = plans
         self._sizes = sorted(entries)
-        text_len = int(self.manifest["request"]["text_len"])
+        text_len = self.manifest.text_len
         with torch.cuda.device(self.device):
             self._bind(trt, entries, onnx_io, text_len)
 
@@ -134,7 +134,7 @@ class TensorRTStagedBackend(StagedCalls, Backend):
         return super().run_head(patch, values, out_device).clone()  # the plan's buffer is reused next call
 
     def signal_weights(self):
-        onnx = staged_entries(self.manifest, "onnx")[self._sizes[0]]
+        onnx = self.manifest.engines_of("onnx")[self._sizes[0]]
         return {n: t.to(self.device) for n, t in
                 onnx_initializers(self.folder / onnx["files"][1], SIGNAL_WEIGHTS).items()}
 

@@ -23,7 +23,7 @@ class TorchStagedBackend(StagedCalls, Backend):
         super().__init__(folder, manifest, device)
         model = load_manifest_model(self.manifest)
         with torch.no_grad():
-            staged = build_staged(model, self.latent_shape, int(self.manifest["request"]["text_len"]))
+            staged = build_staged(model, self.latent_shape, self.manifest.text_len)
             self.staged = cast_staged(staged, self.dtype).to(self.device).eval()
 
     @property

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ...artifacts.manifest import ManifestError, sha256_file, sha256_tensors
+from ...artifacts.manifest import Manifest, ManifestError, sha256_file, sha256_tensors
 from ...ddit.loading import load_ddit_model
 from ...ddit.merge import base_state_dict, build_engine
 from ...ddit.model import DDiTModel
@@ -20,7 +20,7 @@ from ...families.registry import family_by_name
 from .base import Backend
 
 
-def load_manifest_model(manifest: dict) -> DDiTModel:
+def load_manifest_model(manifest: Manifest) -> DDiTModel:
     """The DDiT model (fp32, CPU, eval) a manifest was built from, verified against its hashes.
 
     Uses the export's own loader (ddit/loading.py), so the DDiT modules are attached exactly as at export time; the
@@ -36,13 +36,13 @@ def load_manifest_model(manifest: dict) -> DDiTModel:
                 f"adapter pack {pack_file} is not the one the engines were built with (sha256 differs); "
                 "rebuild the engines or restore the pack"
             )
-    family = family_by_name(manifest["family"])
-    model = load_ddit_model(family, manifest["model"]["id"], tuple(manifest["patch_sizes"]), adapters).model
+    family = family_by_name(manifest.family)
+    model = load_ddit_model(family, manifest.model_id, manifest.patch_sizes, adapters).model
     actual = sha256_tensors(base_state_dict(model.transformer))  # as the export hashes it: base weights only
     expected = manifest["model"]["weights_sha256"]
     if actual != expected:
         raise ManifestError(
-            f"model '{manifest['model']['id']}' now has other weights than the engines were built from "
+            f"model '{manifest.model_id}' now has other weights than the engines were built from "
             f"(sha256 {actual[:12]}... != manifest {expected[:12]}...); rebuild the engines or point "
             "the manifest at the original model"
         )
@@ -76,11 +76,11 @@ class TorchEagerBackend(Backend):
     def __init__(self, folder, manifest=None, device="cpu"):
         super().__init__(folder, manifest, device)
         model = load_manifest_model(self.manifest)
-        text_len = int(self.manifest["request"]["text_len"])
+        text_len = self.manifest.text_len
         cast = _shared_cast(self.device, self.dtype)
         self._engines = {}
         with torch.no_grad():
-            for patch in sorted(int(p) for p in self.manifest["patch_sizes"]):
+            for patch in sorted(self.manifest.patch_sizes):
                 engine = build_engine(model, patch, self.latent_shape, text_len)
                 self._engines[patch] = engine._apply(cast).eval()
 

@@ -27,9 +27,8 @@ HUGE = 1e9  # a threshold that skips every step it may
 
 
 def _export(root, family, layout, **geometry):
-    from test_staged_layout import _tiny_model
-
     from ddit_export.ddit.adapter_pack import save_adapter_pack
+    from tests.export.test_staged_layout import _tiny_model
 
     pack = root / f"{family}-pack"
     save_adapter_pack(_tiny_model(family), pack, base_model="tiny")

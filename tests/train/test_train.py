@@ -79,6 +79,26 @@ def test_cli_trains_a_pack_that_the_exporter_consumes(tmp_path, prompts, torch_s
     assert all(e["validation"]["passed"] for e in manifest["engines"])
 
 
+def test_init_adapters_load_through_the_one_loader_and_leave_the_config_alone(tmp_path, prompts, torch_single_thread):
+    from ddit_export.ddit.adapter_pack import AdapterPackError, save_adapter_pack
+    from ddit_export.train.distill import build_model
+
+    source = DDiTModel(FLUX, FLUX.tiny(), [2, 4, 8], lora_rank=4)
+    with torch.no_grad():
+        for param in source.extra.parameters():
+            param.add_(torch.randn_like(param))
+    save_adapter_pack(source, tmp_path / "pack", base_model="tiny")
+    config = tiny_config(tmp_path / "out", prompts, init_adapters=str(tmp_path / "pack"))
+    before = dict(vars(config))
+    loaded = build_model(config, "cpu")
+    assert vars(config) == before  # what the load learned is in its result, not in the config
+    assert loaded.latent_channels == 16 and loaded.adapters["trained"] and loaded.model.training
+    want, got = source.extra.state_dict(), loaded.model.extra.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    with pytest.raises(AdapterPackError, match="adapter pack has LoRA rank 4 .* built with rank 8"):
+        build_model(tiny_config(tmp_path / "out2", prompts, init_adapters=str(tmp_path / "pack"), lora_rank=8), "cpu")
+
+
 # ---- resume --------------------------------------------------------------------------------------
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, prompts, torch_single_thread):

@@ -9,7 +9,7 @@ from ddit_export.cli import main
 from ddit_export.export.recipe import load_recipe
 from ddit_export.export.request import ExportRequest
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from test_ddit_model import LATENT, conditioning, randomise_ddit
 
 from ddit_export.ddit.adapter_pack import AdapterPackError, load_adapter_pack, read_meta, save_adapter_pack
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.flux import FLUX, FLUX_TINY_CONFIG
+from tests.ddit.test_ddit_model import LATENT, conditioning, randomise_ddit
 
 
 def other_tiny():

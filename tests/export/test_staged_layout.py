@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 import torch
-from test_ddit_model import randomise_ddit
 
 from ddit_export.artifacts.manifest import read_manifest, sha256_file
 from ddit_export.cli import main
@@ -21,6 +20,7 @@ from ddit_export.ddit.model import DDiTModel
 from ddit_export.ddit.staged import build_staged, chain
 from ddit_export.families.registry import family_by_name
 from ddit_export.runtime.backends import get_backend
+from tests.ddit.test_ddit_model import randomise_ddit
 
 FLUX_GEOMETRY = ["--height", "128", "--width", "128", "--text-len", "8", "--dtype", "fp32"]
 WAN_GEOMETRY = ["--frames", "5", "--height", "96", "--width", "160", "--text-len", "8", "--dtype", "fp32"]

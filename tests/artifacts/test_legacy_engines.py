@@ -14,7 +14,7 @@ from ddit_export.pipelines import generate, make_conditioning
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 LEGACY = DATA / "engines_v0_flux_tiny"
 
 
