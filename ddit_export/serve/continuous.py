@@ -7,7 +7,7 @@
 One thread steps every active request (`BatchedRunner.step`); between steps it admits waiting jobs,
 at most `max_active` at a time. Requests at different steps share an engine call whenever they chose
 the same patch size: each row carries its own timestep, so nothing about a request changes (its
-schedule and latent are the solo ones; tests/test_serve_batched_runner.py).
+schedule and latent are the solo ones; tests/serve/test_batched_runner.py).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import yaml
-from serve_helpers import VARIANT_BATCH, demo_engine_folders
 
 from ddit_export.cli import main
+from tests.serve.helpers import VARIANT_BATCH, demo_engine_folders
 
 
 @pytest.mark.parametrize("args, words", [

@@ -16,7 +16,8 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from serve_helpers import VARIANT_BATCH, demo_engine_folders
+
+from tests.serve.helpers import VARIANT_BATCH, demo_engine_folders
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_helpers import VARIANT_BATCH, demo_engine_folders
 
 from ddit_export.pipelines import generate, make_conditioning
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
 from ddit_export.runtime.schedule_spec import parse_schedule
 from ddit_export.serve.batched_runner import BatchedRunner, Job
+from tests.serve.helpers import VARIANT_BATCH, demo_engine_folders
 
 
 @pytest.fixture(scope="module")
