@@ -32,10 +32,19 @@ def require_staged(backend) -> None:
                            f"reuses); {backend.folder} has the {layout} layout: re-export it with --layout staged")
 
 
+SCHEDULE_POLICIES = ("observe", "hold")
+
+
 class StepCache:
-    def __init__(self, backend, spec: CacheSpec, coefficients=None):
+    """``schedule``: what a DDiT scheduler does on the step after a cached one (docs/caching.md):
+    "observe" measures that latent as any other; "hold" records it but keeps the last size, since its
+    change came from the cache, not the model."""
+
+    def __init__(self, backend, spec: CacheSpec, coefficients=None, schedule: str = "observe"):
         require_staged(backend)
-        self.backend, self.spec = backend, spec
+        if schedule not in SCHEDULE_POLICIES:
+            raise ValueError(f"StepCache schedule must be one of {', '.join(SCHEDULE_POLICIES)}, got {schedule!r}")
+        self.backend, self.spec, self.schedule_policy = backend, spec, schedule
         if spec.kind == "teacache":
             if coefficients is None:
                 coefficients, self.coefficients_source = teacache_coefficients(backend.manifest)
@@ -80,4 +89,4 @@ class StepCache:
     def describe(self) -> dict:
         return {"kind": self.spec.kind, "threshold": self.spec.threshold,
                 "coefficients": list(getattr(self.policy, "coefficients", ())) or None,
-                "coefficients_source": self.coefficients_source}
+                "coefficients_source": self.coefficients_source, "schedule": self.schedule_policy}
