@@ -27,6 +27,7 @@ parser.add_argument("--steps", type=int, default=28)
 parser.add_argument("--seed", type=int, default=2000)
 parser.add_argument("--rule", default="predicted-error")
 parser.add_argument("--policies", default="observe", help="observe,hold: the scheduler after a cached step (StepCache schedule=)")
+parser.add_argument("--warmup-steps", default="0", help="0,4: steps that always run (StepCache warmup_steps=)")
 parser.add_argument("--no-alone", action="store_true", help="skip the cache-alone configurations")
 parser.add_argument("--engines", default=str(DEFAULT_STAGED_DIR))
 parser.add_argument("--json")
@@ -48,7 +49,9 @@ with get_backend("onnx", args.engines) as backend:
         configs[f"DDiT {tau:g}"] = ddit
         for spec in specs:
             for policy in args.policies.split(","):
-                configs[f"DDiT {tau:g} + {spec} {policy}"] = (ddit, StepCache(backend, spec, schedule=policy))
+                for warm in args.warmup_steps.split(","):
+                    configs[f"DDiT {tau:g} + {spec} {policy} w{warm}"] = (
+                        ddit, StepCache(backend, spec, schedule=policy, warmup_steps=int(warm)))
     base, runs = sample_runs(backend, args.samples, args.steps, args.seed, configs)
 tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
 classifier = load_classifier()
