@@ -107,6 +107,12 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     folder, manifest = engine_folder(args.engine_dir)
     _check_args(args)
     device = check_device(args.device)
+    if getattr(args, "cache", None) is not None and manifest.get("layout", "single") != "staged":
+        from ..runtime.backends.base import BackendError  # before any timing: the same line `generate` gives
+
+        raise BackendError(f"--cache needs a staged engine folder (its trunk returns the residual that a cached "
+                           f"step reuses); {folder} has the {manifest.get('layout', 'single')} layout: re-export "
+                           "it with --layout staged")
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
