@@ -286,3 +286,26 @@ def test_bench_cache_refuses_a_single_folder_with_the_fix(folders, tmp_path, cap
                  "--steps", "4", "--warmup", "0", "--iters", "1", "--no-eager", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "re-export it with --layout staged" in err
+
+
+# -- DDiT's schedule under caching -------------------------------------------------------------------
+
+def test_hold_keeps_the_size_after_a_cached_step_and_warmup_steps_always_run(folders, torch_single_thread):
+    with get_backend("torch", folders["flux"]) as backend:
+        ref = _run(backend, steps=12)
+        assert len(set(ref.trace.schedule)) > 1, "the run must switch sizes"
+        zero = _run(backend, StepCache(backend, parse_cache("teacache:0"), coefficients=FLUX_DEV, schedule="hold"),
+                    steps=12)
+        assert zero.trace.schedule == ref.trace.schedule  # nothing cached: nothing held
+        held = _run(backend, StepCache(backend, parse_cache(f"teacache:{HUGE}"), coefficients=FLUX_DEV,
+                                       schedule="hold"), steps=12)
+        sizes, cached = held.trace.schedule, held.trace.cached
+        assert any(cached)
+        for i in range(1, len(sizes)):
+            if cached[i - 1]:
+                assert sizes[i] == sizes[i - 1], f"step {i} follows a cached step but changed size"
+        warm = _run(backend, StepCache(backend, parse_cache(f"teacache:{HUGE}"), coefficients=FLUX_DEV,
+                                       warmup_steps=4), steps=12)
+        assert warm.trace.cached[:4] == [False] * 4 and any(warm.trace.cached[4:])
+    with pytest.raises(ValueError, match="observe, hold"):
+        StepCache(backend, parse_cache("teacache:0.1"), coefficients=FLUX_DEV, schedule="never")

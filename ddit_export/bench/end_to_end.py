@@ -158,7 +158,8 @@ def _cache_figures(report: dict, runs: dict, tokens: dict, base: int) -> None:
         t = report["modes"][mode]["seconds_per_image"]
         table[mode] = {"seconds_per_image": t, "speedup_vs_static": t_static / t,
                        "cached_steps": sum(flat) / len(flat) if flat else 0.0,
-                       "token_cost": sum(schedule_cost(r["schedule"], tokens, base) for r in mode_runs) / len(mode_runs),
+                       "token_cost": sum(schedule_cost(r["schedule"], tokens, base) for r in mode_runs)
+                       / len(mode_runs),
                        **quality}
         report["modes"][mode]["cached"] = {str(r["seed"]): r["cached"] for r in mode_runs}
     report["cache_table"] = table
