@@ -100,3 +100,33 @@ def test_tensorrt_cached_path_matches_onnx_runtime(tmp_path):
     cosine = torch.nn.functional.cosine_similarity(got.latent.cpu().flatten().float(), want.latent.flatten().float(),
                                                    dim=0)
     assert cosine > 0.999
+
+
+# -- first-block caching on ONNX Runtime: `export --first-block-split` -----------------------------------
+
+def test_onnx_first_block_split_export_runs_fbcache(tmp_path, torch_single_thread):
+    import json
+
+    from ddit_export.cli import main
+    from ddit_export.export.request import ExportRequest
+
+    with pytest.raises(ValueError, match="add --layout staged"):
+        ExportRequest(family="flux", model="tiny", patch_sizes=(2, 4), first_block_split=True)
+    out = tmp_path / "split"
+    assert main(["flux", "--model", "tiny", "--patch-sizes", "2,4", "--height", "64", "--width", "64",
+                 "--text-len", "8", "--dtype", "fp32", "--layout", "staged", "--backends", "onnx",
+                 "--first-block-split", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["staged"]["first_block_split"] is True
+    for entry in manifest["engines"]:
+        assert entry["files"][3:5] == ["staged/first_block.onnx", "staged/other_blocks.onnx"]
+        assert {"first_block", "other_blocks"} <= set(entry["validation"]["parts"])
+    with get_backend("onnx", out) as onnx, get_backend("torch", out) as eager:
+        assert onnx.first_block_split
+        ref = _run(onnx, schedule=ALTERNATING)
+        exact = _run(onnx, StepCache(onnx, parse_cache("fbcache:0")), schedule=ALTERNATING)
+        assert not any(exact.trace.cached) and torch.equal(exact.latent, ref.latent)
+        got = _run(onnx, StepCache(onnx, parse_cache(f"fbcache:{HUGE}")), schedule=ALTERNATING)
+        want = _run(eager, StepCache(eager, parse_cache(f"fbcache:{HUGE}")), schedule=ALTERNATING)
+    assert got.trace.cached == want.trace.cached == [False, True, False, True, False, True]
+    assert torch.allclose(got.latent, want.latent, rtol=1e-3, atol=1e-4)

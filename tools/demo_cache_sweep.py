@@ -31,12 +31,14 @@ parser.add_argument("--policies", default="observe",
 parser.add_argument("--warmup-steps", default="0", help="0,4: steps that always run (StepCache warmup_steps=)")
 parser.add_argument("--no-alone", action="store_true", help="skip the cache-alone configurations")
 parser.add_argument("--engines", default=str(DEFAULT_STAGED_DIR))
+parser.add_argument("--first-block-split", action="store_true",
+                    help="export (or reuse) --engines with the trunk split after block 0: fbcache on ONNX Runtime")
 parser.add_argument("--json")
 args = parser.parse_args()
 taus = [float(t) for t in args.taus.split(",")]
 specs = [parse_cache(c) for c in args.caches.split(",")]
 
-manifest = export_demo_engines(args.engines, layout="staged")
+manifest = export_demo_engines(args.engines, layout="staged", first_block_split=args.first_block_split)
 labels = sample_labels(args.samples)
 with get_backend("onnx", args.engines) as backend:
     warm_up(backend)

@@ -19,24 +19,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from ddit_export.ddit.staged import family_parts
-from ddit_export.export.staged_onnx import export_dynamic_trunk
+from ddit_export.export.staged_onnx import export_dynamic_trunk, trunk_half
 from ddit_export.pipelines import make_conditioning
 from ddit_export.runtime.backends import get_backend
-
-
-def half(trunk, method: str, names) -> nn.Module:
-    """`trunk.first_block` or `trunk.other_blocks` as a module whose forward takes `names` (the exporter
-    matches a module's forward signature to the input names)."""
-    args = ", ".join(names)
-    namespace = {}
-    exec(f"def forward(self, {args}):\n    return self.trunk.{method}({args})", namespace)  # noqa: S102
-    cls = type(f"Trunk_{method}", (nn.Module,), {"forward": namespace["forward"]})
-    module = cls()
-    module.trunk = trunk
-    return module
 
 
 def session(path: Path, prepack: bool):
@@ -85,10 +72,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             v0 = values[first]
-            export_dynamic_trunk(half(staged.trunk, "first_block", fp.TRUNK_INPUTS), {n: v0[n] for n in fp.TRUNK_INPUTS},
+            export_dynamic_trunk(trunk_half(staged.trunk, "first_block", fp.TRUNK_INPUTS),
+                                 {n: v0[n] for n in fp.TRUNK_INPUTS},
                                  ["head_tokens", "head_text_tokens"], tmp / "first_block.onnx", axes,
                                  opset=int(manifest["opset"]), external_data=False)
-            export_dynamic_trunk(half(staged.trunk, "other_blocks", fp.OTHER_BLOCKS_INPUTS), {n: v0[n] for n in fp.OTHER_BLOCKS_INPUTS},
+            export_dynamic_trunk(trunk_half(staged.trunk, "other_blocks", fp.OTHER_BLOCKS_INPUTS),
+                                 {n: v0[n] for n in fp.OTHER_BLOCKS_INPUTS},
                                  ["trunk_tokens"], tmp / "other_blocks.onnx", other_axes,
                                  opset=int(manifest["opset"]), external_data=False)
             trunk = session(folder / "staged" / "trunk.onnx", prepack)
