@@ -31,8 +31,10 @@ def engines_markdown(rows: list[dict]) -> list[str]:
 def e2e_markdown(e2e: dict) -> list[str]:
     if "skipped" in e2e:
         return [f"End to end skipped: {e2e['skipped']}"]
+    kind = e2e.get("cache", {}).get("kind", "cache")
     names = {"static": f"static base ({e2e['backend']})", "dynamic": f"DDiT dynamic ({e2e['backend']})",
-             "eager": f"PyTorch eager base ({e2e['eager_backend']})"}
+             "eager": f"PyTorch eager base ({e2e['eager_backend']})", "cache": f"{kind} alone ({e2e['backend']})",
+             "dynamic_cache": f"DDiT + {kind} ({e2e['backend']})"}
     body = [[names[m], _num(s["seconds_per_image"], ".4f"), _num(s["p50_ms"] / 1e3, ".4f"),
              _num(s["scheduler_ms_per_step"], ".3f"), _num(s["engine_ms_per_step"], ".3f"),
              " ".join(f"p{p}:{n:g}" for p, n in s["steps_per_patch"].items())]
@@ -51,7 +53,25 @@ def e2e_markdown(e2e: dict) -> list[str]:
               f"FLOP speed-up {_num(cost['flop_speedup'])}x.",
               f"Scheduler overhead: {_num(over['ms_per_step'], '.3f')} ms/step "
               f"({_num(100 * over['share_of_step'], '.1f')}% of a step)."]
+    if e2e.get("cache_table"):
+        lines += ["", *cache_markdown(e2e, names)]
     return lines
+
+
+CACHE_MODES = ("static", "cache", "dynamic", "dynamic_cache")
+
+
+def cache_markdown(e2e: dict, names: dict) -> list[str]:
+    """The paper's four-way table: static base, cache alone, DDiT alone, DDiT + cache."""
+    c, table = e2e["cache"], e2e["cache_table"]
+    body = [[names[m], _num(table[m]["seconds_per_image"], ".4f"), _num(table[m]["speedup_vs_static"]) + "x",
+             f"{100 * table[m]['cached_steps']:.0f}%", _num(table[m]["token_cost"], ".3f"),
+             _num(table[m]["psnr_db"]), _num(table[m]["ssim"], ".3f")] for m in CACHE_MODES]
+    return [f"Step cache {c['kind']}:{c['threshold']:g} ({c['coefficients_source'] or 'no polynomial'}); quality "
+            "is the final latent's against the static base's (latent space, mapped to [0, 1] by the base's range).",
+            "", *_table(["configuration", "s/image", "speed-up vs base", "steps cached", "token cost",
+                         "PSNR dB", "SSIM"], body),
+            "", f"DDiT + {c['kind']} vs DDiT alone: {_num(e2e['speedups']['dynamic_cache_vs_dynamic'])}x."]
 
 
 def bench_markdown(report: dict) -> str:

@@ -18,7 +18,7 @@ from ..util import limits
 from ..util.atomic import check_writable, staged_files, write_text_atomic
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_schedule_arguments, comma_list, engine_folder, schedule_from_args
+from .arglists import add_cache_argument, add_schedule_arguments, comma_list, engine_folder, schedule_from_args
 from .errors import run_guarded
 from .progress import Counted
 
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e2e.add_argument("--prompt", default="a photograph of a red fox in fresh snow, golden hour")
     e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
     e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
+    add_cache_argument(e2e)  # adds the cache-alone and DDiT + cache modes (the paper's four-way table)
     p.add_argument("--peer", action="store_true",
                    help="also time optimum-onnx's export of the base transformer (needs the [optimum] extra)")
 
@@ -67,6 +68,8 @@ def _check_args(args) -> None:
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
     args.fixed = schedule_from_args(args, args.steps)
+    if getattr(args, "cache", None) is not None and args.no_e2e:
+        raise ValueError("--cache compares end-to-end runs: drop --no-e2e")
 
 
 def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console) -> tuple[dict, dict]:
@@ -104,6 +107,12 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     folder, manifest = engine_folder(args.engine_dir)
     _check_args(args)
     device = check_device(args.device)
+    if getattr(args, "cache", None) is not None and manifest.get("layout", "single") != "staged":
+        from ..runtime.backends.base import BackendError  # before any timing: the same line `generate` gives
+
+        raise BackendError(f"--cache needs a staged engine folder (its trunk returns the residual that a cached "
+                           f"step reuses); {folder} has the {manifest.get('layout', 'single')} layout: re-export "
+                           "it with --layout staged")
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
@@ -171,7 +180,8 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
         with Counted(console, 1, "end to end", unit="image") as bar:
             return end_to_end(backends[engine_name], eager, steps=args.steps, seeds=seeds, repeats=args.e2e_repeats,
                               tau=args.tau, rho=args.rho, prompt=args.prompt, tokens=tokens,
-                              flops=flops_table(manifest), schedule=args.fixed, rule=args.rule, progress=bar.update)
+                              flops=flops_table(manifest), schedule=args.fixed, rule=args.rule,
+                              cache=getattr(args, "cache", None), progress=bar.update)
     except (NotImplementedError, ValueError) as err:  # the runtime cannot sample this family: keep the timings
         console.print(f"[yellow]end to end skipped: {err}[/]")
         return {"skipped": str(err)}
@@ -211,5 +221,27 @@ def _print(console: Console, result: dict, written: list[Path]) -> None:
             console.print(f"vs PyTorch eager: dynamic {fmt(sp['dynamic_vs_eager'])}, static "
                           f"{fmt(sp['static_vs_eager'])}")
         console.print(f"scheduler: {e2e['scheduler_overhead']['ms_per_step']:.3f} ms/step")
+        if e2e.get("cache_table"):
+            _print_cache(console, e2e)
     for path in written:
         console.print(f"wrote {path}")
+
+
+def _print_cache(console: Console, e2e: dict) -> None:
+    from ..bench.report import CACHE_MODES
+
+    kind, table = e2e["cache"]["kind"], e2e["cache_table"]
+    out = Table(title=f"{kind}:{e2e['cache']['threshold']:g} ({e2e['backend']}); PSNR/SSIM of final latents vs base")
+    out.add_column("figure")
+    for name in ("static base", f"{kind} alone", "DDiT alone", f"DDiT + {kind}"):
+        out.add_column(name, justify="right")
+    rows = [table[m] for m in CACHE_MODES]
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    out.add_row("seconds / image", *[f"{r['seconds_per_image']:.4f}" for r in rows])
+    out.add_row("speed-up vs base", *[f"{r['speedup_vs_static']:.2f}x" for r in rows], style="bold")
+    out.add_row("steps cached", *[f"{100 * r['cached_steps']:.0f}%" for r in rows])
+    out.add_row("token cost", *[f"{r['token_cost']:.3f}" for r in rows])
+    out.add_row("PSNR vs base (dB)", *[fmt(r["psnr_db"], ".2f") for r in rows])
+    out.add_row("SSIM vs base", *[fmt(r["ssim"], ".3f") for r in rows])
+    console.print(out)
+    console.print(f"DDiT + {kind} vs DDiT alone: {e2e['speedups']['dynamic_cache_vs_dynamic']:.2f}x")

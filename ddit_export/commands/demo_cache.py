@@ -55,16 +55,20 @@ def cache_demo_command(args, console) -> int:
     from ..runtime.runner import schedule_config
     from .export_cmd import RichReporter
 
-    folder = Path(args.engines or DEFAULT_STAGED_DIR).expanduser()
+    split = args.cache.kind == "fbcache"  # first-block caching on ONNX Runtime needs the trunk split after block 0
+    default = DEFAULT_STAGED_DIR.with_name(DEFAULT_STAGED_DIR.name + "-split") if split else DEFAULT_STAGED_DIR
+    folder = Path(args.engines or default).expanduser()
     out = Path(args.out).expanduser()
     check_writable(out)
     if args.report:
         check_writable(Path(args.report).expanduser().parent, "--report's folder")
     started = time.perf_counter()
-    console.print("exporting the demo engines (ONNX, CPU, --layout staged; reused when unchanged)")
+    console.print(f"exporting the demo engines (ONNX, CPU, --layout staged{' --first-block-split' if split else ''}; "
+                  "reused when unchanged)")
     reporter = RichReporter(console)
     try:
-        manifest = export_demo_engines(folder, force=args.force, reporter=reporter, layout="staged")
+        manifest = export_demo_engines(folder, force=args.force, reporter=reporter, layout="staged",
+                                       first_block_split=split)
     finally:
         reporter.stop()
     if args.cache.kind == "teacache":

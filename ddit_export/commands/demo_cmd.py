@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=argtypes.seed, default=0, help="noise seed of the first sample (default 0)")
     add_cache_argument(p)
     p.add_argument("--engines", help="engine folder (built or reused; default engines/demo, with --cache "
-                                     "engines/demo-staged: the staged layout, which step caching needs)")
+                                     "engines/demo-staged: the staged layout, which step caching needs; with "
+                                     "--cache fbcache engines/demo-staged-split, also split after block 0)")
     p.add_argument("--out", default="outputs/demo", help="folder for the grid and plot (default outputs/demo)")
     p.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
     p.add_argument("--force", action="store_true", help="rebuild the engines even if --engines holds others")

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--layout",  # checked by the request: a bad value gets one line, not argparse's usage
                    help="single: one merged engine per size (default); staged: per size an embed and a head, "
                         "ONE trunk shared by all sizes (all sizes in the memory of one model)")
+    p.add_argument("--first-block-split", action="store_true", default=None,
+                   help="staged, ONNX: also export the trunk as block 0 + blocks 1..N, which first-block caching "
+                        "(--cache fbcache) runs; costs 4-8%% per full step on ONNX Runtime CPU (docs/caching.md)")
     p.add_argument("--tau", type=argtypes.tau, help="the engines' default DDiT threshold (default 0.001)")
     p.add_argument("--rho", type=argtypes.rho, help="the engines' default percentile as a fraction (default 0.4)")
     p.add_argument("--atol", type=argtypes.positive_float, help="validation absolute tolerance, fp32 (default 1e-4)")
@@ -57,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
-                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout")
+                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
+                 "first_block_split")
 
 
 def request_settings(args, family: str) -> dict:

@@ -15,17 +15,18 @@ DEFAULT_ENGINE_DIR = Path("engines") / "demo"
 DEFAULT_STAGED_DIR = Path("engines") / "demo-staged"  # `ddit-export demo --cache`: step caching needs the staged layout
 
 
-def demo_request(out: Path, force: bool = False, layout: str = "single") -> ExportRequest:
+def demo_request(out: Path, force: bool = False, layout: str = "single",
+                 first_block_split: bool = False) -> ExportRequest:
     return ExportRequest(
         family="flux", model=DEMO_MODEL_ID, patch_sizes=DEMO_PATCH_SIZES, adapters=str(require(ADAPTERS_DIR)),
         height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN, dtype="fp32", out=str(out), force=force,
         # the demo's tuned schedule, so `generate` on these engines schedules as `ddit-export demo` does
         backends=("onnx",), tau=DEFAULT_TAU, scheduler_sizes=DEFAULT_SIZES, rule=DEFAULT_RULE, layout=layout,
-        error_model=demo_error_model(),
+        error_model=demo_error_model(), first_block_split=first_block_split,
     )
 
 
 def export_demo_engines(out: Path = DEFAULT_ENGINE_DIR, force: bool = False, reporter: Reporter | None = None,
-                        layout: str = "single") -> dict:
+                        layout: str = "single", first_block_split: bool = False) -> dict:
     """Build (or reuse, when unchanged) the demo engines in `out`; returns the manifest."""
-    return export_engines(demo_request(Path(out), force, layout), reporter)
+    return export_engines(demo_request(Path(out), force, layout, first_block_split), reporter)

@@ -134,7 +134,7 @@ def stage_key_base(req: ExportRequest, weights_sha: str, adapters: dict) -> dict
 def manifest_record(req: ExportRequest, model, adapters: dict, weights_sha: str, old, layout: str, io: dict,
                     entries: list[dict]) -> dict:
     """The manifest of a finished export (both layouts)."""
-    return {
+    record = {
         "format": MANIFEST_FORMAT,
         "layout": layout,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -153,6 +153,13 @@ def manifest_record(req: ExportRequest, model, adapters: dict, weights_sha: str,
         "scheduler": scheduler_defaults(req, old, model.base_patch, weights_sha, adapters["sha256"]),
         "tools": tool_versions() | {"ddit-export": __version__},
     }
+    # A step-cache fit (`calibrate --cache`) describes the model, not the build: it survives a re-export of the
+    # same weights and adapters, as a scheduler calibration does.
+    same_model = old and old["model"].get("weights_sha256") == weights_sha and \
+        old.get("adapters", {}).get("sha256") == adapters["sha256"]
+    if same_model and old.get("cache"):
+        record["cache"] = old["cache"]
+    return record
 
 
 def load_for_export(req: ExportRequest, reporter: Reporter) -> tuple[ExportRequest, DDiTModel, dict]:

@@ -50,6 +50,7 @@ class ExportRequest:
     error_model: dict | None = None  # the predicted-error rule's fitted model (ErrorModel.to_json); the demo ships one
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
     layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
+    first_block_split: bool = False  # staged, ONNX only: also block 0 and blocks 1..N as two graphs (--cache fbcache)
 
     def __post_init__(self):
         if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):
@@ -80,6 +81,8 @@ class ExportRequest:
         self.opset = limits.check_int(self.opset, "--opset")
         if self.layout not in LAYOUTS:
             raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)} (got {self.layout})")
+        if self.first_block_split and self.layout != "staged":
+            raise ValueError("--first-block-split splits the staged trunk: add --layout staged")
         if self.opset < 20:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
         fam.check_image_size(self.height, self.width, self.frames)
@@ -95,6 +98,8 @@ class ExportRequest:
                 raise ValueError(f"scheduler sizes {list(self.scheduler_sizes)} must be some of --patch-sizes "
                                  f"{list(self.patch_sizes)}, the base {fam.base_patch} included")
         self.backends = self._checked_backends()
+        if self.first_block_split and set(self.backends) - {"onnx"}:
+            raise ValueError("--first-block-split is built for ONNX Runtime only so far: export with --backends onnx")
         self.device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
         self.device = "cpu" if self.device == "auto" else str(parse_device(self.device))
         if self.dtype is None:  # what the export device can run: ONNX Runtime's CPU kernels have no bf16 math
@@ -144,6 +149,8 @@ class ExportRequest:
         identity = {k: v for k, v in asdict(self).items() if k in keys}
         if self.layout != "single":  # single folders keep their identity (and stage keys) from before layouts
             identity["layout"] = self.layout
+        if self.first_block_split:
+            identity["first_block_split"] = True
         return identity
 
     def check_out_writable(self) -> None:

@@ -77,7 +77,8 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
                 reporter.done(e["patch_size"], e)
         manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
         manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
-                              "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"]}
+                              "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"],
+                              "first_block_split": req.first_block_split}
         write_manifest(tmp, manifest)
     return manifest
 
@@ -94,7 +95,7 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
     half = req.torch_dtype != torch.float32
     graphs = tmp / (".twin" if half else STAGED_DIR)
     samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
-    values = _traced_values(staged, samples)
+    values = _traced_values(staged, samples, req.first_block_split)
     validation = _export_and_validate(staged, req, graphs, samples, values, reporter)
     if half:
         for p in staged.sizes:
@@ -105,7 +106,7 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
                         for p, inputs in samples.items()}
         # Traced again in the product dtype, so every value between parts has the dtype its producer
         # gives it (RoPE tables stay fp32, as in single engines).
-        cast = _traced_values(staged, cast_samples)
+        cast = _traced_values(staged, cast_samples, req.first_block_split)
         _export_parts(staged, req, tmp / STAGED_DIR, cast)
         shutil.rmtree(graphs, ignore_errors=True)
     entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
@@ -123,15 +124,20 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
     return entries
 
 
-def _traced_values(staged: StagedModel, samples: dict) -> dict:
-    """Every named value of the torch chain at each size (the parts' validation inputs)."""
+def _traced_values(staged: StagedModel, samples: dict, split: bool = False) -> dict:
+    """Every named value of the torch chain at each size (the parts' validation inputs); with `split`, also
+    block 0's outputs (the inputs of blocks 1..N)."""
     from ..ddit.staged import chain
 
     out = {}
     with torch.no_grad():
         for p, inputs in samples.items():
             given = {**inputs, "size_index": staged.size_index(p).to(inputs["latent"].device)}
-            out[p] = chain(staged.part_callables(p), given)
+            parts = staged.part_callables(p)
+            out[p] = chain(parts, given)
+            if split:
+                module, names, outputs = parts["first_block"]
+                out[p].update(zip(outputs, module(**{n: out[p][n] for n in names})))
     return out
 
 
@@ -165,6 +171,27 @@ def _export_graphs(staged, req, folder: Path, values: dict, fp, first: int) -> N
         export_dynamic_trunk(staged.trunk, _part_inputs(staged, first, "trunk", values[first]), outputs,
                              folder / "trunk.onnx", fp.trunk_token_axes(staged.text_len), opset=req.opset,
                              external_data=req.external_data)
+        if req.first_block_split:  # the same trunk as two graphs: block 0, then blocks 1..N (first-block caching)
+            for part, axes in split_parts(staged, fp).items():
+                module, names, outputs = _split_module(staged, first, part)
+                export_dynamic_trunk(module, {n: values[first][n] for n in names}, outputs, folder / f"{part}.onnx",
+                                     axes, opset=req.opset, external_data=req.external_data)
+
+
+SPLIT_PARTS = ("first_block", "other_blocks")
+
+
+def split_parts(staged, fp) -> dict:
+    """part -> its token axes: block 0 reads the trunk's inputs, blocks 1..N block 0's outputs."""
+    axes = fp.trunk_token_axes(staged.text_len)
+    return {"first_block": axes, "other_blocks": {("head_tokens" if k == "tokens" else k): a for k, a in axes.items()}}
+
+
+def _split_module(staged, patch: int, part: str):
+    from .staged_onnx import trunk_half
+
+    _, names, outputs = staged.part_callables(patch)[part]
+    return trunk_half(staged.trunk, part, names), names, outputs
 
 
 def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict, reporter) -> dict:
@@ -185,6 +212,12 @@ def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict,
         trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
         parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / "trunk.onnx", **tol),
                                        f"patch size {p} trunk").to_json()
+        if req.first_block_split:
+            for part in SPLIT_PARTS:
+                module, names, _ = _split_module(staged, p, part)
+                parts[part] = require_valid(validate_trunk(module, {n: values[p][n] for n in names},
+                                                           folder / f"{part}.onnx", **tol),
+                                            f"patch size {p} {part}").to_json()
         result = require_valid(validate_chain(staged, p, samples[p], folder, **tol), f"patch size {p} chain")
         results[p] = {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32",
                       "parts": parts}
@@ -194,6 +227,9 @@ def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict,
 def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, validation: dict, started) -> dict:
     fam, shape = staged.family, staged.latent_shape
     files = [f"{STAGED_DIR}/embed_p{patch}.onnx", f"{STAGED_DIR}/trunk.onnx", f"{STAGED_DIR}/head_p{patch}.onnx"]
+    if req.first_block_split:  # after the three parts: readers that take files[:3] see the same folder
+        files += [f"{STAGED_DIR}/{part}.onnx" for part in SPLIT_PARTS]
+    graphs = list(files)
     files += [f"{f}.data" for f in files if (tmp / f"{f}.data").exists()]
     embed, head = IOSpec.from_onnx(tmp / files[0]), IOSpec.from_onnx(tmp / files[2])
     io = IOSpec(inputs=embed.inputs, outputs=head.outputs).to_json()
@@ -205,7 +241,7 @@ def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, valid
         "sha256": [sha256_file(tmp / f) for f in files],
         "bytes": sum((tmp / f).stat().st_size for f in files),
         "io": io,
-        "parts_io": {part: graph_io(tmp / f) for part, f in zip(("embed", "trunk", "head"), files)},
+        "parts_io": {part: graph_io(tmp / f) for part, f in zip(("embed", "trunk", "head", *SPLIT_PARTS), graphs)},
         "tokens": fam.tokens(shape, patch),
         "padded_grid": list(fam.padded_shape(shape, patch)[-2:]),
         "padding_tokens": round(fam.padding_tokens(shape, patch), 3),

@@ -45,6 +45,17 @@ def export_dynamic_trunk(trunk, inputs: dict, output_names: list[str], path: Pat
     _check_saved(path)
 
 
+def trunk_half(trunk, method: str, names) -> torch.nn.Module:
+    """`trunk.first_block` / `trunk.other_blocks` as a module whose forward takes exactly `names` (the exporter
+    maps keyword inputs to a forward's parameters by name)."""
+    args = ", ".join(names)
+    namespace: dict = {}
+    exec(f"def forward(self, {args}):\n    return self.trunk.{method}({args})", namespace)
+    module = type(f"Trunk_{method}", (torch.nn.Module,), {"forward": namespace["forward"]})()
+    module.trunk = trunk
+    return module
+
+
 def graph_io(path: Path) -> dict:
     """Inputs and outputs of a graph as the manifest records them; a symbolic axis is written by name."""
     graph = onnx.load(str(path), load_external_data=False).graph

@@ -125,6 +125,7 @@ class DDiTRunner:
             cache.reset()  # a new runner is a new trajectory: nothing of a previous one is reused
         self.total_steps = total_steps
         self._step, self._calls = -1, 0
+        self._all_cached = False  # every engine call of the current step was served from the step cache
 
     def reset(self, total_steps: int | None = None) -> None:
         """Start a new trajectory; the previous trace is resolved first and stays valid."""
@@ -133,6 +134,7 @@ class DDiTRunner:
         self.trace = Trace(self.clock)
         self.scheduler.reset(total_steps)
         self.decision = None
+        self._all_cached = False
         if total_steps is not None:
             self.total_steps = total_steps
         if self.cache is not None:
@@ -145,10 +147,15 @@ class DDiTRunner:
         if step_index == 0 and len(self.trace):
             self.reset()  # step 0 always opens a new trajectory, as in the scheduler
         start = self.clock.mark()
-        decision = self.scheduler.step(latent, step_index, sigma)
+        # The latent change of a cached step is the cache's, not the model's: with the cache's "hold" policy the
+        # scheduler records it but keeps the last size (docs/caching.md, "DDiT's schedule under caching").
+        hold = (step_index > 0 and self._all_cached and self.cache is not None
+                and getattr(self.cache, "schedule_policy", "observe") == "hold")
+        decision = self.scheduler.step(latent, step_index, sigma, hold=hold)
         self.trace.open_step(step_index, decision, start, self.clock.mark())
         self.decision = decision
         self._step, self._calls = step_index, 0
+        self._all_cached = False
         return decision
 
     def run(self, latent: torch.Tensor, branch: str | None = None, **conditioning: torch.Tensor) -> torch.Tensor:
@@ -164,6 +171,7 @@ class DDiTRunner:
         else:
             out, cached = self.cache(self.decision.patch_size, latent, step=self._step, total_steps=self.total_steps,
                                      branch=str(self._calls) if branch is None else branch, **conditioning)
+        self._all_cached = cached and (self._all_cached or self._calls == 0)
         self._calls += 1
         self.trace.add_engine_call(start, self.clock.mark(), cached)
         return out

@@ -289,11 +289,14 @@ class AccelerationScheduler:
         self._patch, self._hold = None, 0
 
     @torch.no_grad()
-    def step(self, latent: torch.Tensor, step_index: int, sigma: float | None = None) -> Decision:
+    def step(self, latent: torch.Tensor, step_index: int, sigma: float | None = None, hold: bool = False) -> Decision:
         """Observe the pre-model latent of step ``step_index`` (0-based), then decide its patch size.
 
         ``sigma`` is the sampler's noise level at this step (a float); the `predicted-error` rule
         (``statistic="x0-detail"``) needs it, the others ignore it.
+        ``hold``: the last step's update came from a step cache, not the model (docs/caching.md): the latent
+        is recorded as history but not measured, and the last size is kept (the warm-up and
+        ``base_last_steps`` still apply).
         """
         cfg = self.config
         if cfg.static_patch is not None:
@@ -315,7 +318,13 @@ class AccelerationScheduler:
         if step_index == 0:  # step 0 always opens a new trajectory, even if reset() was forgotten
             self._count, self._patch, self._hold = 0, None, 0
 
-        stats = self._observe_x0(latent, sigma) if cfg.statistic == "x0-detail" else self._observe(latent)
+        hold = hold and self._patch is not None
+        if cfg.statistic == "x0-detail":
+            stats = self._observe_x0(latent, sigma, measure=not hold)
+        else:
+            stats = self._observe(latent, measure=not hold)
+        if hold and not force_base:
+            return Decision(self._patch, None)
         if stats is None:
             patch = cfg.base_patch if force_base or cfg.warmup_patch is None else cfg.warmup_patch
         elif force_base:
@@ -339,7 +348,7 @@ class AccelerationScheduler:
         return choose_size(stats, cfg.error_model, self._sigma, self._sigma_step, cfg.tau, self._tokens,
                            cfg.base_patch)
 
-    def _observe_x0(self, latent: torch.Tensor, sigma: float | None) -> dict[int, float] | None:
+    def _observe_x0(self, latent: torch.Tensor, sigma: float | None, measure: bool = True) -> dict[int, float] | None:
         """Keep the previous latent; from the third step on, the block detail of the predicted x0 per candidate."""
         if sigma is None or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
             raise ValueError(f"the predicted-error rule needs each step's sigma as a finite float, got {sigma!r}")
@@ -358,7 +367,7 @@ class AccelerationScheduler:
             self._tokens = {p: math.ceil(h / p) * math.ceil(w / p) / (math.ceil(h / base) * math.ceil(w / base))
                             for p in self.config.patch_sizes}
         stats = None
-        if self._count >= WARMUP_STEPS and self.config.candidates:
+        if measure and self._count >= WARMUP_STEPS and self.config.candidates:
             x0 = self._d3  # z - sigma * v, with v from the last sampler step (predicted_error.predicted_x0)
             step = sigma - self._prev_sigma
             if step == 0:
@@ -372,7 +381,7 @@ class AccelerationScheduler:
         self._count += 1
         return stats
 
-    def _observe(self, latent: torch.Tensor) -> dict[int, float] | None:
+    def _observe(self, latent: torch.Tensor, measure: bool = True) -> dict[int, float] | None:
         """Push ``latent`` into the ring; return the candidates' statistics once 4 latents exist."""
         if latent.dim() not in (4, 5):
             raise ValueError(
@@ -389,7 +398,7 @@ class AccelerationScheduler:
         ring = self._ring
         ring[self._count % HISTORY].copy_(latent)  # copy: the sampler may update latent in place
         self._count += 1
-        if self._count < HISTORY:
+        if self._count < HISTORY or not measure:
             return None
 
         candidates = self.config.candidates

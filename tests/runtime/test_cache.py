@@ -232,3 +232,79 @@ def test_dropins_accept_the_same_cache_and_refuse_a_single_folder(folders):
         assert DDiTFluxTransformer(backend, cache="none").runner.cache is None
         with pytest.raises(ValueError, match="calibrate ENGINE_DIR --cache"):  # tiny: no published polynomial
             DDiTFluxTransformer(backend, cache="teacache:0.25")
+
+
+# -- bench: the four-way table -------------------------------------------------------------------------
+
+def _calibrated_copy(folders, key, tmp_path):
+    import shutil
+
+    folder = tmp_path / key
+    shutil.copytree(folders[key], folder)
+    assert main(["calibrate", str(folder), "--cache", "--steps", "6", "--seeds", "0",
+                 "--out", str(tmp_path / f"fit-{key}")]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("key, backend_name, spec", [("flux", "onnx", "teacache:0.3"), ("wan", "torch", "fbcache:0.3")])
+def test_bench_cache_reports_base_cache_ddit_and_both_side_by_side(folders, tmp_path, key, backend_name, spec,
+                                                                  torch_single_thread):
+    folder = _calibrated_copy(folders, key, tmp_path) if spec.startswith("teacache") else folders[key]
+    out = tmp_path / "bench"
+    assert main(["bench", str(folder), "--backends", backend_name, "--cache", spec, "--steps", "8", "--seeds", "0,1",
+                 "--warmup", "1", "--iters", "2", "--no-eager", "--tau", "0.05", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())["end_to_end"]
+    table = report["cache_table"]
+    assert list(table) == ["static", "cache", "dynamic", "dynamic_cache"]
+    assert report["cache"]["kind"] == spec.split(":")[0]
+    assert table["static"]["cached_steps"] == 0 and table["dynamic"]["cached_steps"] == 0
+    assert table["cache"]["cached_steps"] > 0 and table["cache"]["token_cost"] == 1.0
+    assert table["dynamic"]["token_cost"] < 1.0  # DDiT picked coarser sizes
+    for mode in ("cache", "dynamic", "dynamic_cache"):
+        assert table[mode]["psnr_db"] > 0 and table[mode]["speedup_vs_static"] > 0
+    sp = report["speedups"]
+    assert sp["dynamic_cache_vs_dynamic"] == pytest.approx(
+        report["modes"]["dynamic"]["seconds_per_image"] / table["dynamic_cache"]["seconds_per_image"])
+    assert len(report["modes"]["dynamic_cache"]["cached"]["0"]) == 8
+    md = (out / "bench.md").read_text()
+    assert f"DDiT + {spec.split(':')[0]}" in md and "steps cached" in md
+
+
+def test_bench_cache_threshold_zero_is_the_uncached_run(folders, tmp_path, torch_single_thread):
+    out = tmp_path / "bench"
+    assert main(["bench", str(folders["wan"]), "--backends", "torch", "--cache", "fbcache:0", "--steps", "6",
+                 "--seeds", "0", "--warmup", "0", "--iters", "1", "--no-eager", "--tau", "0.05",
+                 "--out", str(out)]) == 0
+    table = json.loads((out / "bench.json").read_text())["end_to_end"]["cache_table"]
+    assert table["cache"]["cached_steps"] == 0 and table["cache"]["psnr_db"] == float("inf")
+    assert table["dynamic_cache"]["psnr_db"] == table["dynamic"]["psnr_db"]
+
+
+def test_bench_cache_refuses_a_single_folder_with_the_fix(folders, tmp_path, capsys):
+    code = main(["bench", str(folders["flux-single"]), "--backends", "onnx", "--cache", "teacache:0.25",
+                 "--steps", "4", "--warmup", "0", "--iters", "1", "--no-eager", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "re-export it with --layout staged" in err
+
+
+# -- DDiT's schedule under caching -------------------------------------------------------------------
+
+def test_hold_keeps_the_size_after_a_cached_step_and_warmup_steps_always_run(folders, torch_single_thread):
+    with get_backend("torch", folders["flux"]) as backend:
+        ref = _run(backend, steps=12)
+        assert len(set(ref.trace.schedule)) > 1, "the run must switch sizes"
+        zero = _run(backend, StepCache(backend, parse_cache("teacache:0"), coefficients=FLUX_DEV, schedule="hold"),
+                    steps=12)
+        assert zero.trace.schedule == ref.trace.schedule  # nothing cached: nothing held
+        held = _run(backend, StepCache(backend, parse_cache(f"teacache:{HUGE}"), coefficients=FLUX_DEV,
+                                       schedule="hold"), steps=12)
+        sizes, cached = held.trace.schedule, held.trace.cached
+        assert any(cached)
+        for i in range(1, len(sizes)):
+            if cached[i - 1]:
+                assert sizes[i] == sizes[i - 1], f"step {i} follows a cached step but changed size"
+        warm = _run(backend, StepCache(backend, parse_cache(f"teacache:{HUGE}"), coefficients=FLUX_DEV,
+                                       warmup_steps=4), steps=12)
+        assert warm.trace.cached[:4] == [False] * 4 and any(warm.trace.cached[4:])
+    with pytest.raises(ValueError, match="observe, hold"):
+        StepCache(backend, parse_cache("teacache:0.1"), coefficients=FLUX_DEV, schedule="never")

@@ -57,8 +57,8 @@ class StagedCalls:
     def _require_split(self) -> None:
         if not self.first_block_split:
             raise BackendError(f"first-block caching needs the trunk split after block 0, which the {self.name} "
-                               "backend of a staged folder does not run; use --backend torch or torch-compile, "
-                               "or --cache teacache")
+                               "backend of this staged folder does not run; use --backend torch or torch-compile, "
+                               "re-export with --first-block-split (ONNX Runtime), or --cache teacache")
 
     # -- for subclasses ----------------------------------------------------------------------------
     def _start(self, patch: int, feeds: dict) -> dict:

@@ -21,6 +21,8 @@ from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from .ort_shared_weights import SharedWeights
 from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
 
+SPLIT_PARTS = ("first_block", "other_blocks")  # the trunk split after block 0 (export --first-block-split)
+
 
 class OnnxStagedChain:
     """The sessions of a staged folder and the chain that runs them on numpy feeds."""
@@ -37,14 +39,18 @@ class OnnxStagedChain:
         ort_choice = manifest.get("staged", {}).get("onnxruntime", {})
         prepack = ort_choice.get("prepacking", True) if prepack_trunk is None else prepack_trunk
         files = {}
+        # `export --first-block-split`: block 0 and blocks 1..N as two more shared graphs, after the three parts
+        self.first_block_split = bool(manifest.get("staged", {}).get("first_block_split"))
         for patch, entry in entries.items():
             if verify:
                 verify_entry(folder, entry)
             files[patch] = dict(zip(PARTS, (folder / f for f in entry["files"][:3])))
-        small = sorted({f for per in files.values() for k, f in per.items() if k != "trunk"})
+            if self.first_block_split:
+                files[patch].update(zip(SPLIT_PARTS, (folder / f for f in entry["files"][3:5])))
+        small = sorted({f for per in files.values() for k, f in per.items() if k in ("embed", "head")})
         self.shared = SharedWeights(small)
         self.sessions, self.inputs, self.outputs = {}, {}, {}
-        for path in small + sorted({per["trunk"] for per in files.values()}):
+        for path in small + sorted({f for per in files.values() for k, f in per.items() if k not in ("embed", "head")}):
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -100,6 +106,7 @@ class OnnxStagedBackend(StagedCalls, Backend):
         if self.device.type != "cpu":
             raise BackendError("the staged onnx backend runs on the CPU execution provider; use --backend trt on CUDA")
         self.chain = OnnxStagedChain(self.folder, self.manifest, prepack_trunk=prepack_trunk)
+        self.first_block_split = self.chain.first_block_split
         self._output = self.input_metadata.output_names[0]
 
     @property

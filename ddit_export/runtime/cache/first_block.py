@@ -22,11 +22,11 @@ class FirstBlockPolicy:
         self.threshold = float(threshold)
 
     def should_compute(self, state: BranchState, head_residual: torch.Tensor, step: int,
-                       total_steps: int | None) -> bool:
+                       total_steps: int | None, scale: float = 1.0) -> bool:
         if state.signal is None or state.residual is None:
             compute = True
         else:
-            compute = not relative_l1(head_residual, state.signal) < self.threshold
+            compute = not relative_l1(head_residual, state.signal) < self.threshold * scale
         if compute:  # diffusers stores block 0's residual only at full steps
             state.signal = head_residual.detach().clone()
         return compute

@@ -32,10 +32,23 @@ def require_staged(backend) -> None:
                            f"reuses); {backend.folder} has the {layout} layout: re-export it with --layout staged")
 
 
+SCHEDULE_POLICIES = ("observe", "hold")
+
+
 class StepCache:
-    def __init__(self, backend, spec: CacheSpec, coefficients=None):
+    """``schedule``: what a DDiT scheduler does on the step after a cached one (docs/caching.md):
+    "observe" measures that latent as any other; "hold" records it but keeps the last size, since its
+    change came from the cache, not the model.
+    ``warmup_steps``: the first N steps always run in full (TeaCache's "ret_steps"); with DDiT, the steps
+    the scheduler's warm-up reads (docs/caching.md)."""
+
+    def __init__(self, backend, spec: CacheSpec, coefficients=None, schedule: str = "observe", warmup_steps: int = 0):
         require_staged(backend)
-        self.backend, self.spec = backend, spec
+        if schedule not in SCHEDULE_POLICIES:
+            raise ValueError(f"StepCache schedule must be one of {', '.join(SCHEDULE_POLICIES)}, got {schedule!r}")
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ValueError(f"StepCache warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        self.backend, self.spec, self.schedule_policy, self.warmup_steps = backend, spec, schedule, warmup_steps
         if spec.kind == "teacache":
             if coefficients is None:
                 coefficients, self.coefficients_source = teacache_coefficients(backend.manifest)
@@ -59,8 +72,9 @@ class StepCache:
         backend = self.backend
         values = backend.run_embed(patch, latent, **conditioning)
         state = self.states.get(patch, branch)
+        scale = 0.0 if step < self.warmup_steps else 1.0  # threshold 0 never skips: the warm-up always runs
         if self.policy.kind == "teacache":
-            compute = self.policy.should_compute(state, self.signal(values), step, total_steps)
+            compute = self.policy.should_compute(state, self.signal(values), step, total_steps, scale)
             if compute:
                 values = backend.run_trunk(patch, values)
                 state.residual = values["block_residual"].clone()
@@ -69,7 +83,7 @@ class StepCache:
         else:
             values = backend.run_first_block(patch, values)
             head = values["head_tokens"]
-            compute = self.policy.should_compute(state, head - values["tokens"], step, total_steps)
+            compute = self.policy.should_compute(state, head - values["tokens"], step, total_steps, scale)
             if compute:
                 values = backend.run_other_blocks(patch, values)
                 state.residual = values["trunk_tokens"] - head
@@ -80,4 +94,5 @@ class StepCache:
     def describe(self) -> dict:
         return {"kind": self.spec.kind, "threshold": self.spec.threshold,
                 "coefficients": list(getattr(self.policy, "coefficients", ())) or None,
-                "coefficients_source": self.coefficients_source}
+                "coefficients_source": self.coefficients_source, "schedule": self.schedule_policy,
+                "warmup_steps": self.warmup_steps}

@@ -27,15 +27,16 @@ class TeaCachePolicy:
         self.threshold = float(threshold)
         self.coefficients = tuple(float(c) for c in coefficients)
 
-    def should_compute(self, state: BranchState, signal: torch.Tensor, step: int, total_steps: int | None) -> bool:
-        """Update `state` with this step's signal; True when the block stack must run."""
+    def should_compute(self, state: BranchState, signal: torch.Tensor, step: int, total_steps: int | None,
+                       scale: float = 1.0) -> bool:
+        """Update `state` with this step's signal; True when the block stack must run (threshold times `scale`)."""
         forced = state.signal is None or state.residual is None or step == 0 or (
             total_steps is not None and step == total_steps - 1)
         if forced:
             compute = True
         else:
             state.accumulated += rescale(self.coefficients, relative_l1(signal, state.signal))
-            compute = not state.accumulated < self.threshold
+            compute = not state.accumulated < self.threshold * scale
         if compute:
             state.accumulated = 0.0
         state.signal = signal.detach().clone()  # TeaCache keeps every step's signal, skipped or not
