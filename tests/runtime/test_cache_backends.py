@@ -45,7 +45,7 @@ def _check_cached_path(backend, device="cpu", fbcache=True):
 
 @pytest.fixture(scope="module")
 def flux_staged(tmp_path_factory):
-    from test_cache import _export
+    from tests.runtime.test_cache import _export
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
