@@ -152,11 +152,12 @@ def test_peer_baseline_needs_optimum(tiny_flux_engines, tmp_path):
 
     reason = unavailable_reason()
     if reason:
-        assert peer_latency(tiny_flux_engines) == {"skipped": reason}
+        assert peer_latency(tiny_flux_engines, isolated=False) == {"skipped": reason}  # else: the venv path
         pytest.skip(f"optimum-onnx not importable (install ddit-export[optimum] in a venv of its own): {reason}")
     result = peer_latency(tiny_flux_engines, warmup=1, iters=3, work_dir=tmp_path)
     assert [r["name"] for r in result["rows"]] == ["optimum-onnx base", "ddit-export base"]
     assert result["ours_vs_peer"] > 0 and result["layout"] == "single"
+    assert result["peer_export"] == {"mode": "in-process"}
     # Same weights, same step: optimum's graph and our base engine compute the same prediction.
     assert result["cosine"] > 0.9999 and result["max_abs_err"] < 1e-3
     assert any(i.startswith("img_ids ") for i in result["peer_inputs"])

@@ -3,8 +3,8 @@ side by side with our base engine on ONNX Runtime CPU, and their outputs compare
 
 optimum-onnx is an optional extra imported lazily. Its release 0.1.0 needs `optimum~=2.1` and
 `transformers<4.58` (so huggingface_hub<1.0, so diffusers<0.40); the `[optimum]` extra pins those,
-so it goes in a venv of its own (docs/staged.md, "Peer"). Where it does not import,
-`unavailable_reason` says so in one line instead of a trace.
+so it goes in a venv of its own (docs/staged.md, "Peer"). Where it does not import here, `peer_latency`
+exports the peer in an isolated venv that `peer_venv` creates or reuses, and times it here.
 
 The peer graph takes the stock transformer's inputs (packed tokens, int64 img_ids / txt_ids, RoPE
 computed in the graph, dynamic axes); ours takes the latent and has its RoPE tables constant. Both do
@@ -95,9 +95,14 @@ def _load_base_transformer(manifest: dict):
     return transformer
 
 
-def peer_latency(folder, warmup: int = 10, iters: int = 50, work_dir=None) -> dict:
+def peer_latency(folder, warmup: int = 10, iters: int = 50, work_dir=None, venv=None, isolated: bool | None = None,
+                 progress=print) -> dict:
     """Round-robin latency of optimum's base export vs our base engine on ONNX Runtime CPU, and how far
     their outputs are apart on the same weights and inputs.
+
+    The peer graph is exported in this process when optimum-onnx imports here (and ``isolated`` is not
+    True), else in the isolated venv of `peer_venv` (``venv``: an explicit path, see `ensure_venv`),
+    created or reused. Either way both graphs then run in THIS process's ONNX Runtime.
 
     Ours is called the way `bench` times every engine (the runtime's `Backend`, either layout: one merged
     engine, or embed -> shared trunk -> head); the peer's session gets the threading options our backend
@@ -106,10 +111,11 @@ def peer_latency(folder, warmup: int = 10, iters: int = 50, work_dir=None) -> di
 
     from ..runtime.backends import get_backend
     from ..runtime.backends.ort_cpu_threading import session_options
+    from . import peer_venv
 
     reason = unavailable_reason()
-    if reason:
-        return {"skipped": reason}
+    if isolated is None:
+        isolated = reason is not None or venv is not None
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest["family"] != "flux":
@@ -118,14 +124,27 @@ def peer_latency(folder, warmup: int = 10, iters: int = 50, work_dir=None) -> di
         return {"skipped": "peer timing compares fp32 graphs on ONNX Runtime; export fp32 engines"}
     if not engine_entries(manifest, "onnx"):
         return {"skipped": "the folder has no ONNX engines to set beside optimum's"}
+    if not isolated and reason:
+        return {"skipped": reason}
     base = int(manifest["base_patch"])
     fam = family_by_name("flux")
     latent, cond = peer_inputs(manifest)
-    ours = get_backend("onnx", folder, device="cpu")
-    try:
-        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        if isolated:
+            try:
+                env_dir = peer_venv.ensure_venv(venv, progress=progress)
+                progress(f"exporting the peer with optimum-onnx in {env_dir}")
+                reply = peer_venv.run_worker(env_dir, folder, Path(tmp) / "peer", PEER_OPSET)
+            except peer_venv.PeerVenvError as err:
+                return {"skipped": str(err)}
+            peer_file, where = Path(reply["file"]), {"mode": "venv", "venv": str(env_dir),
+                                                     "versions": reply.get("versions", {})}
+        else:
             with torch.no_grad():
                 peer_file = export_peer(_load_base_transformer(manifest), Path(tmp) / "peer" / "model.onnx")
+            where = {"mode": "in-process"}
+        ours = get_backend("onnx", folder, device="cpu")
+        try:
             peer = ort.InferenceSession(str(peer_file), session_options("pool"), providers=["CPUExecutionProvider"])
             peer_bytes = sum(f.stat().st_size for f in peer_file.parent.iterdir())
             feed = peer_feed(manifest, peer, latent, cond)
@@ -144,8 +163,8 @@ def peer_latency(folder, warmup: int = 10, iters: int = 50, work_dir=None) -> di
                         calls[name]()
                         samples[name].append(watch.stop())
             peer_inputs_desc = [f"{i.name} {i.type[7:-1]} {i.shape}" for i in peer.get_inputs()]
-    finally:
-        ours.close()
+        finally:
+            ours.close()
     theirs = fam.unpack(torch.from_numpy(np.asarray(outputs["optimum-onnx base"], np.float32)), base,
                         tuple(latent.shape)).double().flatten()
     mine = torch.as_tensor(outputs["ddit-export base"]).double().flatten()
@@ -154,4 +173,4 @@ def peer_latency(folder, warmup: int = 10, iters: int = 50, work_dir=None) -> di
             "ours_vs_peer": rows[0]["mean_ms"] / rows[1]["mean_ms"],
             "max_abs_err": float((mine - theirs).abs().max()),
             "cosine": float(torch.nn.functional.cosine_similarity(mine, theirs, dim=0)),
-            "peer_inputs": peer_inputs_desc, "peer_file_bytes": peer_bytes}
+            "peer_inputs": peer_inputs_desc, "peer_file_bytes": peer_bytes, "peer_export": where}
