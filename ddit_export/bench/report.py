@@ -97,8 +97,13 @@ def peer_markdown(peer: dict) -> list[str]:
     if "skipped" in peer:
         return [f"Skipped: {peer['skipped']}"]
     body = [[r["name"], _num(r["mean_ms"]), _num(r["p50_ms"]), _num(r["p95_ms"])] for r in peer["rows"]]
-    return _table(["engine", "mean ms", "p50 ms", "p95 ms"], body) + [
-        "", f"ours / optimum (mean): {_num(peer['ours_vs_peer'])}x faster"]
+    lines = _table(["engine", "mean ms", "p50 ms", "p95 ms"], body) + [
+        "", f"optimum mean / ours mean: {_num(peer['ours_vs_peer'])} (above 1: ours is faster)"]
+    if "max_abs_err" in peer:
+        lines += ["", f"outputs on the same weights and inputs ({peer.get('layout', 'single')} layout): "
+                  f"max|err| {peer['max_abs_err']:.3g}, cosine {peer['cosine']:.6f}",
+                  "", "optimum's graph inputs: " + "; ".join(peer.get("peer_inputs", []))]
+    return lines
 
 
 def write_json(path, data: dict) -> Path:

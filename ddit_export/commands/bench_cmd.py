@@ -46,8 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e2e.add_argument("--no-e2e", action="store_true", help="per-engine latency only")
     e2e.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager base mode")
     add_cache_argument(e2e)  # adds the cache-alone and DDiT + cache modes (the paper's four-way table)
-    p.add_argument("--peer", action="store_true",
-                   help="also time optimum-onnx's export of the base transformer (needs the [optimum] extra)")
+    p.add_argument("--peer", nargs="?", const="optimum", choices=["optimum"],
+                   help="also time optimum-onnx's export of the base transformer beside our base engine: in this "
+                        "process where optimum-onnx imports, else in an isolated venv created once in the cache")
+    p.add_argument("--peer-venv", metavar="PATH",
+                   help="the peer's venv: an existing one (e.g. with ddit-export[optimum]) or where to build it "
+                        "(default $DDIT_EXPORT_PEER_VENV, else ~/.cache/ddit-export/peer-optimum-<pins hash>)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +142,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     if args.peer:
         from ..bench.peer_optimum import peer_latency
 
-        peer = peer_latency(folder, args.warmup, args.iters)
+        peer = peer_latency(folder, args.warmup, args.iters, venv=args.peer_venv, progress=console.print)
     from ..bench.timing import Stopwatch
 
     result = {

@@ -146,15 +146,22 @@ def test_bench_tiny_wan_latency_per_engine_and_end_to_end(wan_engines, tmp_path,
 
 
 def test_peer_baseline_needs_optimum(tiny_flux_engines, tmp_path):
+    """Runs for real where the `[optimum]` extra is installed (its own venv: it pins transformers<4.58)."""
     from ddit_export.bench.peer_optimum import peer_latency, unavailable_reason
+    from ddit_export.bench.report import peer_markdown
 
     reason = unavailable_reason()
     if reason:
-        assert peer_latency(tiny_flux_engines) == {"skipped": reason}
-        pytest.skip(f"optimum-onnx absent: {reason}")
+        assert peer_latency(tiny_flux_engines, isolated=False) == {"skipped": reason}  # else: the venv path
+        pytest.skip(f"optimum-onnx not importable (install ddit-export[optimum] in a venv of its own): {reason}")
     result = peer_latency(tiny_flux_engines, warmup=1, iters=3, work_dir=tmp_path)
     assert [r["name"] for r in result["rows"]] == ["optimum-onnx base", "ddit-export base"]
-    assert result["ours_vs_peer"] > 0
+    assert result["ours_vs_peer"] > 0 and result["layout"] == "single"
+    assert result["peer_export"] == {"mode": "in-process"}
+    # Same weights, same step: optimum's graph and our base engine compute the same prediction.
+    assert result["cosine"] > 0.9999 and result["max_abs_err"] < 1e-3
+    assert any(i.startswith("img_ids ") for i in result["peer_inputs"])
+    assert "max|err|" in "\n".join(peer_markdown(result))
 
 
 @pytest.mark.parametrize("extra,needle", [
