@@ -7,6 +7,7 @@ but the engine is wrong) exits 1 with the measured error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import import_module
 
@@ -71,5 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     return args.handler(args)
 
 
+def entry_point() -> None:
+    """The `ddit-export` script (and `python -m ddit_export.cli`): `main`, then exit with its code.
+
+    An interrupted command has already cleaned up and printed its one line when `main` returns 130 / 143;
+    it then leaves at once (`os._exit`), skipping interpreter shutdown: under load an export was seen to
+    print its line and still die by SIGINT during shutdown (exit -2 instead of 130).
+    """
+    code = main()
+    if code in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

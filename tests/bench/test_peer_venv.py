@@ -13,7 +13,7 @@ import pytest
 from ddit_export.bench import peer_venv
 from ddit_export.bench.peer_venv import MARKER, PEER_PINS, PeerVenvError, ensure_venv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fake_venv(path: Path, pins=PEER_PINS, marker=True) -> Path:
