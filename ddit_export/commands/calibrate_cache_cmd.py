@@ -13,14 +13,13 @@ from rich.console import Console
 
 from ..util import limits
 from ..util.atomic import check_writable
-from .arglists import comma_list
+from .arglists import comma_list, engine_folder
 from .bench_cmd import check_device
 from .progress import Counted
 from .prompts import prompts_for
 
 
 def calibrate_cache_command(args: argparse.Namespace, console: Console) -> int:
-    from ..artifacts.manifest import read_manifest
     from ..bench import report
     from ..bench.cache_fit import collect_pairs, fit_polynomial, store_cache_fit
     from ..pipelines import make_conditioning
@@ -30,10 +29,7 @@ def calibrate_cache_command(args: argparse.Namespace, console: Console) -> int:
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     if args.steps < 3:
         raise ValueError(f"--cache needs at least 3 steps per trajectory (got {args.steps})")
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     device = check_device(args.device)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-cache-{folder.resolve().name}"
     check_writable(out)

@@ -155,7 +155,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
 
 def error_model_command(args: argparse.Namespace, console: Console) -> int:
     """`calibrate --error-model`: fit, report, and store the model (and the rule) in the manifest."""
-    from ..artifacts.manifest import read_manifest, update_scheduler
+    from ..artifacts.manifest import update_scheduler
     from ..bench import report
     from ..bench.error_model import fit_error_model
     from ..pipelines import make_conditioning
@@ -165,10 +165,7 @@ def error_model_command(args: argparse.Namespace, console: Console) -> int:
     tau = comma_list(args.taus, "--taus", float, check=limits.check_tau) if args.taus else None
     if tau is not None and len(tau) != 1:
         raise ValueError(f"--error-model stores one tau: give --taus a single value (got {len(tau)})")
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    manifest = read_manifest(folder)
+    folder, manifest = engine_folder(args.engine_dir)
     device = check_device(args.device)
     backend_class(args.backend)
     prompts = prompts_for(args.prompt, manifest)

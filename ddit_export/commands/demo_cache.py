@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..util.atomic import check_writable
+from ..util.atomic import check_writable, write_text_atomic
 from .progress import Counted
 
 FIT_SEEDS = (5000, 5001)  # never sampled by the demo's evaluation (its seeds start at --seed, default 0)
@@ -118,7 +118,7 @@ def cache_demo_command(args, console) -> int:
     if args.report:
         path = Path(args.report).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_text_atomic(path, json.dumps(report, indent=1) + "\n")  # whole or not at all
         console.print(f"wrote {path}")
     console.print(f"wrote {grid} (left: static base, right: DDiT + cache) and {plot}")
     return 0

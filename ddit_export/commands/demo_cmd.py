@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
-from ..util.atomic import check_writable
+from ..util.atomic import check_writable, write_text_atomic
 from . import argtypes
 from .arglists import add_cache_argument, add_schedule_arguments, patch_list, schedule_from_args
 from .errors import run_guarded
@@ -142,7 +142,7 @@ def demo_command(args: argparse.Namespace, console: Console) -> int:
     if args.report:
         path = Path(args.report).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_text_atomic(path, json.dumps(report, indent=1) + "\n")  # whole or not at all
         console.print(f"wrote {path}")
     console.print(f"wrote {grid} (left: static base, right: DDiT) and {plot}")
     return 0

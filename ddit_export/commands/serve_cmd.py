@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import argtypes
+from .arglists import engine_folder
 from .errors import run_guarded
 
 DEFAULT_MAX_BATCH = 8
@@ -73,13 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args) -> Path:
-    folder = Path(args.engine_dir).expanduser()
-    if not folder.is_dir():  # before the heavy imports: a typo answers at once
-        raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
-    from ..artifacts.manifest import read_manifest
+    folder, manifest = engine_folder(args.engine_dir)  # before the heavy imports: a typo answers at once
     from ..runtime.backends import backend_class
 
-    manifest = read_manifest(folder)
     if manifest.get("family") != "flux":
         raise ValueError(f"serve runs FLUX-family engines; {folder} holds {manifest.get('family')} engines")
     if int(manifest["latent_shape"][0]) != 1:

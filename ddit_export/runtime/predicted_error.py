@@ -53,13 +53,14 @@ class ErrorModel:
         for p, cs in coefficients:
             if len(cs) != len(sigmas) or any(not (math.isfinite(c) and c >= 0) for c in cs):
                 raise ValueError(f"ErrorModel: size {p} needs {len(sigmas)} finite coefficients >= 0, got {cs!r}")
+        object.__setattr__(self, "_table", dict(coefficients))  # size -> coefficients, read every step
 
     @property
     def sizes(self) -> tuple[int, ...]:
         return tuple(p for p, _ in self.coefficients)
 
     def coefficient(self, size: int, sigma: float) -> float:
-        table = dict(self.coefficients)
+        table = self._table
         if size not in table:
             raise ValueError(f"the error model has no size {size} (it was fitted for {list(self.sizes)}); "
                              "run `ddit-export calibrate ENGINE_DIR --error-model` again")
