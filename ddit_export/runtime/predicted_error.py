@@ -111,9 +111,14 @@ def block_detail(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     for p in sizes:
         pad_h, pad_w = -h % p, -w % p
         xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
-        # The mean over equal-sized blocks of each block's variance is E[x^2] - E[block mean^2]: two
-        # reductions and one pooling, half the time of subtracting the means block by block.
-        out.append(xp.square().mean() - F.avg_pool2d(xp, p).square().mean())
+        # The mean over equal-sized blocks of each block's variance is E[x^2] - E[block mean^2]: three
+        # reductions, half the time of subtracting the means block by block. Block means by a reshaped
+        # mean, not avg_pool2d: avg_pool2d's CPU kernel always forks torch's thread pool (grain size 0),
+        # and between ONNX Runtime calls on a 2-core machine that fork waited 0.5 ms per call for a core
+        # (half of all host time per step, docs/serving.md); a small reduction stays on this thread.
+        b, c, hp, wp = xp.shape
+        means = xp.reshape(b, c, hp // p, p, wp // p, p).mean(dim=(3, 5))
+        out.append(xp.square().mean() - means.square().mean())
     return torch.stack(out).clamp_min(0).sqrt() if out else x.new_empty(0)
 
 
