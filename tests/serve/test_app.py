@@ -96,6 +96,8 @@ def solo_run(solo, prompt: str, seed: int, steps: int, schedule: str | None = No
 def test_health(server):
     health = get(server["url"], "/healthz")
     assert health["status"] == "ok" and health["batches"] == [1, VARIANT_BATCH] and health["patch_sizes"] == [2, 4, 8]
+    # the replica reserved one CPU, so every engine runs ONNX Runtime on one thread (app.replica_backend_options)
+    assert set(health["ort_cpu_threading"].values()) == {"single"} and len(health["ort_cpu_threading"]) == 6
 
 
 def test_png_and_latent_match_a_solo_run(server, solo):
