@@ -75,6 +75,8 @@ def measure(runner, batch: int, steps: int, rounds: int, seed: int = 0,
     distinct = [Job(conds[prompts[i % len(prompts)]], config, steps=steps, seed=seed + i) for i in range(batch)]
     return {
         "engines": str(runner.solo.folder), "backend": runner.solo.name, "batch": batch, "steps": steps,
+        "ort_cpu_threading": {f"b{b}p{p}": mode for b, backend in runner.backends.items()
+                              for p, mode in getattr(backend, "cpu_threading", {}).items()},
         "call_ms": {f"b{b}p{p}": round(1000 * t, 3) for (b, p), t in runner.call_seconds.items()},
         "identical": compare(runner, identical, rounds),
         "distinct": compare(runner, distinct, rounds),
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("engines", help="a batch-1 engine folder (its batch-B variant is exported beside it, or reused)")
     p.add_argument("--batch", type=int, default=8, help="requests per lock-step set, as serve's --max-batch (8)")
     p.add_argument("--backend", default="onnx", help="engine runtime (default onnx)")
+    p.add_argument("--cpu-threading", choices=("auto", "pool", "pool+spin", "single"), default="auto",
+                   help="ONNX Runtime CPU threading of the onnx backend (default auto; a serve replica with one "
+                        "CPU uses single)")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (default 5)")
     p.add_argument("--seed", type=int, default=0)
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         batched = batch_variant(args.engines, args.batch, args.backend)
-        runner = BatchedRunner([get_backend(args.backend, args.engines), get_backend(args.backend, batched)])
+        options = {"cpu_threading": args.cpu_threading} if args.backend == "onnx" else {}
+        runner = BatchedRunner([get_backend(args.backend, folder, **options) for folder in (args.engines, batched)])
     except (ValueError, OSError) as err:  # a missing or damaged folder, a backend that cannot run here
         print(f"batching_ceiling: error: {err}", file=sys.stderr)
         return 2
