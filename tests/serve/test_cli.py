@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
 import subprocess
 import sys
@@ -53,10 +54,7 @@ def test_port_in_use_is_refused_before_ray_starts(capsys):
 
 def test_write_config_is_a_valid_serve_config(tmp_path, capsys):
     from ray.serve import Application
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
-
-    from ddit_export.serve.app import build_app
 
     solo, batched = demo_engine_folders()
     out = tmp_path / "serve.yaml"
@@ -71,8 +69,10 @@ def test_write_config_is_a_valid_serve_config(tmp_path, capsys):
     deployment = app["deployments"][0]
     assert deployment["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in deployment
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
-    # what `serve run` / `serve deploy` do with the import path and args
-    assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, app["args"]), Application)
+    # what `serve run` / `serve deploy` do with the import path and args: import the builder, call it with them
+    module, attribute = app["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), attribute)
+    assert isinstance(builder(app["args"]), Application)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["serve.yaml"]  # no temporary file left
 
 
