@@ -62,7 +62,7 @@ def test_write_config_is_a_valid_serve_config(tmp_path, capsys):
                  "--write-config", str(out)])
     assert code == 0, capsys.readouterr().err
     config = yaml.safe_load(out.read_text())
-    ServeDeploySchema.parse_obj(config)  # Ray's own schema for `serve deploy`
+    ServeDeploySchema.model_validate(config)  # Ray's own schema for `serve deploy`
     app = config["applications"][0]
     assert app["import_path"] == "ddit_export.serve.app:build_app"
     assert app["args"]["batch_dirs"] == [str(batched.resolve())] and app["args"]["max_batch"] == VARIANT_BATCH
