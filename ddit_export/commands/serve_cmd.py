@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeds-dir", metavar="DIR",
                    help="folder of ID.safetensors prompt embeddings that requests name by prompt_embeds_id")
     p.add_argument("--cpus-per-replica", type=argtypes.positive_float, default=1.0,
-                   help="Ray CPUs each replica reserves (default 1)")
+                   help="Ray CPUs each replica reserves (default 1; with 1 or less, the onnx backend on the CPU "
+                        "runs each engine on one thread, more keeps its per-engine threading tuning)")
     p.add_argument("--gpus-per-replica", type=argtypes.non_negative_float,
                    help="GPUs each replica reserves (default 1 where CUDA exists, else 0)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of starting one")
