@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import argtypes
-from .arglists import engine_folder
+from .arglists import add_cache_argument, engine_folder
 from .errors import run_guarded
 
 DEFAULT_MAX_BATCH = 8
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=argtypes.steps, default=28, help="steps of a request that names none (default 28)")
     p.add_argument("--embeds-dir", metavar="DIR",
                    help="folder of ID.safetensors prompt embeddings that requests name by prompt_embeds_id")
+    add_cache_argument(p)  # the default of requests that name no "cache"; staged folders only
     p.add_argument("--cpus-per-replica", type=argtypes.positive_float, default=1.0,
                    help="Ray CPUs each replica reserves (default 1; with 1 or less, the onnx backend on the CPU "
                         "runs each engine on one thread, more keeps its per-engine threading tuning)")
@@ -86,6 +87,14 @@ def _check(args) -> Path:
     backend_class(args.backend)
     if args.embeds_dir and not Path(args.embeds_dir).expanduser().is_dir():
         raise ValueError(f"--embeds-dir {args.embeds_dir} is not a folder")
+    staged = manifest.get("layout", "single") == "staged"
+    if args.cache is not None and not staged:
+        raise ValueError(f"--cache {args.cache} needs a staged engine folder (a cached step reuses the trunk's "
+                         f"residual); {folder} has the single layout: re-export it with --layout staged")
+    if args.cache is not None and args.cache.kind == "fbcache" and \
+            not manifest.get("staged", {}).get("first_block_split"):
+        raise ValueError(f"--cache {args.cache} needs the trunk split after block 0; re-export {folder} with "
+                         "--layout staged --first-block-split")
     return folder
 
 
@@ -110,12 +119,16 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
         check_writable(config_path.parent, "--write-config's folder")
     import torch
 
+    from ..artifacts.manifest import read_manifest
     from ..serve.batch_engines import batch_variant
     from ..serve.config import serve_config, write_config
 
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if torch.cuda.is_available() else 0.0)
     batch_dirs = []
-    if args.max_batch > 1:
+    staged = read_manifest(folder).get("layout", "single") == "staged"
+    if args.max_batch > 1 and staged:  # batched staged engines are not exported: lock-step on batch-1 calls
+        console.print(f"{folder} is staged: requests run in lock-step, each on its own batch-1 engine calls")
+    elif args.max_batch > 1:
         started = time.perf_counter()
         batch_dirs.append(batch_variant(folder, args.max_batch, args.backend))
         console.print(f"batch-{args.max_batch} engines: {batch_dirs[0]} ({time.perf_counter() - started:.1f} s)")
@@ -124,6 +137,7 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
         batch_wait_ms=args.batch_wait_ms, host=args.host, port=args.port, replicas=args.replicas,
         autoscale=args.autoscale, num_cpus=args.cpus_per_replica, num_gpus=gpus,
         embeds_dir=Path(args.embeds_dir).expanduser() if args.embeds_dir else None, default_steps=args.steps,
+        default_cache=str(args.cache) if args.cache is not None else None,
     )
     if args.write_config:
         path = write_config(args.write_config, config)

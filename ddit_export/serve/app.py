@@ -37,7 +37,8 @@ CONDITIONING_CACHE = 256  # prompts whose embeddings a replica keeps
 @serve.deployment(name="DDiTServer", max_ongoing_requests=16)
 class DDiTServer:
     def __init__(self, engine_dir: str, backend: str = "onnx", batch_dirs: tuple[str, ...] = (), max_batch: int = 1,
-                 batch_wait_ms: float = 10.0, embeds_dir: str | None = None, default_steps: int = DEFAULT_STEPS):
+                 batch_wait_ms: float = 10.0, embeds_dir: str | None = None, default_steps: int = DEFAULT_STEPS,
+                 default_cache: str | None = None):
         import torch
 
         from ..runtime.backends import get_backend
@@ -59,6 +60,12 @@ class DDiTServer:
         self.sizes = tuple(self.solo.patch_sizes)
         self.embeds_dir = Path(embeds_dir) if embeds_dir else None
         self.default_steps = default_steps
+        from ..runtime.cache.spec import parse_cache
+
+        self.default_cache = parse_cache(default_cache)  # a request that names no "cache" gets this
+        self.step_caches: dict = {}  # CacheSpec -> a StepCache built once, so a folder that cannot cache says so
+        if self.default_cache is not None:
+            self.cache_spec(self.default_cache)
         self.max_batch = max_batch
         self.generate_batch.set_max_batch_size(max_batch)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -143,7 +150,21 @@ class DDiTServer:
             raise RequestError("these engines' model has no VAE (nor the demo's pixel codec): ask for "
                                "\"output\": \"latent\"", 422)
         config = schedule_config(self.solo, tau=req.tau, rho=req.rho, patch_sizes=req.sizes, schedule=req.schedule)
-        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed)
+        cache = self.default_cache if req.cache is None else self.cache_spec(req.cache)
+        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed, cache=cache)
+
+    def cache_spec(self, cache):
+        """The request's `CacheSpec` ("none" -> None), refused in one line where these engines cannot cache
+        (a single-layout folder; fbcache without the first-block split)."""
+        from ..runtime.cache import StepCache, parse_cache
+
+        spec = parse_cache(cache) if isinstance(cache, str) else cache
+        if spec is not None and spec not in self.step_caches:
+            try:
+                self.step_caches[spec] = StepCache(self.solo, spec)
+            except ValueError as err:
+                raise RequestError(f"'cache' {spec}: {err}", 422) from None
+        return spec
 
     def conditioning(self, req: GenerateRequest):
         key = (req.prompt, req.prompt_embeds_id, req.guidance)
@@ -213,6 +234,7 @@ class DDiTServer:
         schedule = result.trace.schedule
         base = self.tokens[self.solo.base_patch]
         totals = result.trace.totals()
+        req_cache = self.default_cache if req.cache is None else self.cache_spec(req.cache)
         return {
             "seed": req.seed, "steps": req.steps, "schedule": schedule, "schedule_text": format_schedule(schedule),
             "token_cost": round(sum(self.tokens[p] for p in schedule) / (base * len(schedule)), 6),
@@ -220,6 +242,8 @@ class DDiTServer:
             "engine_seconds": round(totals["engine_seconds"], 6),
             "step_seconds": [round(s.seconds, 6) for s in result.trace.steps],
             "batch_sizes": result.batch_sizes, "replica_pid": os.getpid(),
+            "cache": str(req_cache) if req_cache is not None else None,
+            "cached_steps": sum(result.trace.cached),
         }
 
     # -- batching -----------------------------------------------------------------------------------
@@ -286,7 +310,8 @@ def build_app(args: dict):
 
 def bind_app(args: dict, options: dict | None = None):
     """The application for `args` (build_app's keys), with `options` for `DDiTServer.options` (replicas, ...)."""
-    known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps"}
+    known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps",
+             "default_cache"}
     unknown = sorted(set(args) - known)
     if unknown or "engine_dir" not in args:
         raise ValueError(f"build_app takes {sorted(known)} (engine_dir required); got unknown {unknown}")
@@ -296,4 +321,5 @@ def bind_app(args: dict, options: dict | None = None):
     return DDiTServer.options(**(options or {})).bind(
         str(args["engine_dir"]), args.get("backend", "onnx"), tuple(batch_dirs), int(args.get("max_batch", 1)),
         float(args.get("batch_wait_ms", 10.0)), args.get("embeds_dir"), int(args.get("default_steps", DEFAULT_STEPS)),
+        args.get("default_cache"),
     )

@@ -29,6 +29,8 @@ import torch
 from ..pipelines.base import initial_noise
 from ..pipelines.flux import flux_sampler, flux_timesteps
 from ..runtime.backends.base import Backend
+from ..runtime.cache.spec import CacheSpec
+from ..runtime.cache.step_cache import StepCache
 from ..runtime.conditioning import Conditioning
 from ..runtime.runner import DDiTRunner
 from ..runtime.scheduler import ScheduleConfig
@@ -37,12 +39,16 @@ from ..runtime.trace import Trace
 
 @dataclass
 class Job:
-    """One request: what `sampling.generate` takes, for a batch-1 engine folder."""
+    """One request: what `sampling.generate` takes, for a batch-1 engine folder.
+
+    ``cache``: step caching (`runtime.cache.CacheSpec`, staged folders only), as `generate --cache`; the request
+    gets its own `StepCache`, so its cached steps are the ones a solo run caches."""
 
     conditioning: Conditioning
     config: ScheduleConfig
     steps: int
     seed: int
+    cache: CacheSpec | None = None
 
 
 @dataclass
@@ -72,7 +78,9 @@ class ActiveRequest:
         self.engine_timesteps = (self.timesteps.to(dtype) / 1000).unsqueeze(1).expand(-1, shape[0]).contiguous()
         self.sigmas = self.sampler.sigmas.tolist()  # host floats for the scheduler (the predicted-error rule)
         self.inputs = job.conditioning.engine_inputs(solo.input_metadata, device, dtype)
-        self.runner = DDiTRunner(solo, job.config, total_steps=job.steps)
+        # a request's step cache holds its own residuals and signal: never shared, never batched
+        cache = StepCache(solo, job.cache) if job.cache is not None else None
+        self.runner = DDiTRunner(solo, job.config, total_steps=job.steps, cache=cache)
         self.step = 0
         self.batch_sizes: list[int] = []
         self.admitted = admitted
@@ -158,7 +166,10 @@ class BatchedRunner:
         groups: dict[int, list] = {}
         for key, state in active.items():
             decision = state.runner.decide(state.latent, state.step, state.sigmas[state.step])
-            groups.setdefault(decision.patch_size, []).append(key)
+            if state.runner.cache is not None:  # its cache decides whether the trunk runs: a call of its own
+                self._run_alone(state)
+            else:
+                groups.setdefault(decision.patch_size, []).append(key)
         for patch, members in groups.items():
             size = self.call_batch(len(members), patch)
             for lo in range(0, len(members), size):
@@ -169,6 +180,14 @@ class BatchedRunner:
             done[key] = JobResult(state.latent, state.runner.finish(), state.batch_sizes,
                                   time.perf_counter() - state.admitted)
         return done
+
+    def _run_alone(self, state: ActiveRequest) -> None:
+        """One request's step through its runner (and so its step cache), then its sampler step."""
+        pred = state.runner.run(state.latent, timestep=state.engine_timesteps[state.step], **state.inputs)
+        t = state.timesteps[state.step]
+        state.latent = state.sampler.step(pred, t, state.latent, return_dict=False)[0]
+        state.batch_sizes.append(1)
+        state.step += 1
 
     def _run_group(self, patch: int, group: list[ActiveRequest]) -> None:
         """One engine call for every request of the group, then each request's own sampler step."""

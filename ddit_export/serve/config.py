@@ -21,12 +21,15 @@ IMPORT_PATH = "ddit_export.serve.app:build_app"
 
 def serve_config(*, engine_dir: Path, batch_dirs: list[Path], backend: str, max_batch: int, batch_wait_ms: float,
                  host: str, port: int, replicas: int | None, autoscale: tuple[int, int] | None, num_cpus: float,
-                 num_gpus: float, embeds_dir: Path | None = None, default_steps: int = 28) -> dict:
+                 num_gpus: float, embeds_dir: Path | None = None, default_steps: int = 28,
+                 default_cache: str | None = None) -> dict:
     args = {"engine_dir": str(Path(engine_dir).resolve()), "backend": backend,
             "batch_dirs": [str(Path(d).resolve()) for d in batch_dirs], "max_batch": max_batch,
             "batch_wait_ms": batch_wait_ms, "default_steps": default_steps}
     if embeds_dir is not None:
         args["embeds_dir"] = str(Path(embeds_dir).resolve())
+    if default_cache is not None:
+        args["default_cache"] = default_cache
     deployment = {"name": "DDiTServer", **deployment_options(replicas, autoscale, max_batch, num_cpus, num_gpus)}
     return {
         "proxy_location": "EveryNode",

@@ -165,6 +165,7 @@ def verify(report: Report, engine_dir: str, backend: str = "onnx", atol: float =
 
     from ..pipelines import generate, make_conditioning
     from ..runtime.backends import get_backend
+    from ..runtime.cache import StepCache, parse_cache
     from ..runtime.runner import schedule_config
     from ..runtime.schedule_spec import parse_schedule
 
@@ -183,7 +184,10 @@ def verify(report: Report, engine_dir: str, backend: str = "onnx", atol: float =
             schedule = parse_schedule(b["schedule"]) if b.get("schedule") else None
             config = schedule_config(solo, tau=b.get("tau"), rho=b.get("rho"), schedule=schedule,
                                      patch_sizes=tuple(b["sizes"]) if b.get("sizes") else None)
-            result = generate(solo, conds[key], config, steps=b["steps"], seed=b["seed"])
+            # the cache the server used (the request's or the server's --cache), from the answer's trace
+            spec = parse_cache(o.trace.get("cache")) if o.trace else None
+            cache = StepCache(solo, spec) if spec is not None else None
+            result = generate(solo, conds[key], config, steps=b["steps"], seed=b["seed"], cache=cache)
             expected = result.latent.float().cpu().numpy()
             diff = float(np.abs(expected - o.latent).max()) if expected.shape == o.latent.shape else float("inf")
             same_schedule = o.trace is not None and o.trace["schedule"] == result.trace.schedule
@@ -199,8 +203,9 @@ def verify(report: Report, engine_dir: str, backend: str = "onnx", atol: float =
             "schedule_mismatches": schedule_mismatch, "mismatches": mismatches}
 
 
-def build_bodies(n: int, steps: int, seed: int, prompts: list[str]) -> list[dict]:
-    return [{"prompt": prompts[i % len(prompts)], "seed": seed + i, "steps": steps, "output": "latent"}
+def build_bodies(n: int, steps: int, seed: int, prompts: list[str], cache: str | None = None) -> list[dict]:
+    extra = {"cache": cache} if cache else {}
+    return [{"prompt": prompts[i % len(prompts)], "seed": seed + i, "steps": steps, "output": "latent", **extra}
             for i in range(n)]
 
 
@@ -214,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--seed", type=int, default=1000, help="seed of the first request (request i: seed + i)")
     p.add_argument("--prompts", default=",".join(DEFAULT_PROMPTS), help="comma-separated prompts, used in turn")
+    p.add_argument("--cache", help="each request's \"cache\" (teacache:T, fbcache:T, none; default: the server's)")
     p.add_argument("--time-limit", type=float, default=600, help="stop sending after this many seconds")
     p.add_argument("--timeout", type=float, default=120, help="per-request timeout, seconds")
     p.add_argument("--atol", type=float, default=0.0, help="latent tolerance (default 0: bitwise)")
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load_test: error: no deployment answers {args.url}/healthz ({err}); start `ddit-export serve`",
               file=sys.stderr)
         return 2
-    bodies = build_bodies(args.requests, args.steps, args.seed, [s.strip() for s in args.prompts.split(",")])
+    bodies = build_bodies(args.requests, args.steps, args.seed, [s.strip() for s in args.prompts.split(",")],
+                          args.cache)
     report = run_load(args.url, bodies, args.concurrency, args.time_limit, args.timeout, args.kill_replica_after)
     if args.engines:
         report.verification = verify(report, args.engines, args.backend, args.atol)

@@ -2,7 +2,7 @@
 
     {"prompt": "red circle" | "prompt_embeds_id": "ID", "seed": 0, "steps": 28,
      "tau": 0.003, "rho": 0.9, "sizes": [2, 4], "schedule": "8x14,2x14", "guidance": 3.5,
-     "output": "png" | "latent"}
+     "cache": "teacache:0.25" | "fbcache:0.05" | "none", "output": "png" | "latent"}
 
 Torch-free: the HTTP layer refuses bad bodies without touching the engines.
 """
@@ -20,7 +20,8 @@ from ..util import limits
 MAX_BODY_BYTES = 64 * 1024  # a generate request is a few hundred bytes; anything larger is a mistake or abuse
 MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
 OUTPUTS = ("png", "latent")
-FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "output")
+FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "cache",
+          "output")
 EMBEDS_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -46,6 +47,7 @@ class GenerateRequest:
     sizes: tuple[int, ...] | None = None
     schedule: tuple[int, ...] | None = None
     guidance: float | None = None
+    cache: str | None = None  # "teacache:0.25", "none"; None: the server's --cache
     output: str = "png"
 
     def to_json(self) -> dict:
@@ -130,11 +132,22 @@ def _fields(body: dict, engine_sizes: tuple[int, ...], default_steps: int) -> Ge
         if min(engine_sizes) not in sizes:
             raise RequestError(f"'sizes' must include the base patch size {min(engine_sizes)}")
         sizes = tuple(sorted(set(sizes)))
+    cache = body.get("cache")
+    if cache is not None:
+        if not isinstance(cache, str):
+            raise RequestError("'cache' must be text: teacache:T, fbcache:T or none")
+        from ..runtime.cache.spec import parse_cache  # only when asked: the common body stays import-light
+
+        try:
+            spec = parse_cache(cache)
+        except ValueError as err:
+            raise RequestError(str(err).replace("--cache", "'cache'")) from None
+        cache = str(spec) if spec is not None else "none"
     output = body.get("output", "png")
     if output not in OUTPUTS:
         raise RequestError(f"'output' must be one of {', '.join(OUTPUTS)} (got {output!r})")
     return GenerateRequest(
         prompt=prompt, prompt_embeds_id=embeds, seed=_int(body, "seed", 0, limits.MAX_SEED, 0), steps=steps,
         tau=_float(body, "tau", 0.0, None), rho=_float(body, "rho", 0.0, 1.0, open_ends=True), sizes=sizes,
-        schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), output=output,
+        schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), cache=cache, output=output,
     )

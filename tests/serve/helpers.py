@@ -28,3 +28,27 @@ def demo_engine_folders() -> tuple[Path, Path]:
         return solo, batch_variant(solo, VARIANT_BATCH)
     finally:
         torch.set_num_threads(before)
+
+
+@lru_cache(maxsize=1)
+def demo_staged_folder() -> Path:
+    """The demo engines in the staged layout (embed / trunk / head per size), which step caching needs, with
+    TeaCache's polynomial fitted as `ddit-export demo --cache` fits it."""
+    import io
+
+    from rich.console import Console
+
+    from ddit_export.artifacts.manifest import read_manifest
+    from ddit_export.commands.demo_cache import _fit_if_missing
+    from ddit_export.demo.engines import demo_request
+    from ddit_export.export.build import export_engines
+
+    folder = Path(tempfile.mkdtemp(prefix="ddit-serve-staged-")) / "demo-staged"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(demo_request(folder, layout="staged"))
+        _fit_if_missing(folder, read_manifest(folder), Console(file=io.StringIO()))
+        return folder
+    finally:
+        torch.set_num_threads(before)

@@ -148,3 +148,27 @@ def test_groups_split_by_measured_call_time(backends):
     assert all(r.batch_sizes == [3, 3, 3, 1, 1, 1] for r in results)  # p8 shared, p2 one by one
     for job, result in zip(jobs, results):
         assert torch.equal(result.latent, generate(solo, job.conditioning, job.config, steps=6, seed=job.seed).latent)
+
+
+def test_step_cached_requests_on_a_staged_folder_keep_their_solo_results(torch_single_thread_module):
+    """TeaCache requests run alone through their own cache; uncached ones in the same loop still share calls."""
+    from ddit_export.runtime.cache import StepCache, parse_cache
+    from tests.serve.helpers import demo_staged_folder
+
+    with get_backend("onnx", demo_staged_folder()) as staged:
+        runner = BatchedRunner([staged])
+        tea = parse_cache("teacache:0.25")
+        cond = {c: make_conditioning(staged.manifest, c) for c in ("red circle", "white checkered circle")}
+        jobs = [Job(cond["red circle"], schedule_config(staged), steps=16, seed=1, cache=tea),
+                Job(cond["white checkered circle"], schedule_config(staged), steps=16, seed=2, cache=tea),
+                Job(cond["red circle"], schedule_config(staged), steps=16, seed=3),
+                Job(cond["red circle"], schedule_config(staged), steps=12, seed=4)]
+        results = runner.run(jobs)
+        for job, result in zip(jobs, results):
+            cache = StepCache(staged, job.cache) if job.cache else None
+            alone = generate(staged, job.conditioning, job.config, steps=job.steps, seed=job.seed, cache=cache)
+            assert result.trace.schedule == alone.trace.schedule and result.trace.cached == alone.trace.cached
+            assert torch.equal(result.latent, alone.latent)
+        assert all(sum(r.trace.cached) > 0 for r in results[:2])  # the cache really served steps
+        assert not any(any(r.trace.cached) for r in results[2:])
+        assert all(n == 1 for r in results[:2] for n in r.batch_sizes)  # a cached request never shares a call

@@ -84,3 +84,10 @@ def test_write_config_into_a_file_path_fails_cleanly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "is not a folder" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cache_on_a_folder_that_cannot_cache_is_one_line_before_ray_starts(capsys):
+    solo, _ = demo_engine_folders()
+    assert main(["serve", str(solo), "--cache", "teacache:0.25", "--max-batch", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a staged engine folder" in err and "--layout staged" in err and err.count("\n") == 1

@@ -54,3 +54,18 @@ def test_refusals(body, status, words):
     assert caught.value.status == status
     assert words in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_cache_field():
+    from ddit_export.serve.requests import RequestError, parse_body
+
+    sizes = (2, 4, 8)
+    assert parse_body(b'{"prompt": "x", "cache": "TeaCache:0.3"}', sizes, 28).cache == "teacache:0.3"
+    assert parse_body(b'{"prompt": "x", "cache": "none"}', sizes, 28).cache == "none"
+    assert parse_body(b'{"prompt": "x"}', sizes, 28).cache is None  # the server's --cache
+    for bad, message in ((b'{"prompt": "x", "cache": 0.25}', "'cache' must be text"),
+                         (b'{"prompt": "x", "cache": "lru:3"}', "the kind must be one of teacache, fbcache"),
+                         (b'{"prompt": "x", "cache": "teacache:-1"}', "finite number >= 0")):
+        with pytest.raises(RequestError, match=message) as err:
+            parse_body(bad, sizes, 28)
+        assert err.value.status == 422
