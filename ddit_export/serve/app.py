@@ -268,7 +268,8 @@ def replica_backend_options(backend: str, device: str) -> dict:
     picks two-thread pools there, but a replica shares the cores with Ray's proxy, the HTTP work and other
     replicas. Measured on the 2-core build machine (demo engines, 1 replica, 8 clients, 2026-12-03):
     --max-batch 1 went from 12.9 to 17.8 requests/s with one thread; --max-batch 8 21.9 -> 21.4.
-    A replica given more CPUs (--cpus-per-replica) keeps the tuning."""
+    A replica given more CPUs (--cpus-per-replica) keeps the tuning. The staged onnx backend ignores the option:
+    its sessions keep ORT's pool, whose outputs a local solo run reproduces bit for bit (one thread's differ)."""
     if backend != "onnx" or device != "cpu":
         return {}
     from ray import get_runtime_context
