@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: serve_command(args, Console(highlight=False)))
 
 
-def _check(args) -> Path:
+def _check(args) -> tuple[Path, dict]:
     folder, manifest = engine_folder(args.engine_dir)  # before the heavy imports: a typo answers at once
     from ..runtime.backends import backend_class
 
@@ -95,7 +95,7 @@ def _check(args) -> Path:
             not manifest.get("staged", {}).get("first_block_split"):
         raise ValueError(f"--cache {args.cache} needs the trunk split after block 0; re-export {folder} with "
                          "--layout staged --first-block-split")
-    return folder
+    return folder, manifest
 
 
 def _port_free(host: str, port: int) -> None:
@@ -109,7 +109,7 @@ def _port_free(host: str, port: int) -> None:
 
 
 def serve_command(args: argparse.Namespace, console: Console) -> int:
-    folder = _check(args)
+    folder, manifest = _check(args)
     if args.write_config:  # before any export: a path that cannot be written is refused at once
         from ..util.atomic import check_writable
 
@@ -119,13 +119,12 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
         check_writable(config_path.parent, "--write-config's folder")
     import torch
 
-    from ..artifacts.manifest import read_manifest
     from ..serve.batch_engines import batch_variant
     from ..serve.config import serve_config, write_config
 
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else (1.0 if torch.cuda.is_available() else 0.0)
     batch_dirs = []
-    staged = read_manifest(folder).get("layout", "single") == "staged"
+    staged = manifest.get("layout", "single") == "staged"
     if args.max_batch > 1 and staged:  # batched staged engines are not exported: lock-step on batch-1 calls
         console.print(f"{folder} is staged: requests run in lock-step, each on its own batch-1 engine calls")
     elif args.max_batch > 1:

@@ -63,7 +63,7 @@ class DDiTServer:
         from ..runtime.cache.spec import parse_cache
 
         self.default_cache = parse_cache(default_cache)  # a request that names no "cache" gets this
-        self.step_caches: dict = {}  # CacheSpec -> a StepCache built once, so a folder that cannot cache says so
+        self.usable_caches: set = set()  # CacheSpecs these engines were shown to run (one StepCache built each)
         if self.default_cache is not None:
             self.cache_spec(self.default_cache)
         self.max_batch = max_batch
@@ -98,9 +98,7 @@ class DDiTServer:
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
                 "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
                 "sampling": self.batcher.active,
-                "call_ms": {f"b{b}p{p}": round(1000 * t, 3) for (b, p), t in self.runner.call_seconds.items()},
-                "ort_cpu_threading": {f"b{batch}p{p}": mode for batch, backend in self.runner.backends.items()
-                                      for p, mode in getattr(backend, "cpu_threading", {}).items()}}
+                "call_ms": self.runner.call_ms(), "ort_cpu_threading": self.runner.cpu_threading()}
 
     async def generate_http(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -133,7 +131,7 @@ class DDiTServer:
         self.metrics.sampled(schedule, self.tokens, self.solo.base_patch)
         self.metrics.batch.observe(max(result.batch_sizes))
         self.metrics.answered(200, time.perf_counter() - start)
-        trace = self.trace_header(req, result, time.perf_counter() - start)
+        trace = self.trace_header(req, job, result, time.perf_counter() - start)
         return Response(body, media_type=media, headers={"X-DDiT-Trace": json.dumps(trace, separators=(",", ":"))})
 
     def _refuse(self, err: RequestError) -> Response:
@@ -159,9 +157,10 @@ class DDiTServer:
         from ..runtime.cache import StepCache, parse_cache
 
         spec = parse_cache(cache) if isinstance(cache, str) else cache
-        if spec is not None and spec not in self.step_caches:
+        if spec is not None and spec not in self.usable_caches:
             try:
-                self.step_caches[spec] = StepCache(self.solo, spec)
+                StepCache(self.solo, spec)  # refuses what these engines cannot run, with the fix
+                self.usable_caches.add(spec)
             except ValueError as err:
                 raise RequestError(f"'cache' {spec}: {err}", 422) from None
         return spec
@@ -228,13 +227,12 @@ class DDiTServer:
             written = self._pipeline.write_outputs(self.manifest, latent, Path(tmp), self.device)
             return next(p for p in written if p.suffix == ".png").read_bytes(), "image/png"
 
-    def trace_header(self, req: GenerateRequest, result, seconds: float) -> dict:
+    def trace_header(self, req: GenerateRequest, job, result, seconds: float) -> dict:
         from ..runtime.schedule_spec import format_schedule
 
         schedule = result.trace.schedule
         base = self.tokens[self.solo.base_patch]
         totals = result.trace.totals()
-        req_cache = self.default_cache if req.cache is None else self.cache_spec(req.cache)
         return {
             "seed": req.seed, "steps": req.steps, "schedule": schedule, "schedule_text": format_schedule(schedule),
             "token_cost": round(sum(self.tokens[p] for p in schedule) / (base * len(schedule)), 6),
@@ -242,7 +240,7 @@ class DDiTServer:
             "engine_seconds": round(totals["engine_seconds"], 6),
             "step_seconds": [round(s.seconds, 6) for s in result.trace.steps],
             "batch_sizes": result.batch_sizes, "replica_pid": os.getpid(),
-            "cache": str(req_cache) if req_cache is not None else None,
+            "cache": str(job.cache) if job.cache is not None else None,
             "cached_steps": sum(result.trace.cached),
         }
 

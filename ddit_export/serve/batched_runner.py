@@ -85,6 +85,13 @@ class ActiveRequest:
         self.batch_sizes: list[int] = []
         self.admitted = admitted
 
+    def advance(self, prediction: torch.Tensor, shared_by: int) -> None:
+        """The sampler step with this step's prediction (from a call `shared_by` requests shared)."""
+        t = self.timesteps[self.step]
+        self.latent = self.sampler.step(prediction, t, self.latent, return_dict=False)[0]
+        self.batch_sizes.append(shared_by)
+        self.step += 1
+
     @property
     def done(self) -> bool:
         return self.step >= self.job.steps
@@ -145,6 +152,15 @@ class BatchedRunner:
     def batches(self) -> tuple[int, ...]:
         return tuple(self.backends)
 
+    def call_ms(self) -> dict[str, float]:
+        """`calibrate`d call times, "b8p2" -> ms (for /healthz and reports)."""
+        return {f"b{b}p{p}": round(1000 * t, 3) for (b, p), t in self.call_seconds.items()}
+
+    def cpu_threading(self) -> dict[str, str]:
+        """Each engine's ONNX Runtime CPU threading mode, "b8p2" -> mode (empty for other backends)."""
+        return {f"b{b}p{p}": mode for b, backend in self.backends.items()
+                for p, mode in getattr(backend, "cpu_threading", {}).items()}
+
     def run(self, jobs: Sequence[Job]) -> list[JobResult | Exception]:
         """Sample every job in lock-step; a job that cannot start (bad steps, ...) gets its exception in its slot."""
         start = time.perf_counter()
@@ -184,10 +200,7 @@ class BatchedRunner:
     def _run_alone(self, state: ActiveRequest) -> None:
         """One request's step through its runner (and so its step cache), then its sampler step."""
         pred = state.runner.run(state.latent, timestep=state.engine_timesteps[state.step], **state.inputs)
-        t = state.timesteps[state.step]
-        state.latent = state.sampler.step(pred, t, state.latent, return_dict=False)[0]
-        state.batch_sizes.append(1)
-        state.step += 1
+        state.advance(pred, 1)
 
     def _run_group(self, patch: int, group: list[ActiveRequest]) -> None:
         """One engine call for every request of the group, then each request's own sampler step."""
@@ -208,8 +221,4 @@ class BatchedRunner:
         end = clock.mark()
         for j, state in enumerate(group):
             state.runner.trace.add_engine_call(begin, end)
-            pred = out[j:j + 1]
-            t = state.timesteps[state.step]
-            state.latent = state.sampler.step(pred, t, state.latent, return_dict=False)[0]
-            state.batch_sizes.append(n)
-            state.step += 1
+            state.advance(out[j:j + 1], n)

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-DEFAULT_PROMPTS = ("red circle", "green square", "blue triangle", "yellow cross", "magenta diamond", "cyan ring",
-                   "orange striped square", "white checkered circle", "lime hatched diamond")
+from .load_test import DEFAULT_PROMPTS  # the load test's requests: the demo's classes in turn
 
 
 def compare(runner, jobs: Sequence, rounds: int) -> dict:
@@ -75,9 +74,7 @@ def measure(runner, batch: int, steps: int, rounds: int, seed: int = 0,
     distinct = [Job(conds[prompts[i % len(prompts)]], config, steps=steps, seed=seed + i) for i in range(batch)]
     return {
         "engines": str(runner.solo.folder), "backend": runner.solo.name, "batch": batch, "steps": steps,
-        "ort_cpu_threading": {f"b{b}p{p}": mode for b, backend in runner.backends.items()
-                              for p, mode in getattr(backend, "cpu_threading", {}).items()},
-        "call_ms": {f"b{b}p{p}": round(1000 * t, 3) for (b, p), t in runner.call_seconds.items()},
+        "ort_cpu_threading": runner.cpu_threading(), "call_ms": runner.call_ms(),
         "identical": compare(runner, identical, rounds),
         "distinct": compare(runner, distinct, rounds),
     }
