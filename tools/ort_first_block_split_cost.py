@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from ddit_export.ddit.staged import family_parts
-from ddit_export.export.staged_onnx import export_dynamic_trunk, trunk_half
+from ddit_export.export.staged.onnx_export import export_dynamic_trunk, trunk_half
 from ddit_export.pipelines import make_conditioning
 from ddit_export.runtime.backends import get_backend
 

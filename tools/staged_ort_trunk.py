@@ -33,7 +33,7 @@ def export_all(args, work: Path) -> None:
     from ddit_export.ddit.model import DDiTModel
     from ddit_export.ddit.staged import build_staged, family_parts
     from ddit_export.export.onnx_export import export_onnx
-    from ddit_export.export.staged_onnx import export_dynamic_trunk
+    from ddit_export.export.staged.onnx_export import export_dynamic_trunk
     from ddit_export.families.registry import family_by_name
 
     fam = family_by_name(args.family)

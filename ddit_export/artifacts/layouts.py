@@ -1,16 +1,38 @@
-"""Where the files of each engine-folder layout live (single: one file per size; staged: parts + shared weights).
+"""Where every file of a staged engine folder lives: the one home of these paths.
 
-Single layout: one self-contained `.pt2` per size (the manifest entry's file). Staged layout: every
-part of every size without weights (`staged/aoti/<part>_p<P>.pt2`) plus ONE weights file that all
-of them read; a part knows its tensors by the names below the part's prefix.
+Single layout: one self-contained file per size and artifact kind (the manifest entry's file).
+Staged layout, everything below `staged/`:
+- ONNX: `embed_p<P>.onnx` and `head_p<P>.onnx` per size, ONE `trunk.onnx` for every size (and, with
+  `--first-block-split`, `first_block.onnx` + `other_blocks.onnx`);
+- AOTInductor: every part of every size without weights (`aoti/<part>_p<P>.pt2`) plus ONE weights file
+  that all of them read; a part knows its tensors by the names below the part's prefix;
+- TensorRT: `embed/head_p<P>_trt<ver>.plan` per size and ONE trunk plan with a profile per size.
 """
 
 from __future__ import annotations
 
-WEIGHTS = "staged/weights.safetensors"
+STAGED_DIR = "staged"
 PARTS = ("embed", "trunk", "head")
+WEIGHTS = f"{STAGED_DIR}/weights.safetensors"
 PART_PREFIX = {"embed": "embeds.{p}.", "trunk": "trunk.", "head": "heads.{p}."}
+TRUNK_PLAN = STAGED_DIR + "/trunk_trt{version}.plan"
+
+
+def onnx_name(part: str, patch: int | None = None) -> str:
+    """A staged ONNX graph's file name: per-size parts carry `_p<P>`; shared ones (trunk, split halves) do not."""
+    return f"{part}.onnx" if patch is None else f"{part}_p{patch}.onnx"
+
+
+def onnx_relpath(part: str, patch: int | None = None) -> str:
+    return f"{STAGED_DIR}/{onnx_name(part, patch)}"
 
 
 def package_relpath(part: str, patch: int) -> str:
-    return f"staged/aoti/{part}_p{patch}.pt2"
+    return f"{STAGED_DIR}/aoti/{part}_p{patch}.pt2"
+
+
+def part_plan_relpath(part: str, patch: int, trt_version: str) -> str:
+    return f"{STAGED_DIR}/{part}_p{patch}_trt{trt_version}.plan"
+
+
+TRUNK_ONNX = onnx_relpath("trunk")

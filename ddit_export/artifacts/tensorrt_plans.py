@@ -78,13 +78,6 @@ def shared_activation_bytes(per_engine_bytes) -> int:
     return max(aligned(n) for n in sizes)
 
 
-TRUNK_PLAN = "staged/trunk_trt{version}.plan"
-
-
-def part_plan_relpath(part: str, patch: int, trt_version: str) -> str:
-    return f"staged/{part}_p{patch}_trt{trt_version}.plan"
-
-
 def resolve_axis(dim, tokens: int, text_len: int) -> int:
     """A symbolic axis of the trunk graph ('tokens' or 'tokens + <text>') at one size's token count."""
     if isinstance(dim, int):

@@ -109,9 +109,9 @@ def evaluate(backend, samples: list[tuple[str, int]], configs: dict[str, tuple[s
     """
     import time
 
-    from ..bench.quality import psnr, ssim
     from ..pipelines.registry import generate
     from ..runtime.runner import schedule_config
+    from .quality import psnr, ssim
 
     base = backend.base_patch
     conds = {prompt: conditioning(prompt) for prompt, _ in samples}

@@ -29,7 +29,7 @@ from .engine_folder import (
     stage_key_base,
 )
 from .request import ExportRequest
-from .staged_build import export_staged
+from .staged.build import export_staged
 from .stages import SizeJob, aoti_stage, onnx_stage, trt_stage
 
 

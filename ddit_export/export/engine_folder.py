@@ -1,7 +1,7 @@
 """What both layouts' exports share: progress hooks, the previous build (refused, reused), stage keys,
 the manifest record and the model load.
 
-`build.py` exports single-engine folders and hands staged ones to `staged_build.py`; both build on this.
+`build.py` exports single-engine folders and hands staged ones to `staged/build.py`; both build on this.
 """
 
 from __future__ import annotations

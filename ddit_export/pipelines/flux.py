@@ -165,7 +165,7 @@ def flux_teacher_sampler(model_id: str | None):
     """The pipeline folder's own scheduler when there is one, else FLUX.1's configuration."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from ..pipelines.flux import flux_sampler
+    from .flux import flux_sampler
 
     folder = Path(model_id or "").expanduser()
     if model_id and (folder / "scheduler" / "scheduler_config.json").is_file():
@@ -174,7 +174,7 @@ def flux_teacher_sampler(model_id: str | None):
 
 
 def flux_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
-    from ..pipelines.flux import flux_timesteps
+    from .flux import flux_timesteps
 
     return flux_timesteps(sampler, steps, base_tokens, device)
 

@@ -196,7 +196,7 @@ def decode_video(folder: Path, latent: torch.Tensor, device="cpu") -> list[list]
 
 def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = ""):
     """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch."""
-    from ..pipelines.wan import DEFAULT_CFG, cfg_layout
+    from .wan import DEFAULT_CFG, cfg_layout
 
     guidance = DEFAULT_CFG if guidance is None else float(guidance)
     io = IOSpec.from_json(manifest["io"])
@@ -226,7 +226,7 @@ def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device
 
 
 def wan_teacher_sampler(model_id: str | None):
-    from ..pipelines.wan import wan_sampler
+    from .wan import wan_sampler
 
     return wan_sampler({"model": {"id": model_id}} if model_id else None)  # the folder's scheduler/, else UniPC
 

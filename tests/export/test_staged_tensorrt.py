@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddit_export.artifacts.tensorrt_plans import unavailable_reason
-from ddit_export.export.staged_tensorrt import trunk_profiles
+from ddit_export.export.staged.tensorrt import trunk_profiles
 
 TRUNK_IO = {"inputs": [
     {"name": "tokens", "shape": [1, "tokens", 32], "dtype": "float32"},

@@ -36,11 +36,11 @@ def backend_class(name: str) -> type[Backend]:
 
 # name -> (module, class) for folders of the staged layout (embed/head per size, one shared trunk).
 STAGED_BACKENDS = {
-    "torch": ("staged_torch", "TorchStagedBackend"),
-    "torch-compile": ("staged_torch_compile", "TorchCompileStagedBackend"),
-    "onnx": ("staged_onnx", "OnnxStagedBackend"),
-    "aoti": ("staged_aoti", "AotiStagedBackend"),
-    "trt": ("staged_tensorrt", "TensorRTStagedBackend"),
+    "torch": ("torch_eager", "TorchStagedBackend"),
+    "torch-compile": ("torch_compile", "TorchCompileStagedBackend"),
+    "onnx": ("onnxruntime", "OnnxStagedBackend"),
+    "aoti": ("aoti", "AotiStagedBackend"),
+    "trt": ("tensorrt", "TensorRTStagedBackend"),
 }
 
 
@@ -54,7 +54,7 @@ def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu
         if name not in STAGED_BACKENDS:
             raise BackendError(f"backend '{name}' does not run staged folders; use one of {', '.join(STAGED_BACKENDS)}")
         module, cls = STAGED_BACKENDS[name]
-        return getattr(import_module(f"{__name__}.{module}"), cls)(folder, manifest, device, **options)
+        return getattr(import_module(f"{__name__}.staged.{module}"), cls)(folder, manifest, device, **options)
     return single.load(folder, device, **options)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import BackendError
-from ..backends.staged_calls import StagedCalls
+from ..backends.staged.calls import StagedCalls
 from .coefficients import teacache_coefficients
 from .first_block import FirstBlockPolicy
 from .signal import teacache_signal

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ...artifacts.layouts import PART_PREFIX, PARTS, WEIGHTS
-from ...artifacts.manifest import verify_entry
-from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
-from .base import Backend, BackendError
-from .staged_calls import StagedCalls, find_weights
+from ....artifacts.layouts import PART_PREFIX, PARTS, WEIGHTS
+from ....artifacts.manifest import verify_entry
+from ....ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
+from ..base import Backend, BackendError
+from .calls import StagedCalls, find_weights
 
 
 def load_shared_weights(path: Path, device) -> dict[str, torch.Tensor]:
@@ -89,7 +89,7 @@ class AotiStagedBackend(StagedCalls, Backend):
         with torch.no_grad():
             return chain(self._parts[patch], given)[HEAD_OUTPUT].to(out_device)
 
-    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    # -- the parts one at a time (step caching: calls.py) ----------------------------------
     def _start(self, patch, feeds):
         given = {k: v.to(self.device) for k, v in feeds.items()}
         given[SIZE_INDEX] = torch.tensor([self._sizes[patch]], dtype=torch.int64, device=self.device)

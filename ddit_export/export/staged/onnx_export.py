@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from .onnx_export import ExportError, _check_saved, _root_cause, _save, _use_external_data
+from ..onnx_export import ExportError, _check_saved, _root_cause, _save, _use_external_data
 
 TOKEN_AXIS = "tokens"
 

@@ -1,7 +1,14 @@
-"""The TensorRT stage of the staged layout: plans from the product-dtype graphs, validated on the GPU.
+"""TensorRT for the staged layout: the trunk's optimisation profiles and the build + validation stage.
 
-Each part of each size runs in Polygraphy's `TrtRunner` (the trunk under that size's profile) and is
-compared with its torch module; the chain is validated by running the three runners in sequence.
+Plan names: artifacts/tensorrt_plans.py.
+
+- embed and head of every size: static plans, as single engines (`tensorrt.build_plan`);
+- the trunk: ONE plan from the dynamic-token trunk graph with one optimisation profile per size,
+  min = opt = max = that size's shapes, so each size is tuned as a static engine while the plan
+  (and so the device) holds the block weights once (`build_plan(..., profiles=trunk_profiles(...))`).
+`trt_stage` builds the plans from the product-dtype graphs and validates each part of each size in
+Polygraphy's `TrtRunner` (the trunk under that size's profile) against its torch module, then the
+chain by running the three runners in sequence. TensorRT itself is imported only inside `trt_stage`.
 """
 
 from __future__ import annotations
@@ -11,12 +18,26 @@ from collections import OrderedDict
 
 from polygraphy.backend.base import BaseRunner
 
-from ..artifacts.manifest import sha256_file
-from ..artifacts.tensorrt_plans import TIMING_CACHE, TRUNK_PLAN, device_signature, part_plan_relpath, require_tensorrt
-from .staged_tensorrt import trunk_profiles
-from .staged_validate import tensor_metadata
-from .tensorrt import build_plan
-from .validate import compare_with_torch, require_valid
+from ...artifacts.layouts import TRUNK_ONNX, TRUNK_PLAN, onnx_relpath, part_plan_relpath
+from ...artifacts.manifest import sha256_file
+from ...artifacts.tensorrt_plans import TIMING_CACHE, device_signature, require_tensorrt, resolve_axis
+from ..tensorrt import build_plan
+from ..validate import compare_with_torch, require_valid
+from .validate import tensor_metadata
+
+
+def trunk_profiles(trunk_io: dict, sizes: list[int], tokens: dict[int, int], text_len: int) -> list:
+    """One Polygraphy `Profile` per size: every input's shape with the symbolic token axis resolved."""
+    from polygraphy.backend.trt import Profile
+
+    profiles = []
+    for p in sizes:
+        profile = Profile()
+        for tensor in trunk_io["inputs"]:
+            shape = tuple(resolve_axis(d, tokens[p], text_len) for d in tensor["shape"])
+            profile.add(tensor["name"], min=shape, opt=shape, max=shape)
+        profiles.append(profile)
+    return profiles
 
 
 class _ChainRunner(BaseRunner):
@@ -60,14 +81,14 @@ def trt_stage(staged, req, tmp, onnx_entries: list[dict], values: dict, toleranc
     trunk_rel = TRUNK_PLAN.format(version=version)
     reporter.stage(sizes[0], "trt: build trunk (one profile per size)")
     profiles = trunk_profiles(onnx_entries[0]["parts_io"]["trunk"], sizes, tokens, staged.text_len)
-    build_plan(tmp / "staged/trunk.onnx", tmp / trunk_rel, cache, profiles=profiles)
+    build_plan(tmp / TRUNK_ONNX, tmp / trunk_rel, cache, profiles=profiles)
     module = staged.cuda()
     entries = []
     for index, p in enumerate(sizes):
         reporter.stage(p, "trt: build and validate")
         files = [part_plan_relpath("embed", p, version), trunk_rel, part_plan_relpath("head", p, version)]
         for part, rel in (("embed", files[0]), ("head", files[2])):
-            build_plan(tmp / f"staged/{part}_p{p}.onnx", tmp / rel, cache)
+            build_plan(tmp / onnx_relpath(part, p), tmp / rel, cache)
         feeds = {k: v.cuda() for k, v in values[p].items()}
         results, runners = {}, []
         for part, rel in zip(("embed", "trunk", "head"), files):

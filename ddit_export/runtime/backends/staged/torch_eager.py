@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ...ddit.staged import SIZE_INDEX, build_staged, cast_staged, run_part
-from .base import Backend
-from .staged_calls import StagedCalls, find_weights
-from .torch_eager import load_manifest_model
+from ....ddit.staged import SIZE_INDEX, build_staged, cast_staged, run_part
+from ..base import Backend
+from ..torch_eager import load_manifest_model
+from .calls import StagedCalls, find_weights
 
 
 class TorchStagedBackend(StagedCalls, Backend):
@@ -38,7 +38,7 @@ class TorchStagedBackend(StagedCalls, Backend):
             out = self.staged(patch, feeds.pop("latent"), **feeds)
         return out.to(out_device)
 
-    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    # -- the parts one at a time (step caching: calls.py) ----------------------------------
     def _start(self, patch, feeds):
         # as `forward`: the size as a Python int, so the base size skips the LoRA matmuls
         return {**{k: v.to(self.device) for k, v in feeds.items()}, SIZE_INDEX: self.staged.sizes.index(patch)}

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from ...artifacts.manifest import verify_entry
-from ...artifacts.tensorrt_plans import (
+from ....artifacts.manifest import verify_entry
+from ....artifacts.tensorrt_plans import (
     check_plan_compatible,
     device_signature,
     require_tensorrt,
     resolve_axis,
     shared_activation_bytes,
 )
-from .base import Backend, BackendError, torch_dtype
-from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
-from .staged_onnx import PARTS, onnx_initializers
+from ..base import Backend, BackendError, torch_dtype
+from .calls import SIGNAL_WEIGHTS, StagedCalls
+from .onnxruntime import PARTS, onnx_initializers
 
 
 class TensorRTStagedBackend(StagedCalls, Backend):
@@ -110,7 +110,7 @@ class TensorRTStagedBackend(StagedCalls, Backend):
                 raise BackendError(f"TensorRT failed to enqueue the {part} of p{patch}")
         return buffers[self.input_metadata.output_names[0]].clone().to(out_device, non_blocking=True)
 
-    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    # -- the parts one at a time (step caching: calls.py) ----------------------------------
     def _start(self, patch, feeds):
         buffers = self._buffers[patch]
         for name, value in feeds.items():

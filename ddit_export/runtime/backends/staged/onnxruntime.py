@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...artifacts.layouts import PARTS
-from ...artifacts.manifest import engine_entries, verify_entry
-from .base import Backend, BackendError
-from .onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
-from .ort_shared_weights import SharedWeights
-from .staged_calls import SIGNAL_WEIGHTS, StagedCalls
+from ....artifacts.layouts import PARTS
+from ....artifacts.manifest import engine_entries, verify_entry
+from ..base import Backend, BackendError
+from ..onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
+from ..ort_shared_weights import SharedWeights
+from .calls import SIGNAL_WEIGHTS, StagedCalls
 
 SPLIT_PARTS = ("first_block", "other_blocks")  # the trunk split after block 0 (export --first-block-split)
 
@@ -119,7 +119,7 @@ class OnnxStagedBackend(StagedCalls, Backend):
         values = self.chain.run(patch, {n: to_numpy(v) for n, v in feeds.items()})
         return from_numpy(values[self._output]).to(out_device)
 
-    # -- the parts one at a time (step caching: staged_calls.py) ----------------------------------
+    # -- the parts one at a time (step caching: calls.py) ----------------------------------
     def _start(self, patch, feeds):
         return {**feeds, "size_index": torch.tensor([self.chain.size_index[patch]], dtype=torch.int64)}
 

@@ -17,17 +17,18 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts.iospec import IOSpec
-from ..artifacts.manifest import (
+from ...artifacts.iospec import IOSpec
+from ...artifacts.layouts import STAGED_DIR, TRUNK_ONNX, onnx_name, onnx_relpath
+from ...artifacts.manifest import (
     sha256_file,
     sha256_tensors,
     write_manifest,
 )
-from ..ddit.engine import PatchSizeEngine
-from ..ddit.merge import base_state_dict
-from ..ddit.staged import StagedModel, build_staged, cast_staged, family_parts
-from ..util.atomic import atomic_folder, output_lock
-from .engine_folder import (
+from ...ddit.engine import PatchSizeEngine
+from ...ddit.merge import base_state_dict
+from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
+from ...util.atomic import atomic_folder, output_lock
+from ..engine_folder import (
     Reporter,
     load_for_export,
     manifest_record,
@@ -36,14 +37,13 @@ from .engine_folder import (
     stage_key,
     stage_key_base,
 )
-from .onnx_export import export_onnx
-from .request import ExportRequest
-from .staged_onnx import export_dynamic_trunk, graph_io
-from .staged_validate import validate_chain, validate_trunk
-from .stages import HALF_TOLERANCES
-from .validate import require_valid, validate_onnx
+from ..onnx_export import export_onnx
+from ..request import ExportRequest
+from ..stages import HALF_TOLERANCES
+from ..validate import require_valid, validate_onnx
+from .onnx_export import export_dynamic_trunk, graph_io
+from .validate import validate_chain, validate_trunk
 
-STAGED_DIR = "staged"
 # Measured on ONNX Runtime CPU (docs/staged.md): one dynamic-token trunk session beats per-size static
 # graphs sharing weights in memory and speed. The trunk is one session, so pre-packing copies nothing
 # twice; it is kept on (as in single engines) for speed. Embeds/heads share weights, so theirs is off.
@@ -77,7 +77,7 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
                 reporter.done(e["patch_size"], e)
         manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
         manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
-                              "onnxruntime": ORT_CHOICE, "shared_files": [f"{STAGED_DIR}/trunk.onnx"],
+                              "onnxruntime": ORT_CHOICE, "shared_files": [TRUNK_ONNX],
                               "first_block_split": req.first_block_split}
         write_manifest(tmp, manifest)
     return manifest
@@ -113,11 +113,11 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
     product = cast if half else values
     tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
     if "aoti" in req.backends:
-        from .staged_aoti_stage import aoti_stage
+        from .aoti import aoti_stage
 
         entries += aoti_stage(staged, req, tmp, product, tolerances, reporter)
     if "trt" in req.backends:
-        from .staged_trt_stage import trt_stage
+        from .tensorrt import trt_stage
 
         entries += trt_stage(staged, req, tmp, [e for e in entries if e["backend"] == "onnx"], product, tolerances,
                              reporter)
@@ -127,7 +127,7 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
 def _traced_values(staged: StagedModel, samples: dict, split: bool = False) -> dict:
     """Every named value of the torch chain at each size (the parts' validation inputs); with `split`, also
     block 0's outputs (the inputs of blocks 1..N)."""
-    from ..ddit.staged import chain
+    from ...ddit.staged import chain
 
     out = {}
     with torch.no_grad():
@@ -165,16 +165,16 @@ def _export_graphs(staged, req, folder: Path, values: dict, fp, first: int) -> N
         for p in staged.sizes:
             for part in ("embed", "head"):
                 module, _, outputs = staged.part_callables(p)[part]
-                export_onnx(module, _part_inputs(staged, p, part, values[p]), outputs, folder / f"{part}_p{p}.onnx",
+                export_onnx(module, _part_inputs(staged, p, part, values[p]), outputs, folder / onnx_name(part, p),
                             opset=req.opset, external_data=req.external_data)
         _, _, outputs = staged.part_callables(first)["trunk"]
         export_dynamic_trunk(staged.trunk, _part_inputs(staged, first, "trunk", values[first]), outputs,
-                             folder / "trunk.onnx", fp.trunk_token_axes(staged.text_len), opset=req.opset,
+                             folder / onnx_name("trunk"), fp.trunk_token_axes(staged.text_len), opset=req.opset,
                              external_data=req.external_data)
         if req.first_block_split:  # the same trunk as two graphs: block 0, then blocks 1..N (first-block caching)
             for part, axes in split_parts(staged, fp).items():
                 module, names, outputs = _split_module(staged, first, part)
-                export_dynamic_trunk(module, {n: values[first][n] for n in names}, outputs, folder / f"{part}.onnx",
+                export_dynamic_trunk(module, {n: values[first][n] for n in names}, outputs, folder / onnx_name(part),
                                      axes, opset=req.opset, external_data=req.external_data)
 
 
@@ -188,7 +188,7 @@ def split_parts(staged, fp) -> dict:
 
 
 def _split_module(staged, patch: int, part: str):
-    from .staged_onnx import trunk_half
+    from .onnx_export import trunk_half
 
     _, names, outputs = staged.part_callables(patch)[part]
     return trunk_half(staged.trunk, part, names), names, outputs
@@ -206,17 +206,17 @@ def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict,
         parts = {}
         for part in ("embed", "head"):
             module, _, _ = staged.part_callables(p)[part]
-            result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / f"{part}_p{p}.onnx",
+            result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / onnx_name(part, p),
                                    **tol)
             parts[part] = require_valid(result, f"patch size {p} {part}").to_json()
         trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
-        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / "trunk.onnx", **tol),
+        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / onnx_name("trunk"), **tol),
                                        f"patch size {p} trunk").to_json()
         if req.first_block_split:
             for part in SPLIT_PARTS:
                 module, names, _ = _split_module(staged, p, part)
                 parts[part] = require_valid(validate_trunk(module, {n: values[p][n] for n in names},
-                                                           folder / f"{part}.onnx", **tol),
+                                                           folder / onnx_name(part), **tol),
                                             f"patch size {p} {part}").to_json()
         result = require_valid(validate_chain(staged, p, samples[p], folder, **tol), f"patch size {p} chain")
         results[p] = {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32",
@@ -226,9 +226,9 @@ def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict,
 
 def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, validation: dict, started) -> dict:
     fam, shape = staged.family, staged.latent_shape
-    files = [f"{STAGED_DIR}/embed_p{patch}.onnx", f"{STAGED_DIR}/trunk.onnx", f"{STAGED_DIR}/head_p{patch}.onnx"]
+    files = [onnx_relpath("embed", patch), TRUNK_ONNX, onnx_relpath("head", patch)]
     if req.first_block_split:  # after the three parts: readers that take files[:3] see the same folder
-        files += [f"{STAGED_DIR}/{part}.onnx" for part in SPLIT_PARTS]
+        files += [onnx_relpath(part) for part in SPLIT_PARTS]
     graphs = list(files)
     files += [f"{f}.data" for f in files if (tmp / f"{f}.data").exists()]
     embed, head = IOSpec.from_onnx(tmp / files[0]), IOSpec.from_onnx(tmp / files[2])

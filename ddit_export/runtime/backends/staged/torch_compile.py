@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ...ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain
-from .staged_torch import TorchStagedBackend
-from .torch_compile import default_mode
+from ....ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain
+from ..torch_compile import default_mode
+from .torch_eager import TorchStagedBackend
 
 
 class TorchCompileStagedBackend(TorchStagedBackend):

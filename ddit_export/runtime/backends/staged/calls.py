@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BackendError
+from ..base import BackendError
 
 # The trunk split after block 0 (torch backends: methods of the trunk module).
 FIRST_BLOCK_OUTPUTS = ("head_tokens", "head_text_tokens")

@@ -13,8 +13,9 @@ from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 
-from ..runtime.backends.staged_onnx import OnnxStagedChain
-from .validate import ValidationResult, compare_with_torch
+from ...artifacts.layouts import onnx_name
+from ...runtime.backends.staged.onnxruntime import OnnxStagedChain
+from ..validate import ValidationResult, compare_with_torch
 
 
 def tensor_metadata(inputs: dict) -> TensorMetadata:
@@ -67,7 +68,7 @@ def validate_chain(staged, patch: int, inputs: dict, folder: Path, *, atol: floa
                    min_cosine: float) -> ValidationResult:
     """The ONNX Runtime chain of `patch` (graphs in `folder`) against the torch staged model."""
     manifest = {"patch_sizes": staged.sizes, "engines": [
-        {"patch_size": p, "backend": "onnx", "files": [f"embed_p{p}.onnx", "trunk.onnx", f"head_p{p}.onnx"],
+        {"patch_size": p, "backend": "onnx", "files": [onnx_name("embed", p), onnx_name("trunk"), onnx_name("head", p)],
          "sha256": []} for p in staged.sizes]}
     chain = OnnxStagedChain(folder, manifest, verify=False)
     meta = tensor_metadata(inputs)
