@@ -1,9 +1,19 @@
-"""Wan 2.1 family: video latents, 3D patches, 3D RoPE (diffusers `WanTransformer3DModel`).
+"""Wan 2.1 / 2.2 family: video latents, 3D patches, 3D RoPE (diffusers `WanTransformer3DModel`).
 
 Wan's latent is `B x 16 x F x H/8 x W/8` with F = (frames - 1) / 4 + 1; its patch is (1, 2, 2).
 DDiT changes only the spatial size: (1, 4, 4), (1, 8, 8). Wan's forward embeds, positions and
 unpatchifies by itself (reading `config.patch_size`), so a size swaps the model's
 `patch_embedding` (Conv3d), `rope` and `proj_out`, and the config's patch size.
+
+Variants (docs/variants-wan.md):
+- Image-to-video (Wan 2.1 I2V / FLF2V, Wan 2.2 I2V A14B): `in_channels` 36 = the 16-channel noisy
+  latent + 20 condition channels (frame mask + image latent) on the latent grid. The condition is
+  the engine input `condition` (`B x 20 x F x h x w`), padded and concatenated with the latent
+  inside the engine, so every size patchifies it with the latent and keeps one signature; the
+  per-size embedding PI-resizes all 36 input channels, the de-embedding outputs `out_channels`.
+  The CLIP image embeddings are the engine input `encoder_hidden_states_image`: not on the grid,
+  they reach the blocks' added K/V unchanged at every size.
+- Wan 2.2 TI2V-5B: a 48-channel latent from the Wan 2.2 VAE (16x spatial compression).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from torch import nn
 from ..ddit import staged_wan
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
-from .base import Family, TensorSpecLike
+from .base import Family, ModelLoadError, TensorSpecLike
 from .defaults import FAMILY_DEFAULTS
 
 WAN_TINY_CONFIG = dict(
@@ -28,7 +38,9 @@ WAN_MEDIUM_CONFIG = dict(
     WAN_TINY_CONFIG, num_attention_heads=12, attention_head_dim=128, text_dim=4096, freq_dim=256,
     ffn_dim=8960, num_layers=2, rope_max_seq_len=1024,
 )
-ROPE_THETA = 10000.0  # WanTransformer3DModel builds its RoPE with the default theta and keeps no copy
+ROPE_THETA = 10000.0
+IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px (Wan I2V's image encoder): 16 x 16 patches + the class token
+WAN22_VAE_CHANNELS, WAN22_VAE_SCALE = 48, 16  # the Wan 2.2 VAE (TI2V-5B): 48 latent channels, 16x spatial  # WanTransformer3DModel builds its RoPE with the default theta and keeps no copy
 
 # Every feed-forward linear of every block.
 WAN_LORA_TARGETS = r".*blocks\.\d+\.ffn\.net\.(0\.proj|2)"
@@ -117,29 +129,83 @@ class WanFamily(Family):
                 f"--frames must be 4k+1 for Wan's VAE (got {frames}); try {4 * k + 1} or {4 * k + 5}"
             )
 
+    def vae_scale_of(self, channels: int | None) -> int:
+        """Spatial compression of the VAE that makes `channels`-channel latents (Wan 2.2's 48: 16x)."""
+        return WAN22_VAE_SCALE if channels == WAN22_VAE_CHANNELS else self.vae_scale
+
     def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None,
                      channels: int | None = None) -> tuple[int, ...]:
         frames = self.default_frames if frames is None else frames
         latent_frames = (frames - 1) // self.temporal_scale + 1
         channels = channels or self.latent_channels
-        return (batch, channels, latent_frames, height // self.vae_scale, width // self.vae_scale)
+        scale = self.vae_scale_of(channels)
+        step = scale * self.base_patch
+        if height % step or width % step:  # Wan 2.2's VAE: the pixel check before loading assumed 8x
+            raise ValueError(f"height and width must be multiples of {step} for a {channels}-channel Wan latent "
+                             f"(got {height}x{width}); try {max(step, round(height / step) * step)}x"
+                             f"{max(step, round(width / step) * step)}")
+        return (batch, channels, latent_frames, height // scale, width // scale)
+
+    def latent_channels_of(self, config) -> int:
+        """The noisy latent's channels: `out_channels` (I2V's extra input channels are the condition)."""
+        return int(config.out_channels or config.in_channels)
+
+    def condition_channels(self, config) -> int:
+        """Input channels beyond the noisy latent (I2V: mask + image latent), 0 for text-to-video."""
+        return int(config.in_channels) - self.latent_channels_of(config)
+
+    def image_embeds(self, config) -> tuple[int, int] | None:
+        """(images per video, image_dim) of a model with CLIP image embeddings (I2V: 1, FLF2V: 2), else None."""
+        if not config.get("image_dim"):
+            return None
+        return (2 if config.get("pos_embed_seq_len") else 1), int(config["image_dim"])
+
+    def check_config(self, config: dict, where: str) -> None:
+        """Refuse, before the weights load, a Wan config the engines cannot express (one line)."""
+        name = config.get("_class_name", "WanTransformer3DModel")
+        if name != "WanTransformer3DModel":
+            raise ModelLoadError(f"{where}: {name} is not supported; the wan family exports WanTransformer3DModel "
+                             "(Wan 2.1 T2V/I2V/FLF2V, Wan 2.2 TI2V-5B and A14B)")
+        if tuple(config.get("patch_size", (1, 2, 2))) != (1, 2, 2):
+            raise ModelLoadError(f"{where}: patch_size {config['patch_size']} is not supported; Wan's (1, 2, 2) is")
+        inc, outc = int(config.get("in_channels", 16)), int(config.get("out_channels") or config.get("in_channels", 16))
+        if inc < outc:
+            raise ModelLoadError(f"{where}: in_channels {inc} < out_channels {outc} is not supported; the input must be "
+                             "the latent plus optional condition channels")
+        if bool(config.get("image_dim")) != bool(config.get("added_kv_proj_dim")):
+            raise ModelLoadError(f"{where}: image_dim and added_kv_proj_dim must be set together (Wan I2V)")
 
     # ---- model ----------------------------------------------------------------------------------
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:
-        return [("encoder_hidden_states", (batch, text_len, config.text_dim)), ("timestep", (batch,))]
+        """The text embeddings and timestep, and for I2V the CLIP image embeddings (not on the grid)."""
+        specs = [("encoder_hidden_states", (batch, text_len, config.text_dim)), ("timestep", (batch,))]
+        images = self.image_embeds(config)
+        if images:
+            specs.append(("encoder_hidden_states_image", (batch * images[0], IMAGE_TOKENS, images[1])))
+        return specs
+
+    def grid_condition_specs(self, config, latent_shape) -> list[TensorSpecLike]:
+        """I2V: the mask + image-latent channels, on the latent's grid (the engine input `condition`)."""
+        extra = self.condition_channels(config)
+        return [("condition", (latent_shape[0], extra, *tuple(latent_shape)[2:]))] if extra else []
 
     def predict(self, transformer, latent, patch: int, conditioning: dict) -> torch.Tensor:
+        condition = conditioning.get("condition")
+        if condition is not None:  # I2V: the condition channels follow the latent's, padded like it
+            latent = torch.cat([latent, self.pad(condition, patch)], dim=1)
         return transformer(
             hidden_states=latent,
             timestep=conditioning["timestep"],
             encoder_hidden_states=conditioning["encoder_hidden_states"],
+            encoder_hidden_states_image=conditioning.get("encoder_hidden_states_image"),
             return_dict=False,
         )[0]
 
     def new_embed(self, base_embed: nn.Conv3d, patch: int) -> PatchEmbed:
+        channels = base_embed.in_channels  # latent + condition channels (I2V: 36), all resized alike
         flat = base_embed.weight.reshape(base_embed.out_channels, -1)  # (d, C*1*p*p): (c, dy, dx) order
-        weight = pi_resize_embedding(flat, self.latent_channels, self.base_patch, patch)
-        conv = nn.Conv3d(self.latent_channels, base_embed.out_channels, (1, patch, patch), stride=(1, patch, patch))
+        weight = pi_resize_embedding(flat, channels, self.base_patch, patch)
+        conv = nn.Conv3d(channels, base_embed.out_channels, (1, patch, patch), stride=(1, patch, patch))
         return PatchEmbed(conv, weight, base_embed.bias, channel_dim=1)
 
     def fold_embed(self, embed: PatchEmbed) -> nn.Conv3d:
@@ -147,7 +213,8 @@ class WanFamily(Family):
 
     def new_deembed(self, base_deembed: nn.Linear, patch: int) -> nn.Linear:
         # Wan orders output features (dy, dx, channel); the init maths works in (channel, dy, dx).
-        c, p, d = self.latent_channels, self.base_patch, base_deembed.in_features
+        p, d = self.base_patch, base_deembed.in_features
+        c = base_deembed.out_features // p**2  # out_channels: the noisy latent's
         weight = base_deembed.weight.reshape(p * p, c, d).transpose(0, 1).reshape(c * p * p, d)
         bias = base_deembed.bias.reshape(p * p, c).T.reshape(-1)
         w, b = upsampled_deembedding(weight, bias, c, p, patch)
