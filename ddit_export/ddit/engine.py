@@ -15,10 +15,7 @@ from ..families.base import Family
 from .model import run_step
 
 # Graph input order; a family uses the subset it needs (absent ones are simply not inputs).
-# `condition`: extra channels on the latent grid (Wan I2V's mask + image latent); `encoder_hidden_states_image`:
-# image embeddings, not on the grid (Wan I2V's CLIP tokens).
-ENGINE_INPUTS = ("latent", "encoder_hidden_states", "timestep", "pooled_projections", "guidance", "condition",
-                 "encoder_hidden_states_image")
+ENGINE_INPUTS = ("latent", "encoder_hidden_states", "timestep", "pooled_projections", "guidance")
 ENGINE_OUTPUT = "prediction"
 
 
@@ -39,16 +36,12 @@ class PatchSizeEngine(nn.Module):
         timestep: torch.Tensor,
         pooled_projections: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
-        condition: torch.Tensor | None = None,
-        encoder_hidden_states_image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         conditioning = {
             "encoder_hidden_states": encoder_hidden_states,
             "timestep": timestep,
             "pooled_projections": pooled_projections,
             "guidance": guidance,
-            "condition": condition,
-            "encoder_hidden_states_image": encoder_hidden_states_image,
         }
         return run_step(self.family, self.transformer, self.residual, self.patch, latent, conditioning)
 
@@ -60,7 +53,6 @@ class PatchSizeEngine(nn.Module):
         batch = self.latent_shape[0]
         shapes = {"latent": self.latent_shape}
         shapes.update(dict(self.family.condition_specs(self.transformer.config, batch, self.text_len)))
-        shapes.update(dict(self.family.grid_condition_specs(self.transformer.config, self.latent_shape)))
         inputs = {}
         for name in ENGINE_INPUTS:
             if name not in shapes:

@@ -61,17 +61,10 @@ class Family:
                      channels: int | None = None): ...
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]: ...
     def predict(self, transformer, latent, patch: int, conditioning: dict): ...
-
-    def grid_condition_specs(self, config, latent_shape) -> list[TensorSpecLike]:
-        """Engine inputs on the latent's grid besides the latent (padded and patchified with it), if any."""
-        return []
     def new_embed(self, base_embed, patch: int): ...
     def fold_embed(self, embed): ...
     def new_deembed(self, base_deembed, patch: int): ...
     def rope_tables(self, transformer, patch: int, latent_shape, text_len: int): ...
-
-    def check_config(self, config: dict, where: str) -> None:
-        """Raise ModelLoadError, in one line, for a model config the family cannot export (before the weights load)."""
 
     def eager_rope(self, transformer, patch: int):
         """RoPE module for an eager call at `patch`, or None when positions come in as ids (FLUX)."""
@@ -189,14 +182,14 @@ class Family:
             return built if dtype == torch.float32 else built.to(dtype)
         packaged = PACKAGED_MODELS / model / "transformer"
         if "/" not in model and (packaged / "config.json").is_file():
-            built = self._load_folder(cls, packaged, packaged, None, dtype, self.check_config)
+            built = self._load_folder(cls, packaged, packaged, None, dtype)
             built.register_to_config(_name_or_path=model)  # its id, not the install path (a plain JSON string)
             return built
         path = Path(model).expanduser()
         if path.is_dir():
             for folder, sub in ((path / "transformer", "transformer"), (path, None)):
                 if (folder / "config.json").is_file():
-                    return self._load_folder(cls, path, folder, sub, dtype, self.check_config)
+                    return self._load_folder(cls, path, folder, sub, dtype)
             raise ModelLoadError(
                 f"{path} holds neither a diffusers pipeline (transformer/config.json) nor a transformer "
                 "(config.json); point --model at the folder written by save_pretrained"
@@ -215,15 +208,13 @@ class Family:
             ) from None
 
     @staticmethod
-    def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype, check=None):
+    def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype):
         """from_pretrained on a folder, with a damaged config or missing weights named in one line."""
         config = folder / "config.json"
         try:
-            parsed = json.loads(config.read_text(encoding="utf-8"))
+            json.loads(config.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelLoadError(f"{config} is not valid JSON ({err}); restore it from the model's source") from None
-        if check is not None and isinstance(parsed, dict):
-            check(parsed, str(config))
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             # checked here: diffusers would log its own error lines before raising
             raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
