@@ -15,7 +15,8 @@ from ..families.base import Family
 from .model import run_step
 
 # Graph input order; a family uses the subset it needs (absent ones are simply not inputs).
-ENGINE_INPUTS = ("latent", "encoder_hidden_states", "timestep", "pooled_projections", "guidance")
+ENGINE_INPUTS = ("latent", "encoder_hidden_states", "timestep", "pooled_projections", "guidance",
+                 "condition_latent", "reference_latent")  # the last two: on the latent's grid (FLUX variants)
 ENGINE_OUTPUT = "prediction"
 
 
@@ -36,6 +37,8 @@ class PatchSizeEngine(nn.Module):
         timestep: torch.Tensor,
         pooled_projections: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
+        condition_latent: torch.Tensor | None = None,
+        reference_latent: torch.Tensor | None = None,
     ) -> torch.Tensor:
         conditioning = {
             "encoder_hidden_states": encoder_hidden_states,
@@ -43,6 +46,10 @@ class PatchSizeEngine(nn.Module):
             "pooled_projections": pooled_projections,
             "guidance": guidance,
         }
+        # Grid inputs only when given: a family's predict tells the variants apart by their presence.
+        for name, value in (("condition_latent", condition_latent), ("reference_latent", reference_latent)):
+            if value is not None:
+                conditioning[name] = value
         return run_step(self.family, self.transformer, self.residual, self.patch, latent, conditioning)
 
     def sample_inputs(self, batch_dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -53,6 +60,7 @@ class PatchSizeEngine(nn.Module):
         batch = self.latent_shape[0]
         shapes = {"latent": self.latent_shape}
         shapes.update(dict(self.family.condition_specs(self.transformer.config, batch, self.text_len)))
+        shapes.update(dict(self.family.grid_specs(self.transformer.config, self.latent_shape)))
         inputs = {}
         for name in ENGINE_INPUTS:
             if name not in shapes:

@@ -28,16 +28,16 @@ class LoadedModel:
 
 def load_ddit_model(family: Family, model_id: str, patch_sizes, adapters: str | None = None,
                     warn: Callable[[str], None] | None = None, *, dtype: torch.dtype = torch.float32,
-                    lora_rank: int | None = None) -> LoadedModel:
+                    lora_rank: int | None = None, variant: str | None = None) -> LoadedModel:
     """``family``'s ``model_id`` (weights in ``dtype``) with DDiT modules for ``patch_sizes`` and the adapter
     pack ``adapters``.
 
     The LoRA rank is ``lora_rank`` when given (training: a pack of another rank is then refused), else
     the pack's, else the default. Without a pack the extra sizes are untrained (initialised, LoRA zero):
-    ``warn`` says so.
+    ``warn`` says so. ``variant``: the weights variant to load (diffusers' ``variant``, e.g. fp16).
     """
     pack = read_meta(adapters) if adapters else None
-    transformer = family.load(model_id, dtype)
+    transformer = family.load(model_id, dtype, variant)
     if lora_rank is not None:
         rank, alpha = lora_rank, None
     else:

@@ -51,13 +51,14 @@ class ExportRequest:
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
     layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
     first_block_split: bool = False  # staged, ONNX only: also block 0 and blocks 1..N as two graphs (--cache fbcache)
+    variant: str | None = None  # diffusers weights variant to load (e.g. fp16: *.fp16.safetensors); None: plain files
 
     def __post_init__(self):
         if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):
             raise TypeError(f"patch_sizes takes a sequence of integers like (2, 4) (got {self.patch_sizes!r})")
         self.patch_sizes = tuple(sorted(set(limits.check_int(p, "--patch-sizes") for p in self.patch_sizes)))
         fam = family_by_name(self.family)
-        self.model = self.model or fam.default_model
+        self.model = stored_model_id(self.model or fam.default_model, fam)
         geometry = fam.defaults.geometry(self.model)  # `tiny` defaults to a size that exports in seconds
         # `is None`, not `or`: --height 0 is a mistake to refuse, not a request for the default.
         self.height = geometry["height"] if self.height is None else limits.check_int(self.height, "--height",
@@ -151,7 +152,20 @@ class ExportRequest:
             identity["layout"] = self.layout
         if self.first_block_split:
             identity["first_block_split"] = True
+        if self.variant:  # folders without one keep their identity
+            identity["variant"] = self.variant
         return identity
 
     def check_out_writable(self) -> None:
         check_writable(self.out_dir)
+
+
+def stored_model_id(model: str, family) -> str:
+    """The model id the manifest keeps: a local folder as an absolute path, so that the engines find its text
+    encoders, VAE and weights from any working folder; presets, packaged models and hub ids as given."""
+    from ..families.base import PACKAGED_MODELS
+
+    if model in family.presets or ("/" not in model and (PACKAGED_MODELS / model / "transformer").is_dir()):
+        return model
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model

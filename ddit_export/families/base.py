@@ -66,6 +66,25 @@ class Family:
     def new_deembed(self, base_deembed, patch: int): ...
     def rope_tables(self, transformer, patch: int, latent_shape, text_len: int): ...
 
+    def grid_specs(self, config, latent_shape) -> list[TensorSpecLike]:
+        """Engine inputs on the latent's grid besides the latent (FLUX Control/Fill/Kontext); none by default."""
+        return []
+
+    def check_config(self, config: dict, pipeline_class: str | None) -> None:
+        """Refuse a model the engines cannot reproduce from its config.json alone, before loading weights.
+
+        ``pipeline_class``: the pipeline folder's model_index.json `_class_name` (None for a transformer folder).
+        """
+        expected = self.model_class().__name__
+        name = config.get("_class_name")
+        if name is not None and name != expected:
+            raise ModelLoadError(f"the model's transformer is a {name}; `ddit-export {self.name}` exports "
+                                 f"{expected} models")
+
+    def mark_pipeline(self, transformer, pipeline_class: str | None):
+        """Record in the loaded model's config what its config alone does not say (FLUX: Kontext)."""
+        return transformer
+
     def eager_rope(self, transformer, patch: int):
         """RoPE module for an eager call at `patch`, or None when positions come in as ids (FLUX)."""
         return None
@@ -173,9 +192,9 @@ class Family:
     def tiny(self, seed: int = 0):
         return self.preset("tiny", seed)
 
-    def load(self, model: str, dtype: torch.dtype = torch.float32):
+    def load(self, model: str, dtype: torch.dtype = torch.float32, variant: str | None = None):
         """Load the transformer from a preset name, a model shipped with the package, a diffusers
-        pipeline/transformer folder, or a cached hub id."""
+        pipeline/transformer folder, or a cached hub id. ``variant``: diffusers' weights variant (e.g. fp16)."""
         cls = self.model_class()
         if model in self.presets:
             built = self.preset(model)
@@ -189,26 +208,35 @@ class Family:
         if path.is_dir():
             for folder, sub in ((path / "transformer", "transformer"), (path, None)):
                 if (folder / "config.json").is_file():
-                    return self._load_folder(cls, path, folder, sub, dtype)
+                    pipeline_class = pipeline_class_of(path) if sub else None
+                    self.check_config(read_config(folder / "config.json"), pipeline_class)
+                    built = self._load_folder(cls, path, folder, sub, dtype, variant)
+                    return self.mark_pipeline(built, pipeline_class)
             raise ModelLoadError(
                 f"{path} holds neither a diffusers pipeline (transformer/config.json) nor a transformer "
                 "(config.json); point --model at the folder written by save_pretrained"
             )
-        if path.exists() or model.startswith((".", "/", "~")):
-            raise ModelLoadError(f"model path {model} does not exist or is not a folder")
+        if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+            # not a hub id (org/name): a path that is missing from here; a relative one is relative to this folder
+            where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+            raise ModelLoadError(f"model path {model} does not exist or is not a folder{where}; "
+                                 "pass the model folder's absolute path")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # hub deprecation chatter; the outcome is reported below
-                return cls.from_pretrained(model, subfolder="transformer", torch_dtype=dtype, local_files_only=True)
+                built = cls.from_pretrained(model, subfolder="transformer", torch_dtype=dtype, local_files_only=True,
+                                            variant=variant)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
-                f"model '{model}' is not a local folder and is not in the local Hugging Face cache "
-                f"(no hub access at run time): download it beforehand, e.g. `hf download {model}`, "
+                f"model '{model}' is not a local folder (relative to {Path.cwd()}) and is not in the local Hugging "
+                f"Face cache (no hub access at run time): download it beforehand, e.g. `hf download {model}`, "
                 f"pass a folder, or try the offline preset `--model tiny` ({type(err).__name__})"
             ) from None
+        return self.mark_pipeline(built, None)
 
     @staticmethod
-    def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype):
+    def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype,
+                     variant: str | None = None):
         """from_pretrained on a folder, with a damaged config or missing weights named in one line."""
         config = folder / "config.json"
         try:
@@ -219,10 +247,50 @@ class Family:
             # checked here: diffusers would log its own error lines before raising
             raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
                                  "model's weights files there")
+        found = weight_variants(folder)
+        if variant is None and found and None not in found:
+            raise ModelLoadError(f"{folder} holds only {'/'.join(sorted(found))} weights (saved with a variant); "
+                                 f"pass --variant {sorted(found)[0]}")
+        if variant is not None and variant not in found:
+            have = ", ".join(sorted(v or "(none)" for v in found))
+            raise ModelLoadError(f"{folder} has no {variant} weights (variants there: {have}); fix --variant")
         try:
             # str(): diffusers records the argument as the config's _name_or_path, which must stay JSON.
-            return cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)
+            return cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype, variant=variant)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
             first = " ".join(str(err).split())[:300]
             raise ModelLoadError(f"{folder} cannot be loaded as a {cls.__name__} ({type(err).__name__}: {first}); "
                                  "check its config.json and weights files") from None
+
+
+def read_config(path: Path) -> dict:
+    """A config.json as a dict; damaged JSON is one line naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path} is not valid JSON ({err}); restore it from the model's source") from None
+
+
+def pipeline_class_of(folder: Path) -> str | None:
+    """The `_class_name` of a diffusers pipeline folder's model_index.json (None without one)."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    return read_config(index).get("_class_name")
+
+
+def weight_variants(folder: Path) -> set[str | None]:
+    """Weights variants in a diffusers model folder: None for plain files, "fp16" for `*.fp16.safetensors`,
+    sharded indexes (`*.safetensors.index.fp16.json`) included."""
+    found: set[str | None] = set()
+    for f in folder.iterdir():
+        name = f.name
+        if name.endswith(".index.json") or name.endswith((".safetensors", ".bin")) and "-of-" not in name:
+            stem = name.removesuffix(".index.json").removesuffix(".safetensors").removesuffix(".bin")
+            found.add(stem.split(".", 1)[1] if "." in stem else None)
+        elif ".index." in name and name.endswith(".json"):  # diffusion_pytorch_model.safetensors.index.fp16.json
+            found.add(name.rsplit(".", 2)[-2])
+        elif "-of-" in name and name.endswith((".safetensors", ".bin")):  # shard: model.fp16-00001-of-00002...
+            stem = name.split("-", 1)[0]
+            found.add(stem.split(".", 1)[1] if "." in stem else None)
+    return found

@@ -3,6 +3,13 @@
 FLUX works on a VAE latent `B x 16 x H/8 x W/8`. The stock pipeline packs 2x2 latent pixels into one
 token of 64 features ordered (channel, dy, dx); that is the base patch size p = 2. DDiT adds coarser
 sizes P = 2p, 4p whose tokens hold 16*P*P features in the same (channel, dy, dx) order.
+
+Variants (docs/variants.md): FLUX.1-Depth/Canny and FLUX.1-Fill take extra conditioning channels on the
+latent grid (`in_channels` > `out_channels`); the engines take it as one more grid input,
+`condition_latent`, concatenated with the latent on the channel axis before packing, which is exactly
+the stock pipelines' token-feature concatenation. FLUX.1-Kontext appends reference-image tokens to the
+sequence (RoPE ids with first coordinate 1); the engines take the reference latent as
+`reference_latent` and pack it at the step's patch size, like the latent.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from torch import nn
 from ..ddit import staged_flux
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
-from .base import Family, TensorSpecLike
+from .base import Family, ModelLoadError, TensorSpecLike
 from .defaults import FAMILY_DEFAULTS
 
 FLUX_TINY_CONFIG = dict(
@@ -36,6 +43,43 @@ FLUX_MEDIUM_CONFIG = dict(
     joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56),
 )
 FLUX_SMOKE_CONFIG = dict(FLUX_MEDIUM_CONFIG, num_layers=2, num_single_layers=4, num_attention_heads=24)
+
+# Stock pipelines whose transformer call the engines reproduce (see `variant_of`); a Kontext transformer has
+# FLUX.1-dev's config, so the pipeline folder's model_index.json says which one it is, and the loader records
+# it in the config under KONTEXT_KEY (diffusers keeps such private keys through from_config).
+KONTEXT_PIPELINE = "FluxKontextPipeline"
+KONTEXT_KEY = "_ddit_pipeline"
+CONDITION_LATENT = "condition_latent"  # Control: the control image's latent; Fill: masked-image latent + mask
+REFERENCE_LATENT = "reference_latent"  # Kontext: the reference image's latent (the output's grid)
+
+
+def _config_value(config, key: str, default=None):
+    """`key` of a diffusers FrozenDict or a manifest's plain dict."""
+    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
+def condition_channels(config) -> int:
+    """Grid channels of the conditioning concatenated to the latent: in_channels/4 - out_channels/4."""
+    inputs = int(_config_value(config, "in_channels"))
+    outputs = int(_config_value(config, "out_channels") or inputs)
+    return (inputs - outputs) // 4
+
+
+def has_reference(config) -> bool:
+    """Whether the model is FLUX.1-Kontext (reference-image tokens appended to the sequence)."""
+    return _config_value(config, KONTEXT_KEY) == KONTEXT_PIPELINE
+
+
+def variant_of(config) -> str:
+    """The stock diffusers pipeline a FLUX transformer with this config runs in (docs/variants.md)."""
+    channels = condition_channels(config)
+    if has_reference(config):
+        return KONTEXT_PIPELINE
+    if channels == 0:
+        return "FluxPipeline"
+    latent = (int(_config_value(config, "out_channels") or 0) or int(_config_value(config, "in_channels"))) // 4
+    return "FluxControlPipeline" if channels == latent else "FluxFillPipeline"
+
 
 # Targets of the per-size LoRA adapters: every feed-forward linear. In single-stream blocks the MLP
 # is `proj_mlp` up and `proj_out` down (that one also mixes in the attention output). The top-level
@@ -75,9 +119,33 @@ class FluxFamily(Family):
             raise ValueError("FLUX makes images: --frames does not apply")
 
     def latent_channels_of(self, config) -> int:
-        """FLUX tokens hold 2x2 latent pixels, so in_channels / 4 (16 for every VAE-based FLUX model; the
-        demo model's pixel latent has 3)."""
-        return int(config.in_channels) // self.base_patch**2
+        """FLUX tokens hold 2x2 latent pixels, so out_channels / 4 (16 for every VAE-based FLUX model; the
+        demo model's pixel latent has 3). Control and Fill models take more input channels than that."""
+        outputs = _config_value(config, "out_channels") or _config_value(config, "in_channels")
+        return int(outputs) // self.base_patch**2
+
+    def check_config(self, config: dict, pipeline_class: str | None) -> None:
+        """Refuse, from config.json alone, a FLUX transformer the engines cannot reproduce (one line)."""
+        super().check_config(config, pipeline_class)
+        inputs, outputs = config.get("in_channels"), config.get("out_channels") or config.get("in_channels")
+        supported = ("supported: in_channels == out_channels (FLUX.1-dev/schnell/Kontext), 2 x out_channels "
+                     "(Depth/Canny) or out_channels + 4 x (16 + 64) (Fill)")
+        if not (isinstance(inputs, int) and isinstance(outputs, int) and inputs % 4 == 0 and outputs % 4 == 0
+                and inputs >= outputs > 0):
+            raise ModelLoadError(f"FluxTransformer2DModel config in_channels={inputs}, out_channels={outputs} "
+                                 f"is not a FLUX layout the engines handle; {supported}")
+        if config.get("patch_size", 1) != 1:
+            raise ModelLoadError(f"FluxTransformer2DModel config patch_size={config.get('patch_size')}: the "
+                                 "engines pack 2x2 latent pixels per token as every FLUX pipeline does (patch_size 1)")
+        if pipeline_class == KONTEXT_PIPELINE and inputs != outputs:
+            raise ModelLoadError(f"{KONTEXT_PIPELINE} with in_channels={inputs} != out_channels={outputs}: "
+                                 "Kontext with extra grid channels is not supported")
+
+    def mark_pipeline(self, transformer, pipeline_class: str | None):
+        """Record a Kontext model in its config (its transformer config is FLUX.1-dev's)."""
+        if pipeline_class == KONTEXT_PIPELINE:
+            transformer.register_to_config(**{KONTEXT_KEY: KONTEXT_PIPELINE})
+        return transformer
 
     def latent_shape(self, batch: int, height: int, width: int, frames: int | None = None,
                      channels: int | None = None) -> tuple[int, ...]:
@@ -101,6 +169,22 @@ class FluxFamily(Family):
     def text_ids(self, text_len: int) -> torch.Tensor:
         return torch.zeros(text_len, 3, dtype=torch.float64)
 
+    def reference_ids(self, patch: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """Kontext's reference tokens: the image ids with first coordinate 1 (FluxKontextPipeline)."""
+        ids = self.image_ids(patch, latent_shape)
+        ids[:, 0] = 1
+        return ids
+
+    def grid_specs(self, config, latent_shape) -> list[TensorSpecLike]:
+        """Engine inputs on the latent's grid: Control/Fill's conditioning channels, Kontext's reference."""
+        b, _, h, w = latent_shape
+        specs = []
+        if condition_channels(config):
+            specs.append((CONDITION_LATENT, (b, condition_channels(config), h, w)))
+        if has_reference(config):
+            specs.append((REFERENCE_LATENT, (b, self.latent_channels_of(config), h, w)))
+        return specs
+
     # ---- model ----------------------------------------------------------------------------------
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:
         specs = [
@@ -115,10 +199,22 @@ class FluxFamily(Family):
     def predict(self, transformer, latent, patch: int, conditioning: dict) -> torch.Tensor:
         """One call the way FluxPipeline makes it, with this size's tokens and positions."""
         ehs = conditioning["encoder_hidden_states"]
-        img_ids = self.image_ids(patch, tuple(latent.shape)).to(latent.device, torch.float32)
+        img_ids = self.image_ids(patch, tuple(latent.shape))
         txt_ids = self.text_ids(ehs.shape[1]).to(latent.device, torch.float32)
+        grid = latent
+        if conditioning.get(CONDITION_LATENT) is not None:
+            # Channel concatenation on the grid, then packing = the pipelines' concatenation of packed features.
+            grid = torch.cat([latent, self.pad(conditioning[CONDITION_LATENT], patch).to(latent.dtype)], dim=1)
+        hidden = self.pack(grid, patch)
+        tokens = hidden.shape[1]
+        if conditioning.get(REFERENCE_LATENT) is not None:
+            # Kontext: the reference tokens follow the latent's, packed at the same size (docs/variants.md).
+            reference = self.pad(conditioning[REFERENCE_LATENT], patch).to(latent.dtype)
+            hidden = torch.cat([hidden, self.pack(reference, patch)], dim=1)
+            img_ids = torch.cat([img_ids, self.reference_ids(patch, tuple(reference.shape))])
+        img_ids = img_ids.to(latent.device, torch.float32)
         out = transformer(
-            hidden_states=self.pack(latent, patch),
+            hidden_states=hidden,
             encoder_hidden_states=ehs,
             pooled_projections=conditioning["pooled_projections"],
             timestep=conditioning["timestep"],
@@ -127,7 +223,7 @@ class FluxFamily(Family):
             txt_ids=txt_ids,
             return_dict=False,
         )[0]
-        return self.unpack(out, patch, tuple(latent.shape))
+        return self.unpack(out[:, :tokens], patch, tuple(latent.shape))
 
     def new_embed(self, base_embed, patch: int) -> PatchEmbed:
         channels = base_embed.weight.shape[1] // self.base_patch**2
@@ -144,7 +240,10 @@ class FluxFamily(Family):
         return linear_from(w, b)
 
     def rope_tables(self, transformer, patch: int, latent_shape, text_len: int):
-        ids = torch.cat([self.text_ids(text_len), self.image_ids(patch, latent_shape)]).float()
+        parts = [self.text_ids(text_len), self.image_ids(patch, latent_shape)]
+        if has_reference(transformer.config):  # the reference grid is the latent's (grid_specs)
+            parts.append(self.reference_ids(patch, latent_shape))
+        ids = torch.cat(parts).float()
         return getattr(transformer, self.rope_name)(ids)
 
 

@@ -13,7 +13,7 @@ and negative prompts are each family's (pipelines/flux.py, pipelines/wan.py).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,8 @@ class Conditioning:
     guidance: float | None  # FLUX: embedded guidance; Wan: classifier-free guidance scale
     source: str  # human-readable: which encoder (or the synthetic rule) produced the embeddings
     negative_encoder_hidden_states: torch.Tensor | None = None  # Wan with CFG: the negative prompt's
+    # Engine inputs on the latent grid, by input name (FLUX Control/Fill: condition_latent; Kontext: reference_latent)
+    grid_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def synthetic(self) -> bool:
@@ -47,6 +49,8 @@ class Conditioning:
                 raise ValueError("the engines take a guidance scale; pass one (FLUX-dev default 3.5)")
             # FluxPipeline passes the raw scale (the transformer multiplies it by 1000 itself).
             inputs["guidance"] = torch.full((batch,), float(self.guidance))
+        for name in names & self.grid_inputs.keys():
+            inputs[name] = self.grid_inputs[name]
         return {k: v.to(device=device, dtype=dtype) for k, v in inputs.items()}
 
 

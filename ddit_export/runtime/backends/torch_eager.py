@@ -37,7 +37,8 @@ def load_manifest_model(manifest: Manifest) -> DDiTModel:
                 "rebuild the engines or restore the pack"
             )
     family = family_by_name(manifest.family)
-    model = load_ddit_model(family, manifest.model_id, manifest.patch_sizes, adapters).model
+    variant = manifest.get("request", {}).get("variant")  # weights saved with e.g. variant="fp16"
+    model = load_ddit_model(family, manifest.model_id, manifest.patch_sizes, adapters, variant=variant).model
     actual = sha256_tensors(base_state_dict(model.transformer))  # as the export hashes it: base weights only
     expected = manifest["model"]["weights_sha256"]
     if actual != expected:
