@@ -16,7 +16,8 @@ from .model import run_step
 
 # Graph input order; a family uses the subset it needs (absent ones are simply not inputs).
 ENGINE_INPUTS = ("latent", "encoder_hidden_states", "timestep", "pooled_projections", "guidance",
-                 "condition_latent", "reference_latent")  # the last two: on the latent's grid (FLUX variants)
+                 "condition_latent", "reference_latent",  # on the latent's grid (FLUX variants, Wan I2V)
+                 "encoder_hidden_states_image")  # Wan I2V's CLIP image tokens: not on the grid
 ENGINE_OUTPUT = "prediction"
 
 
@@ -39,6 +40,7 @@ class PatchSizeEngine(nn.Module):
         guidance: torch.Tensor | None = None,
         condition_latent: torch.Tensor | None = None,
         reference_latent: torch.Tensor | None = None,
+        encoder_hidden_states_image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         conditioning = {
             "encoder_hidden_states": encoder_hidden_states,
@@ -47,7 +49,8 @@ class PatchSizeEngine(nn.Module):
             "guidance": guidance,
         }
         # Grid inputs only when given: a family's predict tells the variants apart by their presence.
-        for name, value in (("condition_latent", condition_latent), ("reference_latent", reference_latent)):
+        for name, value in (("condition_latent", condition_latent), ("reference_latent", reference_latent),
+                            ("encoder_hidden_states_image", encoder_hidden_states_image)):
             if value is not None:
                 conditioning[name] = value
         return run_step(self.family, self.transformer, self.residual, self.patch, latent, conditioning)

@@ -8,7 +8,7 @@ unpatchifies by itself (reading `config.patch_size`), so a size swaps the model'
 Variants (docs/variants-wan.md):
 - Image-to-video (Wan 2.1 I2V / FLF2V, Wan 2.2 I2V A14B): `in_channels` 36 = the 16-channel noisy
   latent + 20 condition channels (frame mask + image latent) on the latent grid. The condition is
-  the engine input `condition` (`B x 20 x F x h x w`), padded and concatenated with the latent
+  the engine input `condition_latent` (`B x 20 x F x h x w`), padded and concatenated with the latent
   inside the engine, so every size patchifies it with the latent and keeps one signature; the
   per-size embedding PI-resizes all 36 input channels, the de-embedding outputs `out_channels`.
   The CLIP image embeddings are the engine input `encoder_hidden_states_image`: not on the grid,
@@ -39,6 +39,8 @@ WAN_MEDIUM_CONFIG = dict(
     ffn_dim=8960, num_layers=2, rope_max_seq_len=1024,
 )
 ROPE_THETA = 10000.0
+# Pipeline folders whose transformer the engines replace (None: a bare transformer folder).
+SUPPORTED_PIPELINES = (None, "WanPipeline", "WanImageToVideoPipeline")
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px (Wan I2V's image encoder): 16 x 16 patches + the class token
 WAN22_VAE_CHANNELS, WAN22_VAE_SCALE = 48, 16  # the Wan 2.2 VAE (TI2V-5B): 48 latent channels, 16x spatial  # WanTransformer3DModel builds its RoPE with the default theta and keeps no copy
 
@@ -184,13 +186,13 @@ class WanFamily(Family):
             specs.append(("encoder_hidden_states_image", (batch * images[0], IMAGE_TOKENS, images[1])))
         return specs
 
-    def grid_condition_specs(self, config, latent_shape) -> list[TensorSpecLike]:
-        """I2V: the mask + image-latent channels, on the latent's grid (the engine input `condition`)."""
+    def grid_specs(self, config, latent_shape) -> list[TensorSpecLike]:
+        """I2V: the mask + image-latent channels, on the latent's grid (the engine input `condition_latent`)."""
         extra = self.condition_channels(config)
-        return [("condition", (latent_shape[0], extra, *tuple(latent_shape)[2:]))] if extra else []
+        return [("condition_latent", (latent_shape[0], extra, *tuple(latent_shape)[2:]))] if extra else []
 
     def predict(self, transformer, latent, patch: int, conditioning: dict) -> torch.Tensor:
-        condition = conditioning.get("condition")
+        condition = conditioning.get("condition_latent")
         if condition is not None:  # I2V: the condition channels follow the latent's, padded like it
             latent = torch.cat([latent, self.pad(condition, patch)], dim=1)
         return transformer(
