@@ -20,7 +20,10 @@ and the pipeline keeps the cond prediction across the uncond call).
 
 Engines built with batch 2 for one-call CFG (`ddit-export generate`) do not fit here: WanPipeline
 calls the transformer once per pass, so export the drop-in's engines with the pipeline's batch.
-Wan 2.2's second expert (`transformer_2`, `boundary_ratio`) is not driven by DDiT: leave it None.
+Variants (docs/variants-wan.md): `WanImageToVideoPipeline` (Wan 2.1 I2V / FLF2V) hands 16 + 20 channels
+(latent, then mask + image latent) and the CLIP image embeddings: the first 16 are the latent the scheduler
+observes, the rest go to the engine input `condition_latent`. Wan 2.2 TI2V-5B in `WanPipeline`
+(`expand_timesteps`) hands one timestep per token, all equal: the engines take it per video.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class DDiTWanTransformer(DropInTransformer):
         super().__init__(backend, schedule, total_steps, cache)
         request = backend.manifest["request"]
         self._video = (int(request["frames"]), int(request["height"]), int(request["width"]))
+        self._condition_channels = WAN.condition_channels(self.config)  # I2V: mask + image latent
 
     # -- the call ------------------------------------------------------------------------------------
     def forward(
@@ -54,24 +58,47 @@ class DDiTWanTransformer(DropInTransformer):
         return_dict: bool = True,
         attention_kwargs: dict | None = None,
     ):
-        """Same arguments as `WanTransformer3DModel.forward` (image conditioning is refused)."""
+        """Same arguments as `WanTransformer3DModel.forward`.
+
+        Image-to-video: the channels after the latent's are the condition (engine input `condition_latent`),
+        `encoder_hidden_states_image` goes to the engines as it is. Wan 2.2 TI2V's per-token timesteps
+        (`expand_timesteps`) must be one value per video, as WanPipeline's text-to-video makes them.
+        """
+        timestep = self._per_video(timestep)
         self._check_call(timestep, encoder_hidden_states, encoder_hidden_states_image, attention_kwargs)
-        latent = self._track(hidden_states, timestep, to_latent=lambda x: x,
+        c = self.latent_shape[1]
+        latent = self._track(hidden_states, timestep, to_latent=lambda x: x[:, :c].contiguous() if x.shape[1] > c else x,
                              check_geometry=lambda: self._check_geometry(hidden_states))
-        pred = self.runner.run(latent, self._branch, encoder_hidden_states=encoder_hidden_states, timestep=timestep)
+        inputs = {"encoder_hidden_states": encoder_hidden_states, "timestep": timestep}
+        if self._condition_channels:
+            inputs["condition_latent"] = hidden_states[:, c:]
+        if encoder_hidden_states_image is not None:
+            inputs["encoder_hidden_states_image"] = encoder_hidden_states_image
+        pred = self.runner.run(latent, self._branch, **inputs)
         return self._output(pred.to(hidden_states.dtype), pred, return_dict)
+
+    @staticmethod
+    def _per_video(timestep):
+        """Wan 2.2 TI2V hands `B x tokens` timesteps; text-to-video makes them all the step's t (one sync to check)."""
+        if timestep is None or timestep.dim() != 2:
+            return timestep
+        if not bool((timestep == timestep[:, :1]).all()):
+            raise ValueError("per-token timesteps that differ within a video (Wan 2.2 TI2V image-to-video, "
+                             "expand_timesteps with a first-frame mask) are not supported; use WanPipeline's "
+                             "text-to-video or a Wan 2.1 / 2.2 A14B image-to-video model")
+        return timestep[:, 0]
 
     def _check_call(self, timestep, encoder_hidden_states, image_states, attention_kwargs) -> None:
         """Every call (host metadata only): what the engines cannot take, with the fix."""
         if timestep is None or encoder_hidden_states is None:
             raise ValueError("the DDiT transformer needs timestep and encoder_hidden_states")
         if timestep.dim() != 1:
-            raise ValueError(
-                f"timestep has shape {tuple(timestep.shape)}; the engines take one timestep per video (B,): "
-                "per-token timesteps (Wan 2.2 TI2V, expand_timesteps=True) are not supported"
-            )
-        if image_states is not None:
-            raise ValueError("image conditioning (Wan I2V, encoder_hidden_states_image) is not supported")
+            raise ValueError(f"timestep has shape {tuple(timestep.shape)}; the engines take one timestep per video (B,)")
+        takes_images = "encoder_hidden_states_image" in self.backend.conditioning_names
+        if (image_states is not None) != takes_images:
+            raise ValueError("these engines take CLIP image embeddings (Wan I2V): pass encoder_hidden_states_image"
+                             if takes_images else "encoder_hidden_states_image was given, but these engines were "
+                             "exported from a model without image embeddings (image_dim unset)")
         if attention_kwargs:
             raise ValueError(
                 f"attention_kwargs {sorted(attention_kwargs)} cannot reach compiled engines "
@@ -90,11 +117,13 @@ class DDiTWanTransformer(DropInTransformer):
         b, c, f, h, w = self.latent_shape
         frames, height, width = self._video
         got = tuple(hidden_states.shape)
-        if len(got) != 5 or got[1] != c:
-            raise ValueError(f"the pipeline's latent is {got}; the engines take B x {c} x F x h x w video latents")
+        if len(got) != 5 or got[1] != c + self._condition_channels:
+            what = f"{c} + {self._condition_channels} condition" if self._condition_channels else f"{c}"
+            raise ValueError(f"the pipeline's latent is {got}; the engines take B x {what} x F x h x w video latents")
         if got[2:] != (f, h, w):
             got_frames = (got[2] - 1) * WAN.temporal_scale + 1
-            got_h, got_w = got[3] * WAN.vae_scale, got[4] * WAN.vae_scale
+            scale = WAN.vae_scale_of(c)
+            got_h, got_w = got[3] * scale, got[4] * scale
             raise ValueError(
                 f"the pipeline runs at {got_frames} frames of {got_h}x{got_w}, the engines were built for "
                 f"{frames} frames of {height}x{width}: call the pipeline with num_frames={frames}, "

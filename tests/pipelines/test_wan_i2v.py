@@ -1,0 +1,124 @@
+"""Wan 2.1 image-to-video: engines exported from a tiny `WanImageToVideoPipeline` folder, against stock diffusers.
+
+The reference side is stock diffusers only (the pipeline with its own transformer). Prompt embeddings
+are passed in: diffusers 0.42's I2V `encode_prompt` needs `ftfy`, which this environment lacks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
+from ddit_export.runtime.backends import get_backend
+from ddit_export.runtime.runner import schedule_config
+from tests.wan_variant_models import VIDEO, first_frame, i2v_pipeline
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+STEPS = 6
+HUGE_TAU = 1e9  # after warm-up every decision picks the coarsest size
+
+
+def relative(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.fixture(scope="module")
+def i2v(tmp_path_factory):
+    """The stock pipeline, its folder and ONNX engines for sizes 2 and 8 exported from that folder."""
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+
+    root = tmp_path_factory.mktemp("wan_i2v")
+    pipe = i2v_pipeline()
+    pipe.save_pretrained(root / "model")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(family="wan", model=str(root / "model"), patch_sizes=(2, 8), dtype="fp32",
+                                     out=str(root / "engines"), frames=5, height=96, width=160, text_len=8))
+    finally:
+        torch.set_num_threads(before)
+    backend = get_backend("onnx", root / "engines")
+    yield pipe, root, backend
+    backend.close()
+
+
+def embeds(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 8, 32, generator=g), torch.randn(1, 8, 32, generator=g)
+
+
+def call(pipe, **kwargs):
+    prompt, negative = embeds()
+    args = dict(image=first_frame(), prompt_embeds=prompt, negative_prompt_embeds=negative, guidance_scale=5.0,
+                num_inference_steps=STEPS, max_sequence_length=8, output_type="latent",
+                generator=torch.Generator().manual_seed(0), **VIDEO)
+    return pipe(**{**args, **kwargs}).frames
+
+
+def test_the_engines_take_the_condition_on_the_grid_and_the_image_embeddings(i2v):
+    _, _, backend = i2v
+    inputs = {t.name: tuple(t.shape) for t in backend.manifest.io.inputs}
+    assert inputs["latent"] == (1, 16, 2, 12, 20)
+    assert inputs["condition_latent"] == (1, 20, 2, 12, 20)  # mask (4) + image latent (16), on the latent grid
+    assert inputs["encoder_hidden_states_image"] == (1, 257, 16)  # CLIP tokens, the same at every size
+    assert backend.manifest.model_config["in_channels"] == 36
+
+
+def test_base_engine_equals_the_diffusers_forward(i2v):
+    pipe, _, backend = i2v
+    g = torch.Generator().manual_seed(3)
+    latent, condition = torch.randn(1, 16, 2, 12, 20, generator=g), torch.randn(1, 20, 2, 12, 20, generator=g)
+    text, image = torch.randn(1, 8, 32, generator=g), torch.randn(1, 257, 16, generator=g)
+    t = torch.tensor([700.0])
+    with torch.no_grad():
+        ref = pipe.transformer(hidden_states=torch.cat([latent, condition], 1), timestep=t, encoder_hidden_states=text,
+                               encoder_hidden_states_image=image, return_dict=False)[0]
+    out = backend(2, latent, encoder_hidden_states=text, timestep=t, condition_latent=condition,
+                  encoder_hidden_states_image=image)
+    assert relative(out, ref) <= 1e-4
+    coarse = backend(8, latent, encoder_hidden_states=text, timestep=t, condition_latent=condition,
+                     encoder_hidden_states_image=image)
+    assert coarse.shape == ref.shape and torch.isfinite(coarse).all()
+    # the image embeddings reach the blocks at the coarse size too
+    other = backend(8, latent, encoder_hidden_states=text, timestep=t, condition_latent=condition,
+                    encoder_hidden_states_image=image + 1).clone()
+    assert not torch.allclose(other, coarse)
+
+
+def test_drop_in_at_the_static_base_equals_the_stock_pipeline(i2v):
+    pipe, _, backend = i2v
+    stock = call(pipe)
+    real = pipe.transformer
+    try:
+        pipe.transformer = DDiTWanTransformer(backend, schedule_config(backend, static_patch=2))
+        ours = call(pipe)
+        assert pipe.transformer.trace.schedule == [2] * STEPS
+    finally:
+        pipe.transformer = real
+    assert relative(ours, stock) <= 1e-4
+
+
+def test_drop_in_runs_the_coarse_size_with_the_ddit_statistic(i2v):
+    pipe, _, backend = i2v
+    real = pipe.transformer
+    try:
+        pipe.transformer = DDiTWanTransformer(backend, schedule_config(backend, tau=HUGE_TAU))
+        video = call(pipe)
+        trace = pipe.transformer.trace
+    finally:
+        pipe.transformer = real
+    assert video.shape == (1, 16, 2, 12, 20) and torch.isfinite(video).all()
+    assert trace.schedule == [2, 2, 2, 8, 8, 8]  # warm-up, then the statistic's decisions on the 16 latent channels
+    assert [s.engine_calls for s in trace.steps] == [2] * STEPS  # cond + uncond, one decision
+
+
+def test_drop_in_refuses_missing_image_embeddings(i2v):
+    _, _, backend = i2v
+    dropin = DDiTWanTransformer(backend)
+    with pytest.raises(ValueError, match="encoder_hidden_states_image"):
+        dropin(torch.randn(1, 36, 2, 12, 20), torch.tensor([999]), embeds()[0])
+    with pytest.raises(ValueError, match=r"B x 16 \+ 20 condition x F x h x w"):
+        dropin(torch.randn(1, 16, 2, 12, 20), torch.tensor([999]), embeds()[0],
+               encoder_hidden_states_image=torch.randn(1, 257, 16))
