@@ -97,8 +97,9 @@ def a14b_pipeline(boundary_ratio: float = 0.875):
     from diffusers import WanPipeline
 
     tokenizer, text_encoder = tokenizer_and_text_encoder()
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae(), scheduler=scheduler(3.0),
-                       transformer=transformer(WAN_TINY_CONFIG, seed=1), transformer_2=transformer(WAN_TINY_CONFIG, seed=2),
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae(), scheduler=scheduler(4.0),
+                       transformer=transformer(WAN_TINY_CONFIG, seed=1),
+                       transformer_2=transformer(WAN_TINY_CONFIG, seed=2),
                        boundary_ratio=boundary_ratio)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -28,6 +28,7 @@ from .engine_folder import (
     stage_key,
     stage_key_base,
 )
+from .experts import export_experts
 from .request import ExportRequest
 from .staged.build import export_staged
 from .stages import SizeJob, aoti_stage, onnx_stage, trt_stage
@@ -54,9 +55,16 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base
 
 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
-    if req.layout == "staged":
+    experts = req.family_obj.experts_of(req.model) if req.model else None
+    if req.layout == "staged" and experts is None:
         return export_staged(req, reporter)
     reporter = reporter or Reporter()
+    if experts is not None:  # Wan 2.2 A14B: each expert's engines, one folder (export/experts.py)
+        return export_experts(req, reporter, experts, _export_one)
+    return _export_one(req, reporter)
+
+
+def _export_one(req: ExportRequest, reporter: Reporter) -> dict:
     req.check_out_writable()
     # One writer per --out from reading the old manifest to the final rename: a concurrent export
     # waits, then reuses this one's engines or is refused for other inputs, as if run afterwards.

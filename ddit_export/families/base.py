@@ -81,6 +81,10 @@ class Family:
             raise ModelLoadError(f"the model's transformer is a {name}; `ddit-export {self.name}` exports "
                                  f"{expected} models")
 
+    def experts_of(self, model: str) -> dict | None:
+        """A model of two experts switched by timestep (Wan 2.2 A14B): how, as the manifest's `experts`; else None."""
+        return None
+
     def mark_pipeline(self, transformer, pipeline_class: str | None):
         """Record in the loaded model's config what its config alone does not say (FLUX: Kontext)."""
         return transformer

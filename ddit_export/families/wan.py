@@ -19,6 +19,7 @@ Variants (docs/variants-wan.md):
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from torch import nn
 from ..ddit import staged_wan
 from ..ddit.modules import PatchEmbed, linear_from
 from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
-from .base import Family, ModelLoadError, TensorSpecLike
+from .base import Family, ModelLoadError, TensorSpecLike, read_config
 from .defaults import FAMILY_DEFAULTS
 
 WAN_TINY_CONFIG = dict(
@@ -38,11 +39,12 @@ WAN_MEDIUM_CONFIG = dict(
     WAN_TINY_CONFIG, num_attention_heads=12, attention_head_dim=128, text_dim=4096, freq_dim=256,
     ffn_dim=8960, num_layers=2, rope_max_seq_len=1024,
 )
-ROPE_THETA = 10000.0
+ROPE_THETA = 10000.0  # WanTransformer3DModel builds its RoPE with the default theta and keeps no copy
 # Pipeline folders whose transformer the engines replace (None: a bare transformer folder).
 SUPPORTED_PIPELINES = (None, "WanPipeline", "WanImageToVideoPipeline")
+EXPERT_2 = "transformer_2"  # Wan 2.2 A14B's low-noise expert: its pipeline subfolder and its engines' subfolder
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px (Wan I2V's image encoder): 16 x 16 patches + the class token
-WAN22_VAE_CHANNELS, WAN22_VAE_SCALE = 48, 16  # the Wan 2.2 VAE (TI2V-5B): 48 latent channels, 16x spatial  # WanTransformer3DModel builds its RoPE with the default theta and keeps no copy
+WAN22_VAE_CHANNELS, WAN22_VAE_SCALE = 48, 16  # the Wan 2.2 VAE (TI2V-5B): 48 latent channels, 16x spatial
 
 # Every feed-forward linear of every block.
 WAN_LORA_TARGETS = r".*blocks\.\d+\.ffn\.net\.(0\.proj|2)"
@@ -172,10 +174,30 @@ class WanFamily(Family):
             raise ModelLoadError(f"{where}: patch_size {config['patch_size']} is not supported; Wan's (1, 2, 2) is")
         inc, outc = int(config.get("in_channels", 16)), int(config.get("out_channels") or config.get("in_channels", 16))
         if inc < outc:
-            raise ModelLoadError(f"{where}: in_channels {inc} < out_channels {outc} is not supported; the input must be "
-                             "the latent plus optional condition channels")
+            raise ModelLoadError(f"{where}: in_channels {inc} < out_channels {outc} is not supported; the input "
+                                 "must be the latent plus optional condition channels")
         if bool(config.get("image_dim")) != bool(config.get("added_kv_proj_dim")):
             raise ModelLoadError(f"{where}: image_dim and added_kv_proj_dim must be set together (Wan I2V)")
+
+    def experts_of(self, model: str) -> dict | None:
+        """Wan 2.2 A14B: a pipeline folder with `transformer_2` and `boundary_ratio` (WanPipeline's rule: the
+        first expert for timesteps >= boundary_ratio * num_train_timesteps, the second below)."""
+        folder = Path(model).expanduser()
+        index = read_config(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+        second = index.get("transformer_2")
+        if not second or second[0] is None:
+            return None
+        if index.get("boundary_ratio") is None:
+            raise ModelLoadError(f"{folder}/model_index.json names transformer_2 but no boundary_ratio: the switch "
+                                 "between the experts is unknown; add the pipeline's boundary_ratio")
+        if not (folder / EXPERT_2 / "config.json").is_file():
+            raise ModelLoadError(f"{folder} names transformer_2 but has no {EXPERT_2}/config.json")
+        self.check_config(read_config(folder / EXPERT_2 / "config.json"), index.get("_class_name"))
+        steps = 1000
+        if (folder / "scheduler" / "scheduler_config.json").is_file():
+            steps = int(read_config(folder / "scheduler" / "scheduler_config.json").get("num_train_timesteps", 1000))
+        ratio = float(index["boundary_ratio"])
+        return {"boundary_ratio": ratio, "boundary_timestep": ratio * steps, "second": EXPERT_2}
 
     # ---- model ----------------------------------------------------------------------------------
     def condition_specs(self, config, batch: int, text_len: int) -> list[TensorSpecLike]:

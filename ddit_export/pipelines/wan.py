@@ -135,24 +135,29 @@ def generate_wan(
     trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
     runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
     sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
+    select = getattr(backend, "select", None)  # two experts (Wan 2.2 A14B): WanPipeline's boundary rule per step
+    host_timesteps = timesteps.tolist() if select is not None else None
+    extra = _extra_inputs(conditioning, layout, device, dtype)  # I2V: condition latent, image embeddings
     for i, t in enumerate(timesteps):
         if trajectory is not None:
             trajectory[i].copy_(latent)
         x = latent.to(dtype)  # what WanPipeline hands the transformer (and so what DDiT observes)
+        if select is not None:
+            select(host_timesteps[i])
         runner.decide(x, i, sigmas[i])
         ts = engine_timesteps[i]
         if not layout.guided:
-            pred = runner.run(x, encoder_hidden_states=cond, timestep=ts)
+            pred = runner.run(x, encoder_hidden_states=cond, timestep=ts, **extra)
         elif layout.batched:
             b = layout.video_batch
             doubled[:b].copy_(x)
             doubled[b:].copy_(x)
-            pred_cond, pred_uncond = runner.run(doubled, encoder_hidden_states=both, timestep=ts).chunk(2)
+            pred_cond, pred_uncond = runner.run(doubled, encoder_hidden_states=both, timestep=ts, **extra).chunk(2)
             pred = pred_uncond + scale * (pred_cond - pred_uncond)
         else:
             # The backend may reuse its output storage on the next call: keep the cond pass.
-            pred_cond = runner.run(x, "cond", encoder_hidden_states=cond, timestep=ts).clone()
-            pred_uncond = runner.run(x, "uncond", encoder_hidden_states=uncond, timestep=ts)
+            pred_cond = runner.run(x, "cond", encoder_hidden_states=cond, timestep=ts, **extra).clone()
+            pred_uncond = runner.run(x, "uncond", encoder_hidden_states=uncond, timestep=ts, **extra)
             pred = pred_uncond + scale * (pred_cond - pred_uncond)
         latent = sampler.step(pred, t, latent, return_dict=False)[0]
         if on_step is not None:
@@ -161,6 +166,14 @@ def generate_wan(
         trajectory[steps].copy_(latent)
     return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps,
                             cfg=layout.mode)
+
+
+def _extra_inputs(conditioning: Conditioning, layout: CfgLayout, device, dtype) -> dict[str, torch.Tensor]:
+    """Image-to-video inputs (the same for cond and uncond, as WanImageToVideoPipeline): doubled for one-call CFG."""
+    extra = dict(conditioning.grid_inputs)
+    if getattr(conditioning, "image_embeds", None) is not None:
+        extra["encoder_hidden_states_image"] = conditioning.image_embeds
+    return {k: (torch.cat([v, v]) if layout.batched else v).to(device=device, dtype=dtype) for k, v in extra.items()}
 
 
 def _embeddings(conditioning: Conditioning, layout: CfgLayout, device, dtype):

@@ -24,6 +24,9 @@ Variants (docs/variants-wan.md): `WanImageToVideoPipeline` (Wan 2.1 I2V / FLF2V)
 (latent, then mask + image latent) and the CLIP image embeddings: the first 16 are the latent the scheduler
 observes, the rest go to the engine input `condition_latent`. Wan 2.2 TI2V-5B in `WanPipeline`
 (`expand_timesteps`) hands one timestep per token, all equal: the engines take it per video.
+Wan 2.2 A14B: load the two-expert folder and set BOTH `pipe.transformer = pipe.transformer_2 = drop_in`;
+the drop-in picks the expert by the step's timestep with the pipeline's own rule (`boundary_ratio`, recorded
+at export), and one scheduler history runs across the switch.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class DDiTWanTransformer(DropInTransformer):
         request = backend.manifest["request"]
         self._video = (int(request["frames"]), int(request["height"]), int(request["width"]))
         self._condition_channels = WAN.condition_channels(self.config)  # I2V: mask + image latent
+        self._select = getattr(backend, "select", None)  # two experts' engines (runtime/backends/experts.py)
 
     # -- the call ------------------------------------------------------------------------------------
     def forward(
@@ -67,8 +71,11 @@ class DDiTWanTransformer(DropInTransformer):
         timestep = self._per_video(timestep)
         self._check_call(timestep, encoder_hidden_states, encoder_hidden_states_image, attention_kwargs)
         c = self.latent_shape[1]
-        latent = self._track(hidden_states, timestep, to_latent=lambda x: x[:, :c].contiguous() if x.shape[1] > c else x,
+        latent = self._track(hidden_states, timestep,
+                             to_latent=lambda x: x[:, :c].contiguous() if x.shape[1] > c else x,  # I2V: the latent
                              check_geometry=lambda: self._check_geometry(hidden_states))
+        if self._select is not None:  # Wan 2.2 A14B: the expert WanPipeline's boundary rule picks for this step
+            self._select(self._prev[0])
         inputs = {"encoder_hidden_states": encoder_hidden_states, "timestep": timestep}
         if self._condition_channels:
             inputs["condition_latent"] = hidden_states[:, c:]
@@ -93,7 +100,7 @@ class DDiTWanTransformer(DropInTransformer):
         if timestep is None or encoder_hidden_states is None:
             raise ValueError("the DDiT transformer needs timestep and encoder_hidden_states")
         if timestep.dim() != 1:
-            raise ValueError(f"timestep has shape {tuple(timestep.shape)}; the engines take one timestep per video (B,)")
+            raise ValueError(f"timestep has shape {tuple(timestep.shape)}; the engines take one per video (B,)")
         takes_images = "encoder_hidden_states_image" in self.backend.conditioning_names
         if (image_states is not None) != takes_images:
             raise ValueError("these engines take CLIP image embeddings (Wan I2V): pass encoder_hidden_states_image"

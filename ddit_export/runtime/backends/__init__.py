@@ -55,7 +55,15 @@ def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu
             raise BackendError(f"backend '{name}' does not run staged folders; use one of {', '.join(STAGED_BACKENDS)}")
         module, cls = STAGED_BACKENDS[name]
         return getattr(import_module(f"{__name__}.staged.{module}"), cls)(folder, manifest, device, **options)
-    return single.load(folder, device, **options)
+    backend = single.load(folder, device, **options)
+    experts = manifest.get("experts")
+    if experts:  # Wan 2.2 A14B: the second expert's engines in a subfolder, one backend for both (experts.py)
+        from .experts import ExpertsBackend
+
+        (sub,) = experts["engines"].values()
+        low = single.load(Path(folder) / sub, device, **options)
+        return ExpertsBackend(backend, low, experts["boundary_timestep"])
+    return backend
 
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "available_backends", "backend_class", "get_backend"]
