@@ -52,6 +52,11 @@ def tiny_flux_backends(tiny_flux_engines) -> dict:
 @pytest.fixture
 def tiny_flux_vae():
     """A 16-latent-channel, 8x-downsampling AutoencoderKL small enough to decode in milliseconds."""
+    return make_tiny_flux_vae()
+
+
+def make_tiny_flux_vae():
+    """The `tiny_flux_vae` fixture's VAE (seed 0), for session fixtures too."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -146,3 +151,30 @@ class CliRunner:
 @pytest.fixture
 def cli(capsys) -> CliRunner:
     return CliRunner(capsys)
+
+
+@pytest.fixture(scope="session")
+def flux_variant_engines(tmp_path_factory):
+    """name -> ONNX engines (sizes 2/4, 64x64, text_len 8, fp32) exported from a tiny pipeline folder of that
+    FLUX variant (schnell, control, fill, kontext; tests/flux_variants.py), built once on first use."""
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+    from tests.flux_variants import HEIGHT, SIZES, TEXT_LEN, WIDTH, pipeline_folder
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            root = tmp_path_factory.mktemp(f"flux_{name}")
+            folder = pipeline_folder(root / "pipeline", name, make_tiny_flux_vae())
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                export_engines(ExportRequest(model=str(folder), patch_sizes=SIZES, height=HEIGHT, width=WIDTH,
+                                             text_len=TEXT_LEN, dtype="fp32", out=str(root / "engines")))
+            finally:
+                torch.set_num_threads(before)
+            built[name] = root / "engines"
+        return built[name]
+
+    return get

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--patch-sizes", type=patch_list, help="sizes in latent pixels, base included (default 2,4)")
     p.add_argument("--model", help=f"{presets} (random weights, offline), a diffusers pipeline/transformer folder, "
                                    f"or a model id in the local HF cache (default {fam.model})")
+    p.add_argument("--variant", help="weights variant to load, as diffusers' from_pretrained(variant=...): e.g. fp16 "
+                                     "for *.fp16.safetensors (default: the plain weights files)")
     p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
     p.add_argument("--height", type=argtypes.pixels, help=f"pixels (default {h}; {small})")
     p.add_argument("--width", type=argtypes.pixels, help=f"pixels (default {w})")
@@ -61,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
                  "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
-                 "first_block_split")
+                 "first_block_split", "variant")
 
 
 def request_settings(args, family: str) -> dict:

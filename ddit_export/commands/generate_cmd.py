@@ -64,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
     p.add_argument("--negative-prompt", default="",
                    help="Wan with CFG: the negative prompt (default empty, as WanPipeline)")
+    p.add_argument("--image", metavar="FILE",
+                   help="FLUX.1-Depth/Canny: the control image; FLUX.1-Fill: the image to fill (with --mask); "
+                        "FLUX.1-Kontext: the reference image (docs/variants.md)")
+    p.add_argument("--mask", metavar="FILE", help="FLUX.1-Fill: the mask, white where the image is repainted")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -98,6 +102,7 @@ def _check_args(args, manifest: dict):
     args.prompt = _checked_prompt(args.prompt, pipeline)
     if pipeline.teacher.guidance == "cfg" and args.guidance is not None and not args.guidance > 0:
         raise ValueError(f"--guidance is Wan's CFG scale and must be > 0 (1 disables CFG); got {args.guidance}")
+    _check_images(args, manifest, pipeline)
     backend_class(args.backend)  # unknown name -> the list of backends
     args.fixed = schedule_from_args(args, args.steps)
     if args.steps is None:
@@ -117,6 +122,20 @@ def _check_args(args, manifest: dict):
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
     return parse_device(args.device)
+
+
+def _check_images(args, manifest: dict, pipeline) -> None:
+    """--image/--mask: refused by pipelines that take none; checked against the model by those that do."""
+    import inspect
+
+    given = [f for f in ("image", "mask") if getattr(args, f, None) is not None]
+    takes = inspect.signature(pipeline.conditioning).parameters
+    for flag in given:
+        if flag not in takes:
+            raise ValueError(f"--{flag} does not apply to {manifest.get('family')} engines of model "
+                             f"{manifest.model_id}; drop it")
+    if "image" in takes and hasattr(pipeline, "check_images"):  # before any engine is loaded
+        pipeline.check_images(manifest, args.image, args.mask)
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
@@ -142,7 +161,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             from ..runtime.cache import StepCache
 
             cache = StepCache(backend, args.cache)  # a single-layout folder is refused here, with the fix
-        conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
+        images = {"image": args.image, "mask": args.mask}
+        images = {**images, "seed": args.seed} if any(images.values()) else {}
+        conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt, **images)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
         with Counted(console, args.steps, "sampling", unit="step") as bar:

@@ -128,10 +128,10 @@ class FluxFamily(Family):
         """Refuse, from config.json alone, a FLUX transformer the engines cannot reproduce (one line)."""
         super().check_config(config, pipeline_class)
         inputs, outputs = config.get("in_channels"), config.get("out_channels") or config.get("in_channels")
-        supported = ("supported: in_channels == out_channels (FLUX.1-dev/schnell/Kontext), 2 x out_channels "
-                     "(Depth/Canny) or out_channels + 4 x (16 + 64) (Fill)")
-        if not (isinstance(inputs, int) and isinstance(outputs, int) and inputs % 4 == 0 and outputs % 4 == 0
-                and inputs >= outputs > 0):
+        supported = ("supported: in_channels = out_channels (FLUX.1-dev/schnell/Kontext), 2 x out_channels "
+                     "(Depth/Canny) or 2 x out_channels + 256 (Fill)")
+        known = (outputs, 2 * outputs, 2 * outputs + 4 * self.vae_scale**2) if isinstance(outputs, int) else ()
+        if not (isinstance(inputs, int) and outputs > 0 and outputs % 4 == 0 and inputs in known):
             raise ModelLoadError(f"FluxTransformer2DModel config in_channels={inputs}, out_channels={outputs} "
                                  f"is not a FLUX layout the engines handle; {supported}")
         if config.get("patch_size", 1) != 1:

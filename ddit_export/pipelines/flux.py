@@ -2,14 +2,16 @@
 teacher sampling for training, FLOP formula), for engines used without a diffusers pipeline.
 
 It reproduces what `FluxPipeline` does around the transformer: diffusers'
-`FlowMatchEulerDiscreteScheduler` with FLUX.1's resolution-dependent shift (`calculate_shift`
-with base_image_seq_len 256, max 4096, base_shift 0.5, max_shift 1.15; sigmas
-`np.linspace(1, 1/steps, steps)`), the pipeline's noise (`randn_tensor` on the unpacked latent
-shape with a CPU generator, so a seed gives the same noise on any device), and timesteps passed
-as t/1000 in the latent dtype. The only change: every step goes through `DDiTRunner`, which picks
-the patch size. Prompts: the model folder's CLIP + T5 through `FluxPipeline.encode_prompt`, padded
-to the engines' static text length, else synthetic (runtime/conditioning.py). Guidance (FLUX's
-embedded guidance scale) defaults to 3.5 when the engines take a guidance input.
+`FlowMatchEulerDiscreteScheduler` configured as the pipeline folder's `scheduler/` (FLUX.1-schnell:
+no shift), else FLUX.1's resolution-dependent shift (`calculate_shift` with base_image_seq_len 256,
+max 4096, base_shift 0.5, max_shift 1.15); sigmas `np.linspace(1, 1/steps, steps)`; the pipeline's
+noise (`randn_tensor` on the unpacked latent shape with a CPU generator, so a seed gives the same
+noise on any device), and timesteps passed as t/1000 in the latent dtype. The only change: every
+step goes through `DDiTRunner`, which picks the patch size. Prompts: the model folder's CLIP + T5
+through `FluxPipeline.encode_prompt`, padded to the engines' static text length, else synthetic
+(runtime/conditioning.py). Guidance (FLUX's embedded guidance scale) defaults to 3.5 when the
+engines take a guidance input. Control, Fill and Kontext engines also take an image (and Fill a
+mask) on the latent grid: pipelines/flux_images.py.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def generate_flux(
             raise ValueError(f"latents have shape {tuple(latents.shape)}; the engines were built for {shape}")
         latent = latents.to(device=device, dtype=dtype)
 
-    sampler = flux_sampler()
+    sampler = flux_teacher_sampler(backend.manifest.model_id)  # the folder's scheduler (schnell's has no shift)
     base = backend.base_patch
     timesteps = flux_timesteps(sampler, steps, (shape[-2] // base) * (shape[-1] // base), device)
     # As FluxPipeline: t cast to the latent dtype, then / 1000. All steps' values made up front,
@@ -115,13 +117,18 @@ def generate_flux(
     return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps)
 
 
+def weights_variant(manifest: dict) -> str | None:
+    """The weights variant the engines' model was loaded with (`--variant`); the folder's other parts share it."""
+    return manifest.get("request", {}).get("variant")
+
+
 @torch.no_grad()
-def decode_images(folder: Path, latent: torch.Tensor, device="cpu") -> list:
+def decode_images(folder: Path, latent: torch.Tensor, device="cpu", variant: str | None = None) -> list:
     """PIL images from a final FLUX latent (`B x 16 x h x w`) with the pipeline folder's VAE."""
     from diffusers import AutoencoderKL
     from diffusers.image_processor import VaeImageProcessor
 
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").to(device)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=variant).to(device)
     cfg = vae.config
     # As FluxPipeline: undo the latent normalisation, decode, then postprocess to PIL.
     z = latent.to(device=device, dtype=vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
@@ -130,13 +137,15 @@ def decode_images(folder: Path, latent: torch.Tensor, device="cpu") -> list:
     return processor.postprocess(image, output_type="pil")
 
 
-def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float | None, device="cpu") -> Conditioning:
+def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float | None, device="cpu",
+                         variant: str | None = None) -> Conditioning:
     from diffusers import FluxPipeline
 
     shapes = {t.name: t.shape for t in io.inputs}
     batch, text_len, _ = shapes["encoder_hidden_states"]
     # Only the text side is loaded: the engines replace the transformer, the VAE is loaded by the caller.
-    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+    # FluxPipeline for every variant: they share its text encoders and encode_prompt.
+    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None, variant=variant).to(device)
     with torch.no_grad():
         states, pooled, _ = pipe.encode_prompt(
             prompt=prompt, prompt_2=None, device=torch.device(device), num_images_per_prompt=batch,
@@ -145,9 +154,38 @@ def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float 
     return Conditioning(states, pooled, guidance, source=f"text encoders of {folder}")
 
 
-def flux_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu") -> Conditioning:
-    """Conditioning for ``prompt`` on FLUX engines (the pipeline folder's encoders on ``device``, else synthetic)."""
+def flux_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu",
+                      image: str | None = None, mask: str | None = None, seed: int = 0) -> Conditioning:
+    """Conditioning for ``prompt`` on FLUX engines (the pipeline folder's encoders on ``device``, else synthetic);
+    Control/Fill/Kontext engines also get ``image`` (and ``mask``) encoded with the folder's VAE."""
     io = IOSpec.from_json(manifest["io"])
+    grid = _grid_inputs(manifest, io, prompt, image, mask, seed, device)
+    conditioning = _text_conditioning(manifest, io, prompt, guidance, device)
+    conditioning.grid_inputs = grid
+    if grid and image is not None:
+        conditioning.source += f"; {', '.join(grid)} from {image} through the folder's VAE"
+    elif grid and not conditioning.synthetic:
+        conditioning.source += f"; {', '.join(grid)} synthetic (seeded from the prompt)"
+    return conditioning
+
+
+def _grid_inputs(manifest: dict, io: IOSpec, prompt: str, image, mask, seed: int, device) -> dict:
+    """Control/Fill/Kontext engines' inputs on the latent grid (pipelines/flux_images.py)."""
+    from ..families.flux import FLUX
+    from .flux_images import check_images, encoded_grid_inputs, synthetic_grid_inputs
+
+    config = manifest["model"]["config"]
+    folder = vae_folder(manifest)
+    pipeline = check_images(config, image, mask, folder is not None)
+    shapes = {name: shape for name, shape in FLUX.grid_specs(config, tuple(manifest["latent_shape"]))}
+    if not shapes:
+        return {}
+    if image is None:
+        return synthetic_grid_inputs(shapes, prompt)
+    return encoded_grid_inputs(pipeline, folder, shapes, image, mask, seed, device, weights_variant(manifest))
+
+
+def _text_conditioning(manifest: dict, io: IOSpec, prompt: str, guidance: float | None, device) -> Conditioning:
     if manifest["model"]["id"] == "demo":
         from ..demo.class_table import CLASS_NAMES, demo_conditioning
 
@@ -157,7 +195,7 @@ def flux_conditioning(manifest: dict, prompt: str, guidance: float | None = None
         guidance = DEFAULT_GUIDANCE
     folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
     if folder is not None:
-        return encoded_conditioning(folder, prompt, io, guidance, device)
+        return encoded_conditioning(folder, prompt, io, guidance, device, weights_variant(manifest))
     return synthetic_conditioning(prompt, io, guidance)
 
 
@@ -222,7 +260,7 @@ def write_images(manifest: dict, latent: torch.Tensor, out: Path, device) -> lis
     folder = vae_folder(manifest)
     if folder is None:
         return [save_latent(latent, out)]
-    images = decode_images(folder, latent, device)
+    images = decode_images(folder, latent, device, weights_variant(manifest))
     paths = [out / ("image.png" if len(images) == 1 else f"image_{i}.png") for i in range(len(images))]
     for image, path in zip(images, paths):
         image.save(path)
@@ -238,8 +276,15 @@ class Flux(Pipeline):
                               trains_on_images=True)
     text_encoder_folders = TEXT_ENCODER_FOLDERS
 
-    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt=""):
-        return flux_conditioning(manifest, prompt, guidance, device)
+    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt="", image=None, mask=None,
+                     seed=0):
+        return flux_conditioning(manifest, prompt, guidance, device, image, mask, seed)
+
+    def check_images(self, manifest, image=None, mask=None):
+        """Refuse image flags the engines' model does not take, or lacks (before the engines load)."""
+        from .flux_images import check_images
+
+        check_images(manifest["model"]["config"], image, mask, vae_folder(manifest) is not None)
 
     def generate(self, backend, conditioning, schedule, **options):
         return generate_flux(backend, conditioning, schedule, **options)
@@ -252,7 +297,7 @@ class Flux(Pipeline):
         def decode_vae(latent):
             import numpy as np
 
-            pil = decode_images(folder, latent, device)
+            pil = decode_images(folder, latent, device, weights_variant(manifest))
             return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0).permute(2, 0, 1)
                                 for i in pil])
 

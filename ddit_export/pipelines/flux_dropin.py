@@ -11,6 +11,11 @@ the scheduler picks, and the prediction is packed back. The engines have a stati
 height, width, batch and text length must be those the engines were built for (clear errors
 otherwise; pass `max_sequence_length=<text_len>` to the pipeline).
 
+Variants (docs/variants.md): `FluxControlPipeline` / `FluxFillPipeline` hand it tokens whose features
+continue past the latent's 64 (control latent; masked-image latent + mask): those are unpacked to the
+engines' `condition_latent`. `FluxKontextPipeline` appends the reference image's tokens to the sequence:
+they are unpacked to `reference_latent` (the reference must have the output's size).
+
 How trajectories and the true-CFG pass are told apart: see `dropin_base`. Each new pipeline
 call also compares its `img_ids` with the engines' grid once. Caveat: a bf16 timestep schedule of
 more than ~80 steps can round two consecutive timesteps to the same value, which reads as a new
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..families.flux import FLUX
+from ..families.flux import CONDITION_LATENT, FLUX, REFERENCE_LATENT, has_reference
 from ..runtime.backends.base import Backend
 from ..runtime.dropin import DropInTransformer
 from ..runtime.scheduler import ScheduleConfig
@@ -37,6 +42,11 @@ class DDiTFluxTransformer(DropInTransformer):
         self._pixels = (int(request["height"]), int(request["width"]))
         self._img_ids = FLUX.image_ids(FLUX.base_patch, self.latent_shape).float()
         self._inputs = frozenset(backend.input_metadata.input_names)
+        self._reference = has_reference(self.config)
+        if self._reference:
+            self._img_ids = torch.cat([self._img_ids, FLUX.reference_ids(FLUX.base_patch, self.latent_shape).float()])
+        shapes = {t.name: t.shape for t in backend.input_metadata.inputs}
+        self._condition_shape = shapes.get(CONDITION_LATENT)
 
     def forward(
         self,
@@ -62,12 +72,19 @@ class DDiTFluxTransformer(DropInTransformer):
                 f"the prompt embeddings have {encoder_hidden_states.shape[1]} tokens, the engines were built for "
                 f"{self._text_len}: call the pipeline with max_sequence_length={self._text_len}"
             )
+        b, c, h, w = self.latent_shape
+        tokens, features = (h // FLUX.base_patch) * (w // FLUX.base_patch), FLUX.patch_features(FLUX.base_patch, c)
         latent = self._track(
             hidden_states, timestep,
-            to_latent=lambda packed: FLUX.unpack(packed, FLUX.base_patch, self.latent_shape),
+            to_latent=lambda packed: FLUX.unpack(packed[:, :tokens, :features], FLUX.base_patch, self.latent_shape),
             check_geometry=lambda: self._check_geometry(hidden_states, img_ids),
         )
         conditioning = {"encoder_hidden_states": encoder_hidden_states, "timestep": timestep}
+        if self._condition_shape is not None:  # Control / Fill: the features after the latent's
+            conditioning[CONDITION_LATENT] = FLUX.unpack(hidden_states[:, :tokens, features:], FLUX.base_patch,
+                                                         self._condition_shape)
+        if self._reference:  # Kontext: the tokens after the latent's
+            conditioning[REFERENCE_LATENT] = FLUX.unpack(hidden_states[:, tokens:], FLUX.base_patch, self.latent_shape)
         if "pooled_projections" in self._inputs:
             conditioning["pooled_projections"] = pooled_projections
         if "guidance" in self._inputs:
@@ -75,18 +92,29 @@ class DDiTFluxTransformer(DropInTransformer):
                 raise ValueError("the engines were built with guidance embeds; the pipeline passed no guidance")
             conditioning["guidance"] = guidance
         pred = self.runner.run(latent, self._branch, **conditioning)
+        # Kontext's pipeline keeps only the latent's tokens of the output, so the latent's tokens are enough.
         return self._output(FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype), pred, return_dict)
 
     def _check_geometry(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
         """Once per pipeline call: the pipeline's image must be the engines' static geometry."""
         b, c, h, w = self.latent_shape
         tokens = (h // FLUX.base_patch) * (w // FLUX.base_patch)
-        features = FLUX.patch_features(FLUX.base_patch, c)
+        features = int(self.config["in_channels"])  # the latent's 64, plus Control/Fill's conditioning features
         height, width = self._pixels
+        sequence = 2 * tokens if self._reference else tokens
+        if img_ids is not None and not self._reference and img_ids.dim() == 2 and img_ids.shape[0] > tokens \
+                and bool((img_ids[tokens:, 0] == 1).all()):
+            raise ValueError("the pipeline appends reference-image tokens (FluxKontextPipeline) but these engines "
+                             "were exported without them: export from the Kontext pipeline folder (its "
+                             "model_index.json names FluxKontextPipeline)")
         ids_match = img_ids is None or (
-            tuple(img_ids.shape) == (tokens, 3) and torch.equal(img_ids.detach().float().cpu(), self._img_ids)
+            tuple(img_ids.shape) == (sequence, 3) and torch.equal(img_ids.detach().float().cpu(), self._img_ids)
         )
-        if hidden_states.shape[1:] != (tokens, features) or not ids_match:
+        if self._reference and hidden_states.shape[1] != sequence:
+            raise ValueError(f"the reference image gives {hidden_states.shape[1] - tokens} tokens, the engines were "
+                             f"built for a {height}x{width} reference ({tokens} tokens): pass an image of "
+                             f"{height}x{width} with _auto_resize=False")
+        if hidden_states.shape[1:] != (sequence, features) or not ids_match:
             got = _pixels_from_ids(img_ids) if img_ids is not None and img_ids.dim() == 2 else None
             seen = f"{got[0]}x{got[1]} pixels" if got else f"{hidden_states.shape[1]} tokens"
             raise ValueError(
@@ -111,6 +139,7 @@ class DDiTFluxTransformer(DropInTransformer):
 
 def _pixels_from_ids(img_ids: torch.Tensor) -> tuple[int, int]:
     """Image size FluxPipeline asked for, from its base-grid token coordinates (error path only)."""
+    img_ids = img_ids[img_ids[:, 0] == 0]  # the latent's tokens (Kontext's reference ones have 1)
     rows = int(img_ids[:, 1].max()) + 1
     cols = int(img_ids[:, 2].max()) + 1
     scale = FLUX.base_patch * FLUX.vae_scale

@@ -42,12 +42,15 @@ def image_training_families() -> list[str]:
 
 
 def make_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu",
-                      negative_prompt: str = ""):
+                      negative_prompt: str = "", **images):
     """Conditioning for ``prompt`` on the engines ``manifest`` describes (text encoders run on ``device``).
 
-    ``negative_prompt`` is used by pipelines with classifier-free guidance (Wan) only.
+    ``negative_prompt`` is used by pipelines with classifier-free guidance (Wan) only. ``images``: image
+    inputs of the pipelines that take them (FLUX Control/Fill/Kontext: image=, mask=, seed=); None ones are
+    not passed on.
     """
-    return pipeline_for(manifest).conditioning(manifest, prompt, guidance, device, negative_prompt)
+    given = {k: v for k, v in images.items() if v is not None}
+    return pipeline_for(manifest).conditioning(manifest, prompt, guidance, device, negative_prompt, **given)
 
 
 def generate(backend, conditioning, schedule, **options):

@@ -29,6 +29,7 @@ from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
 from ..engine_folder import (
+    ExportInputError,
     Reporter,
     load_for_export,
     manifest_record,
@@ -60,6 +61,10 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
 def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = previous_manifest(req)
     req, model, adapters = load_for_export(req, reporter)
+    grid = [name for name, _ in req.family_obj.grid_specs(model.config, req.latent_shape)]
+    if grid:  # its embed part and trunk take the latent and text only (docs/variants.md)
+        raise ExportInputError(f"the staged layout does not take conditioning on the latent grid yet ({', '.join(grid)}"
+                               " of this FLUX Control/Fill/Kontext model); export it with --layout single")
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
