@@ -66,8 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Wan with CFG: the negative prompt (default empty, as WanPipeline)")
     p.add_argument("--image", metavar="FILE",
                    help="FLUX.1-Depth/Canny: the control image; FLUX.1-Fill: the image to fill (with --mask); "
-                        "FLUX.1-Kontext: the reference image (docs/variants.md)")
+                        "FLUX.1-Kontext: the reference image (docs/variants.md); Wan image-to-video: the first frame")
     p.add_argument("--mask", metavar="FILE", help="FLUX.1-Fill: the mask, white where the image is repainted")
+    p.add_argument("--last-image", metavar="FILE",
+                   help="Wan first-last-frame (FLF2V) engines: the video's last frame (docs/variants-wan.md)")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -128,14 +130,15 @@ def _check_images(args, manifest: dict, pipeline) -> None:
     """--image/--mask: refused by pipelines that take none; checked against the model by those that do."""
     import inspect
 
-    given = [f for f in ("image", "mask") if getattr(args, f, None) is not None]
+    given = [f for f in ("image", "mask", "last_image") if getattr(args, f, None) is not None]
     takes = inspect.signature(pipeline.conditioning).parameters
     for flag in given:
         if flag not in takes:
-            raise ValueError(f"--{flag} does not apply to {manifest.get('family')} engines of model "
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to {manifest.get('family')} engines of model "
                              f"{manifest.model_id}; drop it")
     if "image" in takes and hasattr(pipeline, "check_images"):  # before any engine is loaded
-        pipeline.check_images(manifest, args.image, args.mask)
+        last = {"last_image": args.last_image} if getattr(args, "last_image", None) else {}  # Wan FLF2V
+        pipeline.check_images(manifest, args.image, args.mask, **last)
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
@@ -161,7 +164,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             from ..runtime.cache import StepCache
 
             cache = StepCache(backend, args.cache)  # a single-layout folder is refused here, with the fix
-        images = {"image": args.image, "mask": args.mask}
+        images = {"image": args.image, "mask": args.mask, "last_image": args.last_image}
         images = {**images, "seed": args.seed} if any(images.values()) else {}
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt, **images)
         style = "yellow" if conditioning.synthetic else "green"

@@ -151,12 +151,14 @@ class WanFamily(Family):
         return (batch, channels, latent_frames, height // scale, width // scale)
 
     def latent_channels_of(self, config) -> int:
-        """The noisy latent's channels: `out_channels` (I2V's extra input channels are the condition)."""
-        return int(config.out_channels or config.in_channels)
+        """The noisy latent's channels: `out_channels` (I2V's extra input channels are the condition).
+
+        ``config``: the model's (FrozenDict) or a manifest's (plain dict)."""
+        return int(config.get("out_channels") or config["in_channels"])
 
     def condition_channels(self, config) -> int:
         """Input channels beyond the noisy latent (I2V: mask + image latent), 0 for text-to-video."""
-        return int(config.in_channels) - self.latent_channels_of(config)
+        return int(config["in_channels"]) - self.latent_channels_of(config)
 
     def image_embeds(self, config) -> tuple[int, int] | None:
         """(images per video, image_dim) of a model with CLIP image embeddings (I2V: 1, FLF2V: 2), else None."""

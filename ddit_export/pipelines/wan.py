@@ -170,9 +170,7 @@ def generate_wan(
 
 def _extra_inputs(conditioning: Conditioning, layout: CfgLayout, device, dtype) -> dict[str, torch.Tensor]:
     """Image-to-video inputs (the same for cond and uncond, as WanImageToVideoPipeline): doubled for one-call CFG."""
-    extra = dict(conditioning.grid_inputs)
-    if getattr(conditioning, "image_embeds", None) is not None:
-        extra["encoder_hidden_states_image"] = conditioning.image_embeds
+    extra = conditioning.grid_inputs  # condition_latent, encoder_hidden_states_image: engine inputs by name
     return {k: (torch.cat([v, v]) if layout.batched else v).to(device=device, dtype=dtype) for k, v in extra.items()}
 
 
@@ -207,35 +205,54 @@ def decode_video(folder: Path, latent: torch.Tensor, device="cpu") -> list[list]
     return VideoProcessor(vae_scale_factor=cfg.scale_factor_spatial).postprocess_video(video, output_type="pil")
 
 
-def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = ""):
-    """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch."""
+def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = "",
+                     image: str | None = None, last_image: str | None = None):
+    """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch; image-to-video engines also
+    get their image inputs (pipelines/wan_images.py) in ``grid_inputs``."""
     from .wan import DEFAULT_CFG, cfg_layout
 
     guidance = DEFAULT_CFG if guidance is None else float(guidance)
     io = IOSpec.from_json(manifest["io"])
-    engine_batch, text_len, dim = {t.name: t.shape for t in io.inputs}["encoder_hidden_states"]
+    shapes = {t.name: tuple(t.shape) for t in io.inputs}
+    engine_batch, text_len, dim = shapes["encoder_hidden_states"]
     layout = cfg_layout(engine_batch, guidance)
+    images = _image_inputs(manifest, shapes, layout, prompt, image, last_image, device)
     folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
     if folder is not None:
         from diffusers import WanPipeline
 
-        # Only the text side is loaded; the engines replace the transformer.
-        pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+        # Only the text side is loaded; the engines replace the transformer(s).
+        pipe = WanPipeline.from_pretrained(folder, transformer=None, transformer_2=None, vae=None).to(device)
         with torch.no_grad():
             cond, neg = pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative_prompt if layout.guided else None,
                 do_classifier_free_guidance=layout.guided, num_videos_per_prompt=layout.video_batch,
                 max_sequence_length=text_len, device=torch.device(device),
             )
-        return Conditioning(cond, None, guidance, f"text encoder of {folder}", neg)
+        return Conditioning(cond, None, guidance, f"text encoder of {folder}{images[1]}", neg, grid_inputs=images[0])
 
     def draw(text: str) -> torch.Tensor:
         gen = torch.Generator().manual_seed(prompt_seed(text))
         return torch.randn((1, text_len, dim), generator=gen).expand(layout.video_batch, -1, -1)
 
     neg = draw(negative_prompt) if layout.guided else None
-    source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)})"
-    return Conditioning(draw(prompt), None, guidance, source, neg)
+    source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)}){images[1]}"
+    return Conditioning(draw(prompt), None, guidance, source, neg, grid_inputs=images[0])
+
+
+def _image_inputs(manifest, shapes, layout, prompt, image, last_image, device) -> tuple[dict, str]:
+    """Image-to-video engine inputs of the VIDEO batch (one-call CFG doubles them) and a note for the source."""
+    from .wan_images import CONDITION, IMAGE_EMBEDS, encoded_inputs, synthetic_inputs
+
+    engine_batch = shapes["encoder_hidden_states"][0]
+    wanted = {n: (shapes[n][0] // engine_batch * layout.video_batch, *shapes[n][1:])
+              for n in (CONDITION, IMAGE_EMBEDS) if n in shapes}
+    if not wanted:
+        return {}, ""
+    folder = vae_folder(manifest)
+    if image is not None and folder is not None:
+        return encoded_inputs(folder, manifest, wanted, image, last_image, device), f"; image {image}"
+    return synthetic_inputs(wanted, prompt), "; synthetic image inputs (no --image)"
 
 
 def wan_teacher_sampler(model_id: str | None):
@@ -304,8 +321,16 @@ class Wan(Pipeline):
                               default_guidance=1.0, default_steps=50)  # WanPipeline's 50 steps
     text_encoder_folders = TEXT_ENCODER_FOLDERS
 
-    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt=""):
-        return wan_conditioning(manifest, prompt, guidance, device, negative_prompt)
+    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt="", image=None,
+                     last_image=None, seed=0):
+        # seed: the noise's, drawn by generate (the image inputs need none: the VAE's mode, as the pipeline)
+        return wan_conditioning(manifest, prompt, guidance, device, negative_prompt, image, last_image)
+
+    def check_images(self, manifest, image=None, mask=None, last_image=None):
+        """Refuse image flags the engines' model does not take, or lacks (before the engines load)."""
+        from .wan_images import check_images
+
+        check_images(manifest, image, last_image, vae_folder(manifest))
 
     def generate(self, backend, conditioning, schedule, **options):
         return generate_wan(backend, conditioning, schedule, **options)

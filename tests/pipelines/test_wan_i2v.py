@@ -122,3 +122,51 @@ def test_drop_in_refuses_missing_image_embeddings(i2v):
     with pytest.raises(ValueError, match=r"B x 16 \+ 20 condition x F x h x w"):
         dropin(torch.randn(1, 16, 2, 12, 20), torch.tensor([999]), embeds()[0],
                encoder_hidden_states_image=torch.randn(1, 257, 16))
+
+
+def test_generate_makes_the_image_inputs_like_the_stock_pipeline(i2v, tmp_path):
+    from ddit_export.pipelines.registry import generate, make_conditioning
+
+    pipe, root, backend = i2v
+    picture = tmp_path / "first.png"
+    first_frame().save(picture)
+    cond = make_conditioning(backend.manifest, "a red fox", 5.0, negative_prompt="blurry", image=str(picture))
+    assert cond.source == f"text encoder of {root / 'model'}; image {picture}"
+    assert set(cond.grid_inputs) == {"condition_latent", "encoder_hidden_states_image"}
+    ours = generate(backend, cond, schedule_config(backend, static_patch=2), steps=STEPS, seed=0).latent
+    # the stock pipeline makes its own mask, image latent and CLIP embeddings from the same picture
+    stock = call(pipe, prompt_embeds=cond.encoder_hidden_states,
+                 negative_prompt_embeds=cond.negative_encoder_hidden_states)
+    assert relative(ours, stock) <= 1e-4
+
+
+def test_generate_command_with_image_writes_the_video_and_refuses_bad_image_flags(i2v, tmp_path, capsys):
+    from ddit_export.cli import main
+
+    _, root, _ = i2v
+    picture = tmp_path / "first.png"
+    first_frame().save(picture)
+    engines = str(root / "engines")
+    args = ["generate", engines, "--steps", "3", "--tau", "1e9"]
+    assert main([*args, "--image", str(picture), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "video.gif").is_file()
+    capsys.readouterr()
+    for extra, naming in ((["--out", str(tmp_path / "o2")], "need --image"),
+                          (["--image", str(picture), "--last-image", str(picture), "--out", str(tmp_path / "o3")],
+                           "--last-image needs a first-last-frame model"),
+                          (["--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o4")], "is not a file"),
+                          (["--image", str(picture), "--mask", str(picture), "--out", str(tmp_path / "o5")],
+                           "--mask does not apply")):
+        assert main([*args, *extra]) != 0
+        err = capsys.readouterr().err.strip()
+        assert naming in err and len(err.splitlines()) == 1, err
+
+
+def test_image_flags_are_refused_for_text_to_video_engines(tiny_wan_engines, tmp_path, capsys):
+    from ddit_export.cli import main
+
+    picture = tmp_path / "first.png"
+    first_frame().save(picture)
+    assert main(["generate", str(tiny_wan_engines), "--image", str(picture), "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "does not apply to these text-to-video Wan engines" in err and len(err.splitlines()) == 1
