@@ -166,15 +166,20 @@ class WanFamily(Family):
             return None
         return (2 if config.get("pos_embed_seq_len") else 1), int(config["image_dim"])
 
-    def check_config(self, config: dict, where: str) -> None:
-        """Refuse, before the weights load, a Wan config the engines cannot express (one line)."""
+    def check_config(self, config: dict, pipeline_class: str | None) -> None:
+        """Refuse, before the weights load, a Wan model the engines cannot express (one line)."""
+        where = "the model's transformer config"
         name = config.get("_class_name", "WanTransformer3DModel")
         if name != "WanTransformer3DModel":
-            raise ModelLoadError(f"{where}: {name} is not supported; the wan family exports WanTransformer3DModel "
-                             "(Wan 2.1 T2V/I2V/FLF2V, Wan 2.2 TI2V-5B and A14B)")
+            raise ModelLoadError(f"the model's transformer is a {name}; `ddit-export wan` exports "
+                                 "WanTransformer3DModel (Wan 2.1 T2V/I2V/FLF2V, Wan 2.2 TI2V-5B and A14B)")
+        if pipeline_class not in SUPPORTED_PIPELINES:
+            raise ModelLoadError(f"the model folder is a {pipeline_class}; the wan family supports "
+                                 f"{', '.join(p for p in SUPPORTED_PIPELINES if p)} folders")
         if tuple(config.get("patch_size", (1, 2, 2))) != (1, 2, 2):
             raise ModelLoadError(f"{where}: patch_size {config['patch_size']} is not supported; Wan's (1, 2, 2) is")
-        inc, outc = int(config.get("in_channels", 16)), int(config.get("out_channels") or config.get("in_channels", 16))
+        inc = int(config.get("in_channels", 16))
+        outc = int(config.get("out_channels") or inc)
         if inc < outc:
             raise ModelLoadError(f"{where}: in_channels {inc} < out_channels {outc} is not supported; the input "
                                  "must be the latent plus optional condition channels")

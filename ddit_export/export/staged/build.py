@@ -64,7 +64,7 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     grid = [name for name, _ in req.family_obj.grid_specs(model.config, req.latent_shape)]
     if grid:  # its embed part and trunk take the latent and text only (docs/variants.md)
         raise ExportInputError(f"the staged layout does not take conditioning on the latent grid yet ({', '.join(grid)}"
-                               " of this FLUX Control/Fill/Kontext model); export it with --layout single")
+                               " of this model: FLUX Control/Fill/Kontext, Wan I2V); export it with --layout single")
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
