@@ -170,3 +170,50 @@ def test_image_flags_are_refused_for_text_to_video_engines(tiny_wan_engines, tmp
     assert main(["generate", str(tiny_wan_engines), "--image", str(picture), "--out", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err.strip()
     assert "does not apply to these text-to-video Wan engines" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def flf2v(tmp_path_factory):
+    """Wan 2.1 FLF2V (two images' CLIP embeddings, pos_embed_seq_len) exported with sizes 2 and 8."""
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+    from tests.wan_variant_models import FLF2V_CONFIG
+
+    root = tmp_path_factory.mktemp("wan_flf2v")
+    pipe = i2v_pipeline(FLF2V_CONFIG)
+    pipe.save_pretrained(root / "model")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(family="wan", model=str(root / "model"), patch_sizes=(2, 8), dtype="fp32",
+                                     out=str(root / "engines"), frames=5, height=96, width=160, text_len=8))
+    finally:
+        torch.set_num_threads(before)
+    backend = get_backend("onnx", root / "engines")
+    yield pipe, root, backend
+    backend.close()
+
+
+def test_first_last_frame_drop_in_and_generate_equal_the_stock_pipeline(flf2v, tmp_path):
+    from ddit_export.pipelines.registry import generate, make_conditioning
+
+    pipe, _, backend = flf2v
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    first_frame().save(first)
+    first_frame(seed=1).save(last)
+    assert {t.name: tuple(t.shape) for t in backend.manifest.io.inputs}["encoder_hidden_states_image"] == (2, 257, 16)
+    stock = call(pipe, last_image=first_frame(seed=1))
+    real = pipe.transformer
+    try:
+        pipe.transformer = DDiTWanTransformer(backend, schedule_config(backend, static_patch=2))
+        assert relative(call(pipe, last_image=first_frame(seed=1)), stock) <= 1e-4
+        pipe.transformer = DDiTWanTransformer(backend, schedule_config(backend, tau=HUGE_TAU))
+        assert torch.isfinite(call(pipe, last_image=first_frame(seed=1))).all()
+        assert pipe.transformer.trace.schedule == [2, 2, 2, 8, 8, 8]
+    finally:
+        pipe.transformer = real
+    prompt, negative = embeds()
+    cond = make_conditioning(backend.manifest, "a red fox", 5.0, image=str(first), last_image=str(last))
+    cond = type(cond)(prompt, None, 5.0, cond.source, negative, grid_inputs=cond.grid_inputs)  # call()'s prompts
+    ours = generate(backend, cond, schedule_config(backend, static_patch=2), steps=STEPS, seed=0).latent
+    assert relative(ours, stock) <= 1e-4
