@@ -104,3 +104,16 @@ def test_staged_layout_is_refused_in_one_line(a14b, tmp_path, capsys):
                  "--height", "96", "--width", "160", "--text-len", "8", "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "two experts" in err and len(err.splitlines()) == 1
+
+
+def test_the_torch_backend_rebuilds_both_experts(a14b):
+    _, root, onnx = a14b
+    g = torch.Generator().manual_seed(4)
+    latent, text, t = torch.randn(SHAPE, generator=g), torch.randn(1, 8, 32, generator=g), torch.tensor([300.0])
+    with get_backend("torch", root / "engines") as eager:
+        assert type(eager).__name__ == "ExpertsBackend" and eager.name == "torch"
+        for timestep in (950.0, 300.0):  # one step of each expert
+            eager.select(timestep)
+            onnx.select(timestep)
+            want = onnx(8, latent, encoder_hidden_states=text, timestep=t).clone()
+            assert relative(eager(8, latent, encoder_hidden_states=text, timestep=t), want) <= 1e-4

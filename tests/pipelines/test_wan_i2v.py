@@ -217,3 +217,16 @@ def test_first_last_frame_drop_in_and_generate_equal_the_stock_pipeline(flf2v, t
     cond = type(cond)(prompt, None, 5.0, cond.source, negative, grid_inputs=cond.grid_inputs)  # call()'s prompts
     ours = generate(backend, cond, schedule_config(backend, static_patch=2), steps=STEPS, seed=0).latent
     assert relative(ours, stock) <= 1e-4
+
+
+def test_the_torch_backend_rebuilds_the_image_to_video_engines(i2v):
+    _, root, onnx = i2v
+    g = torch.Generator().manual_seed(5)
+    inputs = dict(encoder_hidden_states=torch.randn(1, 8, 32, generator=g), timestep=torch.tensor([420.0]),
+                  condition_latent=torch.randn(1, 20, 2, 12, 20, generator=g),
+                  encoder_hidden_states_image=torch.randn(1, 257, 16, generator=g))
+    latent = torch.randn(1, 16, 2, 12, 20, generator=g)
+    with get_backend("torch", root / "engines") as eager:
+        for patch in (2, 8):
+            want = onnx(patch, latent, **inputs).clone()
+            assert relative(eager(patch, latent, **inputs), want) <= 1e-4
