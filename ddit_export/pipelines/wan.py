@@ -280,21 +280,31 @@ def wan_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict
 
 
 def wan_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bool, batch: int = 1) -> dict:
-    """Per-part FLOPs of one Wan 2.1 text-to-video engine call; ``total`` is their sum."""
-    if config.get("added_kv_proj_dim") or config.get("image_dim"):
-        raise ValueError("FLOP count: Wan image-to-video (added image K/V) is not modelled")
+    """Per-part FLOPs of one Wan engine call; ``total`` is their sum. Image-to-video adds the condition channels
+    to the embedding and, with CLIP image embeddings, their embedder and every block's added K/V attention."""
+    from ..families.wan import IMAGE_TOKENS, WAN
+
     d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    n, t, f, ffn = tokens, text_len, int(config["in_channels"]) * patch * patch, int(config["ffn_dim"])
+    out_channels = WAN.latent_channels_of(config)
+    n, t, ffn = tokens, text_len, int(config["ffn_dim"])
+    f_in, f_out = int(config["in_channels"]) * patch * patch, out_channels * patch * patch
+    images = WAN.image_embeds(config)
+    m = images[0] * IMAGE_TOKENS if images else 0  # image tokens per video
     block = (lin(n, d, 3 * d) + attention(n, n, d) + lin(n, d, d)  # self-attention
              + lin(n, d, d) + lin(t, d, 2 * d) + attention(n, t, d) + lin(n, d, d)  # cross-attention
              + lin(n, d, ffn) + lin(n, ffn, d))
+    if m:  # the image tokens' added K/V and their attention (same queries, output summed)
+        block += lin(m, d, 2 * d) + attention(n, m, d)
+    conditioning = (lin(1, int(config["freq_dim"]), d) + lin(1, d, d) + lin(1, d, 6 * d)
+                    + lin(t, int(config["text_dim"]), d) + lin(t, d, d))
+    if m:  # WanImageEmbedding: FeedForward(image_dim -> image_dim -> d)
+        conditioning += lin(m, images[1], images[1]) + lin(m, images[1], d)
     parts = {
-        "embed": lin(n, f, d),
-        "conditioning": lin(1, int(config["freq_dim"]), d) + lin(1, d, d) + lin(1, d, 6 * d)
-        + lin(t, int(config["text_dim"]), d) + lin(t, d, d),
+        "embed": lin(n, f_in, d),
+        "conditioning": conditioning,
         "blocks": int(config["num_layers"]) * block,
-        "output": lin(n, d, f),
-        "ddit_residual": lin(n, f, f) if residual else 0,
+        "output": lin(n, d, f_out),
+        "ddit_residual": lin(n, f_out, f_out) if residual else 0,
     }
     return scaled(parts, batch)
 
