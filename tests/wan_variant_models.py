@@ -114,3 +114,24 @@ def first_frame(width: int = 160, height: int = 96, seed: int = 0):
     small = torch.rand(3, 4, 6, generator=g)[None]
     img = torch.nn.functional.interpolate(small, size=(height, width), mode="bilinear")[0]
     return Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+
+
+def relative(a, b) -> float:
+    """||a - b|| / ||b|| in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def export_pipeline(root, pipe, patch_sizes, **geometry):
+    """Save ``pipe`` to ROOT/model and export ONNX fp32 engines from that folder to ROOT/engines (one thread)."""
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+
+    pipe.save_pretrained(root / "model")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(family="wan", model=str(root / "model"), patch_sizes=patch_sizes, dtype="fp32",
+                                     out=str(root / "engines"), text_len=8, **geometry))
+    finally:
+        torch.set_num_threads(before)
+    return root / "engines"

@@ -17,6 +17,11 @@ give the same video for the same seed:
   halves of a preallocated input, the prompt and negative embeddings are concatenated once per
   request, and the prediction is split. Otherwise the step makes two calls of the same engine.
 
+Variants (docs/variants-wan.md): image-to-video engines take the same condition latent and image
+embeddings at every step and for both passes (`conditioning.grid_inputs`, made by pipelines/wan_images.py as
+WanImageToVideoPipeline makes them); a two-expert folder (Wan 2.2 A14B) is one backend whose expert is
+selected before each step by WanPipeline's boundary rule, so one DDiT runner spans the switch.
+
 Prompts: `guidance` is the classifier-free guidance scale (WanPipeline's default 5.0; <= 1 turns CFG
 off), and with CFG a negative prompt (WanPipeline's default "") is encoded the same way. The
 embeddings have the VIDEO batch. A Wan pipeline folder needs only `text_encoder/` (UMT5).

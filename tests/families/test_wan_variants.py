@@ -13,14 +13,10 @@ from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.ddit.staged import build_staged
 from ddit_export.families.wan import WAN, WAN_TINY_CONFIG
-from tests.wan_variant_models import FLF2V_CONFIG, I2V_CONFIG, TI2V_CONFIG, transformer
+from tests.wan_variant_models import FLF2V_CONFIG, I2V_CONFIG, TI2V_CONFIG, relative, transformer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 SHAPE = (1, 16, 2, 12, 20)
-
-
-def relative(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("config, images", [(I2V_CONFIG, 1), (FLF2V_CONFIG, 2)])

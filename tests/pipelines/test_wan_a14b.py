@@ -13,15 +13,11 @@ from ddit_export.pipelines.registry import generate, make_conditioning
 from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
-from tests.wan_variant_models import VIDEO, a14b_pipeline
+from tests.wan_variant_models import VIDEO, a14b_pipeline, relative
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 STEPS = 6
 SHAPE = (1, 16, 2, 12, 20)
-
-
-def relative(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -12,34 +12,31 @@ import torch
 from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
-from tests.wan_variant_models import VIDEO, first_frame, i2v_pipeline
+from tests.wan_variant_models import (
+    FLF2V_CONFIG,
+    I2V_CONFIG,
+    VIDEO,
+    export_pipeline,
+    first_frame,
+    i2v_pipeline,
+    relative,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 STEPS = 6
 HUGE_TAU = 1e9  # after warm-up every decision picks the coarsest size
 
 
-def relative(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+def exported(root, config):
+    """The stock pipeline, its folder and ONNX engines for sizes 2 and 8 exported from that folder."""
+    pipe = i2v_pipeline(config)
+    backend = get_backend("onnx", export_pipeline(root, pipe, (2, 8), frames=5, height=96, width=160))
+    return pipe, root, backend
 
 
 @pytest.fixture(scope="module")
 def i2v(tmp_path_factory):
-    """The stock pipeline, its folder and ONNX engines for sizes 2 and 8 exported from that folder."""
-    from ddit_export.export.build import export_engines
-    from ddit_export.export.request import ExportRequest
-
-    root = tmp_path_factory.mktemp("wan_i2v")
-    pipe = i2v_pipeline()
-    pipe.save_pretrained(root / "model")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export_engines(ExportRequest(family="wan", model=str(root / "model"), patch_sizes=(2, 8), dtype="fp32",
-                                     out=str(root / "engines"), frames=5, height=96, width=160, text_len=8))
-    finally:
-        torch.set_num_threads(before)
-    backend = get_backend("onnx", root / "engines")
+    pipe, root, backend = exported(tmp_path_factory.mktemp("wan_i2v"), I2V_CONFIG)
     yield pipe, root, backend
     backend.close()
 
@@ -174,22 +171,8 @@ def test_image_flags_are_refused_for_text_to_video_engines(tiny_wan_engines, tmp
 
 @pytest.fixture(scope="module")
 def flf2v(tmp_path_factory):
-    """Wan 2.1 FLF2V (two images' CLIP embeddings, pos_embed_seq_len) exported with sizes 2 and 8."""
-    from ddit_export.export.build import export_engines
-    from ddit_export.export.request import ExportRequest
-    from tests.wan_variant_models import FLF2V_CONFIG
-
-    root = tmp_path_factory.mktemp("wan_flf2v")
-    pipe = i2v_pipeline(FLF2V_CONFIG)
-    pipe.save_pretrained(root / "model")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export_engines(ExportRequest(family="wan", model=str(root / "model"), patch_sizes=(2, 8), dtype="fp32",
-                                     out=str(root / "engines"), frames=5, height=96, width=160, text_len=8))
-    finally:
-        torch.set_num_threads(before)
-    backend = get_backend("onnx", root / "engines")
+    """Wan 2.1 FLF2V (two images' CLIP embeddings, pos_embed_seq_len)."""
+    pipe, root, backend = exported(tmp_path_factory.mktemp("wan_flf2v"), FLF2V_CONFIG)
     yield pipe, root, backend
     backend.close()
 

@@ -13,33 +13,18 @@ from ddit_export.pipelines.registry import generate, make_conditioning
 from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
-from tests.wan_variant_models import TI2V_VIDEO, ti2v_pipeline
+from tests.wan_variant_models import TI2V_VIDEO, export_pipeline, relative, ti2v_pipeline
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 STEPS = 5
 SHAPE = (1, 48, 2, 8, 12)
 
 
-def relative(a, b) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 @pytest.fixture(scope="module")
 def ti2v(tmp_path_factory):
-    from ddit_export.export.build import export_engines
-    from ddit_export.export.request import ExportRequest
-
     root = tmp_path_factory.mktemp("wan_ti2v")
     pipe = ti2v_pipeline()
-    pipe.save_pretrained(root / "model")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export_engines(ExportRequest(family="wan", model=str(root / "model"), patch_sizes=(2, 4), dtype="fp32",
-                                     out=str(root / "engines"), frames=5, height=128, width=192, text_len=8))
-    finally:
-        torch.set_num_threads(before)
-    backend = get_backend("onnx", root / "engines")
+    backend = get_backend("onnx", export_pipeline(root, pipe, (2, 4), frames=5, height=128, width=192))
     yield pipe, root, backend
     backend.close()
 
