@@ -113,3 +113,13 @@ def test_the_torch_backend_rebuilds_both_experts(a14b):
             onnx.select(timestep)
             want = onnx(8, latent, encoder_hidden_states=text, timestep=t).clone()
             assert relative(eager(8, latent, encoder_hidden_states=text, timestep=t), want) <= 1e-4
+
+
+def test_an_out_folder_holding_other_files_is_left_alone(a14b, tmp_path, cli):
+    _, root, _ = a14b
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cli.refuses("wan", "--model", str(root / "model"), "--patch-sizes", "2,8", "--frames", "5", "--height", "96",
+                "--width", "160", "--text-len", "8", "--out", str(out), naming=("--out", "holds no manifest"))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
