@@ -189,6 +189,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             "timesteps": result.timesteps.float().cpu().tolist(),
             "cache": cache.describe() if cache is not None else None,
             **_wan_record(args, conditioning, result),
+            **_experts_record(manifest, result),
             **trace.to_json(),
         }
         (staging / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -203,6 +204,16 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         written.append(path)
     _print_summary(console, trace, written)
     return 0
+
+
+def _experts_record(manifest, result) -> dict:
+    """Two-expert folders (Wan 2.2 A14B): the expert of every step, by WanPipeline's boundary rule."""
+    experts = manifest.get("experts")
+    if not experts:
+        return {}
+    boundary = float(experts["boundary_timestep"])
+    steps = ["transformer" if t >= boundary else experts["second"] for t in result.timesteps.float().cpu().tolist()]
+    return {"boundary_timestep": boundary, "experts": steps}
 
 
 def _wan_record(args, conditioning, result) -> dict:

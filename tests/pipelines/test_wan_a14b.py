@@ -115,6 +115,17 @@ def test_the_torch_backend_rebuilds_both_experts(a14b):
             assert relative(eager(8, latent, encoder_hidden_states=text, timestep=t), want) <= 1e-4
 
 
+def test_generate_command_records_the_expert_of_every_step(a14b, tmp_path):
+    _, root, _ = a14b
+    assert main(["generate", str(root / "engines"), "--steps", str(STEPS), "--tau", "1e9", "--out",
+                 str(tmp_path / "out")]) == 0
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    switch = [t >= 875.0 for t in trace["timesteps"]]
+    assert trace["experts"] == ["transformer" if high else "transformer_2" for high in switch]
+    assert 0 < trace["experts"].count("transformer") < STEPS  # both ran, one schedule: warm-up once
+    assert trace["schedule"] == [2, 2, 2, 8, 8, 8]
+
+
 def test_an_out_folder_holding_other_files_is_left_alone(a14b, tmp_path, cli):
     _, root, _ = a14b
     out = tmp_path / "mine"
