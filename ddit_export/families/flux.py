@@ -9,7 +9,7 @@ latent grid (`in_channels` > `out_channels`); the engines take it as one more gr
 `condition_latent`, concatenated with the latent on the channel axis before packing, which is exactly
 the stock pipelines' token-feature concatenation. FLUX.1-Kontext appends reference-image tokens to the
 sequence (RoPE ids with first coordinate 1); the engines take the reference latent as
-`reference_latent` and pack it at the step's patch size, like the latent.
+`reference_latent` and keep its tokens at the base size at every step (`reference_tokens`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..ddit import staged_flux
 from ..ddit.modules import PatchEmbed, linear_from
-from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
+from ..ddit.resize import bilinear_upsample_matrix, pi_resize_embedding, upsampled_deembedding
 from .base import Family, ModelLoadError, TensorSpecLike
 from .defaults import FAMILY_DEFAULTS
 
@@ -175,6 +175,22 @@ class FluxFamily(Family):
         ids[:, 0] = 1
         return ids
 
+    def reference_tokens(self, reference: torch.Tensor, patch: int) -> torch.Tensor:
+        """Kontext's reference as base-size tokens in the feature space of size `patch`'s embedding.
+
+        Each base 2x2 patch is bilinearly upsampled to P x P (the matrix B of ddit/resize.py). The size's
+        PI-resized embedding satisfies W_P (B x) = W_p x, so an untrained size embeds every reference token
+        exactly as the base model does: the reference keeps its base resolution and its own token set, the
+        latent alone gets coarser, and one embedding (one engine signature) serves both.
+        """
+        tokens = self.pack(reference, self.base_patch)
+        if patch == self.base_patch:
+            return tokens
+        b, n, f = tokens.shape
+        up = bilinear_upsample_matrix(self.base_patch, patch).to(tokens.dtype)  # P*P x p*p
+        per_channel = tokens.reshape(b, n, f // self.base_patch**2, self.base_patch**2)
+        return (per_channel @ up.T.to(tokens.device)).reshape(b, n, -1)
+
     def grid_specs(self, config, latent_shape) -> list[TensorSpecLike]:
         """Engine inputs on the latent's grid: Control/Fill's conditioning channels, Kontext's reference."""
         b, _, h, w = latent_shape
@@ -208,10 +224,11 @@ class FluxFamily(Family):
         hidden = self.pack(grid, patch)
         tokens = hidden.shape[1]
         if conditioning.get(REFERENCE_LATENT) is not None:
-            # Kontext: the reference tokens follow the latent's, packed at the same size (docs/variants.md).
+            # Kontext: the reference tokens follow the latent's, always at the BASE size (docs/variants.md),
+            # padded like the latent so the engine's folded RoPE covers them.
             reference = self.pad(conditioning[REFERENCE_LATENT], patch).to(latent.dtype)
-            hidden = torch.cat([hidden, self.pack(reference, patch)], dim=1)
-            img_ids = torch.cat([img_ids, self.reference_ids(patch, tuple(reference.shape))])
+            hidden = torch.cat([hidden, self.reference_tokens(reference, patch)], dim=1)
+            img_ids = torch.cat([img_ids, self.reference_ids(self.base_patch, tuple(reference.shape))])
         img_ids = img_ids.to(latent.device, torch.float32)
         out = transformer(
             hidden_states=hidden,
@@ -241,8 +258,8 @@ class FluxFamily(Family):
 
     def rope_tables(self, transformer, patch: int, latent_shape, text_len: int):
         parts = [self.text_ids(text_len), self.image_ids(patch, latent_shape)]
-        if has_reference(transformer.config):  # the reference grid is the latent's (grid_specs)
-            parts.append(self.reference_ids(patch, latent_shape))
+        if has_reference(transformer.config):  # the reference: the latent's (padded) grid at the base size
+            parts.append(self.reference_ids(self.base_patch, latent_shape))
         ids = torch.cat(parts).float()
         return getattr(transformer, self.rope_name)(ids)
 

@@ -1,0 +1,173 @@
+"""What coarse patch sizes do to the FLUX variants' conditioning, with UNTRAINED DDiT modules (docs/variants.md).
+
+For each variant (FLUX.1-dev, Depth/Canny, Fill, Kontext) at FLUX.1's real widths and reduced depth (the
+"medium" preset, random weights), the prediction at size P is compared with the base-size prediction
+(relative L2) on a smooth latent and smooth conditioning (bilinearly upsampled noise: PI-resize is exact on
+smooth inputs, so the difference is what the untrained size itself adds). Kontext is measured two ways:
+(its "reference influence" = the relative change of the prediction when only the reference changes)
+the reference tokens packed at the step's size (what the engines do) and at the base size (a second token
+set with the base embedding). Timings: the eager forward at base vs P, interleaved, median of --rounds.
+
+    python tools/flux_variants_coarse.py --pixels 512 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddit_export.ddit.model import DDiTModel
+from ddit_export.families.flux import FLUX, FLUX_MEDIUM_CONFIG, KONTEXT_PIPELINE
+
+VARIANTS = {
+    "dev": dict(FLUX_MEDIUM_CONFIG),
+    "control": dict(FLUX_MEDIUM_CONFIG, in_channels=128, out_channels=64),
+    "fill": dict(FLUX_MEDIUM_CONFIG, in_channels=384, out_channels=64),
+    "kontext": dict(FLUX_MEDIUM_CONFIG),
+}
+
+
+def smooth(shape, seed: int, factor: int = 8) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    *lead, h, w = shape
+    coarse = torch.randn((*lead, h // factor, w // factor), generator=gen)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+class TwoSetEmbed(nn.Module):
+    """Latent tokens through the size's embedding, reference tokens through the base one (one tensor in:
+    [latent features | reference features | 1 for a latent token])."""
+
+    def __init__(self, latent_embed, reference_embed, width: int):
+        super().__init__()
+        self.latent_embed, self.reference_embed, self.width = latent_embed, reference_embed, width
+
+    def forward(self, x):
+        is_latent = x[..., -1:]
+        return (is_latent * self.latent_embed(x[..., : self.width])
+                + (1 - is_latent) * self.reference_embed(x[..., self.width:-1]))
+
+
+def reference_at_base(model: DDiTModel, latent, patch: int, cond: dict) -> torch.Tensor:
+    """Kontext at `patch` with the reference tokens kept at the base size (the alternative design)."""
+    t = model.transformer
+    base_embed = t.x_embedder
+    ref = cond["reference_latent"]
+    with model.patch_size(patch):
+        lat_tokens = FLUX.pack(latent, patch)
+        ref_tokens = FLUX.pack(ref, FLUX.base_patch)
+        b, n, f = lat_tokens.shape
+        r, g = ref_tokens.shape[1], ref_tokens.shape[2]
+        hidden = torch.cat([
+            torch.cat([lat_tokens, lat_tokens.new_zeros(b, n, g), lat_tokens.new_ones(b, n, 1)], dim=2),
+            torch.cat([ref_tokens.new_zeros(b, r, f), ref_tokens, ref_tokens.new_zeros(b, r, 1)], dim=2),
+        ], dim=1)
+        swapped = t.x_embedder
+        t.x_embedder = TwoSetEmbed(swapped, base_embed, f)
+        try:
+            ids = torch.cat([FLUX.image_ids(patch, latent.shape), FLUX.reference_ids(FLUX.base_patch, ref.shape)])
+            out = t(hidden_states=hidden, encoder_hidden_states=cond["encoder_hidden_states"],
+                    pooled_projections=cond["pooled_projections"], timestep=cond["timestep"],
+                    guidance=cond["guidance"], img_ids=ids.float(), txt_ids=torch.zeros(cond["text_len"], 3),
+                    return_dict=False)[0]
+        finally:
+            t.x_embedder = swapped
+    return FLUX.unpack(out[:, :n], patch, tuple(latent.shape))
+
+
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def timed(fn, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
+    """One variant's coarse-size differences, reference influence (Kontext), timings and sequence lengths."""
+    torch.manual_seed(0)
+    transformer = FLUX.model_class()(**config).eval()
+    if name == "kontext":
+        FLUX.mark_pipeline(transformer, KONTEXT_PIPELINE)
+    model = DDiTModel(FLUX, transformer, [2, *sizes]).eval()
+    gen = torch.Generator().manual_seed(1)
+    cond = {"encoder_hidden_states": torch.randn(1, args.text_len, 4096, generator=gen),
+            "pooled_projections": torch.randn(1, 768, generator=gen), "timestep": torch.tensor([0.6]),
+            "guidance": torch.tensor([3.5])}
+    grid = {}
+    if name in ("control", "fill"):
+        grid["condition_latent"] = smooth((1, 16 if name == "control" else 80, *shape[2:]), 2)
+    if name == "kontext":
+        grid["reference_latent"] = smooth(shape, 2)
+    other = {"reference_latent": smooth(shape, 4)}  # Kontext: another reference, same latent
+    latent = smooth(shape, 3)
+
+    def ours(p, given=grid):
+        return model(latent, p, **cond, **given)
+
+    def alternative(p, given=grid):
+        return reference_at_base(model, latent, p, {**cond, **given, "text_len": args.text_len})
+
+    base = ours(2)
+    row = {"tokens": {2: FLUX.tokens(shape, 2)}}
+    calls = {"2": lambda: ours(2)}
+    if name == "kontext":
+        row["reference_influence_p2"] = rel(ours(2, other), base)
+    for p in sizes:
+        coarse = ours(p)
+        row[f"rel_l2_p{p}"] = rel(coarse, base)
+        calls[str(p)] = (lambda p=p: ours(p))
+        if name == "kontext":
+            alt = alternative(p)
+            row[f"rel_l2_p{p}_reference_at_base"] = rel(alt, base)
+            row[f"rel_l2_p{p}_between_designs"] = rel(coarse, alt)
+            row[f"reference_influence_p{p}"] = rel(ours(p, other), coarse)
+            row[f"reference_influence_p{p}_reference_at_base"] = rel(alternative(p, other), alt)
+            calls[f"{p}_reference_at_base"] = (lambda p=p: alternative(p))
+    seconds = {k: [] for k in calls}
+    for _ in range(args.rounds):  # interleaved: every form of the call once per round
+        for key, fn in calls.items():
+            seconds[key] += timed(fn, 1)
+    base_s = statistics.median(seconds["2"])
+    row["speedup_vs_base"] = {k: round(base_s / statistics.median(v), 3) for k, v in seconds.items()}
+    extra = FLUX.tokens(shape, 2) if name == "kontext" else 0
+    row["sequence"] = {str(p): FLUX.tokens(shape, p) * (2 if extra else 1) + args.text_len for p in [2, *sizes]}
+    if name == "kontext":
+        row["sequence"].update({f"{p}_reference_at_base": FLUX.tokens(shape, p) + args.text_len + extra
+                                for p in sizes})
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pixels", type=int, default=512)
+    parser.add_argument("--text-len", type=int, default=64)
+    parser.add_argument("--sizes", default="4,8")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    shape = (1, 16, args.pixels // 8, args.pixels // 8)
+    results = {}
+    with torch.no_grad():
+        for name, config in VARIANTS.items():
+            results[name] = measure(name, config, args, sizes, shape)
+            print(name, json.dumps(results[name]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"pixels": args.pixels, "text_len": args.text_len, "results": results}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
