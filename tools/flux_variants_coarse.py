@@ -5,8 +5,8 @@ For each variant (FLUX.1-dev, Depth/Canny, Fill, Kontext) at FLUX.1's real width
 (relative L2) on a smooth latent and smooth conditioning (bilinearly upsampled noise: PI-resize is exact on
 smooth inputs, so the difference is what the untrained size itself adds). Kontext is measured two ways:
 (its "reference influence" = the relative change of the prediction when only the reference changes)
-the reference tokens packed at the step's size (what the engines do) and at the base size (a second token
-set with the base embedding). Timings: the eager forward at base vs P, interleaved, median of --rounds.
+the reference tokens kept at the base size (what the engines do) and packed at the step's size like the
+latent (the alternative). Timings: the eager forward at base vs P, interleaved, median of --rounds.
 
     python tools/flux_variants_coarse.py --pixels 512 --rounds 5
 """
@@ -20,7 +20,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.flux import FLUX, FLUX_MEDIUM_CONFIG, KONTEXT_PIPELINE
@@ -40,45 +39,19 @@ def smooth(shape, seed: int, factor: int = 8) -> torch.Tensor:
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
 
-class TwoSetEmbed(nn.Module):
-    """Latent tokens through the size's embedding, reference tokens through the base one (one tensor in:
-    [latent features | reference features | 1 for a latent token])."""
-
-    def __init__(self, latent_embed, reference_embed, width: int):
-        super().__init__()
-        self.latent_embed, self.reference_embed, self.width = latent_embed, reference_embed, width
-
-    def forward(self, x):
-        is_latent = x[..., -1:]
-        return (is_latent * self.latent_embed(x[..., : self.width])
-                + (1 - is_latent) * self.reference_embed(x[..., self.width:-1]))
-
-
-def reference_at_base(model: DDiTModel, latent, patch: int, cond: dict) -> torch.Tensor:
-    """Kontext at `patch` with the reference tokens kept at the base size (the alternative design)."""
+def reference_at_size(model: DDiTModel, latent, patch: int, cond: dict) -> torch.Tensor:
+    """Kontext at `patch` with the reference tokens packed at `patch` too (the alternative design)."""
     t = model.transformer
-    base_embed = t.x_embedder
-    ref = cond["reference_latent"]
+    ref = FLUX.pad(cond["reference_latent"], patch)
     with model.patch_size(patch):
         lat_tokens = FLUX.pack(latent, patch)
-        ref_tokens = FLUX.pack(ref, FLUX.base_patch)
-        b, n, f = lat_tokens.shape
-        r, g = ref_tokens.shape[1], ref_tokens.shape[2]
-        hidden = torch.cat([
-            torch.cat([lat_tokens, lat_tokens.new_zeros(b, n, g), lat_tokens.new_ones(b, n, 1)], dim=2),
-            torch.cat([ref_tokens.new_zeros(b, r, f), ref_tokens, ref_tokens.new_zeros(b, r, 1)], dim=2),
-        ], dim=1)
-        swapped = t.x_embedder
-        t.x_embedder = TwoSetEmbed(swapped, base_embed, f)
-        try:
-            ids = torch.cat([FLUX.image_ids(patch, latent.shape), FLUX.reference_ids(FLUX.base_patch, ref.shape)])
-            out = t(hidden_states=hidden, encoder_hidden_states=cond["encoder_hidden_states"],
-                    pooled_projections=cond["pooled_projections"], timestep=cond["timestep"],
-                    guidance=cond["guidance"], img_ids=ids.float(), txt_ids=torch.zeros(cond["text_len"], 3),
-                    return_dict=False)[0]
-        finally:
-            t.x_embedder = swapped
-    return FLUX.unpack(out[:, :n], patch, tuple(latent.shape))
+        hidden = torch.cat([lat_tokens, FLUX.pack(ref, patch)], dim=1)
+        ids = torch.cat([FLUX.image_ids(patch, latent.shape), FLUX.reference_ids(patch, ref.shape)])
+        out = t(hidden_states=hidden, encoder_hidden_states=cond["encoder_hidden_states"],
+                pooled_projections=cond["pooled_projections"], timestep=cond["timestep"],
+                guidance=cond["guidance"], img_ids=ids.float(), txt_ids=torch.zeros(cond["text_len"], 3),
+                return_dict=False)[0]
+    return FLUX.unpack(out[:, : lat_tokens.shape[1]], patch, tuple(latent.shape))
 
 
 def rel(a, b) -> float:
@@ -117,7 +90,7 @@ def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
         return model(latent, p, **cond, **given)
 
     def alternative(p, given=grid):
-        return reference_at_base(model, latent, p, {**cond, **given, "text_len": args.text_len})
+        return reference_at_size(model, latent, p, {**cond, **given, "text_len": args.text_len})
 
     base = ours(2)
     row = {"tokens": {2: FLUX.tokens(shape, 2)}}
@@ -130,11 +103,11 @@ def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
         calls[str(p)] = (lambda p=p: ours(p))
         if name == "kontext":
             alt = alternative(p)
-            row[f"rel_l2_p{p}_reference_at_base"] = rel(alt, base)
+            row[f"rel_l2_p{p}_reference_at_size"] = rel(alt, base)
             row[f"rel_l2_p{p}_between_designs"] = rel(coarse, alt)
             row[f"reference_influence_p{p}"] = rel(ours(p, other), coarse)
-            row[f"reference_influence_p{p}_reference_at_base"] = rel(alternative(p, other), alt)
-            calls[f"{p}_reference_at_base"] = (lambda p=p: alternative(p))
+            row[f"reference_influence_p{p}_reference_at_size"] = rel(alternative(p, other), alt)
+            calls[f"{p}_reference_at_size"] = (lambda p=p: alternative(p))
     seconds = {k: [] for k in calls}
     for _ in range(args.rounds):  # interleaved: every form of the call once per round
         for key, fn in calls.items():
@@ -142,10 +115,9 @@ def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
     base_s = statistics.median(seconds["2"])
     row["speedup_vs_base"] = {k: round(base_s / statistics.median(v), 3) for k, v in seconds.items()}
     extra = FLUX.tokens(shape, 2) if name == "kontext" else 0
-    row["sequence"] = {str(p): FLUX.tokens(shape, p) * (2 if extra else 1) + args.text_len for p in [2, *sizes]}
+    row["sequence"] = {str(p): FLUX.tokens(shape, p) + args.text_len + extra for p in [2, *sizes]}
     if name == "kontext":
-        row["sequence"].update({f"{p}_reference_at_base": FLUX.tokens(shape, p) + args.text_len + extra
-                                for p in sizes})
+        row["sequence"].update({f"{p}_reference_at_size": 2 * FLUX.tokens(shape, p) + args.text_len for p in sizes})
     return row
 
 
