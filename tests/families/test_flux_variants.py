@@ -97,3 +97,20 @@ def test_kontext_with_extra_channels_is_refused(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
     with pytest.raises(ModelLoadError, match="FluxKontextPipeline with in_channels=128"):
         FLUX.load(str(folder))
+
+
+def test_kontext_reference_tokens_keep_their_base_embedding_at_every_size():
+    """Base 2x2 patches upsampled into size P's feature space: the PI-resized embedding of an untrained size
+    embeds them exactly as the base embedding does (the reference keeps its base resolution)."""
+    model = DDiTModel(FLUX, tiny_transformer("kontext"), (2, 4, 8)).eval()
+    reference = torch.randn(SHAPE)
+    base = model.transformer.x_embedder(FLUX.pack(reference, 2))
+    for p in (4, 8):
+        tokens = FLUX.reference_tokens(FLUX.pad(reference, p), p)
+        assert tokens.shape[1] == FLUX.tokens(FLUX.padded_shape(SHAPE, p), 2)  # base-size token count (padded)
+        embedded = model.extra[str(p)].embed(tokens)
+        if p == 4:  # no padding at 4: every token compares
+            assert torch.allclose(embedded, base, atol=1e-5)
+        else:  # padded columns 12 -> 16: the grid's own tokens compare (row-major, 6 of 8 per row)
+            grid = embedded.reshape(1, 4, 8, -1)[:, :, :6].reshape(1, 24, -1)
+            assert torch.allclose(grid, base, atol=1e-5)
