@@ -216,8 +216,8 @@ class Family:
                 f"{path} holds neither a diffusers pipeline (transformer/config.json) nor a transformer "
                 "(config.json); point --model at the folder written by save_pretrained"
             )
-        if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-            # not a hub id (org/name): a path that is missing from here; a relative one is relative to this folder
+        if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+            # not a hub id ([org/]name): a path missing from here; a relative one is relative to this folder
             where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
             raise ModelLoadError(f"model path {model} does not exist or is not a folder{where}; "
                                  "pass the model folder's absolute path")
