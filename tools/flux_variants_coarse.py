@@ -5,8 +5,8 @@ For each variant (FLUX.1-dev, Depth/Canny, Fill, Kontext) at FLUX.1's real width
 (relative L2) on a smooth latent and smooth conditioning (bilinearly upsampled noise: PI-resize is exact on
 smooth inputs, so the difference is what the untrained size itself adds). Kontext is measured two ways:
 (its "reference influence" = the relative change of the prediction when only the reference changes)
-the reference tokens kept at the base size (what the engines do) and packed at the step's size like the
-latent (the alternative). Timings: the eager forward at base vs P, interleaved, median of --rounds.
+the reference tokens packed at the step's size like the latent (the engines' default) and kept at the base
+size (`--kontext-reference base`). Timings: the eager forward at base vs P, interleaved, median of --rounds.
 
     python tools/flux_variants_coarse.py --pixels 512 --rounds 5
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ddit_export.ddit.model import DDiTModel
-from ddit_export.families.flux import FLUX, FLUX_MEDIUM_CONFIG, KONTEXT_PIPELINE
+from ddit_export.families.flux import FLUX, FLUX_MEDIUM_CONFIG, KONTEXT_PIPELINE, REFERENCE_SIZE_KEY
 
 VARIANTS = {
     "dev": dict(FLUX_MEDIUM_CONFIG),
@@ -37,21 +37,6 @@ def smooth(shape, seed: int, factor: int = 8) -> torch.Tensor:
     *lead, h, w = shape
     coarse = torch.randn((*lead, h // factor, w // factor), generator=gen)
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def reference_at_size(model: DDiTModel, latent, patch: int, cond: dict) -> torch.Tensor:
-    """Kontext at `patch` with the reference tokens packed at `patch` too (the alternative design)."""
-    t = model.transformer
-    ref = FLUX.pad(cond["reference_latent"], patch)
-    with model.patch_size(patch):
-        lat_tokens = FLUX.pack(latent, patch)
-        hidden = torch.cat([lat_tokens, FLUX.pack(ref, patch)], dim=1)
-        ids = torch.cat([FLUX.image_ids(patch, latent.shape), FLUX.reference_ids(patch, ref.shape)])
-        out = t(hidden_states=hidden, encoder_hidden_states=cond["encoder_hidden_states"],
-                pooled_projections=cond["pooled_projections"], timestep=cond["timestep"],
-                guidance=cond["guidance"], img_ids=ids.float(), txt_ids=torch.zeros(cond["text_len"], 3),
-                return_dict=False)[0]
-    return FLUX.unpack(out[:, : lat_tokens.shape[1]], patch, tuple(latent.shape))
 
 
 def rel(a, b) -> float:
@@ -89,8 +74,12 @@ def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
     def ours(p, given=grid):
         return model(latent, p, **cond, **given)
 
-    def alternative(p, given=grid):
-        return reference_at_size(model, latent, p, {**cond, **given, "text_len": args.text_len})
+    def alternative(p, given=grid):  # the same model with the reference tokens kept at the base size
+        transformer.register_to_config(**{REFERENCE_SIZE_KEY: "base"})
+        try:
+            return model(latent, p, **cond, **given)
+        finally:
+            transformer.register_to_config(**{REFERENCE_SIZE_KEY: "step"})
 
     base = ours(2)
     row = {"tokens": {2: FLUX.tokens(shape, 2)}}
@@ -103,11 +92,11 @@ def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
         calls[str(p)] = (lambda p=p: ours(p))
         if name == "kontext":
             alt = alternative(p)
-            row[f"rel_l2_p{p}_reference_at_size"] = rel(alt, base)
+            row[f"rel_l2_p{p}_reference_at_base"] = rel(alt, base)
             row[f"rel_l2_p{p}_between_designs"] = rel(coarse, alt)
             row[f"reference_influence_p{p}"] = rel(ours(p, other), coarse)
-            row[f"reference_influence_p{p}_reference_at_size"] = rel(alternative(p, other), alt)
-            calls[f"{p}_reference_at_size"] = (lambda p=p: alternative(p))
+            row[f"reference_influence_p{p}_reference_at_base"] = rel(alternative(p, other), alt)
+            calls[f"{p}_reference_at_base"] = (lambda p=p: alternative(p))
     seconds = {k: [] for k in calls}
     for _ in range(args.rounds):  # interleaved: every form of the call once per round
         for key, fn in calls.items():
@@ -115,9 +104,10 @@ def measure(name: str, config: dict, args, sizes: list[int], shape) -> dict:
     base_s = statistics.median(seconds["2"])
     row["speedup_vs_base"] = {k: round(base_s / statistics.median(v), 3) for k, v in seconds.items()}
     extra = FLUX.tokens(shape, 2) if name == "kontext" else 0
-    row["sequence"] = {str(p): FLUX.tokens(shape, p) + args.text_len + extra for p in [2, *sizes]}
+    row["sequence"] = {str(p): FLUX.tokens(shape, p) * (2 if extra else 1) + args.text_len for p in [2, *sizes]}
     if name == "kontext":
-        row["sequence"].update({f"{p}_reference_at_size": 2 * FLUX.tokens(shape, p) + args.text_len for p in sizes})
+        row["sequence"].update({f"{p}_reference_at_base": FLUX.tokens(shape, p) + args.text_len + extra
+                                for p in sizes})
     return row
 
 

@@ -81,6 +81,10 @@ class Family:
             raise ModelLoadError(f"the model's transformer is a {name}; `ddit-export {self.name}` exports "
                                  f"{expected} models")
 
+    def apply_request(self, transformer, request: dict) -> None:
+        """Record export options that change the engines' graph in the model's config (FLUX: Kontext's
+        reference size); ``request`` is the export request's identity (a manifest's "request")."""
+
     def mark_pipeline(self, transformer, pipeline_class: str | None):
         """Record in the loaded model's config what its config alone does not say (FLUX: Kontext)."""
         return transformer

@@ -114,3 +114,27 @@ def test_kontext_reference_tokens_keep_their_base_embedding_at_every_size():
         else:  # padded columns 12 -> 16: the grid's own tokens compare (row-major, 6 of 8 per row)
             grid = embedded.reshape(1, 4, 8, -1)[:, :, :6].reshape(1, 24, -1)
             assert torch.allclose(grid, base, atol=1e-5)
+
+
+def test_kontext_reference_size_is_an_export_choice_recorded_in_the_config():
+    """"step" (default) packs the reference like the latent; "base" keeps its base tokens: same at the base size,
+    different sequences at coarse sizes, and the engine follows the eager model either way."""
+    latent, reference = torch.randn(SHAPE), torch.randn(SHAPE)
+    outputs = {}
+    for size in ("step", "base"):
+        transformer = tiny_transformer("kontext")
+        FLUX.apply_request(transformer, {"kontext_reference": size} if size == "base" else {})
+        model = DDiTModel(FLUX, transformer, (2, 4)).eval()
+        cond = conditioning(transformer)
+        assert model.config["_ddit_reference_size"] == size
+        with torch.no_grad():
+            engine = build_engine(model, 4, SHAPE, TEXT_LEN)
+            assert engine.transformer.config["_ddit_reference_size"] == size  # survives the merge
+            outputs[size] = {p: model(latent, p, **cond, reference_latent=reference) for p in (2, 4)}
+            assert torch.allclose(engine(latent, **cond, reference_latent=reference), outputs[size][4], atol=1e-5)
+        tokens = engine.transformer.pos_embed.cos.shape[0] - TEXT_LEN
+        assert tokens == FLUX.tokens(SHAPE, 4) + FLUX.tokens(SHAPE, 4 if size == "step" else 2)
+    assert torch.equal(outputs["step"][2], outputs["base"][2])
+    assert not torch.allclose(outputs["step"][4], outputs["base"][4])
+    with pytest.raises(ValueError, match="--kontext-reference applies to FLUX.1-Kontext models"):
+        FLUX.apply_request(tiny_transformer("control"), {"kontext_reference": "base"})
