@@ -42,9 +42,10 @@ def test_fill_engines_inpaint_an_image_with_the_folders_vae(flux_variant_engines
 
 
 def test_image_flags_that_do_not_fit_are_refused_in_one_line(flux_variant_engines, tiny_flux_engines, images,
-                                                             tmp_path, cli):
+                                                             tmp_path, cli, capsys):
     image, mask = images
     fill, kontext = flux_variant_engines("fill"), flux_variant_engines("kontext")
+    capsys.readouterr()  # the fixtures' progress output
     cases = [
         ([tiny_flux_engines, "--image", image], "--image does not apply to these engines (FluxPipeline model)"),
         ([kontext, "--image", image, "--mask", mask], "--mask does not apply to these engines (FluxKontextPipeline"),
