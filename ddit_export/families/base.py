@@ -225,6 +225,7 @@ class Family:
             where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
             raise ModelLoadError(f"model path {model} does not exist or is not a folder{where}; "
                                  "pass the model folder's absolute path")
+        pipeline_class = self._check_cached(model)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # hub deprecation chatter; the outcome is reported below
@@ -236,7 +237,25 @@ class Family:
                 f"Face cache (no hub access at run time): download it beforehand, e.g. `hf download {model}`, "
                 f"pass a folder, or try the offline preset `--model tiny` ({type(err).__name__})"
             ) from None
-        return self.mark_pipeline(built, None)
+        return self.mark_pipeline(built, pipeline_class)
+
+    def _check_cached(self, model: str) -> str | None:
+        """A cached hub model's config checked before its weights load; its pipeline class (Kontext) returned."""
+        from huggingface_hub import try_to_load_from_cache
+
+        def cached(name: str) -> dict | None:
+            try:
+                found = try_to_load_from_cache(model, name)
+            except ValueError:  # not a valid repo id: from_pretrained below says what is wrong
+                return None
+            return read_config(Path(found)) if isinstance(found, str) else None
+
+        config = cached("transformer/config.json")
+        index = cached("model_index.json")
+        pipeline_class = index.get("_class_name") if index else None
+        if config is not None:
+            self.check_config(config, pipeline_class)
+        return pipeline_class
 
     @staticmethod
     def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype,

@@ -84,6 +84,11 @@ def build_model(config: TrainConfig, device) -> LoadedModel:
     otherwise). `config` is not changed; what the load learned (latent channels, ...) is in the result."""
     loaded = load_ddit_model(config.family_obj, config.model, config.patch_sizes, config.init_adapters,
                              dtype=config.torch_dtype, lora_rank=config.lora_rank)
+    grid = [name for name, _ in config.family_obj.grid_specs(loaded.model.config, (1, 1, 2, 2))]
+    if grid:  # the teacher trajectories and the sample sets carry no control image, mask or reference
+        raise ValueError(f"training DDiT adapters for models with conditioning on the latent grid ({', '.join(grid)}"
+                         ": FLUX Depth/Canny, Fill, Kontext) is not supported yet; export them untrained "
+                         "(docs/variants.md)")
     loaded.model.train().to(device)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(loaded.model.transformer)

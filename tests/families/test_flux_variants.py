@@ -138,3 +138,16 @@ def test_kontext_reference_size_is_an_export_choice_recorded_in_the_config():
     assert not torch.allclose(outputs["step"][4], outputs["base"][4])
     with pytest.raises(ValueError, match="--kontext-reference applies to FLUX.1-Kontext models"):
         FLUX.apply_request(tiny_transformer("control"), {"kontext_reference": "base"})
+
+
+def test_a_cached_hub_model_is_checked_from_its_config_before_loading(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--me--odd-flux" / "snapshots" / "abc"
+    (snapshot / "transformer").mkdir(parents=True)
+    (tmp_path / "models--me--odd-flux" / "refs").mkdir()
+    (tmp_path / "models--me--odd-flux" / "refs" / "main").write_text("abc")
+    (snapshot / "transformer" / "config.json").write_text(json.dumps(dict(CONFIGS["fill"], in_channels=200)))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="in_channels=200, out_channels=64 is not a FLUX layout"):
+        FLUX.load("me/odd-flux")
