@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ddit_export.artifacts.manifest import read_manifest
 from ddit_export.cli import main
+from ddit_export.pipelines.registry import make_conditioning
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -33,6 +35,8 @@ def test_fill_engines_inpaint_an_image_with_the_folders_vae(flux_variant_engines
     assert trace["conditioning"].startswith("text encoders of ")
     assert f"condition_latent from {image} through the folder's VAE" in trace["conditioning"]
     assert Image.open(out / "image.png").size == (64, 64)
+    manifest = read_manifest(flux_variant_engines("fill"))
+    assert make_conditioning(manifest, "a", image=str(image), mask=str(mask)).guidance == 30.0  # the stock default
     # Another mask changes the result (the mask reaches the engines).
     Image.fromarray(np.full((64, 64), 255, dtype=np.uint8)).save(tmp_path / "all.png")
     assert main(["generate", str(flux_variant_engines("fill")), "--steps", "3", "--image", str(image),
