@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--adapters", help="adapter pack folder from `ddit-export train` (default: untrained DDiT modules)")
     p.add_argument("--height", type=argtypes.pixels, help=f"pixels (default {h}; {small})")
     p.add_argument("--width", type=argtypes.pixels, help=f"pixels (default {w})")
+    if family == "flux":
+        p.add_argument("--kontext-reference", choices=("step", "base"),
+                       help="FLUX.1-Kontext: reference-image tokens at a coarse step packed at the step's size "
+                            "(default: step) or kept at the base size (docs/variants.md)")
     if fam.frames:
         p.add_argument("--frames", type=argtypes.frames, help=f"video frames, 4k+1 (default {fam.frames})")
     p.add_argument("--batch", type=argtypes.batch,
@@ -63,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
                  "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
-                 "first_block_split", "variant")
+                 "first_block_split", "variant", "kontext_reference")
 
 
 def request_settings(args, family: str) -> dict:

@@ -164,7 +164,9 @@ def manifest_record(req: ExportRequest, model, adapters: dict, weights_sha: str,
 
 def load_for_export(req: ExportRequest, reporter: Reporter) -> tuple[ExportRequest, DDiTModel, dict]:
     """The request's model (`ddit.loading`), and the request completed with the model's latent channels."""
-    loaded = load_ddit_model(req.family_obj, req.model, req.patch_sizes, req.adapters, reporter.warn)
+    loaded = load_ddit_model(req.family_obj, req.model, req.patch_sizes, req.adapters, reporter.warn,
+                             variant=req.variant)
+    req.family_obj.apply_request(loaded.model.transformer, req.identity())
     return replace(req, latent_channels=loaded.latent_channels), loaded.model, loaded.adapters
 
 

@@ -51,6 +51,7 @@ class ExportRequest:
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
     layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
     first_block_split: bool = False  # staged, ONNX only: also block 0 and blocks 1..N as two graphs (--cache fbcache)
+    kontext_reference: str = "step"  # FLUX.1-Kontext: reference tokens at the step's size or the "base" size
     variant: str | None = None  # diffusers weights variant to load (e.g. fp16: *.fp16.safetensors); None: plain files
 
     def __post_init__(self):
@@ -154,6 +155,8 @@ class ExportRequest:
             identity["first_block_split"] = True
         if self.variant:  # folders without one keep their identity
             identity["variant"] = self.variant
+        if self.kontext_reference != "step":
+            identity["kontext_reference"] = self.kontext_reference
         return identity
 
     def check_out_writable(self) -> None:

@@ -85,6 +85,10 @@ class Family:
         """A model of two experts switched by timestep (Wan 2.2 A14B): how, as the manifest's `experts`; else None."""
         return None
 
+    def apply_request(self, transformer, request: dict) -> None:
+        """Record export options that change the engines' graph in the model's config (FLUX: Kontext's
+        reference size); ``request`` is the export request's identity (a manifest's "request")."""
+
     def mark_pipeline(self, transformer, pipeline_class: str | None):
         """Record in the loaded model's config what its config alone does not say (FLUX: Kontext)."""
         return transformer
@@ -220,11 +224,12 @@ class Family:
                 f"{path} holds neither a diffusers pipeline (transformer/config.json) nor a transformer "
                 "(config.json); point --model at the folder written by save_pretrained"
             )
-        if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-            # not a hub id (org/name): a path that is missing from here; a relative one is relative to this folder
+        if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+            # not a hub id ([org/]name): a path missing from here; a relative one is relative to this folder
             where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
             raise ModelLoadError(f"model path {model} does not exist or is not a folder{where}; "
                                  "pass the model folder's absolute path")
+        pipeline_class = self._check_cached(model)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # hub deprecation chatter; the outcome is reported below
@@ -236,7 +241,25 @@ class Family:
                 f"Face cache (no hub access at run time): download it beforehand, e.g. `hf download {model}`, "
                 f"pass a folder, or try the offline preset `--model tiny` ({type(err).__name__})"
             ) from None
-        return self.mark_pipeline(built, None)
+        return self.mark_pipeline(built, pipeline_class)
+
+    def _check_cached(self, model: str) -> str | None:
+        """A cached hub model's config checked before its weights load; its pipeline class (Kontext) returned."""
+        from huggingface_hub import try_to_load_from_cache
+
+        def cached(name: str) -> dict | None:
+            try:
+                found = try_to_load_from_cache(model, name)
+            except ValueError:  # not a valid repo id: from_pretrained below says what is wrong
+                return None
+            return read_config(Path(found)) if isinstance(found, str) else None
+
+        config = cached("transformer/config.json")
+        index = cached("model_index.json")
+        pipeline_class = index.get("_class_name") if index else None
+        if config is not None:
+            self.check_config(config, pipeline_class)
+        return pipeline_class
 
     @staticmethod
     def _load_folder(cls, path: Path, folder: Path, subfolder: str | None, dtype: torch.dtype,

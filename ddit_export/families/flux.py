@@ -9,7 +9,8 @@ latent grid (`in_channels` > `out_channels`); the engines take it as one more gr
 `condition_latent`, concatenated with the latent on the channel axis before packing, which is exactly
 the stock pipelines' token-feature concatenation. FLUX.1-Kontext appends reference-image tokens to the
 sequence (RoPE ids with first coordinate 1); the engines take the reference latent as
-`reference_latent` and pack it at the step's patch size, like the latent.
+`reference_latent` and pack it at the step's size like the latent (default) or keep its tokens at the
+base size at every step (`--kontext-reference base`, `reference_tokens`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..ddit import staged_flux
 from ..ddit.modules import PatchEmbed, linear_from
-from ..ddit.resize import pi_resize_embedding, upsampled_deembedding
+from ..ddit.resize import bilinear_upsample_matrix, pi_resize_embedding, upsampled_deembedding
 from .base import Family, ModelLoadError, TensorSpecLike
 from .defaults import FAMILY_DEFAULTS
 
@@ -51,6 +52,11 @@ KONTEXT_PIPELINE = "FluxKontextPipeline"
 KONTEXT_KEY = "_ddit_pipeline"
 CONDITION_LATENT = "condition_latent"  # Control: the control image's latent; Fill: masked-image latent + mask
 REFERENCE_LATENT = "reference_latent"  # Kontext: the reference image's latent (the output's grid)
+# Kontext: where the reference tokens live at a coarse step (export --kontext-reference; docs/variants.md):
+# "step" packs them at the step's size like the latent, "base" keeps them at the base size. Recorded in the
+# config (and so in the manifest) under this key.
+REFERENCE_SIZE_KEY = "_ddit_reference_size"
+REFERENCE_SIZES = ("step", "base")
 
 
 def _config_value(config, key: str, default=None):
@@ -68,6 +74,11 @@ def condition_channels(config) -> int:
 def has_reference(config) -> bool:
     """Whether the model is FLUX.1-Kontext (reference-image tokens appended to the sequence)."""
     return _config_value(config, KONTEXT_KEY) == KONTEXT_PIPELINE
+
+
+def reference_size(config) -> str:
+    """Kontext's reference token size at coarse steps: "step" (default) or "base"."""
+    return _config_value(config, REFERENCE_SIZE_KEY) or "step"
 
 
 def variant_of(config) -> str:
@@ -141,6 +152,17 @@ class FluxFamily(Family):
             raise ModelLoadError(f"{KONTEXT_PIPELINE} with in_channels={inputs} != out_channels={outputs}: "
                                  "Kontext with extra grid channels is not supported")
 
+    def apply_request(self, transformer, request: dict) -> None:
+        """Kontext: record the request's reference token size (--kontext-reference) in the model's config."""
+        size = request.get("kontext_reference") or "step"
+        if size not in REFERENCE_SIZES:
+            raise ValueError(f"--kontext-reference must be one of {', '.join(REFERENCE_SIZES)} (got {size})")
+        if has_reference(transformer.config):
+            transformer.register_to_config(**{REFERENCE_SIZE_KEY: size})
+        elif size != "step":
+            raise ValueError("--kontext-reference applies to FLUX.1-Kontext models (a pipeline folder whose "
+                             "model_index.json names FluxKontextPipeline); drop it")
+
     def mark_pipeline(self, transformer, pipeline_class: str | None):
         """Record a Kontext model in its config (its transformer config is FLUX.1-dev's)."""
         if pipeline_class == KONTEXT_PIPELINE:
@@ -175,6 +197,22 @@ class FluxFamily(Family):
         ids[:, 0] = 1
         return ids
 
+    def reference_tokens(self, reference: torch.Tensor, patch: int) -> torch.Tensor:
+        """Kontext's reference as base-size tokens in the feature space of size `patch`'s embedding.
+
+        Each base 2x2 patch is bilinearly upsampled to P x P (the matrix B of ddit/resize.py). The size's
+        PI-resized embedding satisfies W_P (B x) = W_p x, so an untrained size embeds every reference token
+        exactly as the base model does: the reference keeps its base resolution and its own token set, the
+        latent alone gets coarser, and one embedding (one engine signature) serves both.
+        """
+        tokens = self.pack(reference, self.base_patch)
+        if patch == self.base_patch:
+            return tokens
+        b, n, f = tokens.shape
+        up = bilinear_upsample_matrix(self.base_patch, patch).to(tokens.dtype)  # P*P x p*p
+        per_channel = tokens.reshape(b, n, f // self.base_patch**2, self.base_patch**2)
+        return (per_channel @ up.T.to(tokens.device)).reshape(b, n, -1)
+
     def grid_specs(self, config, latent_shape) -> list[TensorSpecLike]:
         """Engine inputs on the latent's grid: Control/Fill's conditioning channels, Kontext's reference."""
         b, _, h, w = latent_shape
@@ -208,10 +246,13 @@ class FluxFamily(Family):
         hidden = self.pack(grid, patch)
         tokens = hidden.shape[1]
         if conditioning.get(REFERENCE_LATENT) is not None:
-            # Kontext: the reference tokens follow the latent's, packed at the same size (docs/variants.md).
+            # Kontext: the reference tokens follow the latent's, at the step's size or the base size
+            # (docs/variants.md), padded like the latent so the engine's folded RoPE covers them.
             reference = self.pad(conditioning[REFERENCE_LATENT], patch).to(latent.dtype)
-            hidden = torch.cat([hidden, self.pack(reference, patch)], dim=1)
-            img_ids = torch.cat([img_ids, self.reference_ids(patch, tuple(reference.shape))])
+            at = patch if reference_size(transformer.config) == "step" else self.base_patch
+            tokens_of = self.pack(reference, patch) if at == patch else self.reference_tokens(reference, patch)
+            hidden = torch.cat([hidden, tokens_of], dim=1)
+            img_ids = torch.cat([img_ids, self.reference_ids(at, tuple(reference.shape))])
         img_ids = img_ids.to(latent.device, torch.float32)
         out = transformer(
             hidden_states=hidden,
@@ -241,8 +282,9 @@ class FluxFamily(Family):
 
     def rope_tables(self, transformer, patch: int, latent_shape, text_len: int):
         parts = [self.text_ids(text_len), self.image_ids(patch, latent_shape)]
-        if has_reference(transformer.config):  # the reference grid is the latent's (grid_specs)
-            parts.append(self.reference_ids(patch, latent_shape))
+        if has_reference(transformer.config):  # the reference: the latent's (padded) grid
+            at = patch if reference_size(transformer.config) == "step" else self.base_patch
+            parts.append(self.reference_ids(at, latent_shape))
         ids = torch.cat(parts).float()
         return getattr(transformer, self.rope_name)(ids)
 

@@ -62,6 +62,7 @@ def flux_timesteps(sampler, steps: int, image_seq_len: int, device) -> torch.Ten
 
 
 DEFAULT_GUIDANCE = 3.5  # FLUX-dev's embedded guidance, when the engines take a guidance input
+FILL_GUIDANCE = 30.0  # FluxFillPipeline's default guidance_scale
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")  # CLIP + T5
 
 
@@ -192,7 +193,10 @@ def _text_conditioning(manifest: dict, io: IOSpec, prompt: str, guidance: float 
         if prompt in CLASS_NAMES:  # a class name -> the demo's class table; other text stays synthetic
             return demo_conditioning(prompt, batch=next(t.shape[0] for t in io.inputs if t.name == "latent"))
     if guidance is None and "guidance" in io.input_names:
-        guidance = DEFAULT_GUIDANCE
+        from ..families.flux import variant_of
+
+        # the stock pipeline's default: FluxFillPipeline's is 30, the others' 3.5
+        guidance = FILL_GUIDANCE if variant_of(manifest["model"]["config"]) == "FluxFillPipeline" else DEFAULT_GUIDANCE
     folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
     if folder is not None:
         return encoded_conditioning(folder, prompt, io, guidance, device, weights_variant(manifest))

@@ -84,13 +84,11 @@ def build_model(config: TrainConfig, device) -> LoadedModel:
     otherwise). `config` is not changed; what the load learned (latent channels, ...) is in the result."""
     loaded = load_ddit_model(config.family_obj, config.model, config.patch_sizes, config.init_adapters,
                              dtype=config.torch_dtype, lora_rank=config.lora_rank)
-    fam, model_config = config.family_obj, loaded.model.config
-    # The teachers sample text-to-image/video: image conditioning (FLUX Control/Fill/Kontext, Wan I2V) has no source.
-    image_inputs = [n for n, _ in fam.grid_specs(model_config, config.latent_shape(loaded.latent_channels))]
-    image_inputs += [n for n, _ in fam.condition_specs(model_config, 1, 1) if n == "encoder_hidden_states_image"]
-    if image_inputs:
-        raise ValueError(f"train does not distil models with image conditioning yet ({', '.join(image_inputs)} of "
-                         f"{config.model}); export it with untrained sizes, or train a text-to-image/video model")
+    grid = [name for name, _ in config.family_obj.grid_specs(loaded.model.config, (1, 1, 2, 2))]
+    if grid:  # the teacher trajectories and the sample sets carry no control image, mask or reference
+        raise ValueError(f"training DDiT adapters for models with conditioning on the latent grid ({', '.join(grid)}"
+                         ": FLUX Depth/Canny, Fill, Kontext, Wan I2V) is not supported yet; export them untrained "
+                         "(docs/variants.md)")
     loaded.model.train().to(device)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(loaded.model.transformer)

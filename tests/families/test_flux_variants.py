@@ -97,3 +97,57 @@ def test_kontext_with_extra_channels_is_refused(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
     with pytest.raises(ModelLoadError, match="FluxKontextPipeline with in_channels=128"):
         FLUX.load(str(folder))
+
+
+def test_kontext_reference_tokens_keep_their_base_embedding_at_every_size():
+    """Base 2x2 patches upsampled into size P's feature space: the PI-resized embedding of an untrained size
+    embeds them exactly as the base embedding does (the reference keeps its base resolution)."""
+    model = DDiTModel(FLUX, tiny_transformer("kontext"), (2, 4, 8)).eval()
+    reference = torch.randn(SHAPE)
+    base = model.transformer.x_embedder(FLUX.pack(reference, 2))
+    for p in (4, 8):
+        tokens = FLUX.reference_tokens(FLUX.pad(reference, p), p)
+        assert tokens.shape[1] == FLUX.tokens(FLUX.padded_shape(SHAPE, p), 2)  # base-size token count (padded)
+        embedded = model.extra[str(p)].embed(tokens)
+        if p == 4:  # no padding at 4: every token compares
+            assert torch.allclose(embedded, base, atol=1e-5)
+        else:  # padded columns 12 -> 16: the grid's own tokens compare (row-major, 6 of 8 per row)
+            grid = embedded.reshape(1, 4, 8, -1)[:, :, :6].reshape(1, 24, -1)
+            assert torch.allclose(grid, base, atol=1e-5)
+
+
+def test_kontext_reference_size_is_an_export_choice_recorded_in_the_config():
+    """"step" (default) packs the reference like the latent; "base" keeps its base tokens: same at the base size,
+    different sequences at coarse sizes, and the engine follows the eager model either way."""
+    latent, reference = torch.randn(SHAPE), torch.randn(SHAPE)
+    outputs = {}
+    for size in ("step", "base"):
+        transformer = tiny_transformer("kontext")
+        FLUX.apply_request(transformer, {"kontext_reference": size} if size == "base" else {})
+        model = DDiTModel(FLUX, transformer, (2, 4)).eval()
+        cond = conditioning(transformer)
+        assert model.config["_ddit_reference_size"] == size
+        with torch.no_grad():
+            engine = build_engine(model, 4, SHAPE, TEXT_LEN)
+            assert engine.transformer.config["_ddit_reference_size"] == size  # survives the merge
+            outputs[size] = {p: model(latent, p, **cond, reference_latent=reference) for p in (2, 4)}
+            assert torch.allclose(engine(latent, **cond, reference_latent=reference), outputs[size][4], atol=1e-5)
+        tokens = engine.transformer.pos_embed.cos.shape[0] - TEXT_LEN
+        assert tokens == FLUX.tokens(SHAPE, 4) + FLUX.tokens(SHAPE, 4 if size == "step" else 2)
+    assert torch.equal(outputs["step"][2], outputs["base"][2])
+    assert not torch.allclose(outputs["step"][4], outputs["base"][4])
+    with pytest.raises(ValueError, match="--kontext-reference applies to FLUX.1-Kontext models"):
+        FLUX.apply_request(tiny_transformer("control"), {"kontext_reference": "base"})
+
+
+def test_a_cached_hub_model_is_checked_from_its_config_before_loading(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--me--odd-flux" / "snapshots" / "abc"
+    (snapshot / "transformer").mkdir(parents=True)
+    (tmp_path / "models--me--odd-flux" / "refs").mkdir()
+    (tmp_path / "models--me--odd-flux" / "refs" / "main").write_text("abc")
+    (snapshot / "transformer" / "config.json").write_text(json.dumps(dict(CONFIGS["fill"], in_channels=200)))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="in_channels=200, out_channels=64 is not a FLUX layout"):
+        FLUX.load("me/odd-flux")

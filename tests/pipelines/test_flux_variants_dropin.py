@@ -34,7 +34,7 @@ def picture(seed: int, grey: bool = False) -> Image.Image:
 def image_arguments(name: str) -> dict:
     """The stock pipeline's image arguments for the variant."""
     return {"control": {"control_image": picture(1)}, "fill": {"image": picture(1), "mask_image": picture(2, True)},
-            "kontext": {"image": picture(1), "_auto_resize": False}}.get(name, {})
+            "kontext": {"image": picture(1), "_auto_resize": False, "max_area": HEIGHT * WIDTH}}.get(name, {})
 
 
 def stock(folder, name: str):

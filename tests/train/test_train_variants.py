@@ -11,5 +11,5 @@ def test_image_to_video_wan_is_refused_in_one_line(tmp_path, cli):
     cli.refuses("train", "wan", "--model", str(tmp_path / "i2v"), "--prompts", str(tmp_path / "prompts.txt"),
                 "--out", str(tmp_path / "out"), "--steps", "1", "--teacher-steps", "2", "--frames", "5",
                 "--height", "96", "--width", "160", "--text-len", "8",
-                naming=("image conditioning", "condition_latent", "encoder_hidden_states_image"))
+                naming=("condition_latent", "Wan I2V", "not supported yet"))
     assert not (tmp_path / "out" / "adapters.safetensors").exists()

@@ -51,6 +51,14 @@ from .validate import validate_chain, validate_trunk
 ORT_CHOICE = {"trunk": "dynamic-token-axis", "prepacking": True, "measured_in": "docs/staged.md"}
 
 
+class _HeldWarnings(Reporter):
+    def __init__(self):
+        self.texts = []
+
+    def warn(self, text: str) -> None:
+        self.texts.append(text)
+
+
 def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     req.check_out_writable()
@@ -60,11 +68,14 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
 
 def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = previous_manifest(req)
-    req, model, adapters = load_for_export(req, reporter)
+    held = _HeldWarnings()  # the untrained-sizes warning only once the model is known to fit the layout
+    req, model, adapters = load_for_export(req, held)
     grid = [name for name, _ in req.family_obj.grid_specs(model.config, req.latent_shape)]
     if grid:  # its embed part and trunk take the latent and text only (docs/variants.md)
         raise ExportInputError(f"the staged layout does not take conditioning on the latent grid yet ({', '.join(grid)}"
                                " of this model: FLUX Control/Fill/Kontext, Wan I2V); export it with --layout single")
+    for text in held.texts:
+        reporter.warn(text)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}

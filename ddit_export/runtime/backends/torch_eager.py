@@ -39,6 +39,7 @@ def load_manifest_model(manifest: Manifest) -> DDiTModel:
     family = family_by_name(manifest.family)
     variant = manifest.get("request", {}).get("variant")  # weights saved with e.g. variant="fp16"
     model = load_ddit_model(family, manifest.model_id, manifest.patch_sizes, adapters, variant=variant).model
+    family.apply_request(model.transformer, manifest.get("request", {}))  # as the export did
     actual = sha256_tensors(base_state_dict(model.transformer))  # as the export hashes it: base weights only
     expected = manifest["model"]["weights_sha256"]
     if actual != expected:
