@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files, write_text_atomic
+from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from ..util.devices import parse_device
 from . import argtypes
 from .arglists import add_cache_argument, add_schedule_arguments, comma_list, engine_folder, schedule_from_args
@@ -121,7 +121,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
     if args.json:
-        check_writable(Path(args.json).expanduser().parent, "--json's folder")
+        check_writable_file(Path(args.json).expanduser(), "--json")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
     notes: list[str] = []  # caveats stated beside the numbers

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files, write_text_atomic
+from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from . import argtypes
 from .arglists import comma_list, engine_folder
 from .bench_cmd import check_device
@@ -104,7 +104,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
     if args.json:
-        check_writable(Path(args.json).expanduser().parent, "--json's folder")
+        check_writable_file(Path(args.json).expanduser(), "--json")
 
     tokens = manifest.tokens
     total = len(taus) * len(rhos)

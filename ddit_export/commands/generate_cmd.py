@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from ..util.atomic import atomic_file, check_writable, staged_files
+from ..util.atomic import atomic_file, check_writable, check_writable_file, staged_files
 from ..util.devices import parse_device
 from . import argtypes
 from .arglists import add_cache_argument, add_schedule_arguments, engine_folder, patch_list, schedule_from_args
@@ -129,7 +130,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once
     if args.save_trajectory:
-        check_writable(Path(args.save_trajectory).expanduser().parent, "--save-trajectory's folder")
+        check_writable_file(Path(args.save_trajectory).expanduser(), "--save-trajectory")
 
     with get_backend(args.backend, folder, device=device) as backend:
         config = schedule_config(
@@ -153,7 +154,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
     trace = result.trace
-    with staged_files(out) as staging:  # every output or none: a full disk leaves no half-written folder
+    trajectory = Path(args.save_trajectory).expanduser() if args.save_trajectory else None
+    # every output or none: a full disk leaves no half-written folder, and no --out without its trajectory
+    with _trajectory_file(trajectory, result), staged_files(out) as staging:
         written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
         record = {
             "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest.dtype,
@@ -168,17 +171,29 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             **trace.to_json(),
         }
         (staging / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
-        written = [out / p.name for p in [*written, staging / "trace.json"]]
-    if args.save_trajectory:
-        import numpy as np
-
-        path = Path(args.save_trajectory).expanduser()
-        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
-            # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
-            np.savez(fh, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
-        written.append(path)
+        written = [out / p.name for p in [*written, staging / "trace.json"]] + ([trajectory] if trajectory else [])
     _print_summary(console, trace, written)
     return 0
+
+
+@contextmanager
+def _trajectory_file(path: Path | None, result):
+    """The --save-trajectory file: written on entry (before --out is committed), published on exit (after it),
+    so a trajectory that cannot be written leaves --out as it was."""
+    if path is None:
+        yield
+        return
+    import numpy as np
+
+    with atomic_file(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
+                np.savez(fh, latents=result.trajectory.float().cpu().numpy(),
+                         schedule=np.array(result.trace.schedule))
+        except OSError as err:  # a write through the handle names no file: name the one the user gave
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        yield
 
 
 def _wan_record(args, conditioning, result) -> dict:

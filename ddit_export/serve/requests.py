@@ -18,6 +18,7 @@ from ..runtime.schedule_spec import check_schedule, parse_schedule
 from ..util import limits
 
 MAX_BODY_BYTES = 64 * 1024  # a generate request is a few hundred bytes; anything larger is a mistake or abuse
+DRAIN_TIMEOUT_S = 20.0  # a stopping server's requests finish within this (Kubernetes' grace period is 30 s)
 MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
 OUTPUTS = ("png", "latent")
 FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "cache",
