@@ -28,6 +28,7 @@ from ..runtime.conditioning import (
 )
 from ..runtime.runner import DDiTRunner
 from ..runtime.scheduler import ScheduleConfig
+from ..util import limits
 from .base import GenerationResult, Pipeline, TeacherPipeline, initial_noise, save_latent, vae_folder
 from .flop_count import FLUX_MLP_RATIO, FLUX_TIME_FREQS, attention, lin, scaled
 
@@ -82,8 +83,7 @@ def generate_flux(
     ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer (got {steps!r})")
+    steps = limits.check_steps(steps)  # from Python too: a typo (steps=10**9) is refused before any allocation
     device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
     if latents is None:
         latent = initial_noise(shape, seed, device, dtype)

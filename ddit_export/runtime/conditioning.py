@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts.iospec import IOSpec
+from ..util import limits
 
 
 @dataclass
@@ -30,6 +31,10 @@ class Conditioning:
     guidance: float | None  # FLUX: embedded guidance; Wan: classifier-free guidance scale
     source: str  # human-readable: which encoder (or the synthetic rule) produced the embeddings
     negative_encoder_hidden_states: torch.Tensor | None = None  # Wan with CFG: the negative prompt's
+
+    def __post_init__(self):
+        if self.guidance is not None:  # NaN or infinite guidance would sample NaN latents without a word
+            self.guidance = limits.check_float(self.guidance, "guidance", low=0.0)
 
     @property
     def synthetic(self) -> bool:
