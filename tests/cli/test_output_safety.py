@@ -75,6 +75,19 @@ def test_sigterm_and_sigint_clean_up_like_a_failure(tmp_path, signum, code):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temp folder, no lock file, no --out
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_outside_the_command_still_exits_130_or_143(signum, code):
+    """The signal lands while `main` imports torch, before the command's own handler: Python used to end the
+    process by re-sending itself SIGINT (exit -2, the intermittent code seen under load)."""
+    probe = ("import os, time\nfrom ddit_export import cli\n"
+             f"cli.quiet_third_party = lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(30))\n"
+             "cli.entry_point()\n")
+    result = subprocess.run([sys.executable, "-c", probe, "inspect", "/nonexistent"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == code, result.stderr
+    assert result.stderr.strip() == ("interrupted" if code == 130 else "terminated"), result.stderr
+
+
 def test_concurrent_writers_to_one_out_are_serialised(tmp_path):
     out = tmp_path / "engines"
     first = start([*SMALL, "--out", out])
