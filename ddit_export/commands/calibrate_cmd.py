@@ -16,7 +16,7 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from . import argtypes
-from .arglists import comma_list, engine_folder
+from .arglists import add_backend_argument, comma_list, engine_folder
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 from .progress import Counted
@@ -28,7 +28,7 @@ DEFAULT_BUDGETS = {"psnr": 30.0, "ssim": 0.9, "image_psnr": 30.0, "image_ssim": 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
-    p.add_argument("--backend", default="onnx", help="engine runtime to calibrate on (default onnx)")
+    add_backend_argument(p, "engine runtime to calibrate on")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     p.add_argument("--seeds", default="0,1", help="comma list of noise seeds (default 0,1)")

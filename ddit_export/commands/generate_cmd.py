@@ -16,7 +16,6 @@ import argparse
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -24,13 +23,17 @@ from rich.table import Table
 from ..util.atomic import atomic_file, check_writable, check_writable_file, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, engine_folder, patch_list, schedule_from_args
+from .arglists import (
+    add_backend_argument,
+    add_cache_argument,
+    add_schedule_arguments,
+    engine_folder,
+    patch_list,
+    schedule_from_args,
+)
 from .errors import run_guarded
 from .progress import Counted
 from .prompts import DEFAULT_PROMPT
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_STEPS = 50
 
@@ -44,8 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=argtypes.steps, help="denoising steps (default 50, or the length of --schedule)")
     p.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's calibration)")
     p.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
-    p.add_argument("--backend", default="onnx",
-                   help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
+    add_backend_argument(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--static", type=argtypes.positive_int, metavar="P",
                    help="run every step at patch size P (no scheduling)")
@@ -87,7 +89,8 @@ def _checked_prompt(prompt: str | None, pipeline) -> str:
 
 
 def _check_args(args, manifest: dict):
-    """Everything that can be refused before loading engines; returns the device."""
+    """Everything that can be refused before loading engines and that argparse could not (it already bounded
+    each number, commands/argtypes.py); returns the device."""
     from ..pipelines.registry import FAMILY_PIPELINES, pipeline_for
     from ..runtime.backends import backend_class
 
@@ -107,16 +110,8 @@ def _check_args(args, manifest: dict):
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
         if value is not None and value not in sizes:
             raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1 (got {args.steps})")
-    if args.settle_steps is not None and args.settle_steps < 0:
-        raise ValueError(f"--settle-steps must be 0 or more (got {args.settle_steps})")
     if not 0 <= args.base_last_steps <= args.steps:
         raise ValueError(f"--base-last-steps must be between 0 and --steps ({args.steps}), got {args.base_last_steps}")
-    if args.tau is not None and not args.tau >= 0:
-        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
-    if args.rho is not None and not 0 < args.rho < 1:
-        raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
     return parse_device(args.device)
 
 

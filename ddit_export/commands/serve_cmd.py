@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..serve.requests import DRAIN_TIMEOUT_S
 from . import argtypes
-from .arglists import add_cache_argument, engine_folder
+from .arglists import add_backend_argument, add_cache_argument, engine_folder
 from .errors import run_guarded
 
 DEFAULT_MAX_BATCH = 8
@@ -48,7 +48,7 @@ def port_number(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder exported at batch 1 (holds manifest.json)")
-    p.add_argument("--backend", default="onnx", help="engine runtime in each replica (default onnx)")
+    add_backend_argument(p, "engine runtime in each replica")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=argtypes.positive_int, help="fixed number of replicas (default 1)")
     scale.add_argument("--autoscale", type=autoscale_range, metavar="MIN,MAX",

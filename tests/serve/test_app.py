@@ -147,7 +147,7 @@ def test_concurrent_requests_share_engine_calls_and_keep_their_results(server, s
 
 @pytest.mark.parametrize("body, raw, status, words", [
     ({"prompt": "purple blob", "seed": 0}, None, 422, "unknown prompt"),
-    ({"prompt": "red circle", "steps": 0}, None, 422, "'steps' must be from 1"),
+    ({"prompt": "red circle", "steps": 0}, None, 422, "'steps' must be an integer from 1"),
     ({"prompt": "red circle", "sizes": [2, 16]}, None, 422, "[16]"),
     ({"prompt_embeds_id": "nobody"}, None, 422, "unknown prompt_embeds_id"),
     (None, b'{"prompt": "red', 400, "not valid JSON"),
