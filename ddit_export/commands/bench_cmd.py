@@ -63,14 +63,7 @@ def check_device(name: str):
 
 
 def _check_args(args) -> None:
-    if args.iters < 1 or args.warmup < 0:
-        raise ValueError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
-    if args.steps < 1 or args.e2e_repeats < 1:
-        raise ValueError(f"--steps and --e2e-repeats must be >= 1 (got {args.steps}, {args.e2e_repeats})")
-    if args.tau is not None and not args.tau >= 0:
-        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
-    if args.rho is not None and not 0 < args.rho < 1:
-        raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
+    """What argparse could not check (it already bounded each number, commands/argtypes.py)."""
     args.fixed = schedule_from_args(args, args.steps)
     if getattr(args, "cache", None) is not None and args.no_e2e:
         raise ValueError("--cache compares end-to-end runs: drop --no-e2e")
