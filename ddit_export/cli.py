@@ -75,11 +75,17 @@ def main(argv: list[str] | None = None) -> int:
 def entry_point() -> None:
     """The `ddit-export` script (and `python -m ddit_export.cli`): `main`, then exit with its code.
 
-    An interrupted command has already cleaned up and printed its one line when `main` returns 130 / 143;
-    it then leaves at once (`os._exit`), skipping interpreter shutdown: under load an export was seen to
-    print its line and still die by SIGINT during shutdown (exit -2 instead of 130).
+    Exit 130 / 143 on Ctrl-C / SIGTERM wherever it lands. A KeyboardInterrupt that escapes to the interpreter
+    makes Python end the process by re-sending itself SIGINT (exit -2 instead of 130): that happened when the
+    signal landed outside a command's `run_guarded`, e.g. while `main` imports torch (`quiet_third_party`),
+    which the tests reproduce. An interrupted command has already cleaned up and printed its one line; it
+    then leaves at once (`os._exit`), skipping interpreter shutdown, where nothing is left to do.
     """
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt as signal:
+        code = 143 if isinstance(signal, stop.Terminated) else 130
+        print("terminated" if code == 143 else "interrupted", file=sys.stderr)
     if code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -22,6 +22,15 @@ def comma_list(text: str, flag: str, kind: type = int, check=None) -> list:
     return [check(v, flag) for v in values] if check else values
 
 
+def add_backend_argument(p, what: str = "engine runtime") -> None:
+    """`--backend NAME`, its names and its check from the backend registry (runtime/backend_names.py)."""
+    from ..runtime.backend_names import available_backends
+    from . import argtypes
+
+    p.add_argument("--backend", type=argtypes.backend, default="onnx", metavar="NAME",
+                   help=f"{what}: {' | '.join(available_backends())} (default onnx)")
+
+
 def add_schedule_arguments(p, steps_hint: str = "") -> None:
     """`--schedule SPEC` (a fixed schedule) and `--rule NAME` (the dynamic rule), the same on every command."""
     from ..runtime.rules import DEFAULT_RULE, RULES

@@ -36,6 +36,15 @@ finite_float = _argtype(limits.check_float, "number")
 positive_float = _argtype(partial(limits.check_float, low=0.0, low_open=True), "number")
 
 
+def backend(text: str) -> str:
+    """A backend name of the registry (runtime/backend_names.py: plain data, so parsing imports no torch)."""
+    from ..runtime.backend_names import BACKENDS, unknown_backend
+
+    if text not in BACKENDS:
+        raise argparse.ArgumentTypeError(unknown_backend(text))
+    return text
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse's errors as one line on stderr (exit 2), pointing at --help instead of a usage dump."""
 

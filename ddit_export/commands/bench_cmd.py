@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files, write_text_atomic
+from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from ..util.devices import parse_device
 from . import argtypes
 from .arglists import add_cache_argument, add_schedule_arguments, comma_list, engine_folder, schedule_from_args
@@ -63,14 +63,7 @@ def check_device(name: str):
 
 
 def _check_args(args) -> None:
-    if args.iters < 1 or args.warmup < 0:
-        raise ValueError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
-    if args.steps < 1 or args.e2e_repeats < 1:
-        raise ValueError(f"--steps and --e2e-repeats must be >= 1 (got {args.steps}, {args.e2e_repeats})")
-    if args.tau is not None and not args.tau >= 0:
-        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
-    if args.rho is not None and not 0 < args.rho < 1:
-        raise ValueError(f"--rho is a fraction in (0, 1) (got {args.rho})")
+    """What argparse could not check (it already bounded each number, commands/argtypes.py)."""
     args.fixed = schedule_from_args(args, args.steps)
     if getattr(args, "cache", None) is not None and args.no_e2e:
         raise ValueError("--cache compares end-to-end runs: drop --no-e2e")
@@ -121,7 +114,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"bench-{folder.resolve().name}"
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
     if args.json:
-        check_writable(Path(args.json).expanduser().parent, "--json's folder")
+        check_writable_file(Path(args.json).expanduser(), "--json")
 
     backends, skipped = load_backends(folder, manifest, names, device, console)
     notes: list[str] = []  # caveats stated beside the numbers

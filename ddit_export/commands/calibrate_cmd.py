@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.console import Console
 
 from ..util import limits
-from ..util.atomic import check_writable, staged_files, write_text_atomic
+from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from . import argtypes
-from .arglists import comma_list, engine_folder
+from .arglists import add_backend_argument, comma_list, engine_folder
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 from .progress import Counted
@@ -28,7 +28,7 @@ DEFAULT_BUDGETS = {"psnr": 30.0, "ssim": 0.9, "image_psnr": 30.0, "image_ssim": 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
-    p.add_argument("--backend", default="onnx", help="engine runtime to calibrate on (default onnx)")
+    add_backend_argument(p, "engine runtime to calibrate on")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     p.add_argument("--seeds", default="0,1", help="comma list of noise seeds (default 0,1)")
@@ -68,13 +68,7 @@ def _grid(args) -> tuple[list[float], list[float]]:
         taus = comma_list(args.taus, "--taus", float, check=limits.check_tau)
     else:
         taus = log_grid(args.tau_min, args.tau_max, args.tau_points)
-    if any(not t >= 0 for t in taus):
-        raise ValueError(f"tau values must be >= 0 (got {taus})")
-    rhos = comma_list(args.rhos, "--rhos", float)
-    if any(not 0 < r < 1 for r in rhos):
-        raise ValueError(f"--rhos are fractions in (0, 1) (got {rhos})")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1 (got {args.steps})")
+    rhos = comma_list(args.rhos, "--rhos", float, check=limits.check_rho)  # argparse bounded the other numbers
     return taus, rhos
 
 
@@ -104,7 +98,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
     if args.json:
-        check_writable(Path(args.json).expanduser().parent, "--json's folder")
+        check_writable_file(Path(args.json).expanduser(), "--json")
 
     tokens = manifest.tokens
     total = len(taus) * len(rhos)

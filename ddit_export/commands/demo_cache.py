@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..util.atomic import check_writable, write_text_atomic
+from ..util.atomic import check_writable, check_writable_file, write_text_atomic
 from .progress import Counted
 
 FIT_SEEDS = (5000, 5001)  # never sampled by the demo's evaluation (its seeds start at --seed, default 0)
@@ -61,7 +61,7 @@ def cache_demo_command(args, console) -> int:
     out = Path(args.out).expanduser()
     check_writable(out)
     if args.report:
-        check_writable(Path(args.report).expanduser().parent, "--report's folder")
+        check_writable_file(Path(args.report).expanduser(), "--report")
     started = time.perf_counter()
     console.print(f"exporting the demo engines (ONNX, CPU, --layout staged{' --first-block-split' if split else ''}; "
                   "reused when unchanged)")

@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from ..util.atomic import atomic_file, check_writable, staged_files
+from ..util.atomic import atomic_file, check_writable, check_writable_file, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, engine_folder, patch_list, schedule_from_args
+from .arglists import (
+    add_backend_argument,
+    add_cache_argument,
+    add_schedule_arguments,
+    engine_folder,
+    patch_list,
+    schedule_from_args,
+)
 from .errors import run_guarded
 from .progress import Counted
 from .prompts import DEFAULT_PROMPT
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_STEPS = 50
 
@@ -43,8 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=argtypes.steps, help="denoising steps (default 50, or the length of --schedule)")
     p.add_argument("--tau", type=argtypes.tau, help="scheduler threshold (default: the manifest's calibration)")
     p.add_argument("--rho", type=argtypes.rho, help="scheduler percentile as a fraction (default: the manifest's)")
-    p.add_argument("--backend", default="onnx",
-                   help="engine runtime: torch | torch-compile | onnx | aoti | trt (default onnx)")
+    add_backend_argument(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--static", type=argtypes.positive_int, metavar="P",
                    help="run every step at patch size P (no scheduling)")
@@ -92,7 +95,8 @@ def _checked_prompt(prompt: str | None, pipeline) -> str:
 
 
 def _check_args(args, manifest: dict):
-    """Everything that can be refused before loading engines; returns the device."""
+    """Everything that can be refused before loading engines and that argparse could not (it already bounded
+    each number, commands/argtypes.py); returns the device."""
     from ..pipelines.registry import FAMILY_PIPELINES, pipeline_for
     from ..runtime.backends import backend_class
 
@@ -113,16 +117,8 @@ def _check_args(args, manifest: dict):
     for flag, value in (("--static", args.static), ("--warmup-patch", args.warmup_patch)):
         if value is not None and value not in sizes:
             raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1 (got {args.steps})")
-    if args.settle_steps is not None and args.settle_steps < 0:
-        raise ValueError(f"--settle-steps must be 0 or more (got {args.settle_steps})")
     if not 0 <= args.base_last_steps <= args.steps:
         raise ValueError(f"--base-last-steps must be between 0 and --steps ({args.steps}), got {args.base_last_steps}")
-    if args.tau is not None and not args.tau >= 0:
-        raise ValueError(f"--tau must be >= 0 (got {args.tau})")
-    if args.rho is not None and not 0 < args.rho < 1:
-        raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
     return parse_device(args.device)
 
 
@@ -151,7 +147,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once
     if args.save_trajectory:
-        check_writable(Path(args.save_trajectory).expanduser().parent, "--save-trajectory's folder")
+        check_writable_file(Path(args.save_trajectory).expanduser(), "--save-trajectory")
 
     with get_backend(args.backend, folder, device=device) as backend:
         config = schedule_config(
@@ -177,7 +173,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             console.print(f"classifier-free guidance: {result.cfg} (scale {conditioning.guidance})")
 
     trace = result.trace
-    with staged_files(out) as staging:  # every output or none: a full disk leaves no half-written folder
+    trajectory = Path(args.save_trajectory).expanduser() if args.save_trajectory else None
+    # every output or none: a full disk leaves no half-written folder, and no --out without its trajectory
+    with _trajectory_file(trajectory, result), staged_files(out) as staging:
         written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
         record = {
             "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest.dtype,
@@ -193,15 +191,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             **trace.to_json(),
         }
         (staging / "trace.json").write_text(json.dumps(record, indent=1) + "\n")
-        written = [out / p.name for p in [*written, staging / "trace.json"]]
-    if args.save_trajectory:
-        import numpy as np
-
-        path = Path(args.save_trajectory).expanduser()
-        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
-            # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
-            np.savez(fh, latents=result.trajectory.float().cpu().numpy(), schedule=np.array(trace.schedule))
-        written.append(path)
+        written = [out / p.name for p in [*written, staging / "trace.json"]] + ([trajectory] if trajectory else [])
     _print_summary(console, trace, written)
     return 0
 
@@ -214,6 +204,26 @@ def _experts_record(manifest, result) -> dict:
     boundary = float(experts["boundary_timestep"])
     steps = ["transformer" if t >= boundary else experts["second"] for t in result.timesteps.float().cpu().tolist()]
     return {"boundary_timestep": boundary, "experts": steps}
+
+
+@contextmanager
+def _trajectory_file(path: Path | None, result):
+    """The --save-trajectory file: written on entry (before --out is committed), published on exit (after it),
+    so a trajectory that cannot be written leaves --out as it was."""
+    if path is None:
+        yield
+        return
+    import numpy as np
+
+    with atomic_file(path) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                # float32: numpy has no bfloat16, and a trajectory is for analysis, not for bit-exact replay.
+                np.savez(fh, latents=result.trajectory.float().cpu().numpy(),
+                         schedule=np.array(result.trace.schedule))
+        except OSError as err:  # a write through the handle names no file: name the one the user gave
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        yield
 
 
 def _wan_record(args, conditioning, result) -> dict:

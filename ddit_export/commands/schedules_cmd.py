@@ -18,7 +18,7 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import comma_list, engine_folder
+from .arglists import add_backend_argument, comma_list, engine_folder
 from .errors import run_guarded
 from .progress import Counted
 from .prompts import evaluation_hooks, prompts_for
@@ -26,7 +26,7 @@ from .prompts import evaluation_hooks, prompts_for
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
-    p.add_argument("--backend", default="onnx", help="engine runtime (default onnx)")
+    add_backend_argument(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--steps", type=argtypes.steps, default=28, help="denoising steps per image (default 28)")
     p.add_argument("--seeds", default="100,101,102,103",

@@ -1,7 +1,9 @@
 """`ddit-export serve`: the engines behind an HTTP API on Ray Serve (docs/serving.md).
 
 Starts a local Ray instance (or joins `--address`), runs the `DDiTServer` application and blocks
-until Ctrl-C / SIGTERM, then shuts Serve and Ray down. With `--max-batch B > 1` the engines are also
+until SIGTERM or Ctrl-C: then it drains (new requests get 503, those in flight finish, for at most
+`--drain-timeout` seconds), shuts Serve and Ray down and exits 0 (1 if requests had to be cut; a
+second signal stops at once). With `--max-batch B > 1` the engines are also
 exported at batch B (`ENGINE_DIR.batchB`, reused when unchanged) before Ray starts. `--write-config
 FILE` writes the Ray Serve config for `serve run` / `serve deploy` instead of serving.
 """
@@ -15,8 +17,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..serve.requests import DRAIN_TIMEOUT_S
 from . import argtypes
-from .arglists import add_cache_argument, engine_folder
+from .arglists import add_backend_argument, add_cache_argument, engine_folder
 from .errors import run_guarded
 
 DEFAULT_MAX_BATCH = 8
@@ -45,7 +48,7 @@ def port_number(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder exported at batch 1 (holds manifest.json)")
-    p.add_argument("--backend", default="onnx", help="engine runtime in each replica (default onnx)")
+    add_backend_argument(p, "engine runtime in each replica")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--replicas", type=argtypes.positive_int, help="fixed number of replicas (default 1)")
     scale.add_argument("--autoscale", type=autoscale_range, metavar="MIN,MAX",
@@ -65,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "runs each engine on one thread, more keeps its per-engine threading tuning)")
     p.add_argument("--gpus-per-replica", type=argtypes.non_negative_float,
                    help="GPUs each replica reserves (default 1 where CUDA exists, else 0)")
+    p.add_argument("--drain-timeout", type=argtypes.positive_float, default=DRAIN_TIMEOUT_S, metavar="SECONDS",
+                   help=f"on SIGTERM / Ctrl-C, how long requests in flight may finish before Serve stops "
+                        f"(default {DRAIN_TIMEOUT_S:g}; keep it under Kubernetes' terminationGracePeriodSeconds)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto) instead of starting one")
     p.add_argument("--metrics-port", type=port_number, help="Ray's Prometheus export port on this node")
     p.add_argument("--write-config", metavar="serve.yaml",
@@ -111,12 +117,9 @@ def _port_free(host: str, port: int) -> None:
 def serve_command(args: argparse.Namespace, console: Console) -> int:
     folder, manifest = _check(args)
     if args.write_config:  # before any export: a path that cannot be written is refused at once
-        from ..util.atomic import check_writable
+        from ..util.atomic import check_writable_file
 
-        config_path = Path(args.write_config).expanduser()
-        if config_path.is_dir():
-            raise ValueError(f"--write-config {config_path} is a folder; name the file, e.g. {config_path}/serve.yaml")
-        check_writable(config_path.parent, "--write-config's folder")
+        check_writable_file(Path(args.write_config).expanduser(), "--write-config")
     import torch
 
     from ..serve.batch_engines import batch_variant
@@ -136,7 +139,7 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
         batch_wait_ms=args.batch_wait_ms, host=args.host, port=args.port, replicas=args.replicas,
         autoscale=args.autoscale, num_cpus=args.cpus_per_replica, num_gpus=gpus,
         embeds_dir=Path(args.embeds_dir).expanduser() if args.embeds_dir else None, default_steps=args.steps,
-        default_cache=str(args.cache) if args.cache is not None else None,
+        default_cache=str(args.cache) if args.cache is not None else None, drain_timeout_s=args.drain_timeout,
     )
     if args.write_config:
         path = write_config(args.write_config, config)
@@ -151,6 +154,7 @@ def _serve(args, config: dict, console: Console) -> int:
     from ray import serve
 
     from ..serve.app import bind_app
+    from ..util import stop
 
     app_cfg = config["applications"][0]
     deployment = {k: v for k, v in app_cfg["deployments"][0].items() if k != "name"}
@@ -161,19 +165,50 @@ def _serve(args, config: dict, console: Console) -> int:
     if args.metrics_port:
         init["_metrics_export_port"] = args.metrics_port
     ray.init(**init, logging_level="ERROR", log_to_driver=False)
+    # ray.init put Ray's own SIGTERM handler in place of ours (a C++ stack dump, then abort: exit 134)
+    stop.install()
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(bind_app(app_cfg["args"], deployment), name=app_cfg["name"], route_prefix="/")
         url = f"http://{args.host}:{args.port}"
         console.print(f"serving {args.engine_dir} on {url} in {time.perf_counter() - started:.1f} s: "
-                      f"POST {url}/v1/generate, GET {url}/healthz (Ctrl-C stops)")
+                      f"POST {url}/v1/generate, GET {url}/healthz (SIGTERM or Ctrl-C drains and stops)")
         while True:
             time.sleep(1)
-    except KeyboardInterrupt:
-        console.print("stopping: Serve and Ray shut down")
-        return 0
+    except KeyboardInterrupt as signal:
+        return _drain(app_cfg["name"], args.drain_timeout, console,
+                      "SIGTERM" if isinstance(signal, stop.Terminated) else "Ctrl-C")
     finally:
         try:
-            serve.shutdown()
+            if args.address:  # the application would outlive us on a cluster we only joined
+                serve.shutdown()
         finally:
-            ray.shutdown()
+            ray.shutdown()  # the Ray instance we started ends with every process of it (~1 s)
+
+
+def _drain(app_name: str, timeout_s: float, console: Console, reason: str) -> int:
+    """New requests get 503 from now on; wait (at most `timeout_s`) for those in flight: 0 when none was cut."""
+    from ray import serve
+
+    started = time.perf_counter()
+    try:
+        ingress = serve.get_app_handle(app_name)
+        waiting = ingress.drain.remote().result(timeout_s=10)
+    except Exception as err:  # stopped while starting: no application to drain
+        console.print(f"{reason}: stopping (nothing to drain: {type(err).__name__})")
+        return 0
+    console.print(f"{reason}: draining {waiting} request(s) in flight for at most {timeout_s:g} s; "
+                  "new requests get 503")
+    deadline = started + timeout_s
+    while waiting and time.perf_counter() < deadline:
+        time.sleep(0.1)
+        try:
+            waiting = ingress.in_flight.remote().result(timeout_s=max(0.1, deadline - time.perf_counter()))
+        except Exception:  # the ingress did not answer in time: what it last said stands
+            break
+    seconds = time.perf_counter() - started
+    if waiting:
+        console.print(f"{waiting} request(s) still in flight after {seconds:.1f} s are cut: Serve and Ray shut down")
+        return 1
+    console.print(f"drained in {seconds:.1f} s: Serve and Ray shut down")
+    return 0

@@ -63,8 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                      help="constant (default) or cosine: 5%% warm-up, then decay to 10%% of --lr")
     opt.add_argument("--weight-decay", type=argtypes.non_negative_float, default=0.0)
-    opt.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16",
-                     help="frozen backbone dtype; bf16 runs under autocast with fp32 trained weights (default bf16)")
+    opt.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+                     help="frozen backbone dtype; bf16 runs under autocast with fp32 trained weights "
+                          "(default bf16 on a GPU, fp32 on a CPU)")
     opt.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations (less memory)")
     run_group = p.add_argument_group("run")
     run_group.add_argument("--checkpoint-every", type=argtypes.non_negative_int, default=500, metavar="N",

@@ -55,6 +55,9 @@ class Pipeline:
     teacher: TeacherPipeline  # how training samples teacher trajectories (as inference samples)
     text_encoder_folders: tuple[str, ...] = ()  # sub-folders a pipeline folder needs to encode prompts
     default_prompt: str | None = None  # what `generate` conditions on without --prompt (None: the CLI's)
+    # (backend, steps, seed) -> one request's sampler set-up, for serving requests in lock-step (serve/); None: the
+    # family's sampler loop is not served yet
+    lock_step_sampling: Callable | None = None
 
     def matches(self, manifest: dict) -> bool:
         """Whether this pipeline samples the engines ``manifest`` describes (family pipelines: by family)."""

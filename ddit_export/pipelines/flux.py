@@ -16,6 +16,7 @@ mask) on the latent grid: pipelines/flux_images.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..runtime.conditioning import (
 )
 from ..runtime.runner import DDiTRunner
 from ..runtime.scheduler import ScheduleConfig
+from ..util import limits
 from .base import GenerationResult, Pipeline, TeacherPipeline, initial_noise, save_latent, vae_folder
 from .flop_count import FLUX_MLP_RATIO, FLUX_TIME_FREQS, attention, lin, scaled
 
@@ -61,6 +63,37 @@ def flux_timesteps(sampler, steps: int, image_seq_len: int, device) -> torch.Ten
     return sampler.timesteps
 
 
+@dataclass
+class FluxSampling:
+    """One request's sampler set-up, as FluxPipeline makes it: `generate_flux` and lock-step serving
+    (serve/batched_runner.py) both start from it, so a served request is its solo run."""
+
+    steps: int
+    latent: torch.Tensor  # the seeded noise (or the given latents), in the engines' dtype on their device
+    sampler: object  # a fresh FlowMatchEulerDiscreteScheduler with FLUX's shifted schedule set
+    timesteps: torch.Tensor  # the sampler's, one per step
+    engine_timesteps: torch.Tensor  # steps x B: what the engines take (t in the latent dtype, / 1000)
+    sigmas: list[float]  # host floats for the scheduler, read once
+
+
+def flux_sampling(backend: Backend, steps: int, seed: int = 0, latents: torch.Tensor | None = None) -> FluxSampling:
+    steps = limits.check_steps(steps)  # from Python too: a typo (steps=10**9) is refused before any allocation
+    device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
+    if latents is None:
+        latent = initial_noise(shape, seed, device, dtype)
+    else:
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; the engines were built for {shape}")
+        latent = latents.to(device=device, dtype=dtype)
+    sampler = flux_teacher_sampler(backend.manifest.model_id)  # the folder's scheduler (schnell's has no shift)
+    base = backend.base_patch
+    timesteps = flux_timesteps(sampler, steps, (shape[-2] // base) * (shape[-1] // base), device)
+    # As FluxPipeline: t cast to the latent dtype, then / 1000. All steps' values made up front,
+    # so the loop only takes views.
+    engine_timesteps = (timesteps.to(dtype) / 1000).unsqueeze(1).expand(-1, shape[0]).contiguous()
+    return FluxSampling(steps, latent, sampler, timesteps, engine_timesteps, sampler.sigmas.tolist())
+
+
 DEFAULT_GUIDANCE = 3.5  # FLUX-dev's embedded guidance, when the engines take a guidance input
 FILL_GUIDANCE = 30.0  # FluxFillPipeline's default guidance_scale
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")  # CLIP + T5
@@ -85,27 +118,14 @@ def generate_flux(
     ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
     backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
     """
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer (got {steps!r})")
+    setup = flux_sampling(backend, steps, seed, latents)
     device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
-    if latents is None:
-        latent = initial_noise(shape, seed, device, dtype)
-    else:
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}; the engines were built for {shape}")
-        latent = latents.to(device=device, dtype=dtype)
-
-    sampler = flux_teacher_sampler(backend.manifest.model_id)  # the folder's scheduler (schnell's has no shift)
-    base = backend.base_patch
-    timesteps = flux_timesteps(sampler, steps, (shape[-2] // base) * (shape[-1] // base), device)
-    # As FluxPipeline: t cast to the latent dtype, then / 1000. All steps' values made up front,
-    # so the loop only takes views.
-    engine_timesteps = (timesteps.to(dtype) / 1000).unsqueeze(1).expand(-1, shape[0]).contiguous()
+    latent, sampler, timesteps, engine_timesteps = setup.latent, setup.sampler, setup.timesteps, setup.engine_timesteps
     static_inputs = conditioning.engine_inputs(backend.input_metadata, device, dtype)
 
-    trajectory = torch.empty((steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
-    runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
-    sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
+    trajectory = torch.empty((setup.steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
+    runner = DDiTRunner(backend, schedule, total_steps=setup.steps, cache=cache)
+    sigmas = setup.sigmas
     for i, t in enumerate(timesteps):
         if trajectory is not None:
             trajectory[i].copy_(latent)
@@ -114,7 +134,7 @@ def generate_flux(
         if on_step is not None:
             on_step(i, runner.decision.patch_size)
     if trajectory is not None:
-        trajectory[steps].copy_(latent)
+        trajectory[setup.steps].copy_(latent)
     return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps)
 
 
@@ -279,6 +299,7 @@ class Flux(Pipeline):
                               default_guidance=DEFAULT_GUIDANCE, default_steps=28,  # FluxPipeline's defaults
                               trains_on_images=True)
     text_encoder_folders = TEXT_ENCODER_FOLDERS
+    lock_step_sampling = staticmethod(flux_sampling)
 
     def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt="", image=None, mask=None,
                      seed=0):

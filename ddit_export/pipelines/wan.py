@@ -41,6 +41,7 @@ from ..runtime.backends.base import Backend
 from ..runtime.conditioning import Conditioning, pipeline_folder_with_text_encoders, prompt_seed
 from ..runtime.runner import DDiTRunner
 from ..runtime.scheduler import ScheduleConfig
+from ..util import limits
 from .base import GenerationResult, Pipeline, TeacherPipeline, initial_noise, save_latent, vae_folder
 from .flop_count import attention, lin, scaled
 
@@ -113,8 +114,7 @@ def generate_wan(
     ``conditioning.guidance`` is the CFG scale (None or <= 1: no guidance); its embeddings have
     the video batch. ``batched_cfg`` None picks one-call CFG when the engine batch allows it.
     """
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer (got {steps!r})")
+    steps = limits.check_steps(steps)  # from Python too: a typo (steps=10**9) is refused before any allocation
     device, dtype, engine_shape = backend.device, backend.dtype, backend.latent_shape
     layout = cfg_layout(engine_shape[0], conditioning.guidance, batched_cfg)
     shape = (layout.video_batch, *engine_shape[1:])

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts.iospec import IOSpec
+from ..util import limits
 
 
 @dataclass
@@ -32,6 +33,10 @@ class Conditioning:
     negative_encoder_hidden_states: torch.Tensor | None = None  # Wan with CFG: the negative prompt's
     # Engine inputs on the latent grid, by input name (FLUX Control/Fill: condition_latent; Kontext: reference_latent)
     grid_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.guidance is not None:  # NaN or infinite guidance would sample NaN latents without a word
+            self.guidance = limits.check_float(self.guidance, "guidance", low=0.0)
 
     @property
     def synthetic(self) -> bool:

@@ -1,12 +1,13 @@
-"""The Ray Serve application: one `DDiTServer` replica per GPU (or CPU slot), each loading its engines once.
+"""The Ray Serve application: one `DDiTServer` replica per GPU (or CPU slot), each loading its engines once,
+behind the `DDiTIngress` (serve/ingress.py: HTTP routes, retries on a live replica, draining).
 
     POST /v1/generate   JSON (serve/requests.py) -> image/png or application/x-npy; the schedule and
                         timings in the `X-DDiT-Trace` header (JSON); 4xx JSON for bad requests
-    GET  /healthz       JSON: engines, batches, replica pid, requests served
+    GET  /healthz       JSON: engines, batches, replica pid, requests served; 503 while draining
 
 Batching: `@serve.batch` collects the requests that arrive within `--batch-wait-ms` (at most
 `--max-batch`) and they join the replica's sampling loop together (`ContinuousBatcher`, one thread,
-so the replica keeps answering HTTP); `BatchedRunner.step` advances every active request, each with
+so the replica keeps answering its handle calls); `BatchedRunner.step` advances every active request, each with
 its own scheduler, one engine call per patch size per step. Requests of a later window join at the
 next step, up to `--max-batch` sampling at once.
 
@@ -24,14 +25,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from .continuous import ContinuousBatcher
-from .requests import MAX_BODY_BYTES, GenerateRequest, RequestError, parse_body
+from .ingress import Answer, DDiTIngress
+from .requests import DRAIN_TIMEOUT_S, GenerateRequest, RequestError, parse_body
 
 DEFAULT_STEPS = 28
 CONDITIONING_CACHE = 256  # prompts whose embeddings a replica keeps
+DRAIN_POLL_S = 0.5  # a stopping replica looks for requests still running this often (Ray's default: 2 s)
 
 
 @serve.deployment(name="DDiTServer", max_ongoing_requests=16)
@@ -81,18 +82,7 @@ class DDiTServer:
 
         flux_sampler()  # imports diffusers' sampler now, not during the first request
 
-    # -- HTTP ---------------------------------------------------------------------------------------
-    async def __call__(self, request: Request) -> Response:
-        path = request.url.path.rstrip("/") or "/"
-        if path == "/healthz" and request.method == "GET":
-            return JSONResponse(self.health())
-        if path == "/v1/generate":
-            if request.method != "POST":
-                return _error(RequestError("use POST for /v1/generate", 405))
-            return await self.generate_http(request)
-        return _error(RequestError(f"no route {request.method} {request.url.path}; use POST /v1/generate or "
-                                   "GET /healthz", 404))
-
+    # -- called by the ingress (serve/ingress.py) through the deployment handle ------------------------
     def health(self) -> dict:
         return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
@@ -100,17 +90,11 @@ class DDiTServer:
                 "sampling": self.batcher.active,
                 "call_ms": self.runner.call_ms(), "ort_cpu_threading": self.runner.cpu_threading()}
 
-    async def generate_http(self, request: Request) -> Response:
+    async def generate(self, raw: bytes) -> Answer:
+        """One `POST /v1/generate` body -> its answer: the image or latent, or one JSON error line."""
         start = time.perf_counter()
         try:
-            declared = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            declared = 0
-        if declared > MAX_BODY_BYTES:
-            self.metrics.refused("oversize")
-            return self._refuse(RequestError(f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}", 413))
-        try:
-            req = parse_body(await request.body(), self.sizes, self.default_steps)
+            req = parse_body(raw, self.sizes, self.default_steps)
             job = self.job(req)
         except RequestError as err:
             return self._refuse(err)
@@ -124,7 +108,7 @@ class DDiTServer:
         if isinstance(result, Exception):
             self.metrics.refused("sampling")
             self.metrics.answered(500, time.perf_counter() - start)
-            return JSONResponse({"error": f"sampling failed: {type(result).__name__}: {result}", "status": 500}, 500)
+            return _error(RequestError(f"sampling failed: {type(result).__name__}: {result}", 500))
         body, media = self.encode(result.latent, req.output)
         self.served += 1
         schedule = result.trace.schedule
@@ -132,9 +116,9 @@ class DDiTServer:
         self.metrics.batch.observe(max(result.batch_sizes))
         self.metrics.answered(200, time.perf_counter() - start)
         trace = self.trace_header(req, job, result, time.perf_counter() - start)
-        return Response(body, media_type=media, headers={"X-DDiT-Trace": json.dumps(trace, separators=(",", ":"))})
+        return Answer(200, body, media, {"X-DDiT-Trace": json.dumps(trace, separators=(",", ":"))})
 
-    def _refuse(self, err: RequestError) -> Response:
+    def _refuse(self, err: RequestError) -> Answer:
         self.metrics.refused(f"http_{err.status}")
         self.metrics.answered(err.status)
         return _error(err)
@@ -281,17 +265,19 @@ def _tokens(latent_shape, patch: int) -> int:
     return -(-h // patch) * -(-w // patch)
 
 
-def _error(err: RequestError) -> JSONResponse:
-    return JSONResponse(err.to_json(), status_code=err.status)
+def _error(err: RequestError) -> Answer:
+    return Answer(err.status, json.dumps(err.to_json()).encode())
 
 
 def deployment_options(replicas: int | None = None, autoscale: tuple[int, int] | None = None, max_batch: int = 1,
-                       num_cpus: float = 1.0, num_gpus: float = 0.0) -> dict:
-    """`DDiTServer.options(...)`: replica count or autoscaling, one GPU per replica where there are GPUs."""
+                       num_cpus: float = 1.0, num_gpus: float = 0.0, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> dict:
+    """`DDiTServer.options(...)`: replica count or autoscaling, one GPU per replica where there are GPUs; a
+    replica that Ray stops (scale-down, redeploy) finishes its requests first, for at most `drain_timeout_s`."""
     options: dict = {
         "ray_actor_options": {"num_cpus": num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})},
         # Enough requests in flight per replica to fill a batch while the previous one samples.
         "max_ongoing_requests": max(2 * max_batch, 4),
+        "graceful_shutdown_timeout_s": drain_timeout_s, "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
     }
     if autoscale is not None:
         options["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
@@ -307,8 +293,15 @@ def build_app(args: dict):
     return bind_app(args)
 
 
+def ingress_options(drain_timeout_s: float = DRAIN_TIMEOUT_S) -> dict:
+    """`DDiTIngress.options(...)`: one replica (it holds no engines; `ddit-export serve` drains it by its handle)."""
+    return {"num_replicas": 1, "graceful_shutdown_timeout_s": drain_timeout_s,
+            "graceful_shutdown_wait_loop_s": DRAIN_POLL_S}
+
+
 def bind_app(args: dict, options: dict | None = None):
-    """The application for `args` (build_app's keys), with `options` for `DDiTServer.options` (replicas, ...)."""
+    """The application for `args` (build_app's keys): the ingress in front of `DDiTServer.options(**options)`
+    (replicas, resources, ...)."""
     known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps",
              "default_cache"}
     unknown = sorted(set(args) - known)
@@ -317,8 +310,11 @@ def bind_app(args: dict, options: dict | None = None):
     batch_dirs = args.get("batch_dirs") or ()
     if isinstance(batch_dirs, str):
         batch_dirs = tuple(d for d in batch_dirs.split(",") if d)
-    return DDiTServer.options(**(options or {})).bind(
+    options = options or {}
+    server = DDiTServer.options(**options).bind(
         str(args["engine_dir"]), args.get("backend", "onnx"), tuple(batch_dirs), int(args.get("max_batch", 1)),
         float(args.get("batch_wait_ms", 10.0)), args.get("embeds_dir"), int(args.get("default_steps", DEFAULT_STEPS)),
         args.get("default_cache"),
     )
+    drain = options.get("graceful_shutdown_timeout_s", DRAIN_TIMEOUT_S)
+    return DDiTIngress.options(**ingress_options(drain)).bind(server)

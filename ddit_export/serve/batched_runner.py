@@ -5,7 +5,8 @@
     results[0].latent, results[0].trace.schedule
 
 Every request keeps its own `DDiTRunner` (its scheduler ring, its trace), its own sampler and its own
-noise, exactly as `sampling.generate` sets them up. Each step, every active request decides its patch
+noise, from the set-up `generate` starts from (the pipeline's `lock_step_sampling`: `pipelines/flux.py`'s
+`flux_sampling`). Each step, every active request decides its patch
 size from its own latent; the requests that chose the same size share calls of that size's engine
 (rows stacked along the batch, padded with copies of a real row up to a loaded batch; how a group is
 split is chosen from each engine's measured call time, `calibrate`); then each request takes its own
@@ -26,8 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..pipelines.base import initial_noise
-from ..pipelines.flux import flux_sampler, flux_timesteps
+from ..pipelines.registry import pipeline_for
 from ..runtime.backends.base import Backend
 from ..runtime.cache.spec import CacheSpec
 from ..runtime.cache.step_cache import StepCache
@@ -39,7 +39,7 @@ from ..runtime.trace import Trace
 
 @dataclass
 class Job:
-    """One request: what `sampling.generate` takes, for a batch-1 engine folder.
+    """One request: what `pipelines.generate` takes, for a batch-1 engine folder.
 
     ``cache``: step caching (`runtime.cache.CacheSpec`, staged folders only), as `generate --cache`; the request
     gets its own `StepCache`, so its cached steps are the ones a solo run caches."""
@@ -63,21 +63,24 @@ def engine_batch(backend: Backend) -> int:
     return int(backend.latent_shape[0])
 
 
+def lock_step_sampling(solo: Backend):
+    """The pipeline's per-request sampler set-up, or one line saying these engines cannot be served in lock-step."""
+    sampling = pipeline_for(solo.manifest).lock_step_sampling
+    if sampling is None:
+        raise ValueError(f"batched serving runs FLUX-family engines; {solo.folder} holds "
+                         f"{solo.manifest.get('family')} engines")
+    return sampling
+
+
 class ActiveRequest:
     """Per-request loop state (what `generate` keeps in locals)."""
 
-    def __init__(self, job: Job, solo: Backend, admitted: float):
-        if not (isinstance(job.steps, int) and job.steps >= 1):
-            raise ValueError(f"steps must be a positive integer (got {job.steps!r})")
-        device, dtype, shape = solo.device, solo.dtype, solo.latent_shape
+    def __init__(self, job: Job, solo: Backend, admitted: float, sampling=None):
         self.job = job
-        self.latent = initial_noise(shape, job.seed, device, dtype)
-        self.sampler = flux_sampler()
-        base = solo.base_patch
-        self.timesteps = flux_timesteps(self.sampler, job.steps, (shape[-2] // base) * (shape[-1] // base), device)
-        self.engine_timesteps = (self.timesteps.to(dtype) / 1000).unsqueeze(1).expand(-1, shape[0]).contiguous()
-        self.sigmas = self.sampler.sigmas.tolist()  # host floats for the scheduler (the predicted-error rule)
-        self.inputs = job.conditioning.engine_inputs(solo.input_metadata, device, dtype)
+        setup = (sampling or lock_step_sampling(solo))(solo, job.steps, job.seed)  # refuses bad steps
+        self.latent, self.sampler, self.timesteps = setup.latent, setup.sampler, setup.timesteps
+        self.engine_timesteps, self.sigmas = setup.engine_timesteps, setup.sigmas
+        self.inputs = job.conditioning.engine_inputs(solo.input_metadata, solo.device, solo.dtype)
         # a request's step cache holds its own residuals and signal: never shared, never batched
         cache = StepCache(solo, job.cache) if job.cache is not None else None
         self.runner = DDiTRunner(solo, job.config, total_steps=job.steps, cache=cache)
@@ -106,9 +109,7 @@ class BatchedRunner:
             raise ValueError("BatchedRunner needs the batch-1 engines (they fix each request's shapes); "
                              f"got batches {sorted(by_batch)}")
         self.solo = by_batch[1]
-        if self.solo.manifest.get("family") != "flux":
-            raise ValueError(f"batched serving runs FLUX-family engines; {self.solo.folder} holds "
-                             f"{self.solo.manifest.get('family')} engines")
+        self.sampling = lock_step_sampling(self.solo)
         for batch, b in by_batch.items():
             if tuple(b.latent_shape[1:]) != tuple(self.solo.latent_shape[1:]) or b.dtype != self.solo.dtype:
                 raise ValueError(f"{b.folder} (batch {batch}) has latent {b.latent_shape} {b.dtype}; the batch-1 "
@@ -168,7 +169,7 @@ class BatchedRunner:
         active: dict[int, ActiveRequest] = {}
         for i, job in enumerate(jobs):
             try:
-                active[i] = ActiveRequest(job, self.solo, start)
+                active[i] = ActiveRequest(job, self.solo, start, self.sampling)
             except Exception as err:  # handed back to that request alone
                 results[i] = err
         while active:

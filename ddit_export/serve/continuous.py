@@ -61,7 +61,7 @@ class ContinuousBatcher:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                state = ActiveRequest(job, self.runner.solo, time.perf_counter())
+                state = ActiveRequest(job, self.runner.solo, time.perf_counter(), self.runner.sampling)
             except Exception as err:  # that request alone fails
                 future.set_exception(err)
                 continue

@@ -1,13 +1,14 @@
 """Load test of a running deployment over loopback: N requests from C concurrent clients, bounded in time.
 
 Reports throughput, p50/p95/p99 latency and errors by status, and checks every answered request
-against a solo run of the same request on the local engines (`sampling.generate`: same seed, same
+against a solo run of the same request on the local engines (`pipelines.generate`: same seed, same
 schedule settings): the schedule must be identical and the latent equal (bitwise by default).
 Solo runs happen after the load, so they never compete with the server for the CPU.
 
 `--kill-replica-after K` sends SIGKILL to the process of the replica that answers `/healthz` once K
-responses have arrived (same machine only): the fault-handling check. Requests on it must end in a
-clear 5xx or complete; nothing may hang (every request has a timeout, the whole run a deadline).
+responses have arrived (same machine only): the fault-handling check. The ingress sends the requests it
+was sampling again to a live replica (serve/ingress.py), so a clean run has 0 errors and every answer
+equal to its solo run; nothing may hang (every request has a timeout, the whole run a deadline).
 """
 
 from __future__ import annotations

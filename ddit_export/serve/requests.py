@@ -10,7 +10,6 @@ Torch-free: the HTTP layer refuses bad bodies without touching the engines.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from ..runtime.schedule_spec import check_schedule, parse_schedule
 from ..util import limits
 
 MAX_BODY_BYTES = 64 * 1024  # a generate request is a few hundred bytes; anything larger is a mistake or abuse
+DRAIN_TIMEOUT_S = 20.0  # a stopping server's requests finish within this (Kubernetes' grace period is 30 s)
 MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
 OUTPUTS = ("png", "latent")
 FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "cache",
@@ -55,29 +55,29 @@ class GenerateRequest:
 
 
 def _int(body: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    """The shared bound (util/limits.py) on a JSON integer: text, bools and fractions are refused as such."""
     value = body.get(key, default)
     if value is None:
         raise RequestError(f"'{key}' is required (an integer from {low} to {high})")
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, str):
         raise RequestError(f"'{key}' must be an integer from {low} to {high} (got {value!r})")
-    if not low <= value <= high:
-        raise RequestError(f"'{key}' must be from {low} to {high} (got {value})")
-    return value
+    try:
+        return limits.check_int(value, f"'{key}'", low, high)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
 
 
 def _float(body: dict, key: str, low: float, high: float | None, open_ends: bool = False) -> float | None:
+    """The shared bound (util/limits.py) on a JSON number: finite, within [low, high] (or the open interval)."""
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, (str, bool)):
         raise RequestError(f"'{key}' must be a finite number (got {value!r})")
-    above = low < value if open_ends else low <= value
-    below = high is None or (value < high if open_ends else value <= high)
-    ok = above and below
-    if not ok:
-        span = f"in ({low}, {high})" if open_ends else (f">= {low}" if high is None else f"in [{low}, {high}]")
-        raise RequestError(f"'{key}' must be {span} (got {value})")
-    return float(value)
+    try:
+        return limits.check_float(value, f"'{key}'", low, high, low_open=open_ends, high_open=open_ends)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
 
 
 def parse_body(raw: bytes, engine_sizes: tuple[int, ...], default_steps: int) -> GenerateRequest:

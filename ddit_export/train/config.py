@@ -20,6 +20,12 @@ DEFAULT_LR = {"adamw": 1e-4, "prodigy": 1.0}  # the paper's Wan (AdamW) and FLUX
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def default_dtype() -> str:
+    """bf16 on a GPU (half the memory of the frozen backbone); fp32 on a CPU, whose bf16 matmuls are emulated on
+    most processors: slower than fp32 and less precise."""
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
 @dataclass
 class TrainConfig:
     out: str
@@ -47,7 +53,7 @@ class TrainConfig:
     lr: float | None = None
     lr_schedule: str = "constant"  # or "cosine" (warm-up, then decay to 10%): train/optim.py
     weight_decay: float = 0.0  # decay would pull the PI-resize init towards zero, away from the teacher
-    dtype: str = "bf16"
+    dtype: str | None = None  # None: bf16 where CUDA runs the training, fp32 on a CPU (default_dtype)
     gradient_checkpointing: bool = False
     # run management
     checkpoint_every: int = 500
@@ -71,6 +77,8 @@ class TrainConfig:
         self.guidance = pipeline.default_guidance if self.guidance is None else float(self.guidance)
         if self.text_len is None:
             self.text_len = fam.default_text_len
+        if self.dtype is None:
+            self.dtype = default_dtype()
         if self.lr is None and self.optimizer in DEFAULT_LR:
             self.lr = DEFAULT_LR[self.optimizer]
         self._check(fam)

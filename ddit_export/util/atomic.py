@@ -105,13 +105,29 @@ def _temp_sibling(target: Path) -> Path:
 
 
 def check_writable(target, flag: str = "--out") -> None:
-    """Refuse an output the file system will not take, before any work is done for it."""
+    """Refuse an output folder the file system will not take, before any work is done for it."""
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise ValueError(f"{flag} {target} exists and is not a folder")
+    _probe(target, flag)
+
+
+def check_writable_file(path, flag: str) -> None:
+    """Refuse an output file the file system will not take (its folder read-only, the path a folder), before
+    any work is done for it. Its temporary file is made beside it, so its folder is what must take writes."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; name a file in it")
+    _probe(path, flag)
+
+
+def _probe(target: Path, flag: str) -> None:
+    """Make and remove a folder where `target`'s temporary sibling will go (the nearest existing ancestor)."""
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {target} cannot be written: {parent} is not a folder")
     try:  # ask the file system itself: permission bits say nothing about /proc, read-only mounts, quotas
         os.rmdir(tempfile.mkdtemp(prefix=".ddit-probe-", dir=parent))
     except OSError as err:

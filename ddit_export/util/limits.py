@@ -32,6 +32,10 @@ def check_int(value, flag: str, low: int = 1, high: int | None = None) -> int:
     return number
 
 
+def check_steps(value, flag: str = "steps") -> int:
+    return check_int(value, flag, 1, MAX_STEPS)
+
+
 def check_seed(value, flag: str = "--seed") -> int:
     return check_int(value, flag, 0, MAX_SEED)
 

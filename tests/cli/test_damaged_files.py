@@ -50,16 +50,18 @@ def _rehash(folder, manifest):
 
 def test_corrupt_graph_or_truncated_weights_with_matching_hashes_are_refused(cli, damaged, tmp_path):
     folder, edit = damaged
-    for damage in ("graph", "data"):
+    for damage in ("data", "graph"):  # the data first: a damaged graph hides its data file
         entry = json.loads((folder / "manifest.json").read_text())["engines"][0]
         graph = folder / entry["files"][0]
         if damage == "graph":
             graph.write_bytes(b"not a protobuf" * 10)
-        else:
+            naming = (f"{graph} is not a readable ONNX graph", "--force")
+        else:  # the line names the short file itself, not only the folder
             data = next(folder / f for f in entry["files"] if f.endswith(".data"))
             data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+            naming = (f"{data} is truncated", "--force")
         edit(lambda m: _rehash(folder, m))
-        cli.refuses("generate", folder, "--steps", "4", "--out", tmp_path / "gen", naming=(str(folder), "--force"))
+        cli.refuses("generate", folder, "--steps", "4", "--out", tmp_path / "gen", naming=naming)
         assert not (tmp_path / "gen").exists()
 
 

@@ -75,6 +75,19 @@ def test_sigterm_and_sigint_clean_up_like_a_failure(tmp_path, signum, code):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temp folder, no lock file, no --out
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_outside_the_command_still_exits_130_or_143(signum, code):
+    """The signal lands while `main` imports torch, before the command's own handler: Python used to end the
+    process by re-sending itself SIGINT (exit -2, the intermittent code seen under load)."""
+    probe = ("import os, time\nfrom ddit_export import cli\n"
+             f"cli.quiet_third_party = lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(30))\n"
+             "cli.entry_point()\n")
+    result = subprocess.run([sys.executable, "-c", probe, "inspect", "/nonexistent"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == code, result.stderr
+    assert result.stderr.strip() == ("interrupted" if code == 130 else "terminated"), result.stderr
+
+
 def test_concurrent_writers_to_one_out_are_serialised(tmp_path):
     out = tmp_path / "engines"
     first = start([*SMALL, "--out", out])
@@ -109,6 +122,29 @@ def test_generate_on_a_full_disk_leaves_no_partial_output(tiny_flux_engines, tmp
     assert process.returncode == 2, err
     assert len(err.strip().splitlines()) == 1 and str(out) in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_generate_whose_trajectory_cannot_be_written_leaves_no_outputs(tiny_flux_engines, tmp_path):
+    """--save-trajectory is part of the outputs: written before --out is committed, so a trajectory that does not
+    fit (here 7 latents, 115 kB, against a 30 kB file limit that trace.json and latent.npy pass) leaves neither."""
+    out, trajectory = tmp_path / "gen", tmp_path / "traj.npz"
+    process = start(["generate", tiny_flux_engines, "--steps", "6", "--out", out, "--save-trajectory", trajectory],
+                    preexec_fn=limited_file_size(30_000))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2, err
+    assert len(err.strip().splitlines()) == 1 and "traj.npz" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where, words", [("/proc/traj.npz", "not writable"), ("FOLDER", "is a folder")])
+def test_generate_refuses_a_trajectory_it_cannot_write_before_any_work(cli, tiny_flux_engines, tmp_path, where,
+                                                                       words):
+    trajectory = tmp_path if where == "FOLDER" else where  # /proc refuses new files even to root
+    started = time.perf_counter()
+    cli.refuses("generate", tiny_flux_engines, "--out", tmp_path / "gen", "--save-trajectory", trajectory,
+                naming=("--save-trajectory", str(trajectory), words))
+    assert time.perf_counter() - started < 5  # before loading engines or sampling
+    assert not (tmp_path / "gen").exists()
 
 
 @pytest.mark.parametrize("command", ["generate", "bench", "calibrate"])

@@ -22,6 +22,7 @@ from tests.serve.helpers import VARIANT_BATCH, demo_engine_folders
     (["ENGINES", "--max-batch", "0"], "max-batch"),
     (["BATCHED"], "serve the batch-1 folder"),
     (["ENGINES", "--backend", "tensorflow"], "unknown backend"),
+    (["ENGINES", "--drain-timeout", "0"], "--drain-timeout"),
 ])
 def test_bad_input_is_one_line(args, words, capsys):
     solo, batched = demo_engine_folders()
@@ -59,7 +60,7 @@ def test_write_config_is_a_valid_serve_config(tmp_path, capsys):
     solo, batched = demo_engine_folders()
     out = tmp_path / "serve.yaml"
     code = main(["serve", str(solo), "--max-batch", str(VARIANT_BATCH), "--autoscale", "1,3", "--port", "8123",
-                 "--write-config", str(out)])
+                 "--drain-timeout", "45", "--write-config", str(out)])
     assert code == 0, capsys.readouterr().err
     config = yaml.safe_load(out.read_text())
     ServeDeploySchema.model_validate(config)  # Ray's own schema for `serve deploy`
@@ -69,6 +70,9 @@ def test_write_config_is_a_valid_serve_config(tmp_path, capsys):
     deployment = app["deployments"][0]
     assert deployment["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in deployment
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    ingress = app["deployments"][1]  # the HTTP front; both finish their requests before Ray stops them
+    assert ingress["name"] == "DDiTIngress" and ingress["num_replicas"] == 1
+    assert deployment["graceful_shutdown_timeout_s"] == ingress["graceful_shutdown_timeout_s"] == 45
     # what `serve run` / `serve deploy` do with the import path and args: import the builder, call it with them
     module, attribute = app["import_path"].split(":")
     builder = getattr(importlib.import_module(module), attribute)

@@ -53,6 +53,16 @@ def tiny_config(out, prompts, **overrides) -> TrainConfig:
     return TrainConfig(**{**kw, **overrides})
 
 
+def test_dtype_defaults_to_fp32_on_a_cpu_and_bf16_on_a_gpu(tmp_path, prompts):
+    expected = "bf16" if torch.cuda.is_available() else "fp32"
+    assert tiny_config(tmp_path / "run", prompts, dtype=None).dtype == expected
+    assert tiny_config(tmp_path / "run", prompts, dtype="bf16").dtype == "bf16"  # an explicit choice stays
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    args = parser.parse_args(["flux", "--out", str(tmp_path / "run"), "--prompts", str(prompts)])
+    assert args.dtype is None and train_cmd.config_from_args(args).dtype == expected  # TrainConfig decides
+
+
 def tiny_conditioning(batch=2, seed=1):
     g = torch.Generator().manual_seed(seed)
     return dict(encoder_hidden_states=torch.randn(batch, 8, 32, generator=g),

@@ -10,26 +10,13 @@ from pathlib import Path
 
 import torch
 
+from ..backend_names import BACKENDS, available_backends, unknown_backend  # available_backends: re-exported
 from .base import Backend, BackendError
-
-# name -> (module, class).
-BACKENDS = {
-    "torch": ("torch_eager", "TorchEagerBackend"),
-    "torch-compile": ("torch_compile", "TorchCompileBackend"),
-    "onnx": ("onnxruntime", "OnnxRuntimeBackend"),
-    "onnx-trt": ("onnxruntime", "OnnxRuntimeTensorRTBackend"),
-    "aoti": ("aoti", "AotiBackend"),
-    "trt": ("tensorrt", "TensorRTBackend"),
-}
-
-
-def available_backends() -> list[str]:
-    return sorted(BACKENDS)
 
 
 def backend_class(name: str) -> type[Backend]:
     if name not in BACKENDS:
-        raise BackendError(f"unknown backend '{name}'; available: {', '.join(available_backends())}")
+        raise BackendError(unknown_backend(name))
     module, cls = BACKENDS[name]
     return getattr(import_module(f"{__name__}.{module}"), cls)
 
