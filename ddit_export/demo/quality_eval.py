@@ -65,8 +65,8 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
     for i, label in enumerate(labels.tolist()):  # 1. base and rule interleaved
         _sample(backend, static, label, steps, seed + i, base)
         _sample(backend, rule_config, label, steps, seed + i, rule)
-    if progress:
-        progress(f"static base + {rule_label}: {samples} samples")
+        if progress and (i + 1) % max(1, samples // 10) == 0:
+            progress(f"static base + {rule_label}: {i + 1}/{samples} samples, {time.perf_counter() - started:.0f} s")
     real = real_features(classifier)
     base_scored = correct(classifier, base.batch, labels)
     rows = {rule_label: {"kind": "dynamic", **figures(base, rule, labels, classifier, real, sizes, tokens,
