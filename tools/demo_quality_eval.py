@@ -38,9 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tau", type=argtypes.tau, help="the rule's threshold (default: the manifest's)")
     p.add_argument("--sizes", type=patch_list, help="sizes the rule may pick (default: the manifest's)")
     p.add_argument("--fixed", action="append", metavar="SPEC", default=[],
-                   help="also evaluate this fixed schedule (e.g. 4x25,2x3; repeat)")
+                   help="also evaluate this fixed schedule (e.g. 4x25,2x3; repeat; with --cost-band 0: only these)")
     p.add_argument("--cost-band", type=float, default=None,
                    help="fixed schedules of token cost in [rule, rule + band] (default 0.05; 1 = all dearer ones)")
+    p.add_argument("--only-fixed", action="store_true",
+                   help="evaluate only the --fixed schedules (no cost band): a shorter run")
     p.add_argument("--base-every", type=argtypes.positive_int, default=None,
                    help="time a static-base run before every K-th sample of each fixed schedule (default 16)")
     p.add_argument("--json", help="write every figure here (default outputs/quality-<seed>.json)")
@@ -67,6 +69,9 @@ def evaluate(args, console: Console) -> int:
     band = DEFAULT_COST_BAND if args.cost_band is None else args.cost_band
     if not band >= 0:
         raise ValueError(f"--cost-band must be >= 0 (got {band})")
+    if args.only_fixed and not fixed:
+        raise ValueError("--only-fixed evaluates the --fixed schedules: name at least one (e.g. --fixed 4x25,2x3)")
+    band = None if args.only_fixed else band
     out = Path(args.json or f"outputs/quality-{args.seed}.json").expanduser()
     check_writable(out.parent, "--json's folder")
     folder = Path(args.engine_dir).expanduser()
@@ -76,13 +81,16 @@ def evaluate(args, console: Console) -> int:
         config = schedule_config(backend, tau=args.tau, rule=args.rule,
                                  patch_sizes=tuple(args.sizes) if args.sizes else None)
         label = f"{args.rule or backend.manifest.get('scheduler', {}).get('rule', 'rule')}@{config.tau:g}"
-        console.print(f"{folder}: {label} and fixed schedules of token cost [rule, rule + {band:g}], "
+        what = "the --fixed schedules" if band is None else f"fixed schedules of token cost [rule, rule + {band:g}]"
+        console.print(f"{folder}: {label} and {what}, "
                       f"{args.samples} samples (seeds {args.seed}-{args.seed + args.samples - 1}), {args.steps} steps",
                       markup=False)
         report = evaluate_rule_and_fixed(
             backend, load_classifier(), samples=args.samples, seed=args.seed, steps=args.steps, rule_config=config,
             rule_label=label, fixed=fixed, cost_band=band,
-            base_every=args.base_every or DEFAULT_BASE_EVERY, progress=lambda m: console.print(m, markup=False))
+            base_every=args.base_every or DEFAULT_BASE_EVERY, progress=lambda m: console.print(m, markup=False),
+            # what is measured so far, rewritten whole after each row: a stopped run keeps it
+            partial=lambda r: write_text_atomic(out, json.dumps(r, indent=1) + "\n"))
     report["beaten_by"] = beaten_by(report["rows"], label)
     print_table(console, report)
     write_text_atomic(out, json.dumps(report, indent=1) + "\n")
@@ -106,7 +114,8 @@ def print_table(console: Console, report: dict) -> None:
                       with_ci(r["accuracy_ddit"], r["accuracy_ddit_ci"], ".1f", 100, "%"),
                       with_ci(r["psnr_db"], r["psnr_db_ci"], ".2f"), style="bold" if r["kind"] == "dynamic" else None)
     console.print(table)
-    console.print(f"FD noise floor (the base against itself, seed halves of {n // 2}): "
+    halves = " and ".join(map(str, rule["fd_halves_samples"]))
+    console.print(f"FD noise floor (the base against itself, disjoint seed halves of {halves}): "
                   f"{with_ci(rule['fd_noise_floor'], rule['fd_noise_floor_ci'], '.1f')}; {report['rule']} against "
                   f"the base on the same halves: {with_ci(rule['fd_ddit_vs_base'], rule['fd_ddit_vs_base_ci'], '.1f')}",
                   markup=False)

@@ -44,9 +44,12 @@ def _sample(backend, config, label: int, steps: int, seed: int, run: Run) -> Non
 
 def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, steps: int, rule_config,
                             rule_label: str, fixed: dict[str, tuple[int, ...]] | None = None,
-                            cost_band: float = DEFAULT_COST_BAND, base_every: int = DEFAULT_BASE_EVERY,
-                            progress: Progress | None = None) -> dict:
-    """Rows for the rule and the fixed schedules (see the module docstring); ``fixed`` adds named ones."""
+                            cost_band: float | None = DEFAULT_COST_BAND, base_every: int = DEFAULT_BASE_EVERY,
+                            progress: Progress | None = None, partial: Callable[[dict], None] | None = None) -> dict:
+    """Rows for the rule and the fixed schedules (see the module docstring); ``fixed`` adds named ones.
+
+    ``partial(report)`` gets the report so far (``complete`` False) after each row: a long run keeps what
+    it measured if it is stopped."""
     from ..runtime.runner import schedule_config
 
     if samples < len(CLASS_NAMES):
@@ -73,9 +76,14 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
                                                       base_scored=base_scored)}}
     rule_cost = rows[rule_label]["token_cost"]
 
-    chosen = fixed_candidates(steps, sizes, base_patch, tokens, rule_cost, rule_cost + cost_band)
+    chosen = {} if cost_band is None else fixed_candidates(steps, sizes, base_patch, tokens, rule_cost,
+                                                           rule_cost + cost_band)
+    family_of = {s: label for label, s in fixed_families(steps, sizes, base_patch).items()}
     for label, schedule in (fixed or {}).items():
-        chosen.setdefault(label, tuple(schedule))
+        if tuple(schedule) not in chosen.values():
+            chosen[family_of.get(tuple(schedule), label)] = tuple(schedule)  # named as `schedules` names it
+    if partial:
+        partial(_report(backend, rows, chosen, samples, seed, steps, rule_label, cost_band, base_every, started, False))
     for name, schedule in chosen.items():  # 2. each fixed schedule, base timing runs interleaved
         run, base_timing = Run(), Run()
         config = schedule_config(backend, schedule=schedule)
@@ -88,17 +96,27 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
         if progress:
             r = rows[name]
             progress(f"{name}: cost {r['token_cost']:.3f}, FD {r['fd_ddit']:.1f}, PSNR {r['psnr_db']:.2f} dB")
-    for row in rows.values():  # one schedule per sample, as text: the JSON stays readable at N = 480
-        row["schedules"] = [format_schedule(s) for s in row["schedules"]]
-        row.pop("psnr_db_per_sample", None)
+        if partial:
+            partial(_report(backend, rows, chosen, samples, seed, steps, rule_label, cost_band, base_every, started,
+                            False))
+    return _report(backend, rows, chosen, samples, seed, steps, rule_label, cost_band, base_every, started, True)
+
+
+def _report(backend, rows, chosen, samples, seed, steps, rule_label, cost_band, base_every, started,
+            complete: bool) -> dict:
+    def compact(row: dict) -> dict:  # one schedule per sample, as text: the JSON stays readable at N = 480
+        return {k: v for k, v in row.items() if k != "psnr_db_per_sample"} | {
+            "schedules": [s if isinstance(s, str) else format_schedule(s) for s in row["schedules"]]}
+
     return {"engines": str(Path(backend.folder)), "samples": samples, "seeds": [seed, seed + samples - 1],
             "steps": steps, "rule": rule_label, "cost_band": cost_band, "base_every": base_every,
             "fixed_selected": {k: format_schedule(v) for k, v in chosen.items()},
-            "seconds": time.perf_counter() - started, "rows": rows}
+            "seconds": time.perf_counter() - started, "complete": complete,
+            "rows": {name: compact(row) for name, row in rows.items()}}
 
 
 def beaten_by(rows: dict, rule_label: str) -> dict[str, list[str]]:
-    """Per figure, the fixed rows (all of equal or higher cost) whose point estimate beats the rule's."""
+    """Per figure, the fixed rows of equal or higher token cost whose point estimate beats the rule's."""
     rule = rows[rule_label]
     better = {"fd_ddit": lambda a, b: a < b, "accuracy_ddit": lambda a, b: a > b, "psnr_db": lambda a, b: a > b}
     return {key: [name for name, r in rows.items() if r["kind"] == "fixed" and r["token_cost"] >= rule["token_cost"]
