@@ -82,3 +82,27 @@ def psnr_ci(per_sample_mse, data_range: float = 1.0, **options) -> list[float]:
     """Interval of the batch PSNR (10 log10(range^2 / mean MSE)) from each sample's MSE."""
     mse = np.asarray(per_sample_mse, dtype=float)
     return bootstrap_ci(lambda i: psnr_of_mse(mse[i].mean(), data_range), len(mse), **options)[0]
+
+
+def split_ci(statistic: Callable[[np.ndarray, np.ndarray], float], n: int, *, resamples: int = RESAMPLES,
+             level: float = LEVEL, seed: int = SEED) -> list[float]:
+    """Percentile interval of ``statistic(a, b)`` over random splits of n rows into two disjoint halves.
+
+    For figures between two disjoint sets of one run (the FD noise floor: the base's samples against the
+    base's other samples). The bootstrap does not fit them: a resample repeats rows, and a figure that is
+    all finite-sample effect (FD of a model against itself) moves with every repeat, so every resampled
+    value lies above the estimate. A split repeats nothing: each is a genuine pair of disjoint seed sets of
+    the estimate's sizes (ceil(n/2) and floor(n/2)), and the interval says how much the figure moves
+    between such pairs.
+    """
+    if n < 4 or resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"a split interval needs n >= 4, resamples >= 1 and 0 < level < 1 "
+                         f"(got n {n}, resamples {resamples}, level {level})")
+    rng = np.random.default_rng(seed)
+    half = (n + 1) // 2
+    draws = []
+    for _ in range(resamples):
+        order = rng.permutation(n)
+        draws.append(float(statistic(np.sort(order[:half]), np.sort(order[half:]))))
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]

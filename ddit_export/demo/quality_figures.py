@@ -10,7 +10,8 @@ and of one DDiT configuration; base and DDiT sample i share class and noise seed
   fd_ratio         fd_ddit / fd_base (on the same resamples, so its interval is the ratio's own)
   fd_noise_floor   FD of the base against itself on two disjoint seed sets: the base's even-indexed
                    samples against its odd-indexed ones (N/2 each, every class in both halves when N is
-                   a multiple of 18). What FD reads between two seed sets of one model, at this N.
+                   a multiple of 18). What FD reads between two seed sets of one model, at this N. Its
+                   interval: over random splits of the N samples into halves (bench/bootstrap.split_ci).
   fd_ddit_vs_base  the same split with DDiT on one half and the base on the other (both ways, averaged):
                    directly comparable with fd_noise_floor (same sizes, same disjoint seeds)
   psnr_db          DDiT against the base image by image: 10 log10(1 / mean MSE) over all N
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bench.bootstrap import bootstrap_ci, mean_ci, psnr_of_mse
+from ..bench.bootstrap import bootstrap_ci, mean_ci, psnr_of_mse, split_ci
 from ..bench.quality import frechet_distance
 
 QUALITY_KEYS = ("accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "fd_ratio", "fd_noise_floor",
@@ -61,21 +62,19 @@ def fd_figures(feats_base, feats_ddit, real, **options) -> dict:
     if min(len(a), len(b)) < 2:
         raise ValueError(f"the FD noise floor needs at least 4 samples (2 per seed half; got {n})")
 
-    def floor(i, j):
-        return frechet_distance(fb[a][i], fb[b][j])
+    def floor(x, y):  # the base on one seed set against the base on another
+        return frechet_distance(fb[x], fb[y])
 
-    def across(i, j):  # DDiT on one half against the base on the other, both ways
-        return (frechet_distance(fdd[a][i], fb[b][j]) + frechet_distance(fdd[b][j], fb[a][i])) / 2
+    def across(x, y):  # DDiT on one half against the base on the other, both ways
+        return (frechet_distance(fdd[x], fb[y]) + frechet_distance(fdd[y], fb[x])) / 2
 
-    sizes = (len(a), len(b))
     return {
         "fd_base": point[0], "fd_base_ci": intervals[0], "fd_ddit": point[1], "fd_ddit_ci": intervals[1],
         "fd_ratio": point[2], "fd_ratio_ci": intervals[2],
-        "fd_noise_floor": floor(np.arange(len(a)), np.arange(len(b))),
-        "fd_noise_floor_ci": bootstrap_ci(floor, sizes, **options)[0],
-        "fd_ddit_vs_base": across(np.arange(len(a)), np.arange(len(b))),
-        "fd_ddit_vs_base_ci": bootstrap_ci(across, sizes, **options)[0],
-        "fd_halves_samples": list(sizes), "fd_real_samples": len(fr),
+        # between two disjoint sets of this run: intervals over random splits (bench/bootstrap.split_ci says why)
+        "fd_noise_floor": floor(a, b), "fd_noise_floor_ci": split_ci(floor, n, **options),
+        "fd_ddit_vs_base": across(a, b), "fd_ddit_vs_base_ci": split_ci(across, n, **options),
+        "fd_halves_samples": [len(a), len(b)], "fd_real_samples": len(fr),
     }
 
 
