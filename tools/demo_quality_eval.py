@@ -8,8 +8,7 @@ ENGINE_DIR defaults to engines/demo (exported from the shipped demo model when m
 `ddit-export demo` does); any folder of demo engines works (e.g. one exported from retrained adapters).
 The rule defaults to the folder's manifest (rule, tau, sizes, error model). Prints one table (speed-up,
 token cost, FD, FD ratio, accuracy, PSNR, each with its 95% bootstrap interval) and writes every figure
-as JSON. What is measured and how: ddit_export/demo/quality_eval.py, docs/method.md ("Quality at 480
-samples").
+as JSON. What is measured and how: ddit_export/demo/quality_eval.py, docs/quality.md.
 """
 
 from __future__ import annotations

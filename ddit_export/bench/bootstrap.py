@@ -84,25 +84,34 @@ def psnr_ci(per_sample_mse, data_range: float = 1.0, **options) -> list[float]:
     return bootstrap_ci(lambda i: psnr_of_mse(mse[i].mean(), data_range), len(mse), **options)[0]
 
 
-def split_ci(statistic: Callable[[np.ndarray, np.ndarray], float], n: int, *, resamples: int = RESAMPLES,
-             level: float = LEVEL, seed: int = SEED) -> list[float]:
+def split_ci(statistic: Callable[[np.ndarray, np.ndarray], float], n: int, *, strata=None,
+             resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED) -> list[float]:
     """Percentile interval of ``statistic(a, b)`` over random splits of n rows into two disjoint halves.
 
     For figures between two disjoint sets of one run (the FD noise floor: the base's samples against the
     base's other samples). The bootstrap does not fit them: a resample repeats rows, and a figure that is
     all finite-sample effect (FD of a model against itself) moves with every repeat, so every resampled
     value lies above the estimate. A split repeats nothing: each is a genuine pair of disjoint seed sets of
-    the estimate's sizes (ceil(n/2) and floor(n/2)), and the interval says how much the figure moves
-    between such pairs.
+    the estimate's sizes, and the interval says how much the figure moves between such pairs. ``strata``
+    (one label per row, e.g. the class) splits each stratum in half on its own, as the estimate's
+    even/odd split of classes-in-turn samples does: an unbalanced split would add the class mix to the
+    figure (measured on the demo at N = 480: FD floor 15.7 balanced, up to 95 over unbalanced splits).
     """
     if n < 4 or resamples < 1 or not 0 < level < 1:
         raise ValueError(f"a split interval needs n >= 4, resamples >= 1 and 0 < level < 1 "
                          f"(got n {n}, resamples {resamples}, level {level})")
+    strata = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     rng = np.random.default_rng(seed)
-    half = (n + 1) // 2
     draws = []
     for _ in range(resamples):
-        order = rng.permutation(n)
-        draws.append(float(statistic(np.sort(order[:half]), np.sort(order[half:]))))
+        a, b, turn = [], [], 0
+        for rows in groups:  # each stratum halved; odd strata give their extra row to a and b in turn
+            rows = rng.permutation(rows)
+            half = (len(rows) + (1 - turn if len(rows) % 2 else 0)) // 2
+            turn ^= len(rows) % 2
+            a.append(rows[:half])
+            b.append(rows[half:])
+        draws.append(float(statistic(np.sort(np.concatenate(a)), np.sort(np.concatenate(b)))))
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
     return [float(lo), float(hi)]

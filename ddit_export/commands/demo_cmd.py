@@ -25,8 +25,8 @@ from .export_cmd import RichReporter
 from .progress import Counted
 
 DEFAULT_STEPS = 28  # FluxPipeline's default; the adapters were distilled on 28-step trajectories
-# 16 per class, ~1.5 min on a busy 2-core CPU; the documented figures are at --samples 480 (docs/method.md,
-# "Quality at 480 samples"): at 144 an accuracy's 95% interval is still about +-6 points, at 480 about +-3.
+# 16 per class, a couple of minutes on a 2-core CPU; the documented figures are at --samples 480 (docs/quality.md):
+# at 144 an accuracy's 95% interval is still about +-6 points, at 480 about +-3.
 DEFAULT_SAMPLES = 144
 GRID_SAMPLES = 48  # the PNG grid shows the first 48 pairs (every class), whatever N
 
@@ -190,6 +190,6 @@ def _print_table(console: Console, r: dict, sizes) -> None:
     console.print(f"{r['samples']} samples behind every figure (seeds {r['seed']}-{r['seed'] + r['samples'] - 1}, "
                   f"classes in turn); [95% bootstrap intervals, {RESAMPLES} resamples]; FD against "
                   f"{r['fd_real_samples']} procedural real images; noise floor: FD of the base's even- vs odd-indexed "
-                  "samples (two disjoint seed sets); docs/method.md, \"Quality at 480 samples\"", markup=False)
+                  "samples (two disjoint seed sets); docs/quality.md", markup=False)
     per_class = ", ".join(f"{name} {cost:.2f}" for name, cost in r["token_cost_per_class"].items())
     console.print(f"token cost per class: {per_class}", soft_wrap=False)

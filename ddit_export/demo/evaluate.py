@@ -137,7 +137,7 @@ def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifi
         **psnr_figures(ddit.batch, base.batch),
         "ssim": ssim(ddit.batch, base.batch),
         **accuracy_figures(right_base, right_ddit),
-        **fd_figures(feats_base, feats_ddit, real),
+        **fd_figures(feats_base, feats_ddit, real, labels=labels.numpy()),
         "schedule_histogram": histogram(ddit.schedules, sizes),
         "schedules": ddit.schedules,
     }

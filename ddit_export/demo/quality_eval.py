@@ -8,7 +8,7 @@ For one demo engine folder and one seed set (N samples, seeds seed..seed+N-1, cl
    speed-up is timed against base runs interleaved with it (the base's images are drawn once, in 1).
 Every configuration gets the demo's figures (demo/evaluate.figures: accuracy, FD, FD ratio, noise
 floor, PSNR, speed-up, each with its 95% bootstrap interval). tools/demo_quality_eval.py prints the
-table and writes the JSON; docs/method.md ("Quality at 480 samples") has the measured rows.
+table and writes the JSON; docs/quality.md has the measured rows.
 """
 
 from __future__ import annotations

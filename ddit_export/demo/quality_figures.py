@@ -11,7 +11,7 @@ and of one DDiT configuration; base and DDiT sample i share class and noise seed
   fd_noise_floor   FD of the base against itself on two disjoint seed sets: the base's even-indexed
                    samples against its odd-indexed ones (N/2 each, every class in both halves when N is
                    a multiple of 18). What FD reads between two seed sets of one model, at this N. Its
-                   interval: over random splits of the N samples into halves (bench/bootstrap.split_ci).
+                   interval: over random splits of each class's samples into halves (bench/bootstrap.split_ci).
   fd_ddit_vs_base  the same split with DDiT on one half and the base on the other (both ways, averaged):
                    directly comparable with fd_noise_floor (same sizes, same disjoint seeds)
   psnr_db          DDiT against the base image by image: 10 log10(1 / mean MSE) over all N
@@ -47,7 +47,7 @@ def accuracy_figures(correct_base, correct_ddit, **options) -> dict:
     return out
 
 
-def fd_figures(feats_base, feats_ddit, real, **options) -> dict:
+def fd_figures(feats_base, feats_ddit, real, labels=None, **options) -> dict:
     """FD of base and DDiT to the real set, their ratio, the noise floor and DDiT vs base across halves."""
     fb, fdd, fr = (np.asarray(torch.as_tensor(f).double().numpy()) for f in (feats_base, feats_ddit, real))
     n = len(fb)
@@ -72,8 +72,8 @@ def fd_figures(feats_base, feats_ddit, real, **options) -> dict:
         "fd_base": point[0], "fd_base_ci": intervals[0], "fd_ddit": point[1], "fd_ddit_ci": intervals[1],
         "fd_ratio": point[2], "fd_ratio_ci": intervals[2],
         # between two disjoint sets of this run: intervals over random splits (bench/bootstrap.split_ci says why)
-        "fd_noise_floor": floor(a, b), "fd_noise_floor_ci": split_ci(floor, n, **options),
-        "fd_ddit_vs_base": across(a, b), "fd_ddit_vs_base_ci": split_ci(across, n, **options),
+        "fd_noise_floor": floor(a, b), "fd_noise_floor_ci": split_ci(floor, n, strata=labels, **options),
+        "fd_ddit_vs_base": across(a, b), "fd_ddit_vs_base_ci": split_ci(across, n, strata=labels, **options),
         "fd_halves_samples": [len(a), len(b)], "fd_real_samples": len(fr),
     }
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ddit_export.bench.bootstrap import bootstrap_ci, mean_ci, psnr_ci, psnr_of_mse, ratio_of_means_ci
+from ddit_export.bench.bootstrap import bootstrap_ci, mean_ci, psnr_ci, psnr_of_mse, ratio_of_means_ci, split_ci
 from ddit_export.bench.quality import frechet_distance
 
 
@@ -31,7 +31,8 @@ def test_frechet_interval_holds_the_estimate_and_narrows_with_n():
     for n in (120, 960):
         a, real = rng.standard_normal((n, 8)) + 0.5, rng.standard_normal((512, 8))
         point = frechet_distance(a, real)
-        ci = bootstrap_ci(lambda i, j: frechet_distance(a[i], real[j]), (n, len(real)), resamples=300)[0]
+        ci = bootstrap_ci(lambda i, j, a=a, real=real: frechet_distance(a[i], real[j]), (n, len(real)),
+                          resamples=300)[0]
         assert ci[0] <= point <= ci[1]
         widths.append(_width(ci))
     assert widths[1] < widths[0] / 1.5
@@ -57,3 +58,26 @@ def test_psnr_interval_and_degenerate_inputs():
     assert ratio[0] < 2.0 < ratio[1]
     with pytest.raises(ValueError, match="at least 1 row"):
         bootstrap_ci(lambda i: 0.0, 0)
+
+
+def test_split_interval_halves_each_stratum_and_never_repeats_a_row():
+    labels = np.arange(40) % 9  # classes in turn: strata of 5 and 4 rows
+    seen = []
+
+    def record(a, b):
+        assert len(set(a)) == len(a) and set(a).isdisjoint(b) and len(a) + len(b) == 40
+        for c in range(9):
+            assert abs(np.sum(labels[a] == c) - np.sum(labels[b] == c)) <= 1
+        assert abs(len(a) - len(b)) <= 1
+        seen.append(tuple(a))
+        return float(len(a))
+
+    assert split_ci(record, 40, strata=labels, resamples=50) == [20.0, 20.0]
+    assert len(set(seen)) > 40  # random splits, not one
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 4))
+    point = frechet_distance(x[0::2], x[1::2])
+    lo, hi = split_ci(lambda a, b: frechet_distance(x[a], x[b]), 200, resamples=200)
+    assert lo <= point <= hi
+    with pytest.raises(ValueError, match="n >= 4"):
+        split_ci(record, 3)
