@@ -99,32 +99,39 @@ def calibration_figure(points: list[dict], chosen: dict | None, metric: str, bud
     return fig
 
 
-def plot_schedule_front(points: list, path) -> Path:
-    """PSNR vs token cost: fixed schedules by family, their front, and each dynamic point labelled."""
+FRONT_AXIS = {"psnr": "PSNR vs static base (dB)", "fd": "Frechet distance to real (lower is better)",
+              "accuracy": "class accuracy"}
+
+
+def plot_schedule_front(points: list, path, metric: str = "psnr") -> Path:
+    """``metric`` (PSNR, FD or accuracy) vs token cost: fixed schedules by family, their front, and each
+    dynamic point labelled."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    finite = [p for p in points if p.psnr != float("inf")]
+    finite = [p for p in points if abs(p.value(metric)) != float("inf")]
     families = sorted({p.label.split(" ")[0] for p in finite if p.kind == "fixed"})
     for family in families:
         mine = [p for p in finite if p.kind == "fixed" and p.label.split(" ")[0] == family]
-        ax.scatter([p.token_cost for p in mine], [p.psnr for p in mine], s=14, alpha=0.6, label=f"fixed: {family}")
+        ax.scatter([p.token_cost for p in mine], [p.value(metric) for p in mine], s=14, alpha=0.6,
+                   label=f"fixed: {family}")
     front = sorted((p for p in finite if p.front), key=lambda p: p.token_cost)
-    ax.plot([p.token_cost for p in front], [p.psnr for p in front], color="black", lw=1, label="fixed front")
-    dynamic = sorted((q for q in finite if q.kind == "dynamic"), key=lambda q: q.psnr)
-    spread = max([q.psnr for q in finite] + [1.0]) - min([q.psnr for q in finite] + [0.0])
+    ax.plot([p.token_cost for p in front], [p.value(metric) for p in front], color="black", lw=1, label="fixed front")
+    dynamic = sorted((q for q in finite if q.kind == "dynamic"), key=lambda q: q.value(metric))
+    values = [q.value(metric) for q in finite]
+    spread = max(values + [1.0]) - min(values + [0.0])
     label_y = float("-inf")
     for p in dynamic:
-        ax.scatter([p.token_cost], [p.psnr], s=90, marker="*", zorder=3,
+        ax.scatter([p.token_cost], [p.value(metric)], s=90, marker="*", zorder=3,
                    color="tab:green" if p.above_front else "tab:red")
         # Rules often sit close together: labels are stacked at least 5% of the range apart, with leader lines.
-        label_y = max(p.psnr - 0.03 * spread, label_y + 0.05 * spread)
-        ax.annotate(p.label, (p.token_cost, p.psnr), xytext=(p.token_cost + 0.06, label_y), fontsize="small",
-                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"},
+        label_y = max(p.value(metric) - 0.03 * spread, label_y + 0.05 * spread)
+        ax.annotate(p.label, (p.token_cost, p.value(metric)), xytext=(p.token_cost + 0.06, label_y),
+                    fontsize="small", va="center", arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"},
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xlabel("token cost (fraction of the static base's tokens)")
-    ax.set_ylabel("PSNR vs static base (dB)")
+    ax.set_ylabel(FRONT_AXIS[metric])
     ax.set_title("dynamic rules (stars: green above the fixed front) vs fixed schedules")
-    ax.legend(fontsize="x-small", loc="lower right")
+    ax.legend(fontsize="x-small", loc="lower right" if metric != "fd" else "upper right")
     return _save(fig, path)
 
 

@@ -10,8 +10,12 @@ samples (prompt x seed) as the static base, and places each point by cost and qu
   extra scores            any `score(images, prompts) -> dict` given (the demo: class accuracy, FD)
 
 The fixed front is the fixed points no other fixed point beats at lower or equal cost; a dynamic point
-is *above* it when no fixed point of equal or lower cost reaches its PSNR, and its PSNR exceeds the
-front interpolated linearly between the front points just below and just above its cost.
+is *above* it when no fixed point of equal or lower cost reaches its quality, and its quality exceeds
+the front interpolated linearly between the front points just below and just above its cost. Quality
+is one metric (`FRONT_METRICS`, `ddit-export schedules --front-metric`): PSNR vs the static base (the
+default), or, where the model has scores, Frechet distance to real images (lower is better) or class
+accuracy. PSNR follows the base's trajectory; FD and accuracy ask whether the images keep the base's
+distribution, the paper's measure (FID), which a fixed schedule can win while the rule wins PSNR.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import torch
 from ..runtime.schedule_spec import format_schedule
 from .end_to_end import schedule_cost
 
-__all__ = ["SchedulePoint", "evaluate", "fixed_families", "mark_front"]
+__all__ = ["FRONT_METRICS", "SchedulePoint", "evaluate", "fixed_families", "mark_front"]
+
+# metric -> (where a point keeps it, +1 when higher is better / -1 when lower is)
+FRONT_METRICS = {"psnr": ("psnr", 1), "fd": ("fd", -1), "accuracy": ("accuracy", 1)}
 
 
 def _even_positions(count: int, steps: int) -> set[int]:
@@ -79,9 +86,28 @@ class SchedulePoint:
     seconds_per_image: float = 0.0
     front: bool = False  # on the fixed-schedule front (fixed points only)
     above_front: bool | None = None  # dynamic points only
-    front_psnr_at_cost: float | None = None  # the front interpolated at this point's cost
+    front_at_cost: float | None = None  # the front (in the front metric) interpolated at this point's cost
+    front_metric: str = "psnr"
     cost_per_prompt: dict = field(default_factory=dict)  # mean token cost of each prompt's samples
     same_as: str | None = None  # dynamic points: the fixed schedule every sample got, if they all got one
+
+    @property
+    def front_psnr_at_cost(self) -> float | None:
+        """The PSNR front at this cost (None when the front is on another metric)."""
+        return self.front_at_cost if self.front_metric == "psnr" else None
+
+    def value(self, metric: str) -> float:
+        """This point's figure of ``metric`` (a `FRONT_METRICS` key)."""
+        if metric == "psnr":
+            return self.psnr
+        if metric not in self.scores:
+            raise ValueError(f"--front-metric {metric}: this model has no {metric} score (only the demo's classifier "
+                             "gives FD and accuracy); use --front-metric psnr")
+        return float(self.scores[metric])
+
+    def goodness(self, metric: str) -> float:
+        """The figure signed so that higher is better (FD negated)."""
+        return FRONT_METRICS[metric][1] * self.value(metric)
 
     @property
     def distinct_schedules(self) -> int:
@@ -92,6 +118,7 @@ class SchedulePoint:
                 "psnr_db": self.psnr, "ssim": self.ssim, **self.scores,
                 "seconds_per_image": self.seconds_per_image,
                 "distinct_schedules": self.distinct_schedules, "front": self.front, "above_front": self.above_front,
+                "front_metric": self.front_metric, "front_at_cost": self.front_at_cost,
                 "front_psnr_at_cost": self.front_psnr_at_cost, "same_as": self.same_as,
                 "token_cost_per_prompt": self.cost_per_prompt,
                 "schedules": [format_schedule(x) for x in self.schedules]}
@@ -153,20 +180,27 @@ def _fold_frames(latents: torch.Tensor) -> torch.Tensor:
     return latents.permute(0, 2, 1, 3, 4).flatten(0, 1) if latents.dim() == 5 else latents
 
 
-def mark_front(points: list[SchedulePoint]) -> list[SchedulePoint]:
-    """Mark the fixed front and place every dynamic point against it (see the module docstring)."""
+def mark_front(points: list[SchedulePoint], metric: str = "psnr") -> list[SchedulePoint]:
+    """Mark the fixed front on ``metric`` and place every dynamic point against it (see the module docstring)."""
+    if metric not in FRONT_METRICS:
+        raise ValueError(f"unknown front metric {metric!r}: choose one of {', '.join(FRONT_METRICS)}")
+    sign = FRONT_METRICS[metric][1]
+    good = {id(p): p.goodness(metric) for p in points}
     fixed = [p for p in points if p.kind in ("fixed", "base")]
     for p in fixed:
-        p.front = not any(q is not p and q.token_cost <= p.token_cost and q.psnr >= p.psnr
-                          and (q.token_cost < p.token_cost or q.psnr > p.psnr) for q in fixed)
+        g = good[id(p)]
+        p.front = not any(q is not p and q.token_cost <= p.token_cost and good[id(q)] >= g
+                          and (q.token_cost < p.token_cost or good[id(q)] > g) for q in fixed)
     front = sorted((p for p in fixed if p.front), key=lambda p: p.token_cost)
     for p in points:
+        p.front_metric = metric
         if p.kind != "dynamic":
             continue
         cheaper = [q for q in fixed if q.token_cost <= p.token_cost]
-        beaten = any(q.psnr >= p.psnr for q in cheaper)
-        p.front_psnr_at_cost = front_at(front, p.token_cost)
-        p.above_front = not beaten and (p.front_psnr_at_cost is None or p.psnr > p.front_psnr_at_cost)
+        beaten = any(good[id(q)] >= good[id(p)] for q in cheaper)
+        at = front_at(front, p.token_cost, metric)
+        p.front_at_cost = at
+        p.above_front = not beaten and (at is None or sign * p.value(metric) > sign * at)
         if p.distinct_schedules == 1:
             only = p.schedules[0]
             p.same_as = next((q.label for q in points if q.kind != "dynamic" and q.schedules
@@ -174,15 +208,15 @@ def mark_front(points: list[SchedulePoint]) -> list[SchedulePoint]:
     return points
 
 
-def front_at(front: list[SchedulePoint], cost: float) -> float | None:
-    """The front's PSNR at ``cost``, linear between its neighbours (inf-PSNR base: the lower point's)."""
+def front_at(front: list[SchedulePoint], cost: float, metric: str = "psnr") -> float | None:
+    """The front's ``metric`` at ``cost``, linear between its neighbours (inf-PSNR base: the lower point's)."""
     below = [p for p in front if p.token_cost <= cost]
     above = [p for p in front if p.token_cost > cost]
     if not below:
         return None
     lo = below[-1]
-    if not above or above[0].psnr == float("inf"):
-        return lo.psnr
+    if not above or above[0].value(metric) in (float("inf"), float("-inf")):
+        return lo.value(metric)
     hi = above[0]
     w = (cost - lo.token_cost) / (hi.token_cost - lo.token_cost)
-    return lo.psnr + w * (hi.psnr - lo.psnr)
+    return lo.value(metric) + w * (hi.value(metric) - lo.value(metric))

@@ -55,10 +55,10 @@ def print_table(points, console: Console, title: str) -> None:
     console.print(table)
 
 
-def write_reports(points, out: Path, title: str, console: Console | None = None) -> list[Path]:
+def write_reports(points, out: Path, title: str, console: Console | None = None, metric: str = "psnr") -> list[Path]:
     if console is not None:
         print_table(points, console, title)
     rows = [json_safe(p.row()) for p in points]
-    return [write_json(out / "schedules.json", {"title": title, "points": rows}),
+    return [write_json(out / "schedules.json", {"title": title, "front_metric": metric, "points": rows}),
             write_text_atomic(out / "schedules.md", markdown(points, title)),
-            plot_schedule_front(points, out / "schedules.png")]
+            plot_schedule_front(points, out / "schedules.png", metric)]

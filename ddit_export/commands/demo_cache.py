@@ -125,10 +125,12 @@ def cache_demo_command(args, console) -> int:
 
 
 def _print_table(console, r: dict, spec) -> None:
+    from ..demo.quality_figures import with_ci
+
     rows = r["configurations"]
     first = next(iter(rows.values()))
-    table = Table(title=f"demo: {r['samples']} samples, {r['steps']} steps, ONNX Runtime CPU, staged engines, "
-                        f"{spec}, rule {r['rule']} tau {r['tau']}")
+    table = Table(title=f"demo: {r['samples']} samples per figure, {r['steps']} steps, ONNX Runtime CPU, staged "
+                        f"engines, {spec}, rule {r['rule']} tau {r['tau']}")
     table.add_column("figure")
     for name in ("static base", f"{spec.kind} alone", "DDiT alone", f"DDiT + {spec.kind}"):
         table.add_column(name, justify="right")
@@ -137,10 +139,12 @@ def _print_table(console, r: dict, spec) -> None:
                   *[f"{c['seconds_per_image_ddit']:.4f}" for c in cols])
     table.add_row("speed-up vs base", "1.00x", *[f"{c['speedup']:.2f}x" for c in cols], style="bold")
     table.add_row("steps cached", "0%", *[f"{100 * c['cached_steps']:.0f}%" for c in cols])
-    table.add_row("PSNR vs base (dB)", "inf", *[f"{c['psnr_db']:.2f}" for c in cols])
+    table.add_row("PSNR vs base (dB)", "inf", *[with_ci(c["psnr_db"], c["psnr_db_ci"]) for c in cols])
     table.add_row("SSIM vs base", "1.000", *[f"{c['ssim']:.3f}" for c in cols])
-    table.add_row("class accuracy", f"{100 * first['accuracy_base']:.1f}%",
-                  *[f"{100 * c['accuracy_ddit']:.1f}%" for c in cols])
-    table.add_row("Frechet distance", f"{first['fd_base']:.1f}", *[f"{c['fd_ddit']:.1f}" for c in cols])
+    table.add_row("class accuracy", with_ci(first["accuracy_base"], first["accuracy_base_ci"], ".1f", 100, "%"),
+                  *[with_ci(c["accuracy_ddit"], c["accuracy_ddit_ci"], ".1f", 100, "%") for c in cols])
+    table.add_row("Frechet distance", with_ci(first["fd_base"], first["fd_base_ci"], ".1f"),
+                  *[with_ci(c["fd_ddit"], c["fd_ddit_ci"], ".1f") for c in cols])
     console.print(table)
+    console.print(f"{r['samples']} samples behind every figure; [95% bootstrap intervals]", markup=False)
     console.print(f"DDiT + {spec.kind} vs DDiT alone: {r['speedup_vs_ddit']:.2f}x")

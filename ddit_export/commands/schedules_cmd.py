@@ -2,7 +2,9 @@
 
 Runs the static base, families of fixed schedules (coarse-then-base, base-then-coarse, spread, mixed
 coarse-to-fine) and the dynamic rule(s) on the same samples (prompts x seeds), then prints the points
-on the fixed front and every dynamic point with its place against that front. Writes into --out:
+on the fixed front and every dynamic point with its place against that front. The front is taken on
+--front-metric: PSNR vs the static base (default), or on the demo, whose classifier scores images,
+Frechet distance to real images (`fd`, lower is better) or class accuracy. Writes into --out:
 `schedules.json` (every point), `schedules.md` (the tables) and `schedules.png` (quality vs cost).
 Run it on your own model before trusting a dynamic setting: if a fixed schedule of the same cost is
 as good, pin that one (`--schedule` on generate, demo, bench and the drop-ins).
@@ -23,6 +25,8 @@ from .errors import run_guarded
 from .progress import Counted
 from .prompts import evaluation_hooks, prompts_for
 
+FRONT_METRIC_NAMES = ("psnr", "fd", "accuracy")  # bench/schedules.FRONT_METRICS (kept torch-free for --help)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("engine_dir", metavar="ENGINE_DIR", help="engine folder (holds manifest.json)")
@@ -37,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a dynamic point, e.g. paper@0.004 (repeat; default: the manifest's rule and tau, "
                         "and the paper's rule at the same tau)")
     p.add_argument("--sizes", help="patch sizes the schedules may use, the base included (default: every engine's)")
+    p.add_argument("--front-metric", choices=sorted(FRONT_METRIC_NAMES), default="psnr",
+                   help="quality the fixed front and the dynamic points' places are taken on: psnr (vs the static "
+                        "base; default), fd (Frechet distance to real images, lower is better) or accuracy "
+                        "(fd and accuracy need the model's own classifier: the demo)")
     p.add_argument("--out", help="output folder (default outputs/schedules-<engine dir>)")
 
 
@@ -77,6 +85,9 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     defaults = manifest.get("scheduler", {})
     dynamic = [parse_dynamic(d) for d in args.dynamic] if args.dynamic else None
     hooks = evaluation_hooks(manifest)
+    if args.front_metric != "psnr" and "score" not in hooks:
+        raise ValueError(f"--front-metric {args.front_metric}: the engines' model has no classifier to score images "
+                         f"(only the demo's has); use --front-metric psnr")
     prompts = prompts_for(args.prompt, manifest)
     samples = [(prompt, seed) for seed in seeds for prompt in prompts]
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"schedules-{folder.resolve().name}"
@@ -105,11 +116,12 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
                 conditioning=lambda prompt: make_conditioning(manifest, prompt, device=device),
                 to_images=hooks.get("to_images"), score=hooks.get("score"),
                 progress=lambda message: bar.advance(status=message))
-    sch.mark_front(points)
+    sch.mark_front(points, args.front_metric)
     from ..bench.schedules_report import write_reports
 
     written = write_reports(points, out, title=f"schedules of {folder} ({len(samples)} samples, {args.steps} steps, "
-                                               f"{args.backend})", console=console)
+                                               f"{args.backend}; front on {args.front_metric})", console=console,
+                            metric=args.front_metric)
     for path in written:
         console.print(f"wrote {path}")
     return 0

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..bench.end_to_end import schedule_cost
-from ..bench.quality import frechet_distance, psnr, ssim
+from ..bench.quality import frechet_distance, ssim
 from ..pipelines.registry import generate
 from ..runtime.runner import schedule_config
 from .class_table import demo_conditioning
@@ -21,6 +22,7 @@ from .classes import CLASS_NAMES, FLAT_CLASSES, TEXTURED_CLASSES
 from .classifier import DemoClassifier, load_classifier, score
 from .codec import decode
 from .data import sample_batch
+from .quality_figures import accuracy_figures, fd_figures, psnr_figures, speed_figures
 
 REAL_SAMPLES = 512  # procedural reference images for the Frechet distance
 REAL_SEED = 10_000  # disjoint from anything the demo samples with
@@ -100,34 +102,42 @@ def token_costs(schedules: list[list[int]], tokens: dict[int, int]) -> list[floa
     return [schedule_cost(s, tokens, min(tokens)) for s in schedules]
 
 
+def correct(classifier: DemoClassifier, images: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(per-sample 0/1 correctness, penultimate features) of a batch of images."""
+    with torch.no_grad():
+        feats = classifier.features(images)
+        right = (classifier.head(feats).argmax(1) == labels).numpy()
+    return right, feats
+
+
 def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifier, real: torch.Tensor,
-            sizes, tokens: dict[int, int]) -> dict:
-    """Every number the demo reports for one DDiT configuration against the static base."""
-    acc_base, feats_base = score(classifier, base.batch, labels)
-    acc_ddit, feats_ddit = score(classifier, ddit.batch, labels)
-    t_base = sum(base.seconds) / len(base.seconds)
-    t_ddit = sum(ddit.seconds) / len(ddit.seconds)
+            sizes, tokens: dict[int, int], base_seconds: list[float] | None = None,
+            base_scored: tuple | None = None) -> dict:
+    """Every number the demo reports for one DDiT configuration against the static base, the quality
+    figures with 95% bootstrap intervals (`*_ci`; demo/quality_figures.py says how each is computed).
+
+    ``base_seconds``: the base's timings when they were taken apart from ``base`` (default its own);
+    ``base_scored``: ``correct(classifier, base.batch, labels)`` when several configurations share one base.
+    """
+    right_base, feats_base = base_scored or correct(classifier, base.batch, labels)
+    right_ddit, feats_ddit = correct(classifier, ddit.batch, labels)
     costs = token_costs(ddit.schedules, tokens)
     per_class = {name: [c for c, lab in zip(costs, labels.tolist()) if lab == i] for i, name in enumerate(CLASS_NAMES)}
     per_class = {name: sum(v) / len(v) for name, v in per_class.items() if v}
     flat = [per_class[n] for n in FLAT_CLASSES if n in per_class]
     textured = [per_class[n] for n in TEXTURED_CLASSES if n in per_class]
     return {
+        "samples": len(ddit.images),
         "token_cost": sum(costs) / len(costs),
         "token_cost_per_class": per_class,
         "token_cost_flat": sum(flat) / len(flat) if flat else None,
         "token_cost_textured": sum(textured) / len(textured) if textured else None,
         "distinct_schedules": len({tuple(s) for s in ddit.schedules}),
-        "seconds_per_image_base": t_base,
-        "seconds_per_image_ddit": t_ddit,
-        "speedup": t_base / t_ddit,
-        "psnr_db": psnr(ddit.batch, base.batch),
-        "psnr_db_per_sample": [psnr(d[None], b[None]) for d, b in zip(ddit.images, base.images)],
+        **speed_figures(base.seconds if base_seconds is None else base_seconds, ddit.seconds),
+        **psnr_figures(ddit.batch, base.batch),
         "ssim": ssim(ddit.batch, base.batch),
-        "accuracy_base": acc_base,
-        "accuracy_ddit": acc_ddit,
-        "fd_base": frechet_distance(feats_base, real),
-        "fd_ddit": frechet_distance(feats_ddit, real),
+        **accuracy_figures(right_base, right_ddit),
+        **fd_figures(feats_base, feats_ddit, real, labels=labels.numpy()),
         "schedule_histogram": histogram(ddit.schedules, sizes),
         "schedules": ddit.schedules,
     }

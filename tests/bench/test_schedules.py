@@ -202,6 +202,37 @@ def test_front_marking_and_placement_of_dynamic_points():
     assert not by["beaten"].above_front  # fixed "b" is cheaper and better
 
 
+
+def _scored(label, kind, cost, fd, accuracy):
+    return SchedulePoint(label, kind, [[2]], token_cost=cost, psnr=30.0 - 10 * cost,
+                         scores={"fd": fd, "accuracy": accuracy})
+
+
+def test_front_on_fd_is_lower_is_better_and_differs_from_the_psnr_front():
+    points = [_scored("base", "base", 1.0, 100.0, 0.9), _scored("a", "fixed", 0.3, 150.0, 0.8),
+              _scored("b", "fixed", 0.5, 160.0, 0.85), _scored("c", "fixed", 0.7, 120.0, 0.7),
+              _scored("rule", "dynamic", 0.4, 140.0, 0.75), _scored("worse", "dynamic", 0.6, 155.0, 0.95)]
+    by = {p.label: p for p in mark_front(points, "fd")}
+    assert [p.label for p in points if p.front] == ["base", "a", "c"]  # b: dearer than a and a higher FD
+    assert by["rule"].front_at_cost == pytest.approx(150.0 + (0.4 - 0.3) / (0.7 - 0.3) * (120.0 - 150.0))
+    assert by["rule"].above_front and by["rule"].front_metric == "fd" and by["rule"].front_psnr_at_cost is None
+    assert not by["worse"].above_front  # a is cheaper with a lower FD
+    by = {p.label: p for p in mark_front(points, "accuracy")}
+    assert [p.label for p in points if p.front] == ["base", "a", "b"]
+    assert by["worse"].above_front and not by["rule"].above_front
+    by = {p.label: p for p in mark_front(points, "psnr")}  # psnr falls with cost here: only the cheapest is front
+    assert [p.label for p in points if p.front] == ["a"] and by["rule"].front_psnr_at_cost == pytest.approx(27.0)
+    assert by["rule"].row()["front_metric"] == "psnr"
+
+
+def test_front_metric_needs_the_score_and_a_known_name():
+    plain = [_point("base", "base", 1.0, float("inf")), _point("a", "fixed", 0.3, 20.0)]
+    with pytest.raises(ValueError, match="no fd score.*--front-metric psnr"):
+        mark_front(plain, "fd")
+    with pytest.raises(ValueError, match="unknown front metric 'ssim'"):
+        mark_front(plain, "ssim")
+
+
 def test_front_at_between_and_beyond_points():
     front = [_point("a", "fixed", 0.2, 10.0), _point("b", "fixed", 0.6, 30.0),
              _point("base", "base", 1.0, float("inf"))]
@@ -241,6 +272,16 @@ def test_schedules_command_refuses_bad_input(tiny_flux_engines, tmp_path, capsys
     assert main(["schedules", str(tiny_flux_engines), "--steps", "2", "--out", str(tmp_path)]) == 2
     assert "at least 4" in capsys.readouterr().err
     assert main(["schedules", str(tmp_path / "missing")]) == 2
+    # --front-metric: a name outside the choices, and FD on a model without a classifier, refused before sampling
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["schedules", str(tiny_flux_engines), "--front-metric", "ssim", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "choose from" in err
+    assert main(["schedules", str(tiny_flux_engines), "--front-metric", "fd", "--out", str(tmp_path / "fd")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no classifier" in err and "--front-metric psnr" in err
+    assert not (tmp_path / "fd").exists() and not (tmp_path / "m").exists()
 
 
 def test_schedules_command_on_tiny_wan_engines(tiny_wan_engines, tmp_path):

@@ -18,7 +18,10 @@ from ddit_export.demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, de
 from ddit_export.families.flux import FLUX
 
 REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "token_cost",
-               "schedules", "distinct_schedules", "token_cost_per_class", "token_cost_flat", "token_cost_textured"}
+               "schedules", "distinct_schedules", "token_cost_per_class", "token_cost_flat", "token_cost_textured",
+               "fd_ratio", "fd_noise_floor", "samples", "seeds"}
+# every quality figure carries its 95% interval beside it (docs/quality.md)
+CI_KEYS = ("accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "fd_ratio", "fd_noise_floor", "psnr_db", "speedup")
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +82,7 @@ def test_codec_round_trips_exactly():
     assert torch.equal(decode(encode(dyadic)), dyadic)  # bit-exact where the affine map is exact
 
 
-def test_demo_command_writes_the_report(tmp_path):
+def test_demo_command_writes_the_report(tmp_path, capsys):
     from ddit_export.commands import demo_cmd
 
     parser = argparse.ArgumentParser()
@@ -91,6 +94,12 @@ def test_demo_command_writes_the_report(tmp_path):
     assert demo_cmd.run(args) == 0
     figures = json.loads(report.read_text())
     assert REPORT_KEYS <= set(figures)
+    for key in CI_KEYS:
+        lo, hi = figures[f"{key}_ci"]
+        assert lo <= figures[key] <= hi, key
+    assert figures["samples"] == len(CLASS_NAMES) and figures["seeds"] == [0, len(CLASS_NAMES) - 1]
+    assert figures["fd_halves_samples"] == [5, 4]  # even / odd sample indices: disjoint seeds
+    assert f"{len(CLASS_NAMES)} samples behind every figure" in capsys.readouterr().out
     assert figures["accuracy_base"] >= 0.7  # loose: 9 samples at 12 steps
     assert sum(figures["schedule_histogram"].values()) == len(CLASS_NAMES) * 12
     assert figures["scheduler_sizes"] == [2, 4] and figures["rule"] == "paper"

@@ -1,0 +1,88 @@
+"""The rule against fixed schedules at equal or higher cost (`demo/quality_eval.py`, tools/demo_quality_eval.py),
+and `ddit-export schedules --front-metric fd` on the demo engines."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddit_export.bench.end_to_end import schedule_cost
+from ddit_export.demo.quality_eval import fixed_candidates
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "demo_quality_eval.py"
+TOKENS = {2: 256, 4: 64, 8: 16}
+
+
+@pytest.fixture(autouse=True)
+def one_thread(torch_single_thread):
+    """Small tensors on a shared 2-core machine: one thread is faster."""
+
+
+@pytest.fixture(scope="module")
+def demo_engines(tmp_path_factory) -> Path:
+    from ddit_export.demo.engines import export_demo_engines
+
+    folder = tmp_path_factory.mktemp("demo") / "engines"
+    export_demo_engines(folder)
+    return folder
+
+
+def test_fixed_candidates_lie_in_the_cost_band_cheapest_first():
+    chosen = fixed_candidates(28, [2, 4, 8], 2, TOKENS, 0.31, 0.34)
+    costs = [schedule_cost(list(s), TOKENS, 2) for s in chosen.values()]
+    assert chosen and all(0.31 <= c <= 0.34 for c in costs) and costs == sorted(costs)
+    assert chosen["coarse-then-base 4x25,2x3"] == (4,) * 25 + (2,) * 3  # the issue's fixed comparison
+    assert fixed_candidates(28, [2, 4, 8], 2, TOKENS, 2.0, 3.0) == {}
+
+
+def _tool(*argv) -> int:
+    old = sys.argv
+    sys.argv = [str(TOOL), *argv]
+    try:
+        runpy.run_path(str(TOOL), run_name="__main__")
+    except SystemExit as done:
+        return done.code
+    finally:
+        sys.argv = old
+    return 0
+
+
+def test_tool_evaluates_the_rule_and_named_fixed_schedules_with_intervals(demo_engines, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    assert _tool(str(demo_engines), "--samples", "9", "--steps", "6", "--seed", "500", "--only-fixed",
+                 "--fixed", "4x5,2", "--base-every", "4", "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["samples"] == 9 and report["seeds"] == [500, 508]
+    rule, fixed = report["rows"][report["rule"]], report["rows"]["coarse-then-base 4x5,2"]
+    assert rule["kind"] == "dynamic" and fixed["kind"] == "fixed"
+    assert fixed["schedules"] == ["4x5,2"] * 9 and fixed["token_cost"] == pytest.approx((5 / 4 + 1) / 6)
+    assert fixed["timed_samples_base"] == 3 and fixed["timed_samples_ddit"] == 9  # base timed every 4th sample
+    assert fixed["accuracy_base"] == rule["accuracy_base"] and fixed["fd_base"] == rule["fd_base"]  # one base run
+    for row in (rule, fixed):
+        for key in ("fd_ddit", "fd_ratio", "accuracy_ddit", "psnr_db", "speedup"):
+            assert row[f"{key}_ci"][0] <= row[key] <= row[f"{key}_ci"][1], key
+    printed = capsys.readouterr().out
+    assert "9 samples per row" in printed and "FD noise floor" in printed
+    # bad input: one line, nothing written
+    assert _tool(str(demo_engines), "--only-fixed", "--json", str(tmp_path / "no.json")) == 2
+    assert "--only-fixed evaluates the --fixed schedules" in capsys.readouterr().err
+    assert _tool(str(demo_engines), "--fixed", "4x9", "--steps", "6", "--json", str(tmp_path / "no.json")) == 2
+    assert "--fixed" in capsys.readouterr().err and not (tmp_path / "no.json").exists()
+
+
+def test_schedules_front_on_fd_on_the_demo(demo_engines, tmp_path):
+    from ddit_export.cli import main
+
+    out = tmp_path / "front"
+    assert main(["schedules", str(demo_engines), "--steps", "4", "--seeds", "0", "--sizes", "2,4",
+                 "--dynamic", "paper@1000", "--front-metric", "fd", "--out", str(out)]) == 0
+    report = json.loads((out / "schedules.json").read_text())
+    assert report["front_metric"] == "fd"
+    points = {p["label"]: p for p in report["points"]}
+    front = sorted((p for p in points.values() if p["front"]), key=lambda p: p["token_cost"])
+    assert [p["fd"] for p in front] == sorted((p["fd"] for p in front), reverse=True)  # dearer: lower FD
+    dynamic = points["paper@1000"]
+    assert dynamic["front_metric"] == "fd" and dynamic["front_psnr_at_cost"] is None
+    assert isinstance(dynamic["above_front"], bool) and "front on fd" in report["title"]
