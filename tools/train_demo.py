@@ -88,10 +88,11 @@ def stage_base(args) -> dict:
         previous = json.loads(TRAIN_REPORT.read_text()).get("base") if TRAIN_REPORT.exists() else None
         ema, losses = train_base(load_demo_transformer(), table, args.extend_steps, args.base_batch, args.extend_lr,
                                  args.seed + args.extend_seed, args.ema_decay, log=log, checkpoint=save_transformer,
-                                 checkpoint_every=250, name="extended base")
+                                 checkpoint_every=250, name="extended base", stop_at=args.extend_stop)
         save_transformer(ema)
         tail = losses[-100:]
-        return {"extended_from": previous, "extend_steps": args.extend_steps, "extend_batch": args.base_batch,
+        return {"extended_from": previous, "extend_steps": args.extend_steps, "extend_stop": args.extend_stop,
+                "extend_batch": args.base_batch,
                 "extend_lr": args.extend_lr, "extend_seed": args.seed + args.extend_seed, "ema_decay": args.ema_decay,
                 "extend_seconds": round(time.perf_counter() - start, 1),
                 "final_loss": sum(tail) / len(tail), "parameters": sum(p.numel() for p in ema.parameters())}
@@ -205,6 +206,8 @@ def main() -> None:
                    help="start from the shipped model and adapters; fine-tune them on all classes (new classes)")
     p.add_argument("--extend-steps", type=int, default=600, help="--extend: base fine-tuning steps")
     p.add_argument("--extend-lr", type=float, default=5e-4, help="--extend: base fine-tuning peak learning rate")
+    p.add_argument("--extend-stop", type=int, default=None,
+                   help="--extend: stop after this many steps of the --extend-steps schedule (a run cut for time)")
     p.add_argument("--extend-seed", type=int, default=2,
                    help="--extend: data seed offset (a new one per extension, so a continued run sees new images)")
     p.add_argument("--classifier-steps", type=int, default=200)
