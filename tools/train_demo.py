@@ -85,13 +85,16 @@ def stage_base(args) -> dict:
         from ddit_export.demo.model import load_demo_transformer
 
         start = time.perf_counter()
-        ema, losses = train_base(load_demo_transformer(), table, args.extend_steps, args.base_batch, args.narrow_lr,
-                                 args.seed + 2, args.ema_decay, log=log, checkpoint=save_transformer,
-                                 checkpoint_every=250, name="extended base")
+        previous = json.loads(TRAIN_REPORT.read_text()).get("base") if TRAIN_REPORT.exists() else None
+        ema, losses = train_base(load_demo_transformer(), table, args.extend_steps, args.base_batch, args.extend_lr,
+                                 args.seed + args.extend_seed, args.ema_decay, log=log, checkpoint=save_transformer,
+                                 checkpoint_every=250, name="extended base", stop_at=args.extend_stop)
         save_transformer(ema)
         tail = losses[-100:]
-        return {"extended_from": "the shipped 6-class demo of commit 72e5697", "extend_steps": args.extend_steps,
-                "extend_lr": args.narrow_lr, "extend_seconds": round(time.perf_counter() - start, 1),
+        return {"extended_from": previous, "extend_steps": args.extend_steps, "extend_stop": args.extend_stop,
+                "extend_batch": args.base_batch,
+                "extend_lr": args.extend_lr, "extend_seed": args.seed + args.extend_seed, "ema_decay": args.ema_decay,
+                "extend_seconds": round(time.perf_counter() - start, 1),
                 "final_loss": sum(tail) / len(tail), "parameters": sum(p.numel() for p in ema.parameters())}
     if args.padded_model:
         from diffusers import FluxTransformer2DModel
@@ -135,11 +138,30 @@ def stage_classifier(args) -> dict:
     return {"steps": args.classifier_steps, "batch": 128, "heldout_accuracy": accuracy}
 
 
+def adapter_command(args, embeds: Path, out: Path) -> list[str]:
+    """The `ddit-export train` command line the adapters stage runs (the product's command path)."""
+    argv = ["train", "flux", "--model", str(TRANSFORMER_DIR), "--patch-sizes", "2,4,8", "--out", str(out),
+            "--prompt-embeds", str(embeds), "--teacher-steps", str(args.steps), "--height", str(DEMO_HEIGHT),
+            "--width", str(DEMO_WIDTH), "--text-len", str(DEMO_TEXT_LEN), "--steps", str(args.adapter_steps),
+            "--batch-size", str(args.adapter_batch), "--seed", str(args.seed), "--optimizer", "adamw",
+            "--lr", str(args.adapter_lr), "--lr-schedule", "cosine", "--dtype", "fp32", "--checkpoint-every", "0",
+            "--lora-rank", str(args.lora_rank), "--student-states", str(args.student_states)]
+    if args.rollout_every:
+        argv += ["--rollout-every", str(args.rollout_every)]
+    if args.size_weights:
+        argv += ["--size-weights", args.size_weights]
+    if args.extend:
+        argv += ["--init-adapters", str(ADAPTERS_DIR)]
+    return argv
+
+
 def stage_adapters(args) -> dict:
     from safetensors.torch import save_file
 
+    from ddit_export.cli import build_parser
+    from ddit_export.commands.train_cmd import config_from_args
     from ddit_export.demo.class_table import load_class_table
-    from ddit_export.train import TrainConfig, train
+    from ddit_export.train import train
 
     _, table = load_class_table()
     with tempfile.TemporaryDirectory() as scratch:
@@ -148,14 +170,10 @@ def stage_adapters(args) -> dict:
         save_file({k: v.repeat_interleave(args.trajectories_per_class, 0).contiguous() for k, v in table.items()},
                   str(embeds))
         out = Path(scratch) / "adapters"
-        config = TrainConfig(
-            out=str(out), model=str(TRANSFORMER_DIR), patch_sizes=(2, 4, 8), prompt_embeds=str(embeds),
-            teacher_steps=args.steps, height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN,
-            steps=args.adapter_steps, batch_size=args.adapter_batch, seed=args.seed, optimizer="adamw",
-            init_adapters=str(ADAPTERS_DIR) if args.extend else None,
-            lr=args.adapter_lr, lr_schedule="cosine", dtype="fp32", checkpoint_every=0, lora_rank=args.lora_rank,
-        )
-        result = train(config, status=log)
+        # Parsed by the CLI's own parser into the CLI's TrainConfig: the demo trains exactly as a user would.
+        argv = adapter_command(args, embeds, out)
+        log("ddit-export " + " ".join(argv))
+        result = train(config_from_args(build_parser().parse_args(argv)), status=log)
         meta = json.loads((out / "adapters.json").read_text())
         meta["base_model"] = DEMO_MODEL_ID  # not this machine's scratch path
         shutil.rmtree(ADAPTERS_DIR, ignore_errors=True)
@@ -165,7 +183,9 @@ def stage_adapters(args) -> dict:
     tail = result.log[-50:]
     per_size = {p: sum(e["loss_per_size"][p] for e in tail) / len(tail) for p in tail[-1]["loss_per_size"]}
     return {"steps": args.adapter_steps, "batch": args.adapter_batch, "lr": args.adapter_lr, "lr_schedule": "cosine",
-            "lora_rank": args.lora_rank,
+            "lora_rank": args.lora_rank, "student_states": args.student_states,
+            "rollout_every": args.rollout_every, "size_weights": args.size_weights,
+            "init_adapters": "the shipped adapters" if args.extend else None,
             "teacher_steps": args.steps, "trajectories": args.trajectories_per_class * len(CLASS_NAMES),
             "final_loss_per_size": per_size, "samples": len(result.samples)}
 
@@ -185,6 +205,11 @@ def main() -> None:
     p.add_argument("--extend", action="store_true",
                    help="start from the shipped model and adapters; fine-tune them on all classes (new classes)")
     p.add_argument("--extend-steps", type=int, default=600, help="--extend: base fine-tuning steps")
+    p.add_argument("--extend-lr", type=float, default=5e-4, help="--extend: base fine-tuning peak learning rate")
+    p.add_argument("--extend-stop", type=int, default=None,
+                   help="--extend: stop after this many steps of the --extend-steps schedule (a run cut for time)")
+    p.add_argument("--extend-seed", type=int, default=2,
+                   help="--extend: data seed offset (a new one per extension, so a continued run sees new images)")
     p.add_argument("--classifier-steps", type=int, default=200)
     p.add_argument("--steps", type=int, default=28, help="sampling steps of the teacher trajectories")
     p.add_argument("--trajectories-per-class", type=int, default=64)
@@ -192,6 +217,10 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=64, help="LoRA rank of the adapters (the paper's 32: see below)")
     p.add_argument("--adapter-batch", type=int, default=8)
     p.add_argument("--adapter-lr", type=float, default=2e-3)
+    p.add_argument("--student-states", type=float, default=0.5,
+                   help="`ddit-export train --student-states`: share of student-rollout states (docs/method.md)")
+    p.add_argument("--rollout-every", type=int, default=None, help="`ddit-export train --rollout-every`")
+    p.add_argument("--size-weights", default=None, help="`ddit-export train --size-weights`, e.g. 4=1,8=2")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ASSETS.mkdir(parents=True, exist_ok=True)

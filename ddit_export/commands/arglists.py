@@ -100,3 +100,17 @@ def engine_folder(engine_dir: str):
     if not folder.is_dir():
         raise ValueError(f"ENGINE_DIR {folder} does not exist or is not a folder")
     return folder, read_manifest(folder)
+
+
+def size_weights(text: str) -> dict[int, float]:
+    """argparse type of --size-weights: `4=1,8=2` (size=weight) -> {4: 1.0, 8: 2.0}."""
+    import argparse
+
+    try:
+        pairs = [item.split("=") for item in text.split(",") if item.strip()]
+        weights = {int(size): float(weight) for size, weight in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size weights look like 4=1,8=2 (size=weight; got '{text}')") from None
+    if not weights:
+        raise argparse.ArgumentTypeError("give a weight per trained size, e.g. 4=1,8=2")
+    return weights

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ..families.defaults import FAMILY_DEFAULTS
 from . import argtypes
-from .arglists import patch_list
+from .arglists import patch_list, size_weights
 from .errors import run_guarded
 
 FAMILIES = list(FAMILY_DEFAULTS)  # every family (plain data: the help costs no torch import)
@@ -67,6 +67,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="frozen backbone dtype; bf16 runs under autocast with fp32 trained weights "
                           "(default bf16 on a GPU, fp32 on a CPU)")
     opt.add_argument("--gradient-checkpointing", action="store_true", help="recompute block activations (less memory)")
+    recipe = p.add_argument_group("what the student learns from (docs/method.md, Distillation recipe)")
+    recipe.add_argument("--student-states", type=argtypes.non_negative_float, default=0.0, metavar="F",
+                        help="share of the samples taken from the student's own DDiT trajectories (states that "
+                             "drift from the teacher's), the teacher still the target; 0 = teacher states only "
+                             "(default 0; 0.5 in the recipe)")
+    recipe.add_argument("--rollout-every", type=argtypes.positive_int, default=None, metavar="N",
+                        help="--student-states: roll the current student out again every N steps "
+                             "(default --steps / 4; the first rollouts after N steps)")
+    recipe.add_argument("--size-weights", type=size_weights, default=None, metavar="P=W,...",
+                        help="loss weight per trained size, e.g. 4=1,8=2 (default 1 each)")
     run_group = p.add_argument_group("run")
     run_group.add_argument("--checkpoint-every", type=argtypes.non_negative_int, default=500, metavar="N",
                            help="save a resumable checkpoint every N steps, 0 = never (default 500)")
@@ -88,6 +98,7 @@ def config_from_args(args: argparse.Namespace):
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
+        student_states=args.student_states, rollout_every=args.rollout_every, size_weights=args.size_weights,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, overwrite=args.overwrite,
     )

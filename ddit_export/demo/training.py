@@ -45,10 +45,13 @@ def flow_batch(batch: int, gen: torch.Generator, table: dict, mu: float, channel
 
 
 def train_base(model, table: dict, steps: int, batch: int, lr: float, seed: int, ema_decay: float, log=print,
-               checkpoint=None, checkpoint_every: int = 0, channels: int = LATENT_CHANNELS, name: str = "base"):
+               checkpoint=None, checkpoint_every: int = 0, channels: int = LATENT_CHANNELS, name: str = "base",
+               stop_at: int | None = None):
     """Train `model` in place on a `channels`-channel latent; returns (EMA copy used for shipping, per-step losses).
 
     `checkpoint(ema)` is called every `checkpoint_every` steps, so a long run leaves usable weights early.
+    `stop_at` ends the run after that many steps of a `steps`-step schedule: the weights are then exactly
+    that step's checkpoint of the full run (how a run cut for time is reproduced).
     """
     gen = torch.Generator().manual_seed(seed)
     mu = sampler_mu()
@@ -61,7 +64,7 @@ def train_base(model, table: dict, steps: int, batch: int, lr: float, seed: int,
     )
     history, start = [], time.perf_counter()
     model.train()
-    for step in range(1, steps + 1):
+    for step in range(1, min(steps, stop_at or steps) + 1):
         z, cond, target = flow_batch(batch, gen, table, mu, channels)
         loss = F.mse_loss(FLUX.predict(model, z, FLUX.base_patch, cond), target)
         loss.backward()

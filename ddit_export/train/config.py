@@ -55,6 +55,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # decay would pull the PI-resize init towards zero, away from the teacher
     dtype: str | None = None  # None: bf16 where CUDA runs the training, fp32 on a CPU (default_dtype)
     gradient_checkpointing: bool = False
+    # what the student learns from (docs/method.md, Distillation recipe)
+    student_states: float = 0.0  # share of samples from the student's own DDiT rollouts (rollouts.py); 0 = teacher only
+    rollout_every: int | None = None  # refresh the student rollouts every N steps (None: --steps // 4)
+    size_weights: dict[int, float] | None = None  # loss weight per extra size (None: 1 each)
     # run management
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -79,6 +83,10 @@ class TrainConfig:
             self.text_len = fam.default_text_len
         if self.dtype is None:
             self.dtype = default_dtype()
+        if self.rollout_every is None:
+            self.rollout_every = max(1, self.steps // 4)
+        if self.size_weights is not None:
+            self.size_weights = {int(k): float(v) for k, v in self.size_weights.items()}
         if self.lr is None and self.optimizer in DEFAULT_LR:
             self.lr = DEFAULT_LR[self.optimizer]
         self._check(fam)
@@ -96,6 +104,20 @@ class TrainConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1 (got {value})")
+        if not 0.0 <= self.student_states < 1.0:
+            raise ValueError(f"--student-states is a share of the samples, 0 <= F < 1 (got {self.student_states})")
+        if self.rollout_every < 1:
+            raise ValueError(f"--rollout-every must be at least 1 (got {self.rollout_every})")
+        if self.student_states and self.images:
+            raise ValueError("--student-states needs trajectories (--prompts or --prompt-embeds): an image folder "
+                             "has no sampling trajectory for the student to roll out")
+        if self.size_weights is not None:
+            extra = set(self.patch_sizes) - {fam.base_patch}
+            if set(self.size_weights) != extra or min(self.size_weights.values()) < 0 or not any(
+                    self.size_weights.values()):
+                raise ValueError(f"--size-weights needs one non-negative weight per trained size "
+                                 f"{','.join(map(str, sorted(extra)))}, not all zero, e.g. "
+                                 f"{','.join(f'{p}=1' for p in sorted(extra))} (got {self.size_weights})")
         if self.checkpoint_every < 0:
             raise ValueError(f"--checkpoint-every must be 0 (off) or positive (got {self.checkpoint_every})")
         if self.optimizer == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
@@ -160,6 +182,11 @@ class TrainConfig:
         keep = ("family", "model", "patch_sizes", "teacher_steps", "guidance", "height", "width", "frames", "text_len",
                 "batch_size", "seed", "lora_rank", "optimizer", "lr", "lr_schedule", "weight_decay", "dtype")
         ident = {k: v for k, v in asdict(self).items() if k in keep}
+        # The recipe options only when used, so checkpoints from before they existed still resume.
+        if self.student_states:
+            ident.update(student_states=self.student_states, rollout_every=self.rollout_every)
+        if self.size_weights is not None:  # JSON keys are strings: compare like a saved checkpoint's
+            ident["size_weights"] = {str(k): v for k, v in sorted(self.size_weights.items())}
         ident["patch_sizes"] = list(self.patch_sizes)
         ident["data"] = self.data_fingerprint()
         return ident

@@ -31,6 +31,7 @@ class SampleSet:
     conditions: dict[str, torch.Tensor]  # per prompt: encoder_hidden_states [P,T,D], pooled_projections [P,D]
     timesteps: torch.Tensor | None = None  # N, as the pipeline passes them; None: clean latents
     source: str = ""
+    negative: dict[str, torch.Tensor] | None = None  # CFG trajectories: the negative embeddings they used
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -61,6 +62,10 @@ class SampleStream(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def replace(self, samples: SampleSet) -> None:
+        """Draw from `samples` from now on (student states refreshed, `rollouts.py`)."""
+        self.samples, self._orders = samples, {}
 
     def order(self, epoch: int) -> torch.Tensor:
         if epoch not in self._orders:  # only the current epoch is kept

@@ -28,7 +28,8 @@ from .objective import DistillationObjective, freeze_for_distillation
 from .optim import lr_factor, make_optimizer
 from .outputs import prepare_out, publish_pack, write_train_log
 from .recompute import enable_gradient_checkpointing
-from .sources import build_samples, guidance_for
+from .rollouts import mix_states
+from .sources import build_samples, guidance_for, student_samples
 from .trajectories import base_tokens, call_conditions, shift_mu, timestep_like_pipeline
 
 
@@ -143,6 +144,21 @@ def train(config: TrainConfig, status=say) -> TrainResult:
                      guidance=guidance_for(model, config), names=list(samples.conditions), family=model.family,
                      dtype=config.torch_dtype, device=device)
     sizes = model.extra_sizes
+    weights = torch.tensor([(config.size_weights or {}).get(p, 1.0) for p in sizes], device=device)
+    teacher_samples = samples
+
+    def refresh_student_states(step: int) -> None:
+        """Roll the current student out and mix its states into the stream (rollouts.py)."""
+        nonlocal samples
+        tick = time.perf_counter()
+        student = student_samples(config, model, teacher_samples, device, autocast)
+        samples = mix_states(teacher_samples, student, config.student_states, config.seed, step // config.rollout_every)
+        stream.replace(samples)
+        status(f"step {step}: student states refreshed ({len(samples) - len(teacher_samples)} of {len(samples)} "
+               f"samples, {time.perf_counter() - tick:.0f} s)")
+
+    if config.student_states and start >= config.rollout_every and start < config.steps:
+        refresh_student_states(start)  # a resumed run rolls out its restored student
 
     def save(step: int) -> None:
         if main:
@@ -156,11 +172,13 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     every = max(1, config.steps // 20)
     with tqdm(total=config.steps, initial=start, desc="distill", disable=not show, dynamic_ncols=True) as bar:
         for step in range(start + 1, config.steps + 1):
+            if config.student_states and step > 1 and (step - 1) % config.rollout_every == 0 and step - 1 > start:
+                refresh_student_states(step - 1)
             tick = time.perf_counter()
             latent, conditioning = inputs(next(batches))
             with autocast():
                 losses = objective(latent, conditioning)
-            accelerator.backward(losses.sum())
+            accelerator.backward((losses * weights).sum())  # per-size weights (--size-weights)
             factor = lr_factor(config.lr_schedule, step, config.steps)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor

@@ -16,6 +16,7 @@ from .prompts import (
     read_prompts,
     synthetic_conditions,
 )
+from .rollouts import student_rollouts
 from .trajectories import collect_trajectories
 
 
@@ -72,7 +73,17 @@ def trajectory_samples(config: TrainConfig, model, device, autocast=None, progre
         dtype=config.torch_dtype, autocast=autocast, progress=progress, cfg=cfg, negative=negative,
     )
     samples.source += f" (conditioning: {source}{f'; CFG {cfg}' if cfg else ''})"
+    samples.negative = negative
     return samples
+
+
+def student_samples(config: TrainConfig, model, teacher: SampleSet, device, autocast=None) -> SampleSet:
+    """The current student's own DDiT trajectories over the teacher's prompts and seeds (rollouts.py)."""
+    fam = model.family
+    return student_rollouts(model, teacher, config.latent_shape(fam.latent_channels_of(model.config)),
+                            config.teacher_steps, config.seed, guidance_for(model, config),
+                            teacher_pipeline(fam).sampler(config.model), config.batch_size, device,
+                            config.torch_dtype, autocast, cfg_for(model, config), teacher.negative)
 
 
 def build_samples(config: TrainConfig, model, device, autocast=None, progress=None) -> SampleSet:

@@ -55,12 +55,15 @@ def call_conditions(conditions: dict, guidance: float | None, batch: int, dtype,
     return out
 
 
-def teacher_velocity(model, x, timestep, cond: dict, uncond: dict | None, cfg: float | None):
-    """The base model's prediction the sampler steps with; with CFG `uncond + cfg * (cond - uncond)`."""
-    pred = model(x, model.base_patch, timestep=timestep, **cond)
+def teacher_velocity(model, x, timestep, cond: dict, uncond: dict | None, cfg: float | None,
+                     patch: int | None = None):
+    """The prediction the sampler steps with (at `patch`, default the base size: the teacher); with CFG
+    `uncond + cfg * (cond - uncond)`."""
+    patch = model.base_patch if patch is None else patch
+    pred = model(x, patch, timestep=timestep, **cond)
     if uncond is None:
         return pred
-    pred_uncond = model(x, model.base_patch, timestep=timestep, **uncond)
+    pred_uncond = model(x, patch, timestep=timestep, **uncond)
     return pred_uncond + cfg * (pred - pred_uncond)
 
 
@@ -73,8 +76,12 @@ def negative_rows(negative: dict[str, torch.Tensor], rows: list[int]) -> dict[st
 def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shape, steps: int, seed: int,
                          guidance: float | None, batch_size: int = 1, sampler=None, device="cpu",
                          dtype: torch.dtype = torch.float32, autocast=None, progress=None,
-                         cfg: float | None = None, negative: dict[str, torch.Tensor] | None = None) -> SampleSet:
+                         cfg: float | None = None, negative: dict[str, torch.Tensor] | None = None,
+                         patch: int | None = None) -> SampleSet:
     """`steps x prompts` samples (z_t, t, prompt) along the teacher's trajectories, kept on the CPU.
+
+    `patch` (default the base size) is the size the sampler steps with: an extra size gives the
+    student's own DDiT trajectories instead (`rollouts.py`), whose states drift from the teacher's.
 
     `guidance` is the embedded guidance (None for models without one). `cfg` > 1 turns on
     classifier-free guidance with the `negative` embeddings (1 or one per prompt). `sampler` defaults
@@ -108,7 +115,7 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
             timesteps.append(timestep.cpu())
             prompt_index.append(torch.tensor(rows))
             with autocast() if autocast else nullcontext():
-                pred = teacher_velocity(model, latent.to(dtype), timestep, cond, uncond, cfg)
+                pred = teacher_velocity(model, latent.to(dtype), timestep, cond, uncond, cfg, patch)
             latent = sampler.step(pred, t, latent, return_dict=False)[0]
             if progress:
                 progress()
@@ -119,5 +126,6 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
         prompt_index=torch.cat(prompt_index)[order],
         conditions={k: v.cpu() for k, v in conditions.items()},
         timesteps=torch.cat(timesteps)[order],
-        source=f"teacher trajectories: {prompts} prompt(s) x {steps} step(s)",
+        source=(f"teacher trajectories: {prompts} prompt(s) x {steps} step(s)" if patch in (None, family.base_patch)
+                else f"student (size {patch}) trajectories: {prompts} prompt(s) x {steps} step(s)"),
     )
