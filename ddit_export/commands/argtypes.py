@@ -36,6 +36,17 @@ finite_float = _argtype(limits.check_float, "number")
 positive_float = _argtype(partial(limits.check_float, low=0.0, low_open=True), "number")
 
 
+def resolutions(text: str):
+    """"1024x1024,768x1344" -> ((1024, 1024), (768, 1344)); the request checks each bucket's geometry."""
+    try:
+        return limits.check_resolutions(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--resolutions").lstrip(": ")) from None
+
+
+resolutions.__name__ = "resolutions"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse's errors as one line on stderr (exit 2), pointing at --help instead of a usage dump."""
 
