@@ -195,7 +195,7 @@ class Manifest(dict):
         if bucket.index == 0:
             return base
         row = base["buckets"][bucket.index]
-        view = Manifest({**base, "latent_shape": list(bucket.latent_shape), "engines": row["engines"],
+        view = Manifest({**base, "latent_shape": list(bucket.latent_shape), "engines": row["engines"], "io": row["io"],
                          "request": {**base["request"], "height": bucket.height, "width": bucket.width},
                          "bucket_index": bucket.index, "bucket_root": base})  # never written: a view
         for block in BUCKET_BLOCKS:
@@ -282,8 +282,8 @@ def _buckets_problem(data: dict) -> str | None:
     kinds = sorted({e["backend"] for e in data["engines"]})
     for row in rows[1:]:
         engines = row.get("engines")
-        if not isinstance(engines, list):
-            return f"bucket {row['height']}x{row['width']} lists no 'engines'"
+        if not isinstance(engines, list) or not isinstance(row.get("io"), dict):
+            return f"bucket {row['height']}x{row['width']} lists no 'engines' or no 'io'"
         problem = _structure_problem({**data, "engines": engines, "latent_shape": row["latent_shape"],
                                       "buckets": None})
         if problem:

@@ -32,12 +32,14 @@ class BucketReporter(Reporter):
 
 
 def bucket_table(per_bucket: list[tuple]) -> list[dict]:
-    """`buckets` rows from (request, entries) per bucket, the default first (its entries stay top-level)."""
+    """`buckets` rows from (request, entries[, I/O spec]) per bucket, the default first (its entries and I/O
+    spec stay top-level; the others' I/O spec differs in the latent and prediction shapes)."""
     rows = []
-    for index, (req, entries, *_) in enumerate(per_bucket):
+    for index, (req, entries, *io) in enumerate(per_bucket):
         row = {"height": req.height, "width": req.width, "latent_shape": list(req.latent_shape),
                "tokens": {str(e["patch_size"]): e["tokens"] for e in entries if e["backend"] == "onnx"}}
         if index:
+            row["io"] = io[0] if io else entries[0]["io"]
             row["engines"] = entries
         rows.append(row)
     return rows

@@ -85,8 +85,8 @@ def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
                                          BucketReporter(reporter, name), req.out_dir)
             per_bucket.append((sub, entries, io))
         reference = per_bucket[0][2]
-        if any(io != reference for _, _, io in per_bucket):
-            raise RuntimeError("two buckets' engines have other conditioning inputs: a bug")
+        if any([t["name"] for t in io["inputs"]] != [t["name"] for t in reference["inputs"]] for *_, io in per_bucket):
+            raise RuntimeError("two buckets' engines have other inputs: a bug")
         manifest = manifest_record(req, model, adapters, weights_sha, old, "single", reference, per_bucket[0][1])
         manifest["buckets"] = bucket_table(per_bucket)
         write_manifest(tmp, manifest)
