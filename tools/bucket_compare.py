@@ -98,7 +98,8 @@ def latency(bucketed: Path, singles: dict[str, Path], rounds: int) -> list[dict]
     pairs = {}
     for name, folder in singles.items():
         h, w = (int(n) for n in name.split("x"))
-        pairs[name] = {"bucketed": get_backend("onnx", bucketed, bucket=(h, w)), "one-bucket": get_backend("onnx", folder)}
+        pairs[name] = {"bucketed": get_backend("onnx", bucketed, bucket=(h, w)),
+                       "one-bucket": get_backend("onnx", folder)}
     inputs = {name: _inputs(pair["one-bucket"]) for name, pair in pairs.items()}
     sizes = pairs[next(iter(pairs))]["one-bucket"].patch_sizes
     times = {(n, p, k): [] for n in pairs for p in sizes for k in ("bucketed", "one-bucket")}

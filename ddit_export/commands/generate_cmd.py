@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
     p.add_argument("--negative-prompt", default="",
                    help="Wan with CFG: the negative prompt (default empty, as WanPipeline)")
+    p.add_argument("--height", type=argtypes.pixels, help="pixels: one of the folder's resolution buckets "
+                                                          "(default: its first; `ddit-export inspect` lists them)")
+    p.add_argument("--width", type=argtypes.pixels, help="pixels (with --height)")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -83,6 +86,15 @@ def _checked_prompt(prompt: str | None, pipeline) -> str:
     except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
         raise ValueError("--prompt is not valid UTF-8 text; check the terminal's or the script's encoding") from None
     return pipeline.check_prompt(prompt)
+
+
+def at_bucket(manifest, height: int | None, width: int | None):
+    """The manifest of the bucket --height/--width ask (both or neither: the default) and its (h, w)."""
+    if (height is None) != (width is None):
+        raise ValueError("give --height and --width together (one of the folder's resolution buckets), or neither "
+                         "for its default")
+    view = manifest.at_bucket(height, width)
+    return view, (view.bucket.height, view.bucket.width)
 
 
 def _check_args(args, manifest: dict):
@@ -125,13 +137,14 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     from ..runtime.runner import schedule_config
 
     folder, manifest = engine_folder(args.engine_dir)
+    manifest, bucket = at_bucket(manifest, args.height, args.width)
     device = _check_args(args, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once
     if args.save_trajectory:
         check_writable(Path(args.save_trajectory).expanduser().parent, "--save-trajectory's folder")
 
-    with get_backend(args.backend, folder, device=device) as backend:
+    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
@@ -157,6 +170,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
         record = {
             "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest.dtype,
+            "resolution": manifest.bucket.name,
             "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
             "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
             "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,
