@@ -18,7 +18,15 @@ from ..util import limits
 from ..util.atomic import check_writable, staged_files, write_text_atomic
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, comma_list, engine_folder, schedule_from_args
+from .arglists import (
+    add_bucket_arguments,
+    add_cache_argument,
+    add_schedule_arguments,
+    at_bucket,
+    comma_list,
+    engine_folder,
+    schedule_from_args,
+)
 from .errors import run_guarded
 from .progress import Counted
 
@@ -31,9 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=argtypes.non_negative_int, default=10,
                    help="warm-up rounds before timing (default 10)")
     p.add_argument("--iters", type=argtypes.positive_int, default=50, help="timed round-robin rounds (default 50)")
-    p.add_argument("--height", type=argtypes.pixels,
-                   help="time one resolution bucket of the folder (default: every bucket; end to end: the first)")
-    p.add_argument("--width", type=argtypes.pixels, help="pixels (with --height)")
+    add_bucket_arguments(p, "time one resolution bucket of the folder (default: every bucket; end to end: the "
+                            "first)")
     p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/bench.json)")
     p.add_argument("--out", help="folder for bench.json, bench.md and plots (default outputs/bench-<engine dir>)")
     e2e = p.add_argument_group("end to end (static base vs DDiT dynamic vs PyTorch eager base)")
@@ -126,8 +133,6 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     check_writable(out)  # before any timing: a read-only or full disk is refused at once
     if args.json:
         check_writable(Path(args.json).expanduser().parent, "--json's folder")
-
-    from .generate_cmd import at_bucket
 
     at_bucket(manifest, args.height, args.width)  # both or neither, and a bucket of the folder: refused now
     buckets = [manifest.find_bucket(args.height, args.width)] if args.height is not None else manifest.buckets

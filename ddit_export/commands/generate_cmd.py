@@ -23,7 +23,15 @@ from rich.table import Table
 from ..util.atomic import atomic_file, check_writable, staged_files
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, engine_folder, patch_list, schedule_from_args
+from .arglists import (
+    add_bucket_arguments,
+    add_cache_argument,
+    add_schedule_arguments,
+    at_bucket,
+    engine_folder,
+    patch_list,
+    schedule_from_args,
+)
 from .errors import run_guarded
 from .progress import Counted
 from .prompts import DEFAULT_PROMPT
@@ -64,9 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
     p.add_argument("--negative-prompt", default="",
                    help="Wan with CFG: the negative prompt (default empty, as WanPipeline)")
-    p.add_argument("--height", type=argtypes.pixels, help="pixels: one of the folder's resolution buckets "
-                                                          "(default: its first; `ddit-export inspect` lists them)")
-    p.add_argument("--width", type=argtypes.pixels, help="pixels (with --height)")
+    add_bucket_arguments(p)
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -86,15 +92,6 @@ def _checked_prompt(prompt: str | None, pipeline) -> str:
     except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
         raise ValueError("--prompt is not valid UTF-8 text; check the terminal's or the script's encoding") from None
     return pipeline.check_prompt(prompt)
-
-
-def at_bucket(manifest, height: int | None, width: int | None):
-    """The manifest of the bucket --height/--width ask (both or neither: the default) and its (h, w)."""
-    if (height is None) != (width is None):
-        raise ValueError("give --height and --width together (one of the folder's resolution buckets), or neither "
-                         "for its default")
-    view = manifest.at_bucket(height, width)
-    return view, (view.bucket.height, view.bucket.width)
 
 
 def _check_args(args, manifest: dict):
