@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 @pytest.mark.parametrize("spec, words", [
     ("64x64,48x9a", ("'48x9a' is not HEIGHTxWIDTH",)),
     ("64x64,64x64", ("64x64 twice",)),
-    ("64x64,0x64", ("--resolutions height must be an integer from 1",)),
+    ("64x64,0x64", ("--resolutions", "height must be an integer from 1",)),
 ])
 def test_a_bad_spec_is_refused_in_one_line(cli, spec, words):
     cli.refuses("flux", "--model", "tiny", "--resolutions", spec, naming=words)
