@@ -46,3 +46,10 @@ BUCKETS_DIR = "buckets"
 def in_bucket(relpath: str, bucket: str | None) -> str:
     """A per-bucket file's path: as is for the default bucket (None), else below `buckets/<H>x<W>/`."""
     return relpath if bucket is None else f"{BUCKETS_DIR}/{bucket}/{relpath}"
+
+
+def part_prefix(part: str, patch: int, bucket: str | None = None) -> str:
+    """The names a part's tensors have in the shared AOTInductor weights file: the trunk's are every bucket's;
+    an extra bucket's embeds/heads are below `buckets.<H>x<W>.` (most of them aliases of the default's)."""
+    prefix = PART_PREFIX[part].format(p=patch)
+    return prefix if bucket is None or part == "trunk" else f"{BUCKETS_DIR}.{bucket}.{prefix}"

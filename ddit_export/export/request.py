@@ -108,9 +108,6 @@ class ExportRequest:
                 raise ValueError(f"scheduler sizes {list(self.scheduler_sizes)} must be some of --patch-sizes "
                                  f"{list(self.patch_sizes)}, the base {fam.base_patch} included")
         self.backends = self._checked_backends()
-        if self.resolutions and self.layout == "staged" and set(self.backends) - {"onnx"}:
-            raise ValueError("--resolutions with --layout staged builds ONNX graphs only so far (one trunk for every "
-                             "bucket); export AOTInductor/TensorRT per resolution, or use --backends onnx")
         if self.first_block_split and set(self.backends) - {"onnx"}:
             raise ValueError("--first-block-split is built for ONNX Runtime only so far: export with --backends onnx")
         self.device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device

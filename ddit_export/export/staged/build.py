@@ -77,8 +77,11 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
         else:
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
             shutil.rmtree(tmp / BUCKETS_DIR, ignore_errors=True)
-            # One staged model per bucket: the same trunk (the model's tensors), the bucket's embeds/heads.
-            buckets = [(n, build_staged(model, sub.latent_shape, req.text_len), sub) for n, sub in zip(names, subs)]
+            # One staged model per bucket, all on the same modules: only the RoPE tables are the bucket's own.
+            first = build_staged(model, subs[0].latent_shape, req.text_len)
+            buckets = [(None, first, subs[0])] + [
+                (n, build_staged(model, sub.latent_shape, req.text_len, like=first), sub)
+                for n, sub in zip(names[1:], subs[1:])]
             per_bucket = _build_parts(buckets, req, tmp, reporter)
             per_bucket = [[{**e, "stage_key": keys[n, e["patch_size"], e["backend"]]} for e in entries]
                           for n, entries in zip(names, per_bucket)]
@@ -133,20 +136,17 @@ def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter) 
     per_bucket = [[_entry(staged, sub, tmp, name, p, validation[name][p], started) for p in staged.sizes]
                   for name, staged, sub in buckets]
     tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
-    if "aoti" in req.backends or "trt" in req.backends:
-        if len(buckets) > 1:  # the request refuses this; a guard for library callers
-            raise ValueError("staged AOTInductor/TensorRT artifacts are built for one resolution bucket")
-        staged, name = buckets[0][1], buckets[0][0]
-        entries = per_bucket[0]
-        if "aoti" in req.backends:
-            from .aoti import aoti_stage
+    if "aoti" in req.backends:
+        from .aoti import aoti_stage
 
-            entries += aoti_stage(staged, req, tmp, product[name], tolerances, reporter)
-        if "trt" in req.backends:
-            from .tensorrt import trt_stage
+        compiled = aoti_stage([(n, staged, product[n]) for n, staged, _ in buckets], req, tmp, tolerances, reporter)
+        per_bucket = [entries + more for entries, more in zip(per_bucket, compiled)]
+    if "trt" in req.backends:
+        from .tensorrt import trt_stage
 
-            entries += trt_stage(staged, req, tmp, [e for e in entries if e["backend"] == "onnx"], product[name],
-                                 tolerances, reporter)
+        plans = trt_stage([(n, staged, [e for e in entries if e["backend"] == "onnx"], product[n])
+                           for (n, staged, _), entries in zip(buckets, per_bucket)], req, tmp, tolerances, reporter)
+        per_bucket = [entries + more for entries, more in zip(per_bucket, plans)]
     return per_bucket
 
 
