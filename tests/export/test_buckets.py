@@ -92,3 +92,25 @@ def test_folders_from_before_buckets_read_as_one_bucket(tiny_flux_engines):
     old = Manifest(raw)
     assert [(b.name, b.latent_shape) for b in old.buckets] == [("128x128", manifest.latent_shape)]
     assert old.at_bucket() is old and old.at_bucket(128, 128) is old
+
+
+def test_wan_buckets_share_one_trunk_and_match_torch(tmp_path, cli):
+    import torch
+
+    from ddit_export.runtime.backends import get_backend
+
+    out = tmp_path / "wan"
+    code, _ = cli("wan", "--model", "tiny", "--patch-sizes", "2,4", "--resolutions", "96x160,160x96",
+                  "--layout", "staged", "--backends", "onnx", "--out", str(out))
+    assert code == 0
+    manifest = read_manifest(out)
+    assert [b.latent_shape[-2:] for b in manifest.buckets] == [(12, 20), (20, 12)]
+    assert {e["files"][1] for e in manifest.all_engines} == {TRUNK_ONNX}
+    for bucket in ((96, 160), (160, 96)):
+        with get_backend("onnx", out, bucket=bucket) as onnx, get_backend("torch", out, bucket=bucket) as eager:
+            gen = torch.Generator().manual_seed(0)
+            cond = {t.name: torch.randn(t.shape, generator=gen) for t in onnx.input_metadata.inputs}
+            cond["timestep"] = torch.full(cond["timestep"].shape, 500.0)
+            latent = cond.pop("latent")
+            for p in (2, 4):
+                assert (onnx(p, latent, **cond) - eager(p, latent, **cond)).abs().max() < 1e-4, (bucket, p)
