@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,18 +36,20 @@ def export(args, out: Path, resolutions: str) -> dict:
     record = out / "export.json"
     if (out / "manifest.json").exists() and record.exists():
         return json.loads(record.read_text())
-    cmd = [sys.executable, "-m", "ddit_export.cli", "flux", "--model", args.model, "--layout", "staged",
+    # The CLI in a child that reports its own peak RSS on its last stderr line (ru_maxrss, KiB on Linux).
+    runner = ("import resource, sys; from ddit_export.cli import main; code = main(sys.argv[1:]); "
+              "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+              "sys.exit(code)")
+    cmd = [sys.executable, "-c", runner, "flux", "--model", args.model, "--layout", "staged",
            "--patch-sizes", args.patch_sizes, "--resolutions", resolutions, "--backends", "onnx", "--force",
            "--out", str(out)]
     if args.text_len:
         cmd += ["--text-len", str(args.text_len)]
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
-    # ru_maxrss of waited children: the largest export so far (they run one after another, so this one's
-    # peak when it is the largest); KiB on Linux.
-    result = {"resolutions": resolutions, "seconds": round(seconds, 1),
-              "children_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    peak = int(done.stderr.strip().splitlines()[-1].split()[-1])
+    result = {"resolutions": resolutions, "seconds": round(seconds, 1), "peak_rss_mib": round(peak / 1024, 1)}
     record.write_text(json.dumps(result))
     return result
 
@@ -128,9 +129,10 @@ def latency(bucketed: Path, singles: dict[str, Path], rounds: int) -> list[dict]
 
 
 def markdown(report: dict) -> str:
-    lines = ["| folder | export s (wall) |", "|---|---|"]
+    lines = ["| folder | export s (wall) | peak RSS MiB |", "|---|---|---|"]
     for name, e in report["export"].items():
-        lines.append(f"| {name} | {e['seconds']:.1f} |")
+        peak = e.get("peak_rss_mib", e.get("children_peak_rss_mib"))
+        lines.append(f"| {name} | {e['seconds']:.1f} | {peak} |")
     singles = sum(e["seconds"] for n, e in report["export"].items() if n != "bucketed")
     lines.append(f"| three one-bucket exports together | {singles:.1f} |")
     lines += ["", "| folder | loaded at | weights MiB | RSS at load MiB | sessions |", "|---|---|---|---|---|"]
