@@ -38,6 +38,27 @@ def tiny_flux_engines(tmp_path_factory) -> Path:
     return out
 
 
+TINY_BUCKETS = ((64, 64), (48, 96))  # the default first; 48x96 pads at p4 (6x12 latent)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_bucket_engines(tmp_path_factory) -> Path:
+    """Tiny FLUX staged engines at two resolution buckets (64x64 default, 48x96), sizes 2/4, text_len 8, fp32,
+    ONNX: one trunk for both buckets. Read-only for tests."""
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+
+    out = tmp_path_factory.mktemp("tiny_flux_buckets") / "engines"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(model="tiny", patch_sizes=(2, 4), resolutions=TINY_BUCKETS, text_len=8,
+                                     dtype="fp32", layout="staged", backends=("onnx",), out=str(out)))
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_flux_backends(tiny_flux_engines) -> dict:
     """{"torch": TorchEagerBackend, "onnx": OnnxRuntimeBackend} on `tiny_flux_engines`, loaded once (do not close)."""

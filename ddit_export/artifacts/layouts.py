@@ -7,6 +7,10 @@ Staged layout, everything below `staged/`:
 - AOTInductor: every part of every size without weights (`aoti/<part>_p<P>.pt2`) plus ONE weights file
   that all of them read; a part knows its tensors by the names below the part's prefix;
 - TensorRT: `embed/head_p<P>_trt<ver>.plan` per size and ONE trunk plan with a profile per size.
+
+Resolution buckets (`--resolutions`): the default bucket's files are where a one-bucket folder has them;
+every other bucket's per-size files have the same paths below `buckets/<H>x<W>/` (`in_bucket`). The
+staged trunk (graph, weights file, trunk plan) stays at the top: one copy for every bucket.
 """
 
 from __future__ import annotations
@@ -36,3 +40,16 @@ def part_plan_relpath(part: str, patch: int, trt_version: str) -> str:
 
 
 TRUNK_ONNX = onnx_relpath("trunk")
+BUCKETS_DIR = "buckets"
+
+
+def in_bucket(relpath: str, bucket: str | None) -> str:
+    """A per-bucket file's path: as is for the default bucket (None), else below `buckets/<H>x<W>/`."""
+    return relpath if bucket is None else f"{BUCKETS_DIR}/{bucket}/{relpath}"
+
+
+def part_prefix(part: str, patch: int, bucket: str | None = None) -> str:
+    """The names a part's tensors have in the shared AOTInductor weights file: the trunk's are every bucket's;
+    an extra bucket's embeds/heads are below `buckets.<H>x<W>.` (most of them aliases of the default's)."""
+    prefix = PART_PREFIX[part].format(p=patch)
+    return prefix if bucket is None or part == "trunk" else f"{BUCKETS_DIR}.{bucket}.{prefix}"

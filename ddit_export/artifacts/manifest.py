@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +30,29 @@ TOOLS = ("ddit-export", "torch", "diffusers", "peft", "onnx", "onnxscript", "onn
 
 class ManifestError(ValueError):
     """A manifest or an artifact it names is missing, malformed or altered."""
+
+
+class BucketError(ValueError):
+    """A resolution the folder has no engines for (bad input: the message lists the folder's buckets)."""
+
+
+# Blocks fitted on a folder's engines that are kept per resolution bucket (`buckets[i][block]`; the default
+# bucket's are the top-level ones). A bucket without its own inherits the default bucket's (docs/buckets.md).
+BUCKET_BLOCKS = ("scheduler", "cache")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One resolution a folder serves: its engines take latents of `latent_shape`."""
+
+    index: int
+    height: int
+    width: int
+    latent_shape: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.height}x{self.width}"
 
 
 def sha256_file(path, chunk: int = 1 << 24) -> str:
@@ -134,6 +158,57 @@ class Manifest(dict):
         """patch size -> engine entry, for one artifact kind."""
         return engine_entries(self, kind)
 
+    # -- resolution buckets ------------------------------------------------------------------------
+    # The top-level keys (latent_shape, request height/width, engines, scheduler, cache) describe the
+    # default bucket, so a reader that knows nothing of buckets sees a one-bucket folder. `buckets` lists
+    # every bucket, the default first; the others carry their own `engines` (and fitted blocks).
+    @property
+    def buckets(self) -> list[Bucket]:
+        rows = self.get("buckets") or [{"height": self["request"]["height"], "width": self["request"]["width"],
+                                        "latent_shape": self["latent_shape"]}]  # folders from before buckets
+        return [Bucket(i, int(r["height"]), int(r["width"]), tuple(int(n) for n in r["latent_shape"]))
+                for i, r in enumerate(rows)]
+
+    @property
+    def bucket(self) -> Bucket:
+        """The bucket this manifest (or bucket view) describes at the top level."""
+        return self.buckets[int(self.get("bucket_index", 0))]
+
+    def find_bucket(self, height: int | None = None, width: int | None = None) -> Bucket:
+        """The bucket of `height` x `width` (None, None: the default); one line listing the buckets if absent."""
+        buckets = self.buckets
+        if height is None and width is None:
+            return buckets[0]
+        for b in buckets:
+            if (b.height, b.width) == (height, width):
+                return b
+        asked = f"{height}x{width}" if height is not None and width is not None else \
+            f"height {height} width {width}"
+        raise BucketError(f"no engines for {asked}: this folder's resolution buckets are "
+                          f"{', '.join(b.name for b in buckets)}; ask one of them, or export the folder again with "
+                          f"--resolutions listing {asked}")
+
+    def at_bucket(self, height: int | None = None, width: int | None = None) -> Manifest:
+        """This manifest as seen by the engines of one bucket: its latent shape, geometry, engines, fitted blocks."""
+        bucket = self.find_bucket(height, width)
+        base = self.get("bucket_root", self)
+        if bucket.index == 0:
+            return base
+        row = base["buckets"][bucket.index]
+        view = Manifest({**base, "latent_shape": list(bucket.latent_shape), "engines": row["engines"], "io": row["io"],
+                         "request": {**base["request"], "height": bucket.height, "width": bucket.width},
+                         "bucket_index": bucket.index, "bucket_root": base})  # never written: a view
+        for block in BUCKET_BLOCKS:
+            if block in row:
+                view[block] = row[block]
+        return view
+
+    @property
+    def all_engines(self) -> list[dict]:
+        """Every engine entry of every bucket (file checks, sizes on disk)."""
+        root = self.get("bucket_root", self)
+        return list(root["engines"]) + [e for row in (root.get("buckets") or [])[1:] for e in row["engines"]]
+
 
 def read_manifest(folder) -> Manifest:
     path = Path(folder) / MANIFEST
@@ -188,11 +263,40 @@ def _structure_problem(data: dict) -> str | None:
     strays = sorted({e["patch_size"] for e in data["engines"]} - set(data["patch_sizes"]))
     if strays:
         return f"engine entries for sizes {strays} that patch_sizes does not list"
+    return _buckets_problem(data)
+
+
+def _buckets_problem(data: dict) -> str | None:
+    """The bucket table: the default bucket is the top level; every other one has every size's engines."""
+    rows = data.get("buckets")
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return "'buckets' must be a non-empty list of objects"
+    for i, row in enumerate(rows):
+        if not all(isinstance(row.get(k), int) and row[k] > 0 for k in ("height", "width")) or \
+                not isinstance(row.get("latent_shape"), list):
+            return f"bucket {i} needs positive 'height', 'width' and a 'latent_shape'"
+    if rows[0]["latent_shape"] != data["latent_shape"]:
+        return f"bucket 0 has latent {rows[0]['latent_shape']} but the folder {data['latent_shape']}"
+    kinds = sorted({e["backend"] for e in data["engines"]})
+    for row in rows[1:]:
+        engines = row.get("engines")
+        if not isinstance(engines, list) or not isinstance(row.get("io"), dict):
+            return f"bucket {row['height']}x{row['width']} lists no 'engines' or no 'io'"
+        problem = _structure_problem({**data, "engines": engines, "latent_shape": row["latent_shape"],
+                                      "buckets": None})
+        if problem:
+            return f"bucket {row['height']}x{row['width']}: {problem}"
+        if sorted({e["backend"] for e in engines}) != kinds:
+            return f"bucket {row['height']}x{row['width']} has other backends than the default bucket ({kinds})"
     return None
 
 
 def write_manifest(folder, manifest: dict) -> Path:
     """Write ``manifest`` into ``folder`` completely or not at all."""
+    if "bucket_root" in manifest:
+        raise ValueError("a bucket view of a manifest cannot be written (a bug): write the folder's manifest")
     return write_text_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -204,13 +308,25 @@ def update_scheduler(folder, expected: dict, changes: dict, doing: str = "calibr
 def update_block(folder, expected: dict, block: str, changes: dict, doing: str = "calibrating") -> Path:
     """Set keys of one top-level block of the manifest ("scheduler", "cache"), atomically.
 
-    Refuses when the manifest changed since ``expected`` was read (a re-export meanwhile).
+    Refuses when the manifest changed since ``expected`` was read (a re-export meanwhile). A bucket view
+    (`Manifest.at_bucket`) updates that bucket's own block (the default bucket's is the top-level one).
     """
     current = read_manifest(folder)
-    if current.get("created") != expected.get("created") or current["engines"] != expected["engines"]:
+    index = int(expected.get("bucket_index", 0))
+    if current.get("created") != expected.get("created") or \
+            current.at_bucket(*_size_of(current, index))["engines"] != expected["engines"]:
         raise ManifestError(f"{Path(folder) / MANIFEST} changed while {doing} (re-exported?); run it again")
-    current[block] = {**current.get(block, {}), **changes}
+    if index == 0:
+        current[block] = {**current.get(block, {}), **changes}
+    else:  # a bucket's first fit starts from what it inherited
+        row = current["buckets"][index]
+        row[block] = {**row.get(block, current.get(block, {})), **changes}
     return write_manifest(folder, current)
+
+
+def _size_of(manifest: Manifest, index: int) -> tuple[int, int]:
+    bucket = manifest.buckets[index] if index < len(manifest.buckets) else manifest.buckets[0]
+    return bucket.height, bucket.width
 
 
 def engine_entries(manifest: dict, backend: str) -> dict[int, dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import argtypes
+
 
 def split_list(text: str, kind: type = int) -> list:
     """`"a,b,c"` -> values of `kind` (blank items skipped); ValueError on an item that is not one."""
@@ -114,3 +116,15 @@ def size_weights(text: str) -> dict[int, float]:
     if not weights:
         raise argparse.ArgumentTypeError("give a weight per trained size, e.g. 4=1,8=2")
     return weights
+def add_bucket_arguments(p, what: str = "one of the folder's resolution buckets (default: its first)") -> None:
+    p.add_argument("--height", type=argtypes.pixels, help=f"pixels: {what}; `ddit-export inspect` lists them")
+    p.add_argument("--width", type=argtypes.pixels, help="pixels (with --height)")
+
+
+def at_bucket(manifest, height: int | None, width: int | None):
+    """The manifest of the bucket --height/--width ask (both or neither: the default) and its (h, w)."""
+    if (height is None) != (width is None):
+        raise ValueError("give --height and --width together (one of the folder's resolution buckets), or neither "
+                         "for its default")
+    view = manifest.at_bucket(height, width)
+    return view, (view.bucket.height, view.bucket.width)

@@ -43,6 +43,15 @@ def backend(text: str) -> str:
     if text not in BACKENDS:
         raise argparse.ArgumentTypeError(unknown_backend(text))
     return text
+def resolutions(text: str):
+    """"1024x1024,768x1344" -> ((1024, 1024), (768, 1344)); the request checks each bucket's geometry."""
+    try:
+        return limits.check_resolutions(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--resolutions").lstrip(": ")) from None
+
+
+resolutions.__name__ = "resolutions"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -18,7 +18,15 @@ from ..util import limits
 from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from ..util.devices import parse_device
 from . import argtypes
-from .arglists import add_cache_argument, add_schedule_arguments, comma_list, engine_folder, schedule_from_args
+from .arglists import (
+    add_bucket_arguments,
+    add_cache_argument,
+    add_schedule_arguments,
+    at_bucket,
+    comma_list,
+    engine_folder,
+    schedule_from_args,
+)
 from .errors import run_guarded
 from .progress import Counted
 
@@ -31,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=argtypes.non_negative_int, default=10,
                    help="warm-up rounds before timing (default 10)")
     p.add_argument("--iters", type=argtypes.positive_int, default=50, help="timed round-robin rounds (default 50)")
+    add_bucket_arguments(p, "time one resolution bucket of the folder (default: every bucket; end to end: the "
+                            "first)")
     p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/bench.json)")
     p.add_argument("--out", help="folder for bench.json, bench.md and plots (default outputs/bench-<engine dir>)")
     e2e = p.add_argument_group("end to end (static base vs DDiT dynamic vs PyTorch eager base)")
@@ -69,7 +79,8 @@ def _check_args(args) -> None:
         raise ValueError("--cache compares end-to-end runs: drop --no-e2e")
 
 
-def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console) -> tuple[dict, dict]:
+def load_backends(folder: Path, manifest: dict, names: list[str] | None, device, console,
+                  bucket: tuple[int, int] | None = None) -> tuple[dict, dict]:
     """name -> Backend; asked-for backends must load, defaults that cannot are skipped with a reason."""
     from ..bench.latency import manifest_backends
     from ..runtime.backends import BackendError, backend_class, get_backend
@@ -84,7 +95,7 @@ def load_backends(folder: Path, manifest: dict, names: list[str] | None, device,
     for name in names:
         try:
             before = rss_bytes()
-            loaded[name] = get_backend(name, folder, device=device)
+            loaded[name] = get_backend(name, folder, device=device, bucket=bucket)
             loaded[name].memory = memory_row(loaded[name], before, rss_bytes())  # RSS of this load alone
         except BackendError as err:
             if explicit:
@@ -116,21 +127,30 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         check_writable_file(Path(args.json).expanduser(), "--json")
 
-    backends, skipped = load_backends(folder, manifest, names, device, console)
+    at_bucket(manifest, args.height, args.width)  # both or neither, and a bucket of the folder: refused now
+    buckets = [manifest.find_bucket(args.height, args.width)] if args.height is not None else manifest.buckets
     notes: list[str] = []  # caveats stated beside the numbers
-    for name, backend in backends.items():
-        if getattr(backend, "cpu_threading", None):  # ONNX Runtime on the CPU: modes timed at load
-            modes = ", ".join(f"p{p} {mode}" for p, mode in sorted(backend.cpu_threading.items()))
-            notes.append(f"{name}: ONNX Runtime CPU threading chosen per engine by timing at load: {modes}")
-    try:
-        console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines round-robin: "
-                      f"{args.warmup} warm-up + {args.iters} rounds")
-        with Counted(console, args.warmup + args.iters, "timing engines", unit="round") as bar:
-            rows = latency.engine_latency(folder, backends, args.warmup, args.iters, device, progress=bar.update)
-        e2e = None if args.no_e2e else _end_to_end(args, folder, manifest, backends, seeds, device, console)
-    finally:
-        for backend in backends.values():
-            backend.close()
+    rows, memory, e2e = [], [], None
+    for bucket in buckets:  # each resolution bucket timed on its own engines; end to end on the first
+        view = manifest.at_bucket(bucket.height, bucket.width)
+        backends, skipped = load_backends(folder, view, names, device, console, (bucket.height, bucket.width))
+        for name, backend in backends.items():
+            if getattr(backend, "cpu_threading", None):  # ONNX Runtime on the CPU: modes timed at load
+                modes = ", ".join(f"p{p} {mode}" for p, mode in sorted(backend.cpu_threading.items()))
+                notes.append(f"{name}{_at(bucket, manifest)}: ONNX Runtime CPU threading chosen per engine by timing "
+                             f"at load: {modes}")
+        try:
+            console.print(f"timing {sum(len(b.patch_sizes) for b in backends.values())} engines{_at(bucket, manifest)} "
+                          f"round-robin: {args.warmup} warm-up + {args.iters} rounds")
+            with Counted(console, args.warmup + args.iters, "timing engines", unit="round") as bar:
+                samples = latency.time_engines(backends, args.warmup, args.iters, device, progress=bar.update)
+            rows += _bucket_rows(latency.engine_rows(view, samples), bucket, manifest)
+            memory += [{**b.memory, "resolution": bucket.name} for b in backends.values()]
+            if e2e is None and not args.no_e2e:
+                e2e = _end_to_end(args, folder, view, backends, seeds, device, console)
+        finally:
+            for backend in backends.values():
+                backend.close()
     peer = None
     if args.peer:
         from ..bench.peer_optimum import peer_latency
@@ -144,7 +164,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
         "text_len": manifest["request"]["text_len"], "device": str(device), "clock": Stopwatch(device).kind,
         "warmup": args.warmup, "iters": args.iters, "backends": list(backends), "skipped_backends": skipped,
         "engines": rows, "end_to_end": e2e, "peer": peer, "notes": notes, "tools": tool_versions(),
-        "memory": [b.memory for b in backends.values()],
+        "memory": memory, "resolutions": [b.name for b in buckets],
     }
     with staged_files(out) as staging:  # every report file or none (a full disk leaves no half of them)
         written = [report.write_json(staging / "bench.json", result),
@@ -161,6 +181,17 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _at(bucket, manifest) -> str:
+    return f" at {bucket.name}" if len(manifest.buckets) > 1 else ""
+
+
+def _bucket_rows(rows: list[dict], bucket, manifest) -> list[dict]:
+    """Engine rows of one bucket; with several buckets each row's backend is labelled with it (tables, plots)."""
+    if len(manifest.buckets) == 1:
+        return rows
+    return [{**r, "resolution": bucket.name, "backend": f"{r['backend']} {bucket.name}"} for r in rows]
+
+
 def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dict:
     from ..bench.end_to_end import end_to_end
     from ..bench.flops import flops_table
@@ -171,7 +202,9 @@ def _end_to_end(args, folder, manifest, backends, seeds, device, console) -> dic
         raise ValueError(f"--e2e-backend {engine_name} is not among the timed backends {list(backends)}")
     eager = None
     if not args.no_eager:
-        eager = backends.get("torch") or get_backend("torch", folder, device=device)
+        bucket = manifest.bucket
+        eager = backends.get("torch") or get_backend("torch", folder, device=device,
+                                                     bucket=(bucket.height, bucket.width))
     tokens = {int(e["patch_size"]): int(e["tokens"]) for e in manifest["engines"]}
     try:
         with Counted(console, 1, "end to end", unit="image") as bar:

@@ -16,7 +16,7 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from . import argtypes
-from .arglists import add_backend_argument, comma_list, engine_folder
+from .arglists import add_backend_argument, add_bucket_arguments, at_bucket, comma_list, engine_folder
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 from .progress import Counted
@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit the predicted-error rule's error model on base trajectories (one extra engine call "
                         "per coarse size per step) and make predicted-error the folder's rule; no tau sweep "
                         "(run calibrate again without it to pick tau)")
+    add_bucket_arguments(p, "the resolution bucket to calibrate; its fit is stored for it alone (default: the "
+                            "first)")
     p.add_argument("--out", help="folder for calibration.json/.md/.png (default outputs/calibrate-<engine dir>)")
     p.add_argument("--json", metavar="FILE", help="JSON report path (default OUT/calibration.json)")
 
@@ -86,6 +88,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
     taus, rhos = _grid(args)  # flags first: refused before any file is read
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     folder, manifest = engine_folder(args.engine_dir)
+    manifest, bucket = at_bucket(manifest, args.height, args.width)  # fitted per resolution bucket
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
     backend_class(args.backend)
@@ -109,7 +112,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
         bar.update(done, of, status=f"tau {point['tau']:.3g} rho {point['rho']:g}: {point['token_speedup']:.2f}x, "
                                     f"{args.metric} {point.get(args.metric, float('nan')):.3f}")
 
-    with get_backend(args.backend, folder, device=device) as backend, \
+    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend, \
             Counted(console, total, "sweeping", unit="point") as bar:
         try:
             points, static = calibrate.sweep(backend, samples, taus, rhos, args.steps, decode=decode, tokens=tokens,
@@ -160,12 +163,13 @@ def error_model_command(args: argparse.Namespace, console: Console) -> int:
     if tau is not None and len(tau) != 1:
         raise ValueError(f"--error-model stores one tau: give --taus a single value (got {len(tau)})")
     folder, manifest = engine_folder(args.engine_dir)
+    manifest, bucket = at_bucket(manifest, args.height, args.width)  # fitted per resolution bucket
     device = check_device(args.device)
     backend_class(args.backend)
     prompts = prompts_for(args.prompt, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
     check_writable(out)
-    with get_backend(args.backend, folder, device=device) as backend, \
+    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend, \
             Counted(console, len(prompts) * len(seeds), "fitting the error model", unit="sample") as bar:
         samples = [(make_conditioning(manifest, prompt, device=device), seed) for seed in seeds for prompt in prompts]
         model, record = fit_error_model(backend, samples, args.steps, progress=lambda: bar.advance())

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
         p.add_argument("--kontext-reference", choices=("step", "base"),
                        help="FLUX.1-Kontext: reference-image tokens at a coarse step packed at the step's size "
                             "(default: step) or kept at the base size (docs/variants.md)")
+    p.add_argument("--resolutions", type=argtypes.resolutions, metavar="HxW,HxW",
+                   help="resolution buckets, e.g. 1024x1024,768x1344,1344x768: one folder serves each (the first is "
+                        "the default); the staged layout shares one trunk across them (docs/buckets.md)")
     if fam.frames:
         p.add_argument("--frames", type=argtypes.frames, help=f"video frames, 4k+1 (default {fam.frames})")
     p.add_argument("--batch", type=argtypes.batch,
@@ -67,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
                  "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
-                 "first_block_split", "variant", "kontext_reference")
+                 "first_block_split", "variant", "kontext_reference", "resolutions")
 
 
 def request_settings(args, family: str) -> dict:
@@ -113,15 +116,29 @@ class RichReporter:
 
 
 def summary_table(manifest: dict, out) -> Table:
+    from ..artifacts.manifest import Manifest
+
+    manifest = Manifest(manifest)
+    buckets = manifest.buckets
     shape = manifest["latent_shape"]
     staged = ", staged layout" if manifest.get("layout") == "staged" else ""
-    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, latent {shape}{staged})")
+    where = f"{len(buckets)} resolution buckets" if len(buckets) > 1 else f"latent {shape}"
+    table = Table(title=f"{manifest['family']} engines in {out}  ({manifest['dtype']}, {where}{staged})")
     if manifest["dtype"] != "fp32":
         table.caption = ("* validated through the fp32 twin of the same merged module "
                          "(ONNX Runtime CPU has no half math)")
     # Seven narrow columns fit an 80-column terminal; the file's folder names the backend (onnx/, aoti/, trt/).
-    for col in ("P", "tokens", "file", "size", "max|err|", "cosine", "export s"):
-        table.add_column(col, justify="left" if col == "file" else "right")
+    columns = ("P", "tokens", "file", "size", "max|err|", "cosine", "export s")
+    if len(buckets) > 1:
+        columns = ("bucket", *columns)
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("file", "bucket") else "right")
+    for bucket in buckets:
+        _bucket_rows(table, manifest.at_bucket(bucket.height, bucket.width), bucket.name if len(buckets) > 1 else None)
+    return table
+
+
+def _bucket_rows(table: Table, manifest: dict, bucket: str | None) -> None:
     for e in manifest["engines"]:
         v = e["validation"]
         twin = "*" if v["validated_as"] == "fp32-twin" else ""
@@ -133,10 +150,10 @@ def summary_table(manifest: dict, out) -> Table:
         # A staged entry is a chain: embed, the shared trunk, head (the backend named before it).
         staged_chain = e.get("layout") == "staged"
         file = (f"{e['backend']}: " + " + ".join(f.rsplit("/", 1)[-1] for f in e["files"][:3]) if staged_chain
-                else e["files"][0])
-        table.add_row(str(e["patch_size"]), tokens, file, human_bytes(e["bytes"]), f"{v['max_abs_err']:.1e}",
-                      f"{v['cosine']:.5f}{twin}", seconds)
-    return table
+                else e["files"][0].rsplit("/", 1)[-1] if bucket else e["files"][0])
+        row = (str(e["patch_size"]), tokens, file, human_bytes(e["bytes"]), f"{v['max_abs_err']:.1e}",
+               f"{v['cosine']:.5f}{twin}", seconds)
+        table.add_row(*((bucket, *row) if bucket else row))
 
 
 def human_bytes(n: int) -> str:

@@ -25,8 +25,10 @@ from ..util.devices import parse_device
 from . import argtypes
 from .arglists import (
     add_backend_argument,
+    add_bucket_arguments,
     add_cache_argument,
     add_schedule_arguments,
+    at_bucket,
     engine_folder,
     patch_list,
     schedule_from_args,
@@ -73,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", metavar="FILE", help="FLUX.1-Fill: the mask, white where the image is repainted")
     p.add_argument("--last-image", metavar="FILE",
                    help="Wan first-last-frame (FLF2V) engines: the video's last frame (docs/variants-wan.md)")
+    add_bucket_arguments(p)
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -143,13 +146,14 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     from ..runtime.runner import schedule_config
 
     folder, manifest = engine_folder(args.engine_dir)
+    manifest, bucket = at_bucket(manifest, args.height, args.width)
     device = _check_args(args, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once
     if args.save_trajectory:
         check_writable_file(Path(args.save_trajectory).expanduser(), "--save-trajectory")
 
-    with get_backend(args.backend, folder, device=device) as backend:
+    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
@@ -179,6 +183,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
         record = {
             "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest.dtype,
+            "resolution": manifest.bucket.name,
             "prompt": args.prompt, "conditioning": conditioning.source, "seed": args.seed, "num_steps": args.steps,
             "patch_sizes": list(config.patch_sizes), "tau": config.tau, "rho": config.rho,
             "static_patch": config.static_patch, "warmup_patch": config.warmup_patch,

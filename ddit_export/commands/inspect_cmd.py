@@ -34,6 +34,7 @@ def run(args) -> int:
         console.print(f"geometry: {req['height']}x{req['width']} pixels{frames}, batch {req['batch']}, latent "
                       f"{'x'.join(map(str, m['latent_shape']))}, text {req['text_len']} tokens; patch sizes "
                       f"{', '.join(map(str, m['patch_sizes']))} (base {m['base_patch']})")
+        buckets_table(console, m, args.engine_dir)
         console.print(f"precision {m['dtype']}, ONNX opset {m['opset']}, manifest format {m['format']}, "
                       f"built {m['created']}")
         console.print(_scheduler_line(m["scheduler"]))
@@ -48,6 +49,41 @@ def run(args) -> int:
         console.print("tools: " + ", ".join(f"{k} {v}" for k, v in m["tools"].items() if v))
 
     return run_guarded(body)
+
+
+def buckets_table(console: Console, m, folder) -> None:
+    """The resolution buckets (one row each) and what their weights cost on disk, by layout."""
+    from pathlib import Path
+
+    from .export_cmd import human_bytes
+
+    buckets = m.buckets
+    table = Table(title=f"resolution buckets ({len(buckets)}; `generate --height H --width W` picks one, the "
+                        "first by default)")
+    for col in ("bucket", "latent", "tokens per size", "own files"):
+        table.add_column(col, justify="left")
+    files = {}  # file -> the buckets listing it
+    for b in buckets:
+        view = m.at_bucket(b.height, b.width)
+        for e in view["engines"]:
+            for f in e["files"]:
+                files.setdefault(f, set()).add(b.name)
+    sizes = {f: (Path(folder) / f).stat().st_size if (Path(folder) / f).is_file() else 0 for f in files}
+    for i, b in enumerate(buckets):
+        own = sum(sizes[f] for f, owners in files.items() if owners == {b.name})
+        tokens = ", ".join(f"p{p} {n}" for p, n in sorted(m.at_bucket(b.height, b.width).tokens.items()))
+        table.add_row(b.name + (" (default)" if i == 0 else ""), "x".join(map(str, b.latent_shape)), tokens,
+                      human_bytes(own))
+    console.print(table)
+    shared = sum(sizes[f] for f, owners in files.items() if len(owners) > 1)
+    engines = len(m.all_engines)
+    if m.layout == "staged":
+        console.print(f"weights: the staged layout's trunk ({human_bytes(shared)} on disk) is ONE copy for every "
+                      f"bucket and size; each bucket adds only its embeds/heads")
+    else:
+        console.print(f"weights: the single layout holds one copy of the weights per engine ({engines} engines = "
+                      f"{len(buckets)} bucket(s) x {len(m.patch_sizes)} size(s) x artifact kinds, "
+                      f"{human_bytes(sum(sizes.values()))} on disk); `--layout staged` shares one trunk")
 
 
 def _compact(value) -> str:

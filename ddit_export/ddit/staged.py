@@ -90,10 +90,20 @@ def run_part(part: tuple, values: dict) -> dict:
     return {**values, **dict(zip(outputs, out if isinstance(out, (tuple, list)) else (out,)))}
 
 
-def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
-    """The staged modules of every attached size (plain torch, sharing the model's base weights)."""
+def build_staged(model: DDiTModel, latent_shape, text_len: int, like: StagedModel | None = None) -> StagedModel:
+    """The staged modules of every attached size (plain torch, sharing the model's base weights).
+
+    ``like``: another resolution bucket's staged model of the same DDiT model, whose modules this one reuses
+    (the trunk's blocks and stacked adapters, every size's embedding, de-embedding and residual): only the
+    RoPE tables (and the pad/crop geometry) are the new bucket's own, so every bucket holds one set of weights.
+    """
     fam = model.family
     fam.check_patch_sizes(model.patch_sizes, latent_shape)
+    if like is not None:
+        plain, selection = like.transformer, like.selection
+        per_size = {p: (*like.size_modules[p], rope_tables(model, p, latent_shape, text_len))
+                    for p in model.patch_sizes}
+        return _assemble(fam, model, plain, selection, per_size, latent_shape, text_len)
     plain = merged_transformer(model, model.base_patch)  # the model's own tensors, peft-free
     extra = model.extra_sizes
     selection = stack_adapters(model.transformer, plain, extra, [adapter_name(p) for p in extra])
@@ -112,8 +122,15 @@ def build_staged(model: DDiTModel, latent_shape, text_len: int) -> StagedModel:
     leftovers = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
     if leftovers:
         raise RuntimeError(f"staged model has unset tensors: {leftovers[:3]}")
+    return _assemble(fam, model, plain, selection, per_size, latent_shape, text_len)
+
+
+def _assemble(fam, model, plain, selection, per_size: dict, latent_shape, text_len: int) -> StagedModel:
     embeds, trunk, heads = family_parts(fam).build_parts(fam, plain, selection, per_size, latent_shape)
-    return StagedModel(fam, plain, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
+    staged = StagedModel(fam, plain, model.patch_sizes, embeds, trunk, heads, latent_shape, text_len).eval()
+    staged.selection = selection  # what another bucket's staged model reuses (`build_staged(like=...)`)
+    staged.size_modules = {p: mods[:3] for p, mods in per_size.items()}
+    return staged
 
 
 def cast_staged(staged: StagedModel, dtype: torch.dtype) -> StagedModel:

@@ -18,6 +18,7 @@ from .. import __version__
 from ..artifacts.manifest import (
     MANIFEST,
     MANIFEST_FORMAT,
+    Manifest,
     ManifestError,
     config_hash,
     read_manifest,
@@ -98,7 +99,7 @@ def reuse(old: dict | None, old_dir: Path, key: str, tmp: Path) -> dict | None:
     """Carry a still-valid artifact of the previous build into the new folder (hard link when possible)."""
     if not old:
         return None
-    for entry in old["engines"]:
+    for entry in Manifest(old).all_engines:  # every bucket's
         if entry.get("stage_key") != key:
             continue
         try:

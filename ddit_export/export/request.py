@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +20,10 @@ from ..util.devices import parse_device
 # run them (runtime/backends: torch, torch-compile, onnx, onnx-trt, aoti, trt).
 ARTIFACT_KINDS = ("onnx", "aoti", "trt")
 LAYOUTS = ("single", "staged")
+
+
+def bucket_name(height: int, width: int) -> str:
+    return f"{height}x{width}"
 
 
 @dataclass
@@ -53,6 +57,9 @@ class ExportRequest:
     first_block_split: bool = False  # staged, ONNX only: also block 0 and blocks 1..N as two graphs (--cache fbcache)
     kontext_reference: str = "step"  # FLUX.1-Kontext: reference tokens at the step's size or the "base" size
     variant: str | None = None  # diffusers weights variant to load (e.g. fp16: *.fp16.safetensors); None: plain files
+    # Resolution buckets ("1024x1024,768x1344" or ((h, w), ...)): one folder serves each; the first is the default
+    # (and sets height/width). None or one bucket: the folder of --height/--width, as before buckets.
+    resolutions: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self):
         if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):
@@ -60,6 +67,7 @@ class ExportRequest:
         self.patch_sizes = tuple(sorted(set(limits.check_int(p, "--patch-sizes") for p in self.patch_sizes)))
         fam = family_by_name(self.family)
         self.model = stored_model_id(self.model or fam.default_model, fam)
+        self._set_resolutions()
         geometry = fam.defaults.geometry(self.model)  # `tiny` defaults to a size that exports in seconds
         # `is None`, not `or`: --height 0 is a mistake to refuse, not a request for the default.
         self.height = geometry["height"] if self.height is None else limits.check_int(self.height, "--height",
@@ -87,8 +95,10 @@ class ExportRequest:
             raise ValueError("--first-block-split splits the staged trunk: add --layout staged")
         if self.opset < 20:
             raise ValueError(f"--opset must be at least 20 (got {self.opset}); the dynamo exporter needs it")
-        fam.check_image_size(self.height, self.width, self.frames)
-        fam.check_patch_sizes(list(self.patch_sizes), self.latent_shape)
+        for height, width in self.buckets:  # every bucket, so a bad one is refused before anything is built
+            fam.check_image_size(height, width, self.frames)
+            fam.check_patch_sizes(list(self.patch_sizes), fam.latent_shape(self.batch, height, width, self.frames,
+                                                                           self.latent_channels))
         if self.rule is not None and self.rule not in RULES:
             raise ValueError(f"unknown scheduler rule {self.rule!r}: choose one of {', '.join(RULES)}")
         if self.rule in NEEDS_ERROR_MODEL and self.error_model is None:
@@ -108,6 +118,27 @@ class ExportRequest:
             self.dtype = "bf16" if self.device.startswith("cuda") else "fp32"
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype})")
+
+    def _set_resolutions(self) -> None:
+        if self.resolutions is None:
+            return
+        buckets = limits.check_resolutions(self.resolutions)
+        first = buckets[0]
+        asked = (self.height, self.width)
+        if asked != (None, None) and asked != first and len(buckets) > 1:
+            raise ValueError(f"--resolutions starts with {first[0]}x{first[1]} but --height/--width ask "
+                             f"{self.height}x{self.width}: the first bucket is the default; drop --height/--width")
+        self.height, self.width = first
+        self.resolutions = buckets if len(buckets) > 1 else None  # one bucket is a plain folder
+
+    @property
+    def buckets(self) -> list[tuple[int, int]]:
+        """(height, width) of every resolution bucket, the default first."""
+        return list(self.resolutions) if self.resolutions else [(self.height, self.width)]
+
+    def at(self, height: int, width: int) -> ExportRequest:
+        """This request for one bucket alone (same model, sizes, backends; the bucket's geometry)."""
+        return replace(self, height=height, width=width, resolutions=None)
 
     def _checked_backends(self) -> tuple[str, ...]:
         from ..artifacts.tensorrt_plans import unavailable_reason
@@ -157,6 +188,8 @@ class ExportRequest:
             identity["variant"] = self.variant
         if self.kontext_reference != "step":
             identity["kontext_reference"] = self.kontext_reference
+        if self.resolutions:  # one-bucket folders keep their identity from before buckets
+            identity["resolutions"] = [bucket_name(h, w) for h, w in self.resolutions]
         return identity
 
     def check_out_writable(self) -> None:

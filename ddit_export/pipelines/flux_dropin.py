@@ -38,14 +38,17 @@ class DDiTFluxTransformer(DropInTransformer):
     def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None,
                  cache=None):
         super().__init__(backend, schedule, total_steps, cache)
-        request = backend.manifest["request"]
+        self._bucket_changed()
+        self._inputs = frozenset(backend.input_metadata.input_names)
+
+    def _bucket_changed(self) -> None:
+        request = self.backend.manifest["request"]
         self._pixels = (int(request["height"]), int(request["width"]))
         self._img_ids = FLUX.image_ids(FLUX.base_patch, self.latent_shape).float()
-        self._inputs = frozenset(backend.input_metadata.input_names)
         self._reference = has_reference(self.config)
         if self._reference:
             self._img_ids = torch.cat([self._img_ids, FLUX.reference_ids(FLUX.base_patch, self.latent_shape).float()])
-        shapes = {t.name: t.shape for t in backend.input_metadata.inputs}
+        shapes = {t.name: t.shape for t in self.backend.input_metadata.inputs}
         self._condition_shape = shapes.get(CONDITION_LATENT)
 
     def forward(
@@ -96,7 +99,10 @@ class DDiTFluxTransformer(DropInTransformer):
         return self._output(FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype), pred, return_dict)
 
     def _check_geometry(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
-        """Once per pipeline call: the pipeline's image must be the engines' static geometry."""
+        """Once per pipeline call: the pipeline's image must be one of the engines' resolution buckets."""
+        if img_ids is not None and img_ids.dim() == 2:  # FluxPipeline's base-grid coordinates give its height/width
+            rows, cols = (int(img_ids[:, k].max()) + 1 for k in (1, 2))
+            self._use_grid((rows * FLUX.base_patch, cols * FLUX.base_patch))
         b, c, h, w = self.latent_shape
         tokens = (h // FLUX.base_patch) * (w // FLUX.base_patch)
         features = int(self.config["in_channels"])  # the latent's 64, plus Control/Fill's conditioning features
@@ -117,9 +123,11 @@ class DDiTFluxTransformer(DropInTransformer):
         if hidden_states.shape[1:] != (sequence, features) or not ids_match:
             got = _pixels_from_ids(img_ids) if img_ids is not None and img_ids.dim() == 2 else None
             seen = f"{got[0]}x{got[1]} pixels" if got else f"{hidden_states.shape[1]} tokens"
+            buckets = self.buckets_line()
             raise ValueError(
                 f"the pipeline runs at {seen}, the engines were built for {height}x{width} "
                 f"({tokens} tokens): call the pipeline with height={height}, width={width}"
+                + (f" ({buckets})" if buckets else "")
             )
         if hidden_states.shape[0] != b:
             raise ValueError(

@@ -47,10 +47,13 @@ class DDiTWanTransformer(DropInTransformer):
     def __init__(self, backend: Backend, schedule: ScheduleConfig | None = None, total_steps: int | None = None,
                  cache=None):
         super().__init__(backend, schedule, total_steps, cache)
-        request = backend.manifest["request"]
+        self._bucket_changed()
+
+    def _bucket_changed(self) -> None:
+        request = self.backend.manifest["request"]
         self._video = (int(request["frames"]), int(request["height"]), int(request["width"]))
         self._condition_channels = WAN.condition_channels(self.config)  # I2V: mask + image latent
-        self._select = getattr(backend, "select", None)  # two experts' engines (runtime/backends/experts.py)
+        self._select = getattr(self.backend, "select", None)  # two experts' engines (runtime/backends/experts.py)
 
     # -- the call ------------------------------------------------------------------------------------
     def forward(
@@ -120,10 +123,12 @@ class DDiTWanTransformer(DropInTransformer):
             )
 
     def _check_geometry(self, hidden_states: torch.Tensor) -> None:
-        """Once per pipeline call: the pipeline's video must be the engines' static geometry."""
+        """Once per pipeline call: the pipeline's video must be one of the engines' resolution buckets."""
+        got = tuple(hidden_states.shape)
+        if len(got) == 5:
+            self._use_grid(got[-2:])
         b, c, f, h, w = self.latent_shape
         frames, height, width = self._video
-        got = tuple(hidden_states.shape)
         if len(got) != 5 or got[1] != c + self._condition_channels:
             what = f"{c} + {self._condition_channels} condition" if self._condition_channels else f"{c}"
             raise ValueError(f"the pipeline's latent is {got}; the engines take B x {what} x F x h x w video latents")
@@ -131,10 +136,11 @@ class DDiTWanTransformer(DropInTransformer):
             got_frames = (got[2] - 1) * WAN.temporal_scale + 1
             scale = WAN.vae_scale_of(c)
             got_h, got_w = got[3] * scale, got[4] * scale
+            buckets = self.buckets_line()
             raise ValueError(
                 f"the pipeline runs at {got_frames} frames of {got_h}x{got_w}, the engines were built for "
                 f"{frames} frames of {height}x{width}: call the pipeline with num_frames={frames}, "
-                f"height={height}, width={width}"
+                f"height={height}, width={width}" + (f" ({buckets})" if buckets else "")
             )
         if got[0] != b:
             hint = (

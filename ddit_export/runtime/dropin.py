@@ -40,17 +40,16 @@ class DropInTransformer(nn.Module):
         """``cache``: "teacache:0.25" / "fbcache:0.05" / a CacheSpec / None (staged folders; runtime/cache/).
         Without ``total_steps`` TeaCache cannot force the last step (the pipeline never says which it is)."""
         super().__init__()
+        asked = schedule  # None: each bucket's own defaults (its manifest's scheduler block)
         schedule = schedule or schedule_config(backend)
         if schedule.base_last_steps and total_steps is None:
             raise ValueError("base_last_steps needs total_steps (the pipeline's num_inference_steps)")
         self.backend = backend
-        step_cache = None
-        if cache is not None:
-            from .cache import StepCache, parse_cache
-
-            spec = parse_cache(cache) if isinstance(cache, str) else cache
-            step_cache = StepCache(backend, spec) if spec is not None else None
-        self.runner = DDiTRunner(backend, schedule, total_steps, cache=step_cache)
+        # Resolution buckets: the pipeline's height/width pick the folder's bucket at each new pipeline call;
+        # another bucket's engines are loaded on first use (the staged ONNX Runtime ones share one trunk).
+        self._bucket_backends = {backend.manifest.bucket.name: backend}
+        self._bucket_settings = (asked, total_steps, cache)
+        self.runner = self._runner(backend, schedule, total_steps, cache)
         self._branch: str | None = None  # the pipeline's `cache_context` name ("cond" / "uncond"), for the cache
         # Pipelines read the model config (in_channels, guidance_embeds, patch_size, ...).
         self.config = FrozenDict(backend.manifest.model_config)
@@ -60,6 +59,46 @@ class DropInTransformer(nn.Module):
         self._latent: torch.Tensor | None = None  # the current step's latent, as the engines take it
         self._step = -1
         self._ended = True  # the next call opens a new trajectory
+
+    @staticmethod
+    def _runner(backend: Backend, schedule: ScheduleConfig, total_steps: int | None, cache) -> DDiTRunner:
+        step_cache = None
+        if cache is not None:
+            from .cache import StepCache, parse_cache
+
+            spec = parse_cache(cache) if isinstance(cache, str) else cache
+            step_cache = StepCache(backend, spec) if spec is not None else None
+        return DDiTRunner(backend, schedule, total_steps, cache=step_cache)
+
+    def _use_grid(self, grid: tuple[int, ...]) -> None:
+        """Run the bucket whose latent grid (h, w: the last two axes) is `grid` (a new pipeline call only).
+        One that the folder has no engines for is refused in one line listing its buckets."""
+        if tuple(self.latent_shape[-2:]) == tuple(grid):
+            return
+        buckets = self.backend.manifest.buckets
+        match = [b for b in buckets if tuple(b.latent_shape[-2:]) == tuple(grid)]
+        if not match:
+            return  # the family's geometry check says what the pipeline asked and what the engines take
+        bucket = match[0]
+        backend = self._bucket_backends.get(bucket.name)
+        if backend is None:
+            from .backends import get_backend
+
+            backend = get_backend(self.backend.name, self.backend.folder, self.backend.device,
+                                  bucket=(bucket.height, bucket.width))
+            self._bucket_backends[bucket.name] = backend
+        schedule, total_steps, cache = self._bucket_settings
+        self.backend = backend
+        self.runner = self._runner(backend, schedule or schedule_config(backend), total_steps, cache)
+        self.latent_shape = backend.latent_shape
+        self._bucket_changed()
+
+    def _bucket_changed(self) -> None:
+        """For subclasses: refresh what they keep of the engines' geometry."""
+
+    def buckets_line(self) -> str:
+        names = ", ".join(b.name for b in self.backend.manifest.buckets)
+        return f"the engines' resolution buckets are {names}" if len(self.backend.manifest.buckets) > 1 else ""
 
     # -- attributes the pipelines and DiffusionPipeline read -----------------------------------------
     @property

@@ -48,10 +48,20 @@ class DDiTServer:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         folders = [engine_dir, *batch_dirs]
         options = replica_backend_options(backend, self.device)
-        self.backends = [get_backend(backend, folder, device=self.device, **options) for folder in folders]
-        self.runner = BatchedRunner(self.backends)
-        if len(self.backends) > 1:
-            self.runner.calibrate()  # how to split each size's group: measured here, on this replica's device
+        from ..artifacts.manifest import read_manifest
+
+        # Per resolution bucket: its engines (the staged ONNX Runtime ones share one trunk), a runner and a
+        # lock-step loop, so requests batch per (bucket, patch size).
+        self.buckets = read_manifest(engine_dir).buckets
+        self.runners = {}
+        for b in self.buckets:
+            backends = [get_backend(backend, folder, device=self.device, bucket=(b.height, b.width), **options)
+                        for folder in folders]
+            self.runners[b.name] = BatchedRunner(backends)
+            if len(backends) > 1:
+                self.runners[b.name].calibrate()  # how to split each size's group: measured on this replica
+        self.runner = self.runners[self.buckets[0].name]  # the default bucket
+        self.backends = self.runner.backends
         self.solo = self.runner.solo
         self.manifest = self.solo.manifest
         from ..pipelines import pipeline_for
@@ -70,11 +80,13 @@ class DDiTServer:
         self.max_batch = max_batch
         self.generate_batch.set_max_batch_size(max_batch)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
-        self.batcher = ContinuousBatcher(self.runner, max_active=max_batch)
+        self.batchers = {name: ContinuousBatcher(runner, max_active=max_batch) for name, runner in self.runners.items()}
+        self.batcher = self.batchers[self.buckets[0].name]
         self.conditionings: OrderedDict = OrderedDict()
         self.served = 0
         self.in_flight = 0  # requests inside generate_batch (queued for a batch or sampling)
-        self.tokens = {p: _tokens(self.solo.latent_shape, p) for p in self.sizes}
+        self.tokens_of = {b.name: {p: _tokens(b.latent_shape, p) for p in self.sizes} for b in self.buckets}
+        self.tokens = self.tokens_of[self.buckets[0].name]
         from .metrics import ServeMetrics
 
         self.metrics = ServeMetrics()
@@ -87,7 +99,8 @@ class DDiTServer:
         return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
                 "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
-                "sampling": self.batcher.active,
+                "sampling": sum(b.active for b in self.batchers.values()),
+                "resolutions": [b.name for b in self.buckets],
                 "call_ms": self.runner.call_ms(), "ort_cpu_threading": self.runner.cpu_threading()}
 
     async def generate(self, raw: bytes) -> Answer:
@@ -109,10 +122,10 @@ class DDiTServer:
             self.metrics.refused("sampling")
             self.metrics.answered(500, time.perf_counter() - start)
             return _error(RequestError(f"sampling failed: {type(result).__name__}: {result}", 500))
-        body, media = self.encode(result.latent, req.output)
+        body, media = self.encode(result.latent, req.output, job.bucket)
         self.served += 1
         schedule = result.trace.schedule
-        self.metrics.sampled(schedule, self.tokens, self.solo.base_patch)
+        self.metrics.sampled(schedule, self.tokens_of[job.bucket], self.solo.base_patch)
         self.metrics.batch.observe(max(result.batch_sizes))
         self.metrics.answered(200, time.perf_counter() - start)
         trace = self.trace_header(req, job, result, time.perf_counter() - start)
@@ -131,9 +144,17 @@ class DDiTServer:
         if req.output == "png" and not self._can_png():
             raise RequestError("these engines' model has no VAE (nor the demo's pixel codec): ask for "
                                "\"output\": \"latent\"", 422)
-        config = schedule_config(self.solo, tau=req.tau, rho=req.rho, patch_sizes=req.sizes, schedule=req.schedule)
+        from ..artifacts.manifest import BucketError
+
+        try:
+            bucket = self.manifest.find_bucket(req.height, req.width).name
+        except BucketError as err:
+            raise RequestError(str(err), 422) from None
+        solo = self.runners[bucket].solo  # its manifest holds the bucket's scheduler defaults
+        config = schedule_config(solo, tau=req.tau, rho=req.rho, patch_sizes=req.sizes, schedule=req.schedule)
         cache = self.default_cache if req.cache is None else self.cache_spec(req.cache)
-        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed, cache=cache)
+        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed, cache=cache,
+                   bucket=bucket)
 
     def cache_spec(self, cache):
         """The request's `CacheSpec` ("none" -> None), refused in one line where these engines cannot cache
@@ -198,7 +219,7 @@ class DDiTServer:
     def _can_png(self) -> bool:
         return self._decoder is not None
 
-    def encode(self, latent, output: str) -> tuple[bytes, str]:
+    def encode(self, latent, output: str, bucket: str | None = None) -> tuple[bytes, str]:
         buffer = io.BytesIO()
         if output == "latent":
             import numpy as np
@@ -208,18 +229,21 @@ class DDiTServer:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:  # the pipeline's own image writer (the demo: its 8x view)
-            written = self._pipeline.write_outputs(self.manifest, latent, Path(tmp), self.device)
+            manifest = self.runners[bucket].solo.manifest if bucket else self.manifest
+            written = self._pipeline.write_outputs(manifest, latent, Path(tmp), self.device)
             return next(p for p in written if p.suffix == ".png").read_bytes(), "image/png"
 
     def trace_header(self, req: GenerateRequest, job, result, seconds: float) -> dict:
         from ..runtime.schedule_spec import format_schedule
 
         schedule = result.trace.schedule
-        base = self.tokens[self.solo.base_patch]
+        tokens = self.tokens_of[job.bucket]
+        base = tokens[self.solo.base_patch]
         totals = result.trace.totals()
         return {
-            "seed": req.seed, "steps": req.steps, "schedule": schedule, "schedule_text": format_schedule(schedule),
-            "token_cost": round(sum(self.tokens[p] for p in schedule) / (base * len(schedule)), 6),
+            "resolution": job.bucket, "seed": req.seed, "steps": req.steps, "schedule": schedule,
+            "schedule_text": format_schedule(schedule),
+            "token_cost": round(sum(tokens[p] for p in schedule) / (base * len(schedule)), 6),
             "seconds": round(seconds, 6), "sampling_seconds": round(result.seconds, 6),
             "engine_seconds": round(totals["engine_seconds"], 6),
             "step_seconds": [round(s.seconds, 6) for s in result.trace.steps],
@@ -233,7 +257,7 @@ class DDiTServer:
     async def generate_batch(self, jobs: list) -> list:
         """The window's requests join the sampling loop together (and so start in lock-step); later windows join
         the same loop at its next step, up to --max-batch requests sampling at once."""
-        futures = [self.batcher.submit(job) for job in jobs]
+        futures = [self.batchers[job.bucket].submit(job) for job in jobs]
         results = []
         for future in futures:
             try:

@@ -49,6 +49,7 @@ class Job:
     steps: int
     seed: int
     cache: CacheSpec | None = None
+    bucket: str = ""  # the resolution bucket whose loop runs it (serve: one loop per bucket)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
     {"prompt": "red circle" | "prompt_embeds_id": "ID", "seed": 0, "steps": 28,
      "tau": 0.003, "rho": 0.9, "sizes": [2, 4], "schedule": "8x14,2x14", "guidance": 3.5,
-     "cache": "teacache:0.25" | "fbcache:0.05" | "none", "output": "png" | "latent"}
+     "cache": "teacache:0.25" | "fbcache:0.05" | "none", "output": "png" | "latent",
+     "height": 1024, "width": 1024}   (one of the folder's resolution buckets; both or neither: its default)
 
 Torch-free: the HTTP layer refuses bad bodies without touching the engines.
 """
@@ -21,7 +22,7 @@ DRAIN_TIMEOUT_S = 20.0  # a stopping server's requests finish within this (Kuber
 MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
 OUTPUTS = ("png", "latent")
 FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "cache",
-          "output")
+          "output", "height", "width")
 EMBEDS_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -49,6 +50,8 @@ class GenerateRequest:
     guidance: float | None = None
     cache: str | None = None  # "teacache:0.25", "none"; None: the server's --cache
     output: str = "png"
+    height: int | None = None  # a resolution bucket of the folder; None: its default
+    width: int | None = None
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
@@ -146,8 +149,13 @@ def _fields(body: dict, engine_sizes: tuple[int, ...], default_steps: int) -> Ge
     output = body.get("output", "png")
     if output not in OUTPUTS:
         raise RequestError(f"'output' must be one of {', '.join(OUTPUTS)} (got {output!r})")
+    height, width = (None if body.get(k) is None else _int(body, k, 1, limits.MAX_SIDE) for k in ("height", "width"))
+    if (height is None) != (width is None):
+        raise RequestError("give 'height' and 'width' together (one of the engines' resolution buckets), "
+                           "or neither")
     return GenerateRequest(
         prompt=prompt, prompt_embeds_id=embeds, seed=_int(body, "seed", 0, limits.MAX_SEED, 0), steps=steps,
         tau=_float(body, "tau", 0.0, None), rho=_float(body, "rho", 0.0, 1.0, open_ends=True), sizes=sizes,
         schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), cache=cache, output=output,
+        height=height, width=width,
     )

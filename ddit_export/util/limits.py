@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 
 MAX_SIDE = 4096  # pixels per side: FLUX and Wan work up to about 2 MP
 MAX_FRAMES = 1025
@@ -66,3 +67,25 @@ def check_tau(value, flag: str = "--tau") -> float:
 
 def check_rho(value, flag: str = "--rho") -> float:
     return check_float(value, flag, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+def check_resolutions(value) -> tuple[tuple[int, int], ...]:
+    """"1024x1024,768x1344" (or pairs) -> ((1024, 1024), (768, 1344)); a bad spec is one ValueError."""
+    items = [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError("--resolutions takes HEIGHTxWIDTH pairs separated by commas, e.g. 1024x1024,768x1344")
+    buckets = []
+    for item in items:
+        if isinstance(item, str):
+            match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", item)
+            if not match:
+                raise ValueError(f"--resolutions: {item!r} is not HEIGHTxWIDTH (e.g. 1024x1024,768x1344)")
+            item = match.groups()
+        if len(item) != 2:
+            raise ValueError(f"--resolutions: {item!r} is not a (height, width) pair")
+        buckets.append((check_int(item[0], "--resolutions height", high=MAX_SIDE),
+                        check_int(item[1], "--resolutions width", high=MAX_SIDE)))
+    repeated = sorted({f"{b[0]}x{b[1]}" for b in buckets if buckets.count(b) > 1})
+    if repeated:
+        raise ValueError(f"--resolutions lists {', '.join(repeated)} twice; give each bucket once")
+    return tuple(buckets)

@@ -118,7 +118,7 @@ def test_onnx_chain_shares_the_size_independent_weights(flux_folders):
     with get_backend("onnx", flux_folders / "staged") as backend:
         pool = backend.chain.shared
         assert pool.bytes > 0
-        embeds = [backend.chain.files[p]["embed"] for p in (2, 4, 8)]
+        embeds = [backend.chain.files[0, p]["embed"] for p in (2, 4, 8)]
         assert all(pool.shared_in(path) >= 2 for path in embeds)  # at least the text embedder's weight and bias
 
 

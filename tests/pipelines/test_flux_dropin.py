@@ -142,3 +142,55 @@ def test_wrong_geometry_is_refused_clearly(pipe, embeds):
         call(pipe, short, max_sequence_length=4)
     with pytest.raises(ValueError, match="joint_attention_kwargs"):
         call(pipe, embeds, joint_attention_kwargs={"scale": 0.5})
+
+
+# -- resolution buckets ------------------------------------------------------------------------------
+def _stock_transformer(folder):
+    """The folder's model as the untouched diffusers transformer (base weights, no DDiT module)."""
+    from ddit_export.artifacts.manifest import read_manifest
+    from ddit_export.ddit.merge import merged_transformer
+    from ddit_export.runtime.backends.torch_eager import load_manifest_model
+
+    return merged_transformer(load_manifest_model(read_manifest(folder)), 2)
+
+
+def test_the_drop_in_equals_stock_at_the_static_base_at_every_bucket(tiny_flux_bucket_engines, tiny_flux_vae):
+    from ddit_export.runtime.backends import get_backend
+    from tests.conftest import TINY_BUCKETS
+
+    backend = get_backend("onnx", tiny_flux_bucket_engines)
+    dropin = DDiTFluxTransformer(backend, schedule_config(backend, static_patch=2))
+    stock = _stock_transformer(tiny_flux_bucket_engines)
+    embeds = make_conditioning(backend.manifest, "a red bicycle")
+    for height, width in [*TINY_BUCKETS, TINY_BUCKETS[0]]:  # and back: the first bucket's engines are kept
+        latents = {}
+        for name, transformer in (("stock", stock), ("drop-in", dropin)):
+            pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
+                                                                          **FLUX_SHIFT),
+                                vae=tiny_flux_vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                tokenizer_2=None, transformer=None)
+            pipe.transformer = transformer
+            pipe.set_progress_bar_config(disable=True)
+            latents[name] = pipe(height=height, width=width, num_inference_steps=4, max_sequence_length=8,
+                                 guidance_scale=3.5, generator=torch.Generator().manual_seed(0),
+                                 prompt_embeds=embeds.encoder_hidden_states,
+                                 pooled_prompt_embeds=embeds.pooled_projections, output_type="latent").images
+        assert dropin.backend.manifest.bucket.name == f"{height}x{width}"
+        assert dropin.trace.schedule == [2] * 4
+        assert latents["stock"].shape == latents["drop-in"].shape
+        assert (latents["stock"] - latents["drop-in"]).abs().max() < 1e-4, (height, width)
+
+
+def test_a_resolution_without_a_bucket_is_refused_listing_them(tiny_flux_bucket_engines, tiny_flux_vae):
+    from ddit_export.runtime.backends import get_backend
+
+    backend = get_backend("onnx", tiny_flux_bucket_engines)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, **FLUX_SHIFT),
+                        vae=tiny_flux_vae, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                        transformer=None)
+    pipe.transformer = DDiTFluxTransformer(backend)
+    embeds = make_conditioning(backend.manifest, "a")
+    with pytest.raises(ValueError, match=r"runs at 96x48 pixels.*resolution buckets are 64x64, 48x96\)$"):
+        pipe(height=96, width=48, num_inference_steps=2, max_sequence_length=8,
+             prompt_embeds=embeds.encoder_hidden_states, pooled_prompt_embeds=embeds.pooled_projections,
+             output_type="latent")

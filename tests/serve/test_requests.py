@@ -25,7 +25,16 @@ def test_defaults_and_fields():
     assert parse({"prompt_embeds_id": "cat-01"}).prompt_embeds_id == "cat-01"
 
 
+def test_height_and_width_pick_a_bucket_together():
+    req = parse({"prompt": "x", "height": 768, "width": 1344})
+    assert (req.height, req.width) == (768, 1344) and req.to_json()["height"] == 768
+    assert parse({"prompt": "x"}).height is None  # the folder's default bucket
+
+
 @pytest.mark.parametrize("body, status, words", [
+    ({"prompt": "a", "height": 512}, 422, "'height' and 'width' together"),
+    ({"prompt": "a", "height": 512, "width": "512"}, 422, "'width' must be an integer"),
+    ({"prompt": "a", "height": 0, "width": 512}, 422, "'height' must be from 1"),
     (b'{"prompt": "red', 400, "not valid JSON"),
     (b"\xff\xfe", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ...artifacts.iospec import IOSpec
-from ...artifacts.layouts import STAGED_DIR, TRUNK_ONNX, onnx_name, onnx_relpath
+from ...artifacts.layouts import BUCKETS_DIR, STAGED_DIR, TRUNK_ONNX, in_bucket, onnx_name, onnx_relpath
 from ...artifacts.manifest import (
     sha256_file,
     sha256_tensors,
@@ -28,6 +28,7 @@ from ...ddit.engine import PatchSizeEngine
 from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
+from ..buckets import BucketReporter, bucket_label, bucket_table
 from ..engine_folder import (
     ExportInputError,
     Reporter,
@@ -39,7 +40,7 @@ from ..engine_folder import (
     stage_key_base,
 )
 from ..onnx_export import export_onnx
-from ..request import ExportRequest
+from ..request import ExportRequest, bucket_name
 from ..stages import HALF_TOLERANCES
 from ..validate import require_valid, validate_onnx
 from .onnx_export import export_dynamic_trunk, graph_io
@@ -79,19 +80,34 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
-    keys = {(p, b): stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
-    reporter.begin(list(req.patch_sizes))
+    names = [None] + [bucket_name(h, w) for h, w in req.buckets[1:]]  # None: the default bucket, at the top
+    subs = [req.at(h, w) for h, w in req.buckets]
+    keys = {(n, p, b): stage_key(key_base if n is None else {**key_base, "bucket": n}, p, b)
+            for n in names for p in req.patch_sizes for b in req.backends}
+    reporter.begin([bucket_label(p, n) for n in names for p in req.patch_sizes])
     with atomic_folder(req.out_dir, replace=True) as tmp:
-        entries = [reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
-        if not entries or any(e is None for e in entries):
+        found = [reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
+        if found and all(e is not None for e in found):
+            per_bucket = [[e for e in found if e["stage_key"] == keys[n, e["patch_size"], e["backend"]]]
+                          for n in names]
+        else:
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
-            staged = build_staged(model, req.latent_shape, req.text_len)
-            entries = _build_parts(staged, req, tmp, reporter)
-        entries = [{**e, "stage_key": keys[e["patch_size"], e["backend"]]} for e in entries]
-        for e in entries:
-            if e["backend"] == "onnx":
-                reporter.done(e["patch_size"], e)
+            shutil.rmtree(tmp / BUCKETS_DIR, ignore_errors=True)
+            # One staged model per bucket, all on the same modules: only the RoPE tables are the bucket's own.
+            first = build_staged(model, subs[0].latent_shape, req.text_len)
+            buckets = [(None, first, subs[0])] + [
+                (n, build_staged(model, sub.latent_shape, req.text_len, like=first), sub)
+                for n, sub in zip(names[1:], subs[1:])]
+            per_bucket = _build_parts(buckets, req, tmp, reporter)
+            per_bucket = [[{**e, "stage_key": keys[n, e["patch_size"], e["backend"]]} for e in entries]
+                          for n, entries in zip(names, per_bucket)]
+        for n, entries in zip(names, per_bucket):
+            for e in entries:
+                if e["backend"] == "onnx":
+                    reporter.done(bucket_label(e["patch_size"], n), e)
+        entries = per_bucket[0]
         manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
+        manifest["buckets"] = bucket_table(list(zip(subs, per_bucket)))
         manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
                               "onnxruntime": ORT_CHOICE, "shared_files": [TRUNK_ONNX],
                               "first_block_split": req.first_block_split}
@@ -105,39 +121,53 @@ def _sample_inputs(staged: StagedModel, patch: int) -> dict:
     return probe.sample_inputs(torch.float32, seed=patch)
 
 
-def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -> list[dict]:
-    """fp32: export and validate every part and chain. Half: the same on the fp32 twin, then export cast."""
+def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter) -> list[list[dict]]:
+    """fp32: export and validate every part and chain of every bucket. Half: the same on the fp32 twin, then
+    export cast. `buckets`: (name, staged model, request) per bucket, the default (name None) first; the trunk
+    is exported once, from the default bucket, and validated at every bucket's token counts."""
     started = time.perf_counter()
     half = req.torch_dtype != torch.float32
-    graphs = tmp / (".twin" if half else STAGED_DIR)
-    samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
-    values = _traced_values(staged, samples, req.first_block_split)
-    validation = _export_and_validate(staged, req, graphs, samples, values, reporter)
+    graphs = tmp / ".twin" if half else tmp
+    values, validation = {}, {}
+    for name, staged, _ in buckets:
+        samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
+        values[name] = _traced_values(staged, samples, req.first_block_split)
+        validation[name] = _export_and_validate(staged, req, graphs, name, samples, values[name],
+                                                BucketReporter(reporter, name), half)
+    product = values
     if half:
-        for p in staged.sizes:
-            reporter.stage(p, f"onnx: export {req.dtype}")
-        cast_staged(staged, req.torch_dtype)
-        keep = req.family_obj.float32_inputs
-        cast_samples = {p: {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
-                        for p, inputs in samples.items()}
-        # Traced again in the product dtype, so every value between parts has the dtype its producer
-        # gives it (RoPE tables stay fp32, as in single engines).
-        cast = _traced_values(staged, cast_samples, req.first_block_split)
-        _export_parts(staged, req, tmp / STAGED_DIR, cast)
+        product = {}
+        for name, staged, _ in buckets:
+            for p in staged.sizes:
+                reporter.stage(bucket_label(p, name), f"onnx: export {req.dtype}")
+            cast_staged(staged, req.torch_dtype)
+            keep = req.family_obj.float32_inputs
+            cast_samples = {p: {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
+                            for p, inputs in _samples_of(staged).items()}
+            # Traced again in the product dtype, so every value between parts has the dtype its producer
+            # gives it (RoPE tables stay fp32, as in single engines).
+            product[name] = _traced_values(staged, cast_samples, req.first_block_split)
+            _export_parts(staged, req, tmp, name, product[name])
         shutil.rmtree(graphs, ignore_errors=True)
-    entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
-    product = cast if half else values
+    per_bucket = [[_entry(staged, sub, tmp, name, p, validation[name][p], started) for p in staged.sizes]
+                  for name, staged, sub in buckets]
     tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
     if "aoti" in req.backends:
         from .aoti import aoti_stage
 
-        entries += aoti_stage(staged, req, tmp, product, tolerances, reporter)
+        compiled = aoti_stage([(n, staged, product[n]) for n, staged, _ in buckets], req, tmp, tolerances, reporter)
+        per_bucket = [entries + more for entries, more in zip(per_bucket, compiled)]
     if "trt" in req.backends:
         from .tensorrt import trt_stage
 
-        entries += trt_stage(staged, req, tmp, [e for e in entries if e["backend"] == "onnx"], product, tolerances,
-                             reporter)
-    return entries
+        plans = trt_stage([(n, staged, [e for e in entries if e["backend"] == "onnx"], product[n])
+                           for (n, staged, _), entries in zip(buckets, per_bucket)], req, tmp, tolerances, reporter)
+        per_bucket = [entries + more for entries, more in zip(per_bucket, plans)]
+    return per_bucket
+
+
+def _samples_of(staged: StagedModel) -> dict:
+    return {p: _sample_inputs(staged, p) for p in staged.sizes}
 
 
 def _traced_values(staged: StagedModel, samples: dict, split: bool = False) -> dict:
@@ -162,7 +192,9 @@ def _part_inputs(staged: StagedModel, patch: int, part: str, values: dict) -> di
     return {n: values[n] for n in names}
 
 
-def _export_parts(staged: StagedModel, req: ExportRequest, folder: Path, values: dict) -> None:
+def _export_parts(staged: StagedModel, req: ExportRequest, root: Path, bucket: str | None, values: dict) -> None:
+    """The bucket's embeds and heads below `root` (artifacts/layouts.py); the default bucket also writes the
+    trunk (and its split halves), which every bucket shares."""
     fp = family_parts(staged.family)
     first = staged.sizes[0]
     # The embeds return their RoPE tables (constants) as outputs by design; the exporter's optimiser logs
@@ -171,18 +203,22 @@ def _export_parts(staged: StagedModel, req: ExportRequest, folder: Path, values:
     level = dedup_log.level
     dedup_log.setLevel(logging.ERROR)
     try:
-        _export_graphs(staged, req, folder, values, fp, first)
+        _export_graphs(staged, req, root, bucket, values, fp, first)
     finally:
         dedup_log.setLevel(level)
 
 
-def _export_graphs(staged, req, folder: Path, values: dict, fp, first: int) -> None:
+def _export_graphs(staged, req, root: Path, bucket: str | None, values: dict, fp, first: int) -> None:
     with torch.no_grad():
         for p in staged.sizes:
             for part in ("embed", "head"):
                 module, _, outputs = staged.part_callables(p)[part]
-                export_onnx(module, _part_inputs(staged, p, part, values[p]), outputs, folder / onnx_name(part, p),
-                            opset=req.opset, external_data=req.external_data)
+                export_onnx(module, _part_inputs(staged, p, part, values[p]), outputs,
+                            root / in_bucket(onnx_relpath(part, p), bucket), opset=req.opset,
+                            external_data=req.external_data)
+        if bucket is not None:
+            return
+        folder = root / STAGED_DIR
         _, _, outputs = staged.part_callables(first)["trunk"]
         export_dynamic_trunk(staged.trunk, _part_inputs(staged, first, "trunk", values[first]), outputs,
                              folder / onnx_name("trunk"), fp.trunk_token_axes(staged.text_len), opset=req.opset,
@@ -210,12 +246,15 @@ def _split_module(staged, patch: int, part: str):
     return trunk_half(staged.trunk, part, names), names, outputs
 
 
-def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict, reporter) -> dict:
-    """Export the fp32 parts to `folder`, validate each part and each size's chain; per size the results."""
+def _export_and_validate(staged, req, root: Path, bucket: str | None, samples: dict, values: dict, reporter,
+                         twin: bool) -> dict:
+    """Export one bucket's fp32 parts below `root`, validate each part and each size's chain (the trunk at the
+    bucket's token counts); per size the results."""
     for p in staged.sizes:
         reporter.stage(p, "onnx: export parts")
-    _export_parts(staged, req, folder, values)
+    _export_parts(staged, req, root, bucket, values)
     tol = dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    folder, trunk = root / in_bucket(STAGED_DIR, bucket), root / TRUNK_ONNX
     results = {}
     for p in staged.sizes:
         reporter.stage(p, "onnx: validate parts and chain")
@@ -224,25 +263,31 @@ def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict,
             module, _, _ = staged.part_callables(p)[part]
             result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / onnx_name(part, p),
                                    **tol)
-            parts[part] = require_valid(result, f"patch size {p} {part}").to_json()
+            parts[part] = require_valid(result, f"{_where(p, bucket)} {part}").to_json()
         trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
-        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / onnx_name("trunk"), **tol),
-                                       f"patch size {p} trunk").to_json()
+        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, trunk, **tol),
+                                       f"{_where(p, bucket)} trunk").to_json()
         if req.first_block_split:
             for part in SPLIT_PARTS:
                 module, names, _ = _split_module(staged, p, part)
                 parts[part] = require_valid(validate_trunk(module, {n: values[p][n] for n in names},
-                                                           folder / onnx_name(part), **tol),
-                                            f"patch size {p} {part}").to_json()
-        result = require_valid(validate_chain(staged, p, samples[p], folder, **tol), f"patch size {p} chain")
-        results[p] = {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32",
-                      "parts": parts}
+                                                           root / onnx_relpath(part), **tol),
+                                            f"{_where(p, bucket)} {part}").to_json()
+        result = require_valid(validate_chain(staged, p, samples[p], folder, trunk=trunk, **tol),
+                               f"{_where(p, bucket)} chain")
+        results[p] = {**result.to_json(), "validated_as": "fp32-twin" if twin else "fp32", "parts": parts}
     return results
 
 
-def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, validation: dict, started) -> dict:
+def _where(patch: int, bucket: str | None) -> str:
+    return f"patch size {patch}" + (f" at {bucket}" if bucket else "")
+
+
+def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, bucket: str | None, patch: int, validation: dict,
+           started) -> dict:
     fam, shape = staged.family, staged.latent_shape
-    files = [onnx_relpath("embed", patch), TRUNK_ONNX, onnx_relpath("head", patch)]
+    files = [in_bucket(onnx_relpath("embed", patch), bucket), TRUNK_ONNX,
+             in_bucket(onnx_relpath("head", patch), bucket)]
     if req.first_block_split:  # after the three parts: readers that take files[:3] see the same folder
         files += [onnx_relpath(part) for part in SPLIT_PARTS]
     graphs = list(files)

@@ -65,10 +65,12 @@ class StagedChainRunner(BaseRunner):
 
 
 def validate_chain(staged, patch: int, inputs: dict, folder: Path, *, atol: float, rtol: float,
-                   min_cosine: float) -> ValidationResult:
-    """The ONNX Runtime chain of `patch` (graphs in `folder`) against the torch staged model."""
+                   min_cosine: float, trunk: Path | None = None) -> ValidationResult:
+    """The ONNX Runtime chain of `patch` (graphs in `folder`; the trunk there, or `trunk`) against the torch
+    staged model."""
+    trunk_file = str(Path(trunk).resolve()) if trunk else onnx_name("trunk")  # an absolute path joins as itself
     manifest = {"patch_sizes": staged.sizes, "engines": [
-        {"patch_size": p, "backend": "onnx", "files": [onnx_name("embed", p), onnx_name("trunk"), onnx_name("head", p)],
+        {"patch_size": p, "backend": "onnx", "files": [onnx_name("embed", p), trunk_file, onnx_name("head", p)],
          "sha256": []} for p in staged.sizes]}
     chain = OnnxStagedChain(folder, manifest, verify=False)
     meta = tensor_metadata(inputs)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ...artifacts.manifest import BucketError
 from ..backend_names import BACKENDS, available_backends, unknown_backend  # available_backends: re-exported
 from .base import Backend, BackendError
 
@@ -31,18 +32,27 @@ STAGED_BACKENDS = {
 }
 
 
-def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", **options) -> Backend:
-    """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``."""
+def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", *,
+                bucket: tuple[int, int] | None = None, **options) -> Backend:
+    """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``.
+
+    ``bucket``: the (height, width) resolution bucket whose engines to run (None: the folder's default,
+    its first); a resolution the folder has no engines for is refused in one line listing its buckets.
+    """
     from ...artifacts.manifest import read_manifest
 
     single = backend_class(name)  # refuses unknown names before touching the folder
     manifest = read_manifest(folder)
+    try:
+        manifest = manifest.at_bucket(*(bucket or (None, None)))
+    except BucketError as err:
+        raise BackendError(f"{folder}: {err}") from None
     if manifest.layout == "staged":
         if name not in STAGED_BACKENDS:
             raise BackendError(f"backend '{name}' does not run staged folders; use one of {', '.join(STAGED_BACKENDS)}")
         module, cls = STAGED_BACKENDS[name]
         return getattr(import_module(f"{__name__}.staged.{module}"), cls)(folder, manifest, device, **options)
-    backend = single.load(folder, device, **options)
+    backend = single(folder, manifest, device, **options)
     experts = manifest.get("experts")
     if experts:  # Wan 2.2 A14B: the second expert's engines in a subfolder, one backend for both (experts.py)
         from .experts import ExpertsBackend

@@ -8,11 +8,12 @@ size together holds one set of weights. Same interface as the single layout's ba
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
 
-from ....artifacts.layouts import PART_PREFIX, PARTS, WEIGHTS
+from ....artifacts.layouts import PARTS, WEIGHTS, part_prefix
 from ....artifacts.manifest import verify_entry
 from ....ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
 from ..base import Backend, BackendError
@@ -29,14 +30,15 @@ def load_shared_weights(path: Path, device) -> dict[str, torch.Tensor]:
     return {name: tensors[first] for name, first in aliases.items()}
 
 
-def load_part(path: Path, part: str, patch: int, weights: dict[str, torch.Tensor], device):
-    """A compiled part with its constants pointed at the shared tensors (no copy)."""
+def load_part(path: Path, part: str, patch: int, weights: dict[str, torch.Tensor], device, bucket: str | None = None):
+    """A compiled part with its constants pointed at the shared tensors (no copy); `bucket`: an extra
+    resolution bucket's name (its embeds/heads have their own names in the weights file)."""
     device = torch.device(device)
     if device.type == "cuda":
         runner = torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
     else:
         runner = torch._inductor.aoti_load_package(str(path))
-    prefix = PART_PREFIX[part].format(p=patch)
+    prefix = part_prefix(part, patch, bucket)
     constants = {fqn: weights[prefix + fqn] for fqn in runner.get_constant_fqns()}
     runner.load_constants(constants, check_full_update=True, user_managed=True)
     return runner
@@ -66,13 +68,16 @@ class AotiStagedBackend(StagedCalls, Backend):
                     f"rebuild it on a {self.device.type} machine with `--backends onnx,aoti --force`"
                 )
             verify_entry(self.folder, entry)
-        self.weights = load_shared_weights(self.folder / WEIGHTS, self.device)
+        # One weights file for every bucket: loaded once per process and device, whichever bucket comes first.
+        self._weights_key, self.weights = shared_weights(self.folder / WEIGHTS, self.device)
+        bucket = self.manifest.bucket
+        name = bucket.name if bucket.index else None
         self._sizes = {int(p): i for i, p in enumerate(self.manifest.patch_sizes)}
         self._parts = {}
         for p, entry in sorted(entries.items()):
             io = onnx[p]["parts_io"]  # the parts' input and output names (same graphs' signatures)
             self._parts[p] = {
-                part: (as_kwargs(load_part(self.folder / rel, part, p, self.weights, self.device)),
+                part: (as_kwargs(load_part(self.folder / rel, part, p, self.weights, self.device, name)),
                        [t["name"] for t in io[part]["inputs"]], [t["name"] for t in io[part]["outputs"]])
                 for part, rel in zip(PARTS, entry["files"])
             }
@@ -107,3 +112,30 @@ class AotiStagedBackend(StagedCalls, Backend):
     def close(self) -> None:
         self._parts = {}
         self.weights = {}
+        if self._weights_key is not None:
+            release_weights(self._weights_key)
+            self._weights_key = None
+
+
+# Shared by every bucket's backend in a process (one set of weights for every package); released with the last.
+_WEIGHTS: dict[tuple, list] = {}
+_WEIGHTS_LOCK = threading.Lock()
+
+
+def shared_weights(path: Path, device) -> tuple[tuple, dict[str, torch.Tensor]]:
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(device))
+    with _WEIGHTS_LOCK:
+        held = _WEIGHTS.get(key)
+        if held is None:
+            held = _WEIGHTS[key] = [load_shared_weights(path, device), 0]
+        held[1] += 1
+        return key, held[0]
+
+
+def release_weights(key: tuple) -> None:
+    with _WEIGHTS_LOCK:
+        held = _WEIGHTS.get(key)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                del _WEIGHTS[key]

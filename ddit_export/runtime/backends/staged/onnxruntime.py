@@ -9,6 +9,8 @@ each part takes the names its graph declares. Same interface as the single layou
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,12 @@ SPLIT_PARTS = ("first_block", "other_blocks")  # the trunk split after block 0 (
 
 
 class OnnxStagedChain:
-    """The sessions of a staged folder and the chain that runs them on numpy feeds."""
+    """The sessions of a staged folder, every resolution bucket's, and the chain that runs them on numpy feeds.
+
+    The trunk is one session for every bucket and size (one graph with a symbolic token axis); each bucket
+    adds its embed/head sessions, whose weights that repeat across sizes and buckets (everything but the
+    bucket's RoPE tables) are handed in once (`SharedWeights`, matched by content).
+    """
 
     def __init__(self, folder, manifest: dict, providers=(CPU_PROVIDER,), prepack_trunk: bool | None = None,
                  verify: bool = True):
@@ -33,20 +40,25 @@ class OnnxStagedChain:
         import onnxruntime as ort
 
         folder = Path(folder)
-        entries = engine_entries(manifest, "onnx")  # a staged entry's files: embed, trunk, head
-        if not entries:
+        manifest = manifest.get("bucket_root", manifest)  # a bucket view: load every bucket, run any
+        per_bucket = [engine_entries(manifest, "onnx")] + [engine_entries({"engines": row["engines"]}, "onnx")
+                                                           for row in (manifest.get("buckets") or [])[1:]]
+        if not per_bucket[0]:
             raise BackendError(f"{folder}: the manifest lists no onnx staged engines; export them first")
         ort_choice = manifest.get("staged", {}).get("onnxruntime", {})
         prepack = ort_choice.get("prepacking", True) if prepack_trunk is None else prepack_trunk
         files = {}
         # `export --first-block-split`: block 0 and blocks 1..N as two more shared graphs, after the three parts
         self.first_block_split = bool(manifest.get("staged", {}).get("first_block_split"))
-        for patch, entry in entries.items():
-            if verify:
-                verify_entry(folder, entry)
-            files[patch] = dict(zip(PARTS, (folder / f for f in entry["files"][:3])))
-            if self.first_block_split:
-                files[patch].update(zip(SPLIT_PARTS, (folder / f for f in entry["files"][3:5])))
+        hashed = {}
+        for bucket, entries in enumerate(per_bucket):
+            for patch, entry in entries.items():
+                hashed.update(zip(entry["files"], entry["sha256"]))  # a shared file (the trunk) is checked once
+                files[bucket, patch] = dict(zip(PARTS, (folder / f for f in entry["files"][:3])))
+                if self.first_block_split:
+                    files[bucket, patch].update(zip(SPLIT_PARTS, (folder / f for f in entry["files"][3:5])))
+        if verify:
+            verify_entry(folder, {"files": list(hashed), "sha256": list(hashed.values())})
         small = sorted({f for per in files.values() for k, f in per.items() if k in ("embed", "head")})
         self.shared = SharedWeights(small)
         self.sessions, self.inputs, self.outputs = {}, {}, {}
@@ -65,22 +77,54 @@ class OnnxStagedChain:
         self.files = files
         self.size_index = {int(p): i for i, p in enumerate(manifest["patch_sizes"])}
 
-    def run(self, patch: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every named value of one call at `patch` (the prediction included)."""
+    def sizes(self, bucket: int = 0) -> tuple[int, ...]:
+        return tuple(sorted(p for b, p in self.files if b == bucket))
+
+    def run(self, patch: int, given: dict[str, np.ndarray], bucket: int = 0) -> dict[str, np.ndarray]:
+        """Every named value of one call at `patch` in `bucket` (the prediction included)."""
         values = dict(given)
         values["size_index"] = np.array([self.size_index[patch]], dtype=np.int64)
         for part in PARTS:
-            values.update(self.run_part(patch, part, values))
+            values.update(self.run_part(patch, part, values, bucket))
         return values
 
-    def run_part(self, patch: int, part: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The outputs of one part at `patch`, by name (it reads the inputs its graph declares)."""
-        path = self.files[patch][part]
+    def run_part(self, patch: int, part: str, values: dict[str, np.ndarray], bucket: int = 0) -> dict[str, np.ndarray]:
+        """The outputs of one part at `patch` in `bucket`, by name (it reads the inputs its graph declares)."""
+        path = self.files[bucket, patch][part]
         out = self.sessions[path].run(self.outputs[path], {n: values[n] for n in self.inputs[path]})
         return dict(zip(self.outputs[path], out))
 
     def close(self) -> None:
         self.sessions.clear()
+
+
+# One chain per folder and session settings in a process, shared by every bucket's backend (a server that
+# serves three buckets holds the trunk once); released when the last backend using it closes.
+_CHAINS: dict[tuple, list] = {}
+_CHAINS_LOCK = threading.Lock()
+
+
+def shared_chain(folder: Path, manifest: dict, prepack_trunk: bool | None) -> tuple[tuple, OnnxStagedChain]:
+    root = manifest.get("bucket_root", manifest)
+    key = (str(Path(folder).resolve()), root.get("created"), json.dumps(root["engines"], sort_keys=True)[:4096],
+           prepack_trunk)
+    with _CHAINS_LOCK:
+        held = _CHAINS.get(key)
+        if held is None:
+            held = _CHAINS[key] = [OnnxStagedChain(folder, manifest, prepack_trunk=prepack_trunk), 0]
+        held[1] += 1
+        return key, held[0]
+
+
+def release_chain(key: tuple) -> None:
+    with _CHAINS_LOCK:
+        held = _CHAINS.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            held[0].close()
+            del _CHAINS[key]
 
 
 def onnx_initializers(path: Path, names) -> dict[str, torch.Tensor]:
@@ -105,18 +149,19 @@ class OnnxStagedBackend(StagedCalls, Backend):
         super().__init__(folder, manifest, device)
         if self.device.type != "cpu":
             raise BackendError("the staged onnx backend runs on the CPU execution provider; use --backend trt on CUDA")
-        self.chain = OnnxStagedChain(self.folder, self.manifest, prepack_trunk=prepack_trunk)
+        self._chain_key, self.chain = shared_chain(self.folder, self.manifest, prepack_trunk)
+        self.bucket = self.manifest.bucket.index
         self.first_block_split = self.chain.first_block_split
         self._output = self.input_metadata.output_names[0]
 
     @property
     def patch_sizes(self) -> tuple[int, ...]:
-        return tuple(sorted(self.chain.files))
+        return self.chain.sizes(self.bucket)
 
     def _infer(self, patch: int, feeds: dict[str, torch.Tensor], out_device: torch.device) -> torch.Tensor:
-        if patch not in self.chain.files:
+        if (self.bucket, patch) not in self.chain.files:
             raise self._engine_missing(patch)
-        values = self.chain.run(patch, {n: to_numpy(v) for n, v in feeds.items()})
+        values = self.chain.run(patch, {n: to_numpy(v) for n, v in feeds.items()}, self.bucket)
         return from_numpy(values[self._output]).to(out_device)
 
     # -- the parts one at a time (step caching: calls.py) ----------------------------------
@@ -126,11 +171,13 @@ class OnnxStagedBackend(StagedCalls, Backend):
     def _part(self, patch, part, values):
         if part not in PARTS:
             self._require_split()
-        out = self.chain.run_part(patch, part, {n: to_numpy(v) for n, v in values.items()})
+        out = self.chain.run_part(patch, part, {n: to_numpy(v) for n, v in values.items()}, self.bucket)
         return {**values, **{n: from_numpy(v) for n, v in out.items()}}
 
     def signal_weights(self):
-        return onnx_initializers(self.chain.files[self.patch_sizes[0]]["trunk"], SIGNAL_WEIGHTS)
+        return onnx_initializers(self.chain.files[self.bucket, self.patch_sizes[0]]["trunk"], SIGNAL_WEIGHTS)
 
     def close(self) -> None:
-        self.chain.close()
+        if self._chain_key is not None:
+            release_chain(self._chain_key)
+            self._chain_key = None

@@ -1,7 +1,8 @@
 """TensorRT backend of a staged folder: embed[P] plan -> ONE trunk plan (profile P) -> head[P] plan.
 
-- The trunk plan has one optimisation profile per size (min = opt = max); one execution context per
-  profile, each set to its profile and input shapes once at load.
+- The trunk plan has one optimisation profile per token count (min = opt = max) of every resolution
+  bucket and size; one execution context per size, set to its entry's `trunk_profile` and input shapes
+  once at load. Every bucket's backend in a process uses the same deserialised trunk plan.
 - Every context of every plan (embeds, heads, trunk profiles) is USER_MANAGED and given the SAME
   activation buffer, sized to the largest need (`get_device_memory_size_for_profile_v2` per
   profile): one part runs at a time on one stream.
@@ -12,6 +13,8 @@ Plans are checked against the manifest's sha256 and this machine's TensorRT vers
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -46,14 +49,12 @@ class TensorRTStagedBackend(StagedCalls, Backend):
             verify_entry(self.folder, entry)
             check_plan_compatible(entry, here)
         onnx_io = self.manifest.engines_of("onnx")
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        plans = {}
+        plans, self._plan_keys = {}, []
         for entry in entries.values():
-            for rel in entry["files"]:
-                if rel not in plans:
-                    plans[rel] = runtime.deserialize_cuda_engine((self.folder / rel).read_bytes())
-                    if plans[rel] is None:
-                        raise BackendError(f"TensorRT could not deserialise {rel}; rebuild with --force")
+            for rel, sha in zip(entry["files"], entry["sha256"]):
+                if rel not in plans:  # the trunk plan: one engine in the process for every bucket's backend
+                    key, plans[rel] = shared_plan(trt, self.folder / rel, sha, self.device)
+                    self._plan_keys.append(key)
         self._plans = plans
         self._sizes = sorted(entries)
         text_len = self.manifest.text_len
@@ -82,8 +83,9 @@ class TensorRTStagedBackend(StagedCalls, Backend):
                 engine = self._plans[rel]
                 context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
                 context.set_device_memory(self._activations.data_ptr(), self.activation_bytes)
-                if part == "trunk":
-                    context.set_optimization_profile_async(index, stream.cuda_stream)
+                if part == "trunk":  # the profile of this size's token count (folders before buckets: size order)
+                    profile = int(entries[p].get("trunk_profile", index))
+                    context.set_optimization_profile_async(profile, stream.cuda_stream)
                     for t in parts_io[part]["inputs"]:  # this profile's static shapes, set once
                         context.set_input_shape(t["name"], tuple(buffers[t["name"]].shape))
                 for t in [*parts_io[part]["inputs"], *parts_io[part]["outputs"]]:
@@ -142,4 +144,36 @@ class TensorRTStagedBackend(StagedCalls, Backend):
         self._contexts.clear()
         self._buffers.clear()
         self._plans.clear()
+        for key in self._plan_keys:
+            release_plan(key)
+        self._plan_keys = []
         self._activations = None
+
+
+# Deserialised plans shared by every bucket's backend in a process (the trunk plan holds the weights once on
+# the device; each backend makes its own execution contexts); released with the last backend using them.
+_PLANS: dict[tuple, list] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def shared_plan(trt, path, sha256: str, device) -> tuple[tuple, object]:
+    key = (str(path.resolve()), sha256, str(device))
+    with _PLANS_LOCK:
+        held = _PLANS.get(key)
+        if held is None:
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise BackendError(f"TensorRT could not deserialise {path.name}; rebuild with --force")
+            held = _PLANS[key] = [engine, 0, runtime]
+        held[1] += 1
+        return key, held[0]
+
+
+def release_plan(key: tuple) -> None:
+    with _PLANS_LOCK:
+        held = _PLANS.get(key)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                del _PLANS[key]
