@@ -45,7 +45,22 @@ STAGED_BACKENDS = {
 
 
 def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", **options) -> Backend:
-    """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``."""
+    """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``.
+
+    ``loras=[(file, scale), ...]``: run with those user LoRAs (staged folders; docs/loras.md).
+    """
+    loras = options.pop("loras", None)
+    backend = _load(name, folder, device, **options)
+    if loras:
+        try:
+            backend.set_loras(loras)
+        except Exception:
+            backend.close()
+            raise
+    return backend
+
+
+def _load(name: str, folder, device, **options) -> Backend:
     from ...artifacts.manifest import read_manifest
 
     single = backend_class(name)  # refuses unknown names before touching the folder
