@@ -95,7 +95,8 @@ class OnnxLoraWeights(LoraHost):
     def _lora_tables(self) -> dict[Path, dict]:
         tables = self.__dict__.get("_lora_table_cache")
         if tables is None:
-            tables = self.__dict__["_lora_table_cache"] = {Path(p): linear_weights(Path(p)) for p in self._lora_graphs()}
+            tables = {Path(p): linear_weights(Path(p)) for p in self._lora_graphs()}
+            self.__dict__["_lora_table_cache"] = tables
         return tables
 
     def _lora_targets(self):
