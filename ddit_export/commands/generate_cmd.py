@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Wan: classifier-free guidance scale (default 5.0; 1 disables CFG)")
     p.add_argument("--negative-prompt", default="",
                    help="Wan with CFG: the negative prompt (default empty, as WanPipeline)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a user LoRA (diffusers/peft or kohya FLUX safetensors) at SCALE (default 1.0), applied to "
+                        "the staged trunk without re-export; repeat for several (docs/loras.md)")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -116,7 +119,22 @@ def _check_args(args, manifest: dict):
         raise ValueError(f"--tau must be >= 0 (got {args.tau})")
     if args.rho is not None and not 0 < args.rho < 1:
         raise ValueError(f"--rho is a fraction in (0, 1), e.g. 0.4 for the 40th percentile (got {args.rho})")
+    args.loras = _checked_loras(args.lora, manifest)
     return parse_device(args.device)
+
+
+def _checked_loras(values: list[str], manifest) -> list:
+    """--lora FILE[:SCALE] as LoraSpecs; a single-layout folder is refused before loading engines."""
+    from ..runtime.loras import LoraError, parse_lora_arg
+
+    specs = [parse_lora_arg(v) for v in values]
+    if specs and manifest.layout != "staged":
+        raise LoraError("--lora needs a staged folder (one shared trunk the LoRA is written into); this one is "
+                        "single-layout: re-export it with --layout staged (docs/loras.md)")
+    for spec in specs:
+        if not spec.path.is_file():
+            raise LoraError(f"--lora {spec.path}: no such file (FILE[:SCALE], e.g. style.safetensors:0.8)")
+    return specs
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
@@ -131,7 +149,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     if args.save_trajectory:
         check_writable(Path(args.save_trajectory).expanduser().parent, "--save-trajectory's folder")
 
-    with get_backend(args.backend, folder, device=device) as backend:
+    with get_backend(args.backend, folder, device=device, loras=args.loras) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
@@ -142,6 +160,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             from ..runtime.cache import StepCache
 
             cache = StepCache(backend, args.cache)  # a single-layout folder is refused here, with the fix
+        if args.loras:
+            console.print("LoRAs: " + ", ".join(f"{s.name} x{s.scale:g}" for s in args.loras)
+                          + f" (applied in {backend.lora_swap_seconds:.2f} s)")
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
@@ -164,6 +185,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             "fixed_schedule": args.schedule, "statistic": config.statistic, "monotone": config.monotone,
             "timesteps": result.timesteps.float().cpu().tolist(),
             "cache": cache.describe() if cache is not None else None,
+            "loras": [spec.to_json() for spec in args.loras],
             **_wan_record(args, conditioning, result),
             **trace.to_json(),
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddit_export.cli import main
 from ddit_export.ddit.engine import PatchSizeEngine
 from ddit_export.families.registry import family_by_name
 from ddit_export.runtime.backends import get_backend
@@ -13,17 +12,12 @@ from ddit_export.runtime.loras import LoraError, parse_lora_arg
 from tests.runtime.loras.helpers import diffusers_fused, kohya_lora, peft_lora
 
 SHAPE, TEXT = (1, 16, 16, 16), 8
-GEOMETRY = ["--height", "128", "--width", "128", "--text-len", "8", "--dtype", "fp32"]
 TOL = dict(atol=1e-4, rtol=1e-3)  # the export's validation tolerance
 
 
 @pytest.fixture(scope="module")
-def staged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("loras") / "staged"
-    torch.set_num_threads(1)
-    assert main(["flux", "--model", "tiny", "--patch-sizes", "2,4,8", *GEOMETRY, "--layout", "staged",
-                 "--out", str(out)]) == 0
-    return out
+def staged(tiny_flux_staged_engines):
+    return tiny_flux_staged_engines
 
 
 @pytest.fixture(scope="module")
