@@ -116,3 +116,36 @@ def test_lora_argument_parses_an_optional_scale(tmp_path):
     assert spec.scale == 0.75 and spec.path.name == "style.safetensors"
     with pytest.raises(LoraError, match="finite"):
         parse_lora_arg("x.safetensors:nan")
+
+
+@pytest.fixture(scope="module")
+def staged_aoti(tmp_path_factory):
+    from ddit_export.cli import main
+
+    out = tmp_path_factory.mktemp("loras_aoti") / "staged"
+    torch.set_num_threads(1)
+    assert main(["flux", "--model", "tiny", "--patch-sizes", "2,4", "--height", "128", "--width", "128",
+                 "--text-len", "8", "--dtype", "fp32", "--layout", "staged", "--backends", "onnx,aoti",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_compiled_backends_take_loras_without_recompiling(staged_aoti, loras, torch_single_thread):
+    """torch.compile and AOTInductor read the weights in place: same outputs as eager, no new graph."""
+    from torch._dynamo.utils import counters
+
+    inputs = _inputs(seed=3)
+    files = [(loras["a"], 0.6), (loras["kohya"], 1.0)]
+    with get_backend("torch", staged_aoti, loras=files) as eager:
+        want = {p: _run(eager, p, inputs) for p in eager.patch_sizes}
+    for name in ("aoti", "torch-compile"):
+        with get_backend(name, staged_aoti) as backend:
+            original = {p: _run(backend, p, inputs) for p in backend.patch_sizes}
+            graphs = counters["stats"]["unique_graphs"]
+            backend.set_loras(files)
+            got = {p: _run(backend, p, inputs) for p in backend.patch_sizes}
+            assert counters["stats"]["unique_graphs"] == graphs, f"{name} recompiled after set_loras"
+            backend.set_loras([])
+            for p in want:
+                torch.testing.assert_close(got[p], want[p], **TOL)
+                assert torch.equal(_run(backend, p, inputs), original[p]), f"{name} p{p}: originals back exactly"
