@@ -81,7 +81,8 @@ def trt_stage(staged, req, tmp, onnx_entries: list[dict], values: dict, toleranc
     trunk_rel = TRUNK_PLAN.format(version=version)
     reporter.stage(sizes[0], "trt: build trunk (one profile per size)")
     profiles = trunk_profiles(onnx_entries[0]["parts_io"]["trunk"], sizes, tokens, staged.text_len)
-    build_plan(tmp / TRUNK_ONNX, tmp / trunk_rel, cache, profiles=profiles)
+    # refittable: a user LoRA replaces the trunk's weights in place (runtime/backends/staged/tensorrt.py)
+    build_plan(tmp / TRUNK_ONNX, tmp / trunk_rel, cache, profiles=profiles, refittable=True)
     module = staged.cuda()
     entries = []
     for index, p in enumerate(sizes):
