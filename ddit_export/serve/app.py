@@ -38,7 +38,7 @@ CONDITIONING_CACHE = 256  # prompts whose embeddings a replica keeps
 class DDiTServer:
     def __init__(self, engine_dir: str, backend: str = "onnx", batch_dirs: tuple[str, ...] = (), max_batch: int = 1,
                  batch_wait_ms: float = 10.0, embeds_dir: str | None = None, default_steps: int = DEFAULT_STEPS,
-                 default_cache: str | None = None):
+                 default_cache: str | None = None, lora_dir: str | None = None):
         import torch
 
         from ..runtime.backends import get_backend
@@ -59,6 +59,7 @@ class DDiTServer:
         self._decoder = self._pipeline.image_decoder(self.manifest, self.device)
         self.sizes = tuple(self.solo.patch_sizes)
         self.embeds_dir = Path(embeds_dir) if embeds_dir else None
+        self.lora_dir = Path(lora_dir) if lora_dir else None
         self.default_steps = default_steps
         from ..runtime.cache.spec import parse_cache
 
@@ -97,7 +98,7 @@ class DDiTServer:
         return {"status": "ok", "pid": os.getpid(), "device": self.device, "engines": str(self.solo.folder),
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
                 "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
-                "sampling": self.batcher.active,
+                "sampling": self.batcher.active, "loras": [s.name for s in self.runner.loras],
                 "call_ms": self.runner.call_ms(), "ort_cpu_threading": self.runner.cpu_threading()}
 
     async def generate_http(self, request: Request) -> Response:
@@ -149,7 +150,27 @@ class DDiTServer:
                                "\"output\": \"latent\"", 422)
         config = schedule_config(self.solo, tau=req.tau, rho=req.rho, patch_sizes=req.sizes, schedule=req.schedule)
         cache = self.default_cache if req.cache is None else self.cache_spec(req.cache)
-        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed, cache=cache)
+        return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed, cache=cache,
+                   loras=self.lora_specs(req.loras))
+
+    def lora_specs(self, loras) -> tuple:
+        """The request's `(name, scale)` pairs as LoraSpecs of `--lora-dir` files, each read and checked against
+        the engines now (a LoRA that does not fit is a 422 naming it, before the request joins the loop)."""
+        if not loras:
+            return ()
+        from ..runtime.loras import LoraSpec
+
+        if self.lora_dir is None:
+            raise RequestError("'loras': this server has no --lora-dir", 422)
+        specs = tuple(LoraSpec(self.lora_dir / f"{name}.safetensors", scale) for name, scale in loras)
+        for spec in specs:
+            if not spec.path.is_file():
+                raise RequestError(f"unknown LoRA {spec.name!r}: no {spec.path.name} in the LoRA folder", 422)
+        try:
+            self.solo.check_loras(specs)
+        except ValueError as err:
+            raise RequestError(f"'loras': {str(err).replace(str(self.lora_dir) + '/', '')}", 422) from None
+        return specs
 
     def cache_spec(self, cache):
         """The request's `CacheSpec` ("none" -> None), refused in one line where these engines cannot cache
@@ -242,6 +263,7 @@ class DDiTServer:
             "batch_sizes": result.batch_sizes, "replica_pid": os.getpid(),
             "cache": str(job.cache) if job.cache is not None else None,
             "cached_steps": sum(result.trace.cached),
+            "loras": [{"name": s.name, "scale": s.scale} for s in job.loras],
         }
 
     # -- batching -----------------------------------------------------------------------------------
@@ -310,7 +332,7 @@ def build_app(args: dict):
 def bind_app(args: dict, options: dict | None = None):
     """The application for `args` (build_app's keys), with `options` for `DDiTServer.options` (replicas, ...)."""
     known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps",
-             "default_cache"}
+             "default_cache", "lora_dir"}
     unknown = sorted(set(args) - known)
     if unknown or "engine_dir" not in args:
         raise ValueError(f"build_app takes {sorted(known)} (engine_dir required); got unknown {unknown}")
@@ -320,5 +342,5 @@ def bind_app(args: dict, options: dict | None = None):
     return DDiTServer.options(**(options or {})).bind(
         str(args["engine_dir"]), args.get("backend", "onnx"), tuple(batch_dirs), int(args.get("max_batch", 1)),
         float(args.get("batch_wait_ms", 10.0)), args.get("embeds_dir"), int(args.get("default_steps", DEFAULT_STEPS)),
-        args.get("default_cache"),
+        args.get("default_cache"), args.get("lora_dir"),
     )

@@ -2,7 +2,8 @@
 
     {"prompt": "red circle" | "prompt_embeds_id": "ID", "seed": 0, "steps": 28,
      "tau": 0.003, "rho": 0.9, "sizes": [2, 4], "schedule": "8x14,2x14", "guidance": 3.5,
-     "cache": "teacache:0.25" | "fbcache:0.05" | "none", "output": "png" | "latent"}
+     "cache": "teacache:0.25" | "fbcache:0.05" | "none", "output": "png" | "latent",
+     "loras": [{"name": "style", "scale": 0.8}]}   (files of the server's --lora-dir; docs/loras.md)
 
 Torch-free: the HTTP layer refuses bad bodies without touching the engines.
 """
@@ -21,7 +22,9 @@ MAX_BODY_BYTES = 64 * 1024  # a generate request is a few hundred bytes; anythin
 MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
 OUTPUTS = ("png", "latent")
 FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "cache",
-          "output")
+          "output", "loras")
+MAX_LORAS = 8  # LoRAs in one request
+MAX_LORA_SCALE = 8.0  # |scale|: style LoRAs run at 0..1.5; far beyond is a typo
 EMBEDS_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -49,9 +52,12 @@ class GenerateRequest:
     guidance: float | None = None
     cache: str | None = None  # "teacache:0.25", "none"; None: the server's --cache
     output: str = "png"
+    loras: tuple[tuple[str, float], ...] = ()  # (name in --lora-dir, scale), in the order applied
 
     def to_json(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+        out["loras"] = [{"name": n, "scale": s} for n, s in self.loras]
+        return out
 
 
 def _int(body: dict, key: str, low: int, high: int, default: int | None = None) -> int:
@@ -146,8 +152,30 @@ def _fields(body: dict, engine_sizes: tuple[int, ...], default_steps: int) -> Ge
     output = body.get("output", "png")
     if output not in OUTPUTS:
         raise RequestError(f"'output' must be one of {', '.join(OUTPUTS)} (got {output!r})")
+    loras = _loras(body.get("loras"))
     return GenerateRequest(
         prompt=prompt, prompt_embeds_id=embeds, seed=_int(body, "seed", 0, limits.MAX_SEED, 0), steps=steps,
         tau=_float(body, "tau", 0.0, None), rho=_float(body, "rho", 0.0, 1.0, open_ends=True), sizes=sizes,
-        schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), cache=cache, output=output,
+        schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), cache=cache, output=output, loras=loras,
     )
+
+
+def _loras(value) -> tuple[tuple[str, float], ...]:
+    """`[{"name": ..., "scale": ...}, ...]` -> ((name, scale), ...); names are files of the server's --lora-dir."""
+    if value is None:
+        return ()
+    shape = f"'loras' must be a list of at most {MAX_LORAS} objects {{\"name\": NAME, \"scale\": S}}"
+    if not isinstance(value, list) or len(value) > MAX_LORAS or not all(isinstance(v, dict) for v in value):
+        raise RequestError(shape)
+    out = []
+    for item in value:
+        unknown = sorted(set(item) - {"name", "scale"})
+        if unknown:
+            raise RequestError(f"'loras' entries take 'name' and 'scale'; unknown {unknown}")
+        name = item.get("name")
+        if not isinstance(name, str) or not EMBEDS_ID.match(name):
+            raise RequestError("a 'loras' name must be 1-128 characters of letters, digits, '_', '.', '-' "
+                               "(a file NAME.safetensors of the server's --lora-dir)")
+        scale = _float({"scale": item.get("scale", 1.0)}, "scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
+        out.append((name, scale))
+    return tuple(out)

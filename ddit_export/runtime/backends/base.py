@@ -88,11 +88,16 @@ class Backend(ABC):
 
     def set_loras(self, loras) -> None:
         """Run with these user LoRAs (`[(file, scale), ...]`; `[]` removes them): staged folders (docs/loras.md)."""
+        self.check_loras(loras)
+
+    def check_loras(self, loras) -> list:
+        """Read and check a LoRA set without applying it; a single-layout folder refuses any."""
         if loras:
             from ..loras.files import LoraError
 
             raise LoraError(f"{self.folder} is a single-layout folder (one merged copy of the weights per patch "
                             "size), which takes no user LoRAs: re-export it with --layout staged (docs/loras.md)")
+        return []
 
     @abstractmethod
     def close(self) -> None:

@@ -39,10 +39,7 @@ class LoraHost:
         specs = tuple(as_spec(item) for item in (loras or ()))
         if specs == self._lora_specs:
             return
-        files = [self._read_lora(spec.path) for spec in specs]
-        targets = self._lora_targets()
-        for lora in files:
-            check_fits(lora, targets)
+        files = self.check_loras(specs)
         terms: dict[str, list] = {}
         for spec, lora in zip(specs, files):
             for module, (a, b, scaling) in lora.factors.items():
@@ -53,6 +50,14 @@ class LoraHost:
         self._lora_apply(merged, restore)
         self._lora_touched, self._lora_specs = frozenset(terms), specs
         self.lora_swap_seconds = time.perf_counter() - started
+
+    def check_loras(self, loras) -> list[LoraFile]:
+        """Read and check a LoRA set without applying it (LoraError, one line, if one does not fit)."""
+        files = [self._read_lora(as_spec(item).path) for item in (loras or ())]
+        targets = self._lora_targets()
+        for lora in files:
+            check_fits(lora, targets)
+        return files
 
     def _read_lora(self, path: Path) -> LoraFile:
         cache = self.__dict__.setdefault("_lora_cache", OrderedDict())
