@@ -16,17 +16,24 @@ def stock_transformer():
     return family_by_name("flux").load("tiny")
 
 
-def peft_lora(path: Path, seed: int, rank: int = 4, alpha: float = 8.0, targets=ATTENTION) -> Path:
-    """A LoRA made with peft on the stock transformer (random, non-zero factors) and saved as diffusers saves it."""
+def peft_lora(path: Path, seed: int, rank: int = 4, alpha: float = 8.0, targets=ATTENTION, model: str = "tiny",
+              std: float | None = None) -> Path:
+    """A LoRA made with peft on the stock transformer of `model` (random, non-zero factors; `std`: their scale)
+    and saved as diffusers saves it."""
     from diffusers import FluxPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    transformer = stock_transformer()
+    from ddit_export.families.registry import family_by_name
+
+    transformer = family_by_name("flux").load(model)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
     torch.manual_seed(seed)
     transformer.add_adapter(config)
     layers = get_peft_model_state_dict(transformer)
+    if std is not None:
+        gen = torch.Generator().manual_seed(seed)
+        layers = {k: torch.randn(v.shape, generator=gen) * std for k, v in layers.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     FluxPipeline.save_lora_weights(path.parent, transformer_lora_layers=layers, weight_name=path.name,
                                    transformer_lora_adapter_metadata=config.to_dict())
