@@ -1,6 +1,6 @@
 """Train a small style LoRA on the demo's BASE model with peft, saved as diffusers saves LoRAs.
 
-    python tools/train_demo_lora.py                                    # the shipped one (about 2 minutes)
+    python tools/train_demo_lora.py                                    # the shipped one (250 steps of 16 images)
     python tools/train_demo_lora.py --model PATH --out my.safetensors  # any demo-like FLUX transformer
 
 The style: the demo's procedural images with their red and blue channels swapped (a red circle comes
@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-           "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out"]
+# Every linear of the transformer blocks (the staged trunk), none outside: a full regex, as peft takes a string.
+TARGETS = (r".*transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+           r"|ff\.net\.0\.proj|ff\.net\.2|ff_context\.net\.0\.proj|ff_context\.net\.2|proj_mlp|proj_out)")
 
 
 def swap_red_blue(images: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEMO_MODEL_ID, help="base transformer (default: the shipped demo model)")
     p.add_argument("--out", default="ddit_export/assets/demo/loras/red_blue_swap.safetensors")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=8.0)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -60,9 +61,7 @@ def main() -> int:
 
     model = FLUX.load(args.model)
     model.requires_grad_(False)
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [t for t in TARGETS if t.rsplit(".", 1)[-1] in present]
-    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, target_modules=targets)
+    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, target_modules=TARGETS)
     model.add_adapter(config)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
