@@ -199,3 +199,20 @@ def flux_variant_engines(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_staged_engines(tmp_path_factory) -> Path:
+    """The tiny FLUX engines of `tiny_flux_engines` in the staged layout (ONNX), built once. Read-only for tests."""
+    from ddit_export.export.build import export_engines
+    from ddit_export.export.request import ExportRequest
+
+    out = tmp_path_factory.mktemp("tiny_flux_staged") / "engines"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_engines(ExportRequest(model="tiny", patch_sizes=(2, 4, 8), height=128, width=128, text_len=8,
+                                     dtype="fp32", layout="staged", out=str(out)))
+    finally:
+        torch.set_num_threads(before)
+    return out

@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last-image", metavar="FILE",
                    help="Wan first-last-frame (FLF2V) engines: the video's last frame (docs/variants-wan.md)")
     add_bucket_arguments(p)
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a user LoRA (diffusers/peft or kohya FLUX safetensors) at SCALE (default 1.0), applied to "
+                        "the staged trunk without re-export; repeat for several (docs/loras.md)")
     p.add_argument("--out", help="output folder (default outputs/<engine dir>-seed<seed>)")
     p.add_argument("--save-trajectory", metavar="FILE.npz",
                    help="save the sampler latent before each step and the final one as array 'latents'")
@@ -122,6 +125,7 @@ def _check_args(args, manifest: dict):
             raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
     if not 0 <= args.base_last_steps <= args.steps:
         raise ValueError(f"--base-last-steps must be between 0 and --steps ({args.steps}), got {args.base_last_steps}")
+    args.loras = _checked_loras(args.lora, manifest)
     return parse_device(args.device)
 
 
@@ -140,6 +144,20 @@ def _check_images(args, manifest: dict, pipeline) -> None:
         pipeline.check_images(manifest, args.image, args.mask, **last)
 
 
+def _checked_loras(values: list[str], manifest) -> list:
+    """--lora FILE[:SCALE] as LoraSpecs; a single-layout folder is refused before loading engines."""
+    from ..runtime.loras import LoraError, parse_lora_arg
+
+    specs = [parse_lora_arg(v) for v in values]
+    if specs and manifest.layout != "staged":
+        raise LoraError("--lora needs a staged folder (one shared trunk the LoRA is written into); this one is "
+                        "single-layout: re-export it with --layout staged (docs/loras.md)")
+    for spec in specs:
+        if not spec.path.is_file():
+            raise LoraError(f"--lora {spec.path}: no such file (FILE[:SCALE], e.g. style.safetensors:0.8)")
+    return specs
+
+
 def generate_command(args: argparse.Namespace, console: Console) -> int:
     from ..pipelines.registry import generate, make_conditioning, pipeline_for
     from ..runtime.backends import get_backend
@@ -153,7 +171,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     if args.save_trajectory:
         check_writable_file(Path(args.save_trajectory).expanduser(), "--save-trajectory")
 
-    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend:
+    with get_backend(args.backend, folder, device=device, bucket=bucket, loras=args.loras) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
@@ -164,6 +182,9 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             from ..runtime.cache import StepCache
 
             cache = StepCache(backend, args.cache)  # a single-layout folder is refused here, with the fix
+        if args.loras:
+            console.print("LoRAs: " + ", ".join(f"{s.name} x{s.scale:g}" for s in args.loras)
+                          + f" (applied in {backend.lora_swap_seconds:.2f} s)")
         images = {"image": args.image, "mask": args.mask, "last_image": args.last_image}
         images = {**images, "seed": args.seed} if any(images.values()) else {}
         conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt, **images)
@@ -191,6 +212,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
             "fixed_schedule": args.schedule, "statistic": config.statistic, "monotone": config.monotone,
             "timesteps": result.timesteps.float().cpu().tolist(),
             "cache": cache.describe() if cache is not None else None,
+            "loras": [spec.to_json() for spec in args.loras],
             **_wan_record(args, conditioning, result),
             **_experts_record(manifest, result),
             **trace.to_json(),

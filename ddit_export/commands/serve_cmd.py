@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeds-dir", metavar="DIR",
                    help="folder of ID.safetensors prompt embeddings that requests name by prompt_embeds_id")
     add_cache_argument(p)  # the default of requests that name no "cache"; staged folders only
+    p.add_argument("--lora-dir", metavar="DIR",
+                   help="folder of NAME.safetensors user LoRAs that requests name in \"loras\" (staged folders; "
+                        "docs/loras.md)")
     p.add_argument("--cpus-per-replica", type=argtypes.positive_float, default=1.0,
                    help="Ray CPUs each replica reserves (default 1; with 1 or less, the onnx backend on the CPU "
                         "runs each engine on one thread, more keeps its per-engine threading tuning)")
@@ -94,6 +97,11 @@ def _check(args) -> tuple[Path, dict]:
     if args.embeds_dir and not Path(args.embeds_dir).expanduser().is_dir():
         raise ValueError(f"--embeds-dir {args.embeds_dir} is not a folder")
     staged = manifest.get("layout", "single") == "staged"
+    if args.lora_dir and not Path(args.lora_dir).expanduser().is_dir():
+        raise ValueError(f"--lora-dir {args.lora_dir} is not a folder")
+    if args.lora_dir and not staged:
+        raise ValueError(f"--lora-dir needs a staged engine folder (LoRAs are written into its shared trunk); "
+                         f"{folder} has the single layout: re-export it with --layout staged")
     if args.cache is not None and not staged:
         raise ValueError(f"--cache {args.cache} needs a staged engine folder (a cached step reuses the trunk's "
                          f"residual); {folder} has the single layout: re-export it with --layout staged")
@@ -140,6 +148,7 @@ def serve_command(args: argparse.Namespace, console: Console) -> int:
         autoscale=args.autoscale, num_cpus=args.cpus_per_replica, num_gpus=gpus,
         embeds_dir=Path(args.embeds_dir).expanduser() if args.embeds_dir else None, default_steps=args.steps,
         default_cache=str(args.cache) if args.cache is not None else None, drain_timeout_s=args.drain_timeout,
+        lora_dir=Path(args.lora_dir).expanduser() if args.lora_dir else None,
     )
     if args.write_config:
         path = write_config(args.write_config, config)

@@ -14,10 +14,11 @@ from ..artifacts.tensorrt_plans import require_tensorrt
 
 
 def build_plan(onnx_path, plan_path, timing_cache, *, opt_level: int = 3, workspace_bytes: int | None = None,
-               profiles: list | None = None) -> Path:
+               profiles: list | None = None, refittable: bool = False) -> Path:
     """Parse the ONNX graph strongly typed, build at `opt_level`, update the shared timing cache.
 
-    `profiles`: Polygraphy `Profile`s for a graph with symbolic axes (the staged layout's trunk)."""
+    `profiles`: Polygraphy `Profile`s for a graph with symbolic axes (the staged layout's trunk).
+    `refittable`: the plan's weights can be replaced after the build (user LoRAs: docs/loras.md)."""
     require_tensorrt()
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, engine_from_network, network_from_onnx_path, save_engine
@@ -30,6 +31,7 @@ def build_plan(onnx_path, plan_path, timing_cache, *, opt_level: int = 3, worksp
         builder_optimization_level=opt_level,
         memory_pool_limits=pools,
         profiles=profiles,
+        refittable=refittable,
         load_timing_cache=str(timing_cache) if timing_cache.exists() else None,
     )
     engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))

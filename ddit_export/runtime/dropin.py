@@ -110,6 +110,16 @@ class DropInTransformer(nn.Module):
         return self.backend.device
 
     @property
+    def loras(self) -> tuple:
+        """The user LoRAs the engines run with (runtime/loras/)."""
+        return tuple(self.backend.loras)
+
+    def set_loras(self, loras) -> None:
+        """User LoRAs `[(file, scale), ...]` on the engines (`[]` removes them): what `pipe.load_lora_weights(file)`
+        + `pipe.fuse_lora(lora_scale=scale)` do to the stock transformer (staged folders; docs/loras.md)."""
+        self.backend.set_loras(loras)
+
+    @property
     def trace(self) -> Trace:
         """Trace of the current (or last finished) pipeline call."""
         return self.runner.trace

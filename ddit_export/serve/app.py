@@ -39,7 +39,7 @@ DRAIN_POLL_S = 0.5  # a stopping replica looks for requests still running this o
 class DDiTServer:
     def __init__(self, engine_dir: str, backend: str = "onnx", batch_dirs: tuple[str, ...] = (), max_batch: int = 1,
                  batch_wait_ms: float = 10.0, embeds_dir: str | None = None, default_steps: int = DEFAULT_STEPS,
-                 default_cache: str | None = None):
+                 default_cache: str | None = None, lora_dir: str | None = None):
         import torch
 
         from ..runtime.backends import get_backend
@@ -70,6 +70,7 @@ class DDiTServer:
         self._decoder = self._pipeline.image_decoder(self.manifest, self.device)
         self.sizes = tuple(self.solo.patch_sizes)
         self.embeds_dir = Path(embeds_dir) if embeds_dir else None
+        self.lora_dir = Path(lora_dir) if lora_dir else None
         self.default_steps = default_steps
         from ..runtime.cache.spec import parse_cache
 
@@ -100,7 +101,7 @@ class DDiTServer:
                 "backend": self.solo.name, "patch_sizes": list(self.sizes), "batches": list(self.runner.batches),
                 "max_batch": self.max_batch, "served": self.served, "in_flight": self.in_flight,
                 "sampling": sum(b.active for b in self.batchers.values()),
-                "resolutions": [b.name for b in self.buckets],
+                "resolutions": [b.name for b in self.buckets], "loras": [s.name for s in self.runner.loras],
                 "call_ms": self.runner.call_ms(), "ort_cpu_threading": self.runner.cpu_threading()}
 
     async def generate(self, raw: bytes) -> Answer:
@@ -154,7 +155,26 @@ class DDiTServer:
         config = schedule_config(solo, tau=req.tau, rho=req.rho, patch_sizes=req.sizes, schedule=req.schedule)
         cache = self.default_cache if req.cache is None else self.cache_spec(req.cache)
         return Job(self.conditioning(req), config, steps=req.steps, seed=req.seed, cache=cache,
-                   bucket=bucket)
+                   bucket=bucket, loras=self.lora_specs(req.loras))
+
+    def lora_specs(self, loras) -> tuple:
+        """The request's `(name, scale)` pairs as LoraSpecs of `--lora-dir` files, each read and checked against
+        the engines now (a LoRA that does not fit is a 422 naming it, before the request joins the loop)."""
+        if not loras:
+            return ()
+        from ..runtime.loras import LoraSpec
+
+        if self.lora_dir is None:
+            raise RequestError("'loras': this server has no --lora-dir", 422)
+        specs = tuple(LoraSpec(self.lora_dir / f"{name}.safetensors", scale) for name, scale in loras)
+        for spec in specs:
+            if not spec.path.is_file():
+                raise RequestError(f"unknown LoRA {spec.name!r}: no {spec.path.name} in the LoRA folder", 422)
+        try:
+            self.solo.check_loras(specs)
+        except ValueError as err:
+            raise RequestError(f"'loras': {str(err).replace(str(self.lora_dir) + '/', '')}", 422) from None
+        return specs
 
     def cache_spec(self, cache):
         """The request's `CacheSpec` ("none" -> None), refused in one line where these engines cannot cache
@@ -250,6 +270,7 @@ class DDiTServer:
             "batch_sizes": result.batch_sizes, "replica_pid": os.getpid(),
             "cache": str(job.cache) if job.cache is not None else None,
             "cached_steps": sum(result.trace.cached),
+            "loras": [{"name": s.name, "scale": s.scale} for s in job.loras],
         }
 
     # -- batching -----------------------------------------------------------------------------------
@@ -327,7 +348,7 @@ def bind_app(args: dict, options: dict | None = None):
     """The application for `args` (build_app's keys): the ingress in front of `DDiTServer.options(**options)`
     (replicas, resources, ...)."""
     known = {"engine_dir", "backend", "batch_dirs", "max_batch", "batch_wait_ms", "embeds_dir", "default_steps",
-             "default_cache"}
+             "default_cache", "lora_dir"}
     unknown = sorted(set(args) - known)
     if unknown or "engine_dir" not in args:
         raise ValueError(f"build_app takes {sorted(known)} (engine_dir required); got unknown {unknown}")
@@ -338,7 +359,7 @@ def bind_app(args: dict, options: dict | None = None):
     server = DDiTServer.options(**options).bind(
         str(args["engine_dir"]), args.get("backend", "onnx"), tuple(batch_dirs), int(args.get("max_batch", 1)),
         float(args.get("batch_wait_ms", 10.0)), args.get("embeds_dir"), int(args.get("default_steps", DEFAULT_STEPS)),
-        args.get("default_cache"),
+        args.get("default_cache"), args.get("lora_dir"),
     )
     drain = options.get("graceful_shutdown_timeout_s", DRAIN_TIMEOUT_S)
     return DDiTIngress.options(**ingress_options(drain)).bind(server)

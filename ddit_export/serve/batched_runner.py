@@ -42,7 +42,9 @@ class Job:
     """One request: what `pipelines.generate` takes, for a batch-1 engine folder.
 
     ``cache``: step caching (`runtime.cache.CacheSpec`, staged folders only), as `generate --cache`; the request
-    gets its own `StepCache`, so its cached steps are the ones a solo run caches."""
+    gets its own `StepCache`, so its cached steps are the ones a solo run caches.
+    ``loras``: user LoRAs (`runtime.loras.LoraSpec`s, staged folders only), as `generate --lora`; requests with
+    other LoRAs never share its engine calls."""
 
     conditioning: Conditioning
     config: ScheduleConfig
@@ -50,6 +52,7 @@ class Job:
     seed: int
     cache: CacheSpec | None = None
     bucket: str = ""  # the resolution bucket whose loop runs it (serve: one loop per bucket)
+    loras: tuple = ()
 
 
 @dataclass
@@ -178,20 +181,34 @@ class BatchedRunner:
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    def use_loras(self, loras: tuple) -> None:
+        """Every loaded engine runs with exactly these LoRAs (a no-op when they already do)."""
+        for backend in self.backends.values():
+            backend.set_loras(loras)
+
+    @property
+    def loras(self) -> tuple:
+        return tuple(self.solo.loras)
+
     def step(self, active: dict) -> dict:
         """One denoising step of every request in `active` (key -> `ActiveRequest`): each decides its own patch size,
-        each size's requests share engine calls. Finished requests leave `active`; returns key -> JobResult."""
-        groups: dict[int, list] = {}
+        each (LoRA set, size)'s requests share engine calls. Finished requests leave `active`; returns key ->
+        JobResult. Requests of one LoRA set run together, the engines' current set first (fewest swaps)."""
+        groups: dict[tuple, dict[int, list]] = {}
         for key, state in active.items():
             decision = state.runner.decide(state.latent, state.step, state.sigmas[state.step])
-            if state.runner.cache is not None:  # its cache decides whether the trunk runs: a call of its own
-                self._run_alone(state)
-            else:
-                groups.setdefault(decision.patch_size, []).append(key)
-        for patch, members in groups.items():
-            size = self.call_batch(len(members), patch)
-            for lo in range(0, len(members), size):
-                self._run_group(patch, [active[k] for k in members[lo:lo + size]])
+            groups.setdefault(tuple(state.job.loras), {}).setdefault(decision.patch_size, []).append(key)
+        current = self.loras
+        for loras in sorted(groups, key=lambda s: s != current):
+            self.use_loras(loras)
+            for patch, members in groups[loras].items():
+                alone = [k for k in members if active[k].runner.cache is not None]
+                for key in alone:  # its cache decides whether the trunk runs: a call of its own
+                    self._run_alone(active[key])
+                members = [k for k in members if k not in alone]
+                size = self.call_batch(len(members), patch) if members else 1
+                for lo in range(0, len(members), size):
+                    self._run_group(patch, [active[k] for k in members[lo:lo + size]])
         done = {}
         for key in [k for k, s in active.items() if s.done]:
             state = active.pop(key)

@@ -24,7 +24,8 @@ IMPORT_PATH = "ddit_export.serve.app:build_app"
 def serve_config(*, engine_dir: Path, batch_dirs: list[Path], backend: str, max_batch: int, batch_wait_ms: float,
                  host: str, port: int, replicas: int | None, autoscale: tuple[int, int] | None, num_cpus: float,
                  num_gpus: float, embeds_dir: Path | None = None, default_steps: int = 28,
-                 default_cache: str | None = None, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> dict:
+                 default_cache: str | None = None, drain_timeout_s: float = DRAIN_TIMEOUT_S,
+                 lora_dir: Path | None = None) -> dict:
     args = {"engine_dir": str(Path(engine_dir).resolve()), "backend": backend,
             "batch_dirs": [str(Path(d).resolve()) for d in batch_dirs], "max_batch": max_batch,
             "batch_wait_ms": batch_wait_ms, "default_steps": default_steps}
@@ -32,6 +33,8 @@ def serve_config(*, engine_dir: Path, batch_dirs: list[Path], backend: str, max_
         args["embeds_dir"] = str(Path(embeds_dir).resolve())
     if default_cache is not None:
         args["default_cache"] = default_cache
+    if lora_dir is not None:
+        args["lora_dir"] = str(Path(lora_dir).resolve())
     deployment = {"name": "DDiTServer",
                   **deployment_options(replicas, autoscale, max_batch, num_cpus, num_gpus, drain_timeout_s)}
     ingress = {"name": "DDiTIngress", **ingress_options(drain_timeout_s)}

@@ -56,8 +56,14 @@ class ContinuousBatcher:
         self._thread.join(timeout=60)
 
     def _admit(self) -> None:
+        # Requests with other LoRAs than the running ones wait until those finish (first come, first served:
+        # a later request never overtakes a waiting one), so the engines swap LoRAs between batches, not per step.
+        running = {tuple(s.job.loras) for s in self._active.values()}
         while self._pending and len(self._active) < self.max_active:
+            if running and tuple(self._pending[0][0].loras) not in running:
+                break
             job, future = self._pending.popleft()
+            running.add(tuple(job.loras))
             if not future.set_running_or_notify_cancel():
                 continue
             try:

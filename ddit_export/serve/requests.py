@@ -3,7 +3,8 @@
     {"prompt": "red circle" | "prompt_embeds_id": "ID", "seed": 0, "steps": 28,
      "tau": 0.003, "rho": 0.9, "sizes": [2, 4], "schedule": "8x14,2x14", "guidance": 3.5,
      "cache": "teacache:0.25" | "fbcache:0.05" | "none", "output": "png" | "latent",
-     "height": 1024, "width": 1024}   (one of the folder's resolution buckets; both or neither: its default)
+     "height": 1024, "width": 1024,   (one of the folder's resolution buckets; both or neither: its default)
+     "loras": [{"name": "style", "scale": 0.8}]}   (files of the server's --lora-dir; docs/loras.md)
 
 Torch-free: the HTTP layer refuses bad bodies without touching the engines.
 """
@@ -22,7 +23,9 @@ DRAIN_TIMEOUT_S = 20.0  # a stopping server's requests finish within this (Kuber
 MAX_SERVE_STEPS = 1000  # a request of more steps would hold a replica for minutes
 OUTPUTS = ("png", "latent")
 FIELDS = ("prompt", "prompt_embeds_id", "seed", "steps", "tau", "rho", "sizes", "schedule", "guidance", "cache",
-          "output", "height", "width")
+          "output", "height", "width", "loras")
+MAX_LORAS = 8  # LoRAs in one request
+MAX_LORA_SCALE = 8.0  # |scale|: style LoRAs run at 0..1.5; far beyond is a typo
 EMBEDS_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
@@ -52,9 +55,12 @@ class GenerateRequest:
     output: str = "png"
     height: int | None = None  # a resolution bucket of the folder; None: its default
     width: int | None = None
+    loras: tuple[tuple[str, float], ...] = ()  # (name in --lora-dir, scale), in the order applied
 
     def to_json(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if v is not None}
+        out["loras"] = [{"name": n, "scale": s} for n, s in self.loras]
+        return out
 
 
 def _int(body: dict, key: str, low: int, high: int, default: int | None = None) -> int:
@@ -153,9 +159,31 @@ def _fields(body: dict, engine_sizes: tuple[int, ...], default_steps: int) -> Ge
     if (height is None) != (width is None):
         raise RequestError("give 'height' and 'width' together (one of the engines' resolution buckets), "
                            "or neither")
+    loras = _loras(body.get("loras"))
     return GenerateRequest(
         prompt=prompt, prompt_embeds_id=embeds, seed=_int(body, "seed", 0, limits.MAX_SEED, 0), steps=steps,
         tau=_float(body, "tau", 0.0, None), rho=_float(body, "rho", 0.0, 1.0, open_ends=True), sizes=sizes,
         schedule=schedule, guidance=_float(body, "guidance", 0.0, 100.0), cache=cache, output=output,
-        height=height, width=width,
+        height=height, width=width, loras=loras,
     )
+
+
+def _loras(value) -> tuple[tuple[str, float], ...]:
+    """`[{"name": ..., "scale": ...}, ...]` -> ((name, scale), ...); names are files of the server's --lora-dir."""
+    if value is None:
+        return ()
+    shape = f"'loras' must be a list of at most {MAX_LORAS} objects {{\"name\": NAME, \"scale\": S}}"
+    if not isinstance(value, list) or len(value) > MAX_LORAS or not all(isinstance(v, dict) for v in value):
+        raise RequestError(shape)
+    out = []
+    for item in value:
+        unknown = sorted(set(item) - {"name", "scale"})
+        if unknown:
+            raise RequestError(f"'loras' entries take 'name' and 'scale'; unknown {unknown}")
+        name = item.get("name")
+        if not isinstance(name, str) or not EMBEDS_ID.match(name):
+            raise RequestError("a 'loras' name must be 1-128 characters of letters, digits, '_', '.', '-' "
+                               "(a file NAME.safetensors of the server's --lora-dir)")
+        scale = _float({"scale": item.get("scale", 1.0)}, "scale", -MAX_LORA_SCALE, MAX_LORA_SCALE)
+        out.append((name, scale))
+    return tuple(out)

@@ -94,7 +94,8 @@ def trt_stage(buckets: list[tuple], req, tmp, tolerances: dict, reporter) -> lis
     trunk_rel = TRUNK_PLAN.format(version=version)
     reporter.stage(first.sizes[0], f"trt: build trunk ({len(counts)} profiles, one per token count)")
     profiles = trunk_profiles(buckets[0][2][0]["parts_io"]["trunk"], counts, first.text_len)
-    build_plan(tmp / TRUNK_ONNX, tmp / trunk_rel, cache, profiles=profiles)
+    # refittable: a user LoRA replaces the trunk's weights in place (runtime/backends/staged/tensorrt.py)
+    build_plan(tmp / TRUNK_ONNX, tmp / trunk_rel, cache, profiles=profiles, refittable=True)
     trunk_loader = EngineFromBytes(BytesFromPath(str(tmp / trunk_rel)))
     per_bucket = []
     for name, staged, onnx_entries, values in buckets:

@@ -38,7 +38,20 @@ def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu
 
     ``bucket``: the (height, width) resolution bucket whose engines to run (None: the folder's default,
     its first); a resolution the folder has no engines for is refused in one line listing its buckets.
+    ``loras=[(file, scale), ...]``: run with those user LoRAs (staged folders; docs/loras.md).
     """
+    loras = options.pop("loras", None)
+    backend = _load(name, folder, device, bucket, **options)
+    if loras:
+        try:
+            backend.set_loras(loras)
+        except Exception:
+            backend.close()
+            raise
+    return backend
+
+
+def _load(name: str, folder, device, bucket, **options) -> Backend:
     from ...artifacts.manifest import read_manifest
 
     single = backend_class(name)  # refuses unknown names before touching the folder

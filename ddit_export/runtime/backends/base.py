@@ -84,6 +84,21 @@ class Backend(ABC):
         feeds = self._feeds(latent, conditioning)
         return self._infer(patch, feeds, latent.device)
 
+    loras: tuple = ()  # the user LoRAs the engines run with (runtime/loras/)
+
+    def set_loras(self, loras) -> None:
+        """Run with these user LoRAs (`[(file, scale), ...]`; `[]` removes them): staged folders (docs/loras.md)."""
+        self.check_loras(loras)
+
+    def check_loras(self, loras) -> list:
+        """Read and check a LoRA set without applying it; a single-layout folder refuses any."""
+        if loras:
+            from ..loras.files import LoraError
+
+            raise LoraError(f"{self.folder} is a single-layout folder (one merged copy of the weights per patch "
+                            "size), which takes no user LoRAs: re-export it with --layout staged (docs/loras.md)")
+        return []
+
     @abstractmethod
     def close(self) -> None:
         """Release the engines; the backend is unusable afterwards."""

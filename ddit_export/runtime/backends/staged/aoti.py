@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ....artifacts.layouts import PARTS, WEIGHTS, part_prefix
+from ....artifacts.layouts import PART_PREFIX, PARTS, WEIGHTS, part_prefix
 from ....artifacts.manifest import verify_entry
 from ....ddit.staged import HEAD_OUTPUT, SIZE_INDEX, chain, run_part
+from ...loras.torch_weights import TorchLoraWeights
 from ..base import Backend, BackendError
 from .calls import StagedCalls, find_weights
 
@@ -52,7 +53,7 @@ def as_kwargs(runner):
     return run
 
 
-class AotiStagedBackend(StagedCalls, Backend):
+class AotiStagedBackend(TorchLoraWeights, StagedCalls, Backend):
     name = "aoti"
 
     def __init__(self, folder, manifest=None, device="cpu"):
@@ -108,6 +109,13 @@ class AotiStagedBackend(StagedCalls, Backend):
 
     def signal_weights(self):
         return find_weights(self.weights)
+
+    def _lora_tensors(self):
+        # The trunk's linear weights among the shared tensors every package points at (user-managed
+        # constants): written in place, every size's trunk package reads the new weights, nothing recompiles.
+        prefix = PART_PREFIX["trunk"]
+        return {name[len(prefix):-len(".weight")].removesuffix(".base"): t for name, t in self.weights.items()
+                if name.startswith(prefix) and name.endswith(".weight") and t.ndim == 2}
 
     def close(self) -> None:
         self._parts = {}

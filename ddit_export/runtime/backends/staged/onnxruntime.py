@@ -18,6 +18,7 @@ import torch
 
 from ....artifacts.layouts import PARTS
 from ....artifacts.manifest import engine_entries, verify_entry
+from ...loras.onnx_weights import OnnxLoraWeights
 from ..base import Backend, BackendError
 from ..onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
 from ..ort_shared_weights import SharedWeights
@@ -37,8 +38,6 @@ class OnnxStagedChain:
     def __init__(self, folder, manifest: dict, providers=(CPU_PROVIDER,), prepack_trunk: bool | None = None,
                  verify: bool = True):
         """`verify=False` only for the export's own validation, before the files are hashed."""
-        import onnxruntime as ort
-
         folder = Path(folder)
         manifest = manifest.get("bucket_root", manifest)  # a bucket view: load every bucket, run any
         per_bucket = [engine_entries(manifest, "onnx")] + [engine_entries({"engines": row["engines"]}, "onnx")
@@ -62,20 +61,43 @@ class OnnxStagedChain:
         small = sorted({f for per in files.values() for k, f in per.items() if k in ("embed", "head")})
         self.shared = SharedWeights(small)
         self.sessions, self.inputs, self.outputs = {}, {}, {}
-        for path in small + sorted({f for per in files.values() for k, f in per.items() if k not in ("embed", "head")}):
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if path in small:
-                self.shared.apply(options, path)
-            elif not prepack:
-                options.add_session_config_entry("session.disable_prepacking", "1")
-            session = ort.InferenceSession(str(path), options, providers=list(providers))
-            self.sessions[path] = session
-            self.inputs[path] = [i.name for i in session.get_inputs()]
-            self.outputs[path] = [o.name for o in session.get_outputs()]
+        self._small, self._prepack, self._providers = set(small), prepack, list(providers)
+        self._overrides: dict[Path, dict] = {}
+        # the shared graphs, the ones a user LoRA changes: the whole trunk first, then its split halves
+        self.trunk_graphs = sorted({per["trunk"] for per in files.values()}) + sorted(
+            {f for per in files.values() for k, f in per.items() if k in SPLIT_PARTS})
+        for path in small + self.trunk_graphs:
+            self._open(path)
         self.files = files
         self.size_index = {int(p): i for i, p in enumerate(manifest["patch_sizes"])}
+        # The user LoRAs the trunk runs with: state of the chain, since every bucket's backend shares it.
+        self.lora_specs, self.lora_touched = (), frozenset()
+
+    def _open(self, path: Path, overrides: dict | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if path in self._small:
+            self.shared.apply(options, path)
+        elif not self._prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in (overrides or {}).items()}
+        for name, value in values.items():
+            options.add_initializer(name, value)
+        session = ort.InferenceSession(str(path), options, providers=self._providers)
+        # the arrays (and their OrtValues) must outlive the session: ORT borrows their memory
+        self._overrides[path] = (overrides, values) if overrides else None
+        self.sessions[path] = session
+        self.inputs[path] = [i.name for i in session.get_inputs()]
+        self.outputs[path] = [o.name for o in session.get_outputs()]
+
+    def reopen(self, path: Path, overrides: dict) -> None:
+        """The session of `path` again, its initializers `overrides` (name -> array) replaced; `{}`: as the file."""
+        self.sessions.pop(path, None)  # the old session's memory goes before the new one is made
+        self._overrides.pop(path, None)
+        self._open(path, overrides)
 
     def sizes(self, bucket: int = 0) -> tuple[int, ...]:
         return tuple(sorted(p for b, p in self.files if b == bucket))
@@ -140,7 +162,7 @@ def onnx_initializers(path: Path, names) -> dict[str, torch.Tensor]:
     return {n: torch.from_numpy(numpy_helper.to_array(found[n], base_dir=str(path.parent)).copy()) for n in names}
 
 
-class OnnxStagedBackend(StagedCalls, Backend):
+class OnnxStagedBackend(OnnxLoraWeights, StagedCalls, Backend):
     """`get_backend("onnx", staged_folder)`: the same call as for single engines, run as a chain."""
 
     name = "onnx"
@@ -176,6 +198,30 @@ class OnnxStagedBackend(StagedCalls, Backend):
 
     def signal_weights(self):
         return onnx_initializers(self.chain.files[self.bucket, self.patch_sizes[0]]["trunk"], SIGNAL_WEIGHTS)
+
+    # -- user LoRAs: the trunk's initializers replaced, its sessions rebuilt (loras/onnx_weights.py) -------
+    # The set lives on the chain: the backends of every resolution bucket share its trunk, so they share it.
+    @property
+    def _lora_specs(self):
+        return self.chain.lora_specs
+
+    @_lora_specs.setter
+    def _lora_specs(self, specs):
+        self.chain.lora_specs = specs
+
+    @property
+    def _lora_touched(self):
+        return self.chain.lora_touched
+
+    @_lora_touched.setter
+    def _lora_touched(self, modules):
+        self.chain.lora_touched = modules
+
+    def _lora_graphs(self):
+        return self.chain.trunk_graphs
+
+    def _lora_rewrite(self, path, overrides):
+        self.chain.reopen(path, overrides)
 
     def close(self) -> None:
         if self._chain_key is not None:

@@ -26,12 +26,17 @@ from ....artifacts.tensorrt_plans import (
     resolve_axis,
     shared_activation_bytes,
 )
+from ...loras.files import LoraError
+from ...loras.onnx_weights import OnnxLoraWeights, read_initializers, to_torch
 from ..base import Backend, BackendError, torch_dtype
 from .calls import SIGNAL_WEIGHTS, StagedCalls
 from .onnxruntime import PARTS, onnx_initializers
 
+_TRT_DTYPES = {torch.float32: lambda trt: trt.DataType.FLOAT, torch.float16: lambda trt: trt.DataType.HALF,
+               torch.bfloat16: lambda trt: trt.DataType.BF16}
 
-class TensorRTStagedBackend(StagedCalls, Backend):
+
+class TensorRTStagedBackend(OnnxLoraWeights, StagedCalls, Backend):
     name = "trt"
 
     def __init__(self, folder, manifest=None, device="cuda"):
@@ -139,6 +144,45 @@ class TensorRTStagedBackend(StagedCalls, Backend):
         onnx = self.manifest.engines_of("onnx")[self._sizes[0]]
         return {n: t.to(self.device) for n, t in
                 onnx_initializers(self.folder / onnx["files"][1], SIGNAL_WEIGHTS).items()}
+
+    # -- user LoRAs: the trunk plan refitted with FULL weights (never deltas) ----------------------------
+    # The weights a LoRA changes are the ONNX trunk's initializers (the parser names the plan's weights
+    # after them); the originals are read from that file. Each refit sets every weight the new set
+    # changes AND every weight the previous set changed (back to the file's), so A -> B -> A leaves
+    # exactly A's weights and no trace of B.
+    def _lora_graphs(self):
+        onnx = self.manifest.engines_of("onnx")[self._sizes[0]]
+        return [self.folder / onnx["files"][1]]
+
+    def _lora_rewrite(self, path, overrides):
+        import tensorrt as trt
+
+        trunk = self._plans[self.manifest.engines_of("trt")[self._sizes[0]]["files"][1]]
+        if not trunk.refittable:
+            raise LoraError(f"{self.folder}: its TensorRT trunk plan was built without refit, so it cannot take "
+                            "LoRAs: re-export with `--backends onnx,trt --force` (plans are built refittable now)")
+        previous = self.__dict__.get("_refitted", set())
+        weights = dict(overrides)
+        weights.update(read_initializers(path, previous - weights.keys()))  # back to the file's own
+        refitter = trt.Refitter(trunk, trt.Logger(trt.Logger.WARNING))
+        held = []  # host copies alive until the refit returns
+        for name, array in weights.items():
+            tensor = to_torch(array).contiguous()
+            held.append(tensor)
+            if not refitter.set_named_weights(name, trt.Weights(_TRT_DTYPES[tensor.dtype](trt), tensor.data_ptr(),
+                                                                tensor.numel())):
+                raise BackendError(f"TensorRT refused new weights for {name} of the trunk plan")
+        missing = refitter.get_missing_weights()  # weights the builder fused with ours: the file's own
+        for name, array in read_initializers(path, missing).items():
+            tensor = to_torch(array).contiguous()
+            held.append(tensor)
+            refitter.set_named_weights(name, trt.Weights(_TRT_DTYPES[tensor.dtype](trt), tensor.data_ptr(),
+                                                         tensor.numel()))
+        torch.cuda.current_stream(self.device).synchronize()  # no call may run on the old weights meanwhile
+        if not refitter.refit_cuda_engine():
+            raise BackendError("TensorRT could not refit the trunk plan (missing weights: "
+                               f"{list(refitter.get_missing_weights())[:3]})")
+        self._refitted = set(overrides)
 
     def close(self) -> None:
         self._contexts.clear()

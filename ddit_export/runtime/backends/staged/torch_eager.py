@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 
 from ....ddit.staged import SIZE_INDEX, build_staged, cast_staged, run_part
+from ...loras.torch_weights import TorchLoraWeights, linear_tensors
 from ..base import Backend
 from ..torch_eager import load_manifest_model
 from .calls import StagedCalls, find_weights
 
 
-class TorchStagedBackend(StagedCalls, Backend):
+class TorchStagedBackend(TorchLoraWeights, StagedCalls, Backend):
     name = "torch"
     first_block_split = True  # the trunk module runs block 0 and the other blocks apart
 
@@ -52,6 +53,10 @@ class TorchStagedBackend(StagedCalls, Backend):
 
     def signal_weights(self):
         return find_weights(dict(self.staged.trunk.named_parameters()))
+
+    def _lora_tensors(self):
+        # the trunk's linear layers: every size reads them, so a LoRA written there reaches every size
+        return linear_tensors(self.staged.trunk)
 
     def close(self) -> None:
         self.staged = None
