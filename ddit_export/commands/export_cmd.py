@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--first-block-split", action="store_true", default=None,
                    help="staged, ONNX: also export the trunk as block 0 + blocks 1..N, which first-block caching "
                         "(--cache fbcache) runs; costs 4-8%% per full step on ONNX Runtime CPU (docs/caching.md)")
+    p.add_argument("--skip-resource-check", action="store_true", default=None,
+                   help="build even when the free memory or disk is below the export's estimate "
+                        "(docs/export-memory.md)")
     p.add_argument("--tau", type=argtypes.tau, help="the engines' default DDiT threshold (default 0.001)")
     p.add_argument("--rho", type=argtypes.rho, help="the engines' default percentile as a fraction (default 0.4)")
     p.add_argument("--atol", type=argtypes.positive_float, help="validation absolute tolerance, fp32 (default 1e-4)")
@@ -61,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
                  "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
-                 "first_block_split")
+                 "first_block_split", "skip_resource_check")
 
 
 def request_settings(args, family: str) -> dict:

@@ -4,11 +4,21 @@ Everything is written into a temporary folder beside the output and renamed into
 end, so a failed or interrupted export leaves the previous output (or nothing) behind. A size
 whose stage key (model weights, adapters, geometry, dtype, opset, tool versions) matches the
 previous manifest and whose files still hash the same is reused instead of rebuilt.
+
+Memory (docs/export-memory.md): sizes are built one at a time, each with its adapter merged into the
+model's own weights in place (restored exactly afterwards), so an engine adds no copy of the weights;
+every stage computes torch's reference outputs and writes its artifact while the model is in memory,
+then the model is dropped and the artifacts are validated against those outputs. So the PyTorch model
+and a runtime session's copy of the same weights are never resident at once.
 """
 
 from __future__ import annotations
 
+import gc
+from contextlib import ExitStack
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -17,7 +27,7 @@ from ..artifacts.manifest import (
     sha256_tensors,
     write_manifest,
 )
-from ..ddit.merge import base_state_dict, build_engine
+from ..ddit.merge import adapter_merged_in_place, base_state_dict, build_engine
 from ..util.atomic import atomic_folder, output_lock
 from .engine_folder import (
     Reporter,
@@ -28,29 +38,44 @@ from .engine_folder import (
     stage_key,
     stage_key_base,
 )
+from .build_cost import BuildCost, record
 from .request import ExportRequest
+from .resources import check_resources
 from .staged.build import export_staged
-from .stages import SizeJob, aoti_stage, onnx_stage, trt_stage
+from .stages import STAGES, SizeJob
+
+SPILL_DIR = ".merge-spill"  # in the export's temporary folder: the original weights while a size is merged
 
 
-def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base, reporter) -> list[dict]:
-    """Every requested backend of one size; unchanged artifacts of the previous build are reused."""
+def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base, reporter) -> tuple[dict, dict]:
+    """First halves of every requested stage of one size (reused artifacts need none): the reused entries, and
+    per artifact kind to build, its `finish` with the cost so far."""
     # Compiled artifacts are bound to the device they were built on; ONNX graphs are not.
     keys = {b: stage_key({**key_base, "device": None if b == "onnx" else req.device}, patch, b)
             for b in req.backends}
     entries = {b: reuse(old, req.out_dir, keys[b], tmp) for b in req.backends}
+    pending = {}
     if any(e is None for e in entries.values()):
-        reporter.stage(patch, "merge")
-        engine = build_engine(model, patch, req.latent_shape, req.text_len)
-        job = SizeJob(req, patch, engine, engine.sample_inputs(torch.float32, seed=patch), tmp, reporter)
-        with torch.no_grad():
-            if entries["onnx"] is None:
-                entries["onnx"] = onnx_stage(job)
-            if "aoti" in entries and entries["aoti"] is None:
-                entries["aoti"] = aoti_stage(job)
-            if "trt" in entries and entries["trt"] is None:
-                entries["trt"] = trt_stage(job, entries["onnx"])
-    return [{**entries[b], "stage_key": keys[b]} for b in req.backends]
+        gpu = req.device.startswith("cuda") or "trt" in req.backends
+        with ExitStack() as merged:
+            with BuildCost(gpu) as merge_cost:
+                reporter.stage(patch, "merge")
+                merged.enter_context(adapter_merged_in_place(model, patch, tmp / SPILL_DIR))
+                engine = build_engine(model, patch, req.latent_shape, req.text_len, already_merged=True)
+                job = SizeJob(req, patch, engine, engine.sample_inputs(torch.float32, seed=patch), tmp, reporter)
+                del engine
+            with torch.no_grad():
+                for b in req.backends:
+                    if entries[b] is None:
+                        with BuildCost(gpu) as cost:
+                            pending[b] = (STAGES[b](job), [cost])
+            with BuildCost(gpu) as restore_cost:
+                job.engine = None  # it shares the merged weights: gone before they are restored
+                merged.close()
+        # The merge and the restore are the first artifact's (onnx's) cost.
+        next(iter(pending.values()))[1].extend([merge_cost, restore_cost])
+    return {b: {**e, "stage_key": keys[b]} for b, e in entries.items() if e is not None}, \
+        {b: (finish, costs, keys[b]) for b, (finish, costs) in pending.items()}
 
 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
@@ -66,23 +91,37 @@ def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict
 
 def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = previous_manifest(req)
+    check_resources(req, reporter)
     req, model, adapters = load_for_export(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))  # the base model, not adapters
     key_base = stage_key_base(req, weights_sha, adapters)
     reporter.begin(list(req.patch_sizes))
-    entries, specs = [], {}
+    done, pending = {}, {}
     with atomic_folder(req.out_dir, replace=True) as tmp:
         for patch in req.patch_sizes:
-            size_entries = _export_size(model, req, patch, tmp, old, key_base, reporter)
-            onnx_entry = next(e for e in size_entries if e["backend"] == "onnx")
+            done[patch], pending[patch] = _export_size(model, req, patch, tmp, old, key_base, reporter)
+        # What the manifest needs of the model; then the model goes, before any runtime loads an artifact.
+        facts = SimpleNamespace(config=dict(model.config), base_patch=model.base_patch)
+        del model
+        gc.collect()
+        entries, specs = [], {}
+        gpu = req.device.startswith("cuda") or "trt" in req.backends
+        for patch in req.patch_sizes:
+            for b, (finish, costs, key) in pending[patch].items():
+                with BuildCost(gpu) as cost:
+                    entry = finish()
+                done[patch][b] = {**record(entry, [*costs, cost]), "stage_key": key}
+            size_entries = [done[patch][b] for b in req.backends]
+            onnx_entry = done[patch]["onnx"]
             specs[patch] = IOSpec.from_onnx(tmp / onnx_entry["files"][0])
             entries.extend(size_entries)
             reporter.done(patch, onnx_entry)
+        shutil.rmtree(tmp / ".twin", ignore_errors=True)
         reference = specs[req.patch_sizes[0]]
         for patch, spec in specs.items():
             if spec.to_json() != reference.to_json():
                 raise RuntimeError(f"engine p{patch} has other inputs/outputs than p{req.patch_sizes[0]}: a bug")
-        manifest = manifest_record(req, model, adapters, weights_sha, old, "single", reference.to_json(), entries)
+        manifest = manifest_record(req, facts, adapters, weights_sha, old, "single", reference.to_json(), entries)
         write_manifest(tmp, manifest)
     return manifest

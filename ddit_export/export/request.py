@@ -51,6 +51,7 @@ class ExportRequest:
     latent_channels: int | None = None  # set from the model's config once it is loaded; None: the family's
     layout: str = "single"  # single: one merged engine per size; staged: embed/head per size, one shared trunk
     first_block_split: bool = False  # staged, ONNX only: also block 0 and blocks 1..N as two graphs (--cache fbcache)
+    skip_resource_check: bool = False  # build even when free memory/disk is below the estimate (export/resources.py)
 
     def __post_init__(self):
         if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):
