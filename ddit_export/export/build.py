@@ -117,7 +117,8 @@ def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
             specs[patch] = IOSpec.from_onnx(tmp / onnx_entry["files"][0])
             entries.extend(size_entries)
             reporter.done(patch, onnx_entry)
-        shutil.rmtree(tmp / ".twin", ignore_errors=True)
+        for scratch in (".twin", SPILL_DIR):
+            shutil.rmtree(tmp / scratch, ignore_errors=True)
         reference = specs[req.patch_sizes[0]]
         for patch, spec in specs.items():
             if spec.to_json() != reference.to_json():
