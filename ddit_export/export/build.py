@@ -15,8 +15,8 @@ and a runtime session's copy of the same weights are never resident at once.
 from __future__ import annotations
 
 import gc
-from contextlib import ExitStack
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +29,7 @@ from ..artifacts.manifest import (
 )
 from ..ddit.merge import adapter_merged_in_place, base_state_dict, build_engine
 from ..util.atomic import atomic_folder, output_lock
+from .build_cost import BuildCost, record
 from .engine_folder import (
     Reporter,
     load_for_export,
@@ -38,7 +39,6 @@ from .engine_folder import (
     stage_key,
     stage_key_base,
 )
-from .build_cost import BuildCost, record
 from .request import ExportRequest
 from .resources import check_resources
 from .staged.build import export_staged

@@ -10,7 +10,6 @@ raises `ValidationError` with the measured error.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -6,14 +6,20 @@ the manifest, the folder is written atomically, and an unchanged build is reused
 the stacked adapters of every size, so a change of any size rebuilds all parts (reuse is all or
 nothing). The manifest lists one entry per size (`files`: embed, trunk, head), so tools that read
 per-size entries (inspect, bench) keep working; `layout: staged` routes backends to the chain.
+
+Memory (docs/export-memory.md): the torch chain is traced once per size (its named values are the
+reference outputs of every part), the graphs are written, and the model is dropped before ONNX
+Runtime opens them for validation, so the model and a session's copy of the trunk are never
+resident at once. AOTInductor and TensorRT parts still validate against the torch modules.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -28,6 +34,7 @@ from ...ddit.engine import PatchSizeEngine
 from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
+from ..build_cost import BuildCost, record
 from ..engine_folder import (
     Reporter,
     load_for_export,
@@ -39,10 +46,11 @@ from ..engine_folder import (
 )
 from ..onnx_export import export_onnx
 from ..request import ExportRequest
+from ..resources import check_resources
 from ..stages import HALF_TOLERANCES
-from ..validate import require_valid, validate_onnx
+from ..validate import require_valid, validate_onnx_reference
 from .onnx_export import export_dynamic_trunk, graph_io
-from .validate import validate_chain, validate_trunk
+from .validate import numpy_outputs, validate_chain_reference, validate_trunk_reference
 
 # Measured on ONNX Runtime CPU (docs/staged.md): one dynamic-token trunk session beats per-size static
 # graphs sharing weights in memory and speed. The trunk is one session, so pre-packing copies nothing
@@ -59,23 +67,34 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
 
 def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = previous_manifest(req)
+    check_resources(req, reporter)
     req, model, adapters = load_for_export(req, reporter)
     model.to(req.device)
     weights_sha = sha256_tensors(base_state_dict(model.transformer))
     key_base = {**stage_key_base(req, weights_sha, adapters), "layout": "staged", "sizes": list(req.patch_sizes)}
     keys = {(p, b): stage_key(key_base, p, b) for p in req.patch_sizes for b in req.backends}
+    facts = SimpleNamespace(config=dict(model.config), base_patch=model.base_patch)  # what the manifest needs
     reporter.begin(list(req.patch_sizes))
     with atomic_folder(req.out_dir, replace=True) as tmp:
         entries = [reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
         if not entries or any(e is None for e in entries):
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
-            staged = build_staged(model, req.latent_shape, req.text_len)
-            entries = _build_parts(staged, req, tmp, reporter)
+            gpu = req.device.startswith("cuda") or "trt" in req.backends
+            with BuildCost(gpu) as cost:
+                staged = build_staged(model, req.latent_shape, req.text_len)
+                del model  # the staged model holds the same tensors; it goes as a whole below
+                finish, compiled = _build_parts(staged, req, tmp, reporter, gpu)
+                del staged
+                gc.collect()
+            # Each size's entry: the shared build (every part, every size) plus its own validation.
+            entries = [record(e, [cost, validation]) for e, validation in finish()] + compiled
+        else:
+            del model
         entries = [{**e, "stage_key": keys[e["patch_size"], e["backend"]]} for e in entries]
         for e in entries:
             if e["backend"] == "onnx":
                 reporter.done(e["patch_size"], e)
-        manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
+        manifest = manifest_record(req, facts, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
         manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
                               "onnxruntime": ORT_CHOICE, "shared_files": [TRUNK_ONNX],
                               "first_block_split": req.first_block_split}
@@ -89,14 +108,19 @@ def _sample_inputs(staged: StagedModel, patch: int) -> dict:
     return probe.sample_inputs(torch.float32, seed=patch)
 
 
-def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -> list[dict]:
-    """fp32: export and validate every part and chain. Half: the same on the fp32 twin, then export cast."""
-    started = time.perf_counter()
+def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter, gpu: bool):
+    """Trace, export (fp32, or the fp32 twin then the cast graphs), compile the other artifact kinds. Returns
+    `finish()`, which validates the ONNX graphs against the traced values (call it once the model is gone)
+    and returns each size's onnx entry with its validation's cost, and the other kinds' entries."""
     half = req.torch_dtype != torch.float32
     graphs = tmp / (".twin" if half else STAGED_DIR)
     samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
     values = _traced_values(staged, samples, req.first_block_split)
-    validation = _export_and_validate(staged, req, graphs, samples, values, reporter)
+    plan = _part_plan(staged, req.first_block_split)
+    for p in staged.sizes:
+        reporter.stage(p, "onnx: export parts")
+    _export_parts(staged, req, graphs, values)
+    product = values
     if half:
         for p in staged.sizes:
             reporter.stage(p, f"onnx: export {req.dtype}")
@@ -106,22 +130,46 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter) -
                         for p, inputs in samples.items()}
         # Traced again in the product dtype, so every value between parts has the dtype its producer
         # gives it (RoPE tables stay fp32, as in single engines).
-        cast = _traced_values(staged, cast_samples, req.first_block_split)
-        _export_parts(staged, req, tmp / STAGED_DIR, cast)
-        shutil.rmtree(graphs, ignore_errors=True)
-    entries = [_entry(staged, req, tmp, p, validation[p], started) for p in staged.sizes]
-    product = cast if half else values
+        product = _traced_values(staged, cast_samples, req.first_block_split)
+        _export_parts(staged, req, tmp / STAGED_DIR, product)
     tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    compiled = []
     if "aoti" in req.backends:
         from .aoti import aoti_stage
 
-        entries += aoti_stage(staged, req, tmp, product, tolerances, reporter)
+        with BuildCost(gpu) as cost:
+            made = aoti_stage(staged, req, tmp, product, tolerances, reporter)
+        compiled += [record(e, [cost]) for e in made]
+    sizes = list(staged.sizes)
+
+    def validate_graphs() -> list[tuple[dict, BuildCost]]:
+        validated = []
+        for p in sizes:
+            with BuildCost(gpu) as cost:
+                validation = _validate(req, sizes, p, graphs, samples[p], values[p], plan[p], reporter)
+                if p == sizes[-1] and half:
+                    shutil.rmtree(graphs, ignore_errors=True)
+                entry = _entry(req, tmp, p, validation)
+            validated.append((entry, cost))
+        return validated
+
     if "trt" in req.backends:
+        # TensorRT builds from the product graphs and validates on the GPU against the torch modules, so it runs
+        # with the model here; the ONNX graphs (the plans' source) are validated first, as before.
         from .tensorrt import trt_stage
 
-        entries += trt_stage(staged, req, tmp, [e for e in entries if e["backend"] == "onnx"], product, tolerances,
-                             reporter)
-    return entries
+        validated = validate_graphs()
+        with BuildCost(gpu) as cost:
+            made = trt_stage(staged, req, tmp, [e for e, _ in validated], product, tolerances, reporter)
+        compiled += [record(e, [cost]) for e in made]
+        return (lambda: validated), compiled
+    return validate_graphs, compiled
+
+
+def _part_plan(staged: StagedModel, split: bool) -> dict:
+    """size -> part -> (input names, output names): what validation needs to know of the torch parts."""
+    parts = ("embed", "trunk", "head", *(SPLIT_PARTS if split else ()))
+    return {p: {part: tuple(staged.part_callables(p)[part][1:]) for part in parts} for p in staged.sizes}
 
 
 def _traced_values(staged: StagedModel, samples: dict, split: bool = False) -> dict:
@@ -194,38 +242,26 @@ def _split_module(staged, patch: int, part: str):
     return trunk_half(staged.trunk, part, names), names, outputs
 
 
-def _export_and_validate(staged, req, folder: Path, samples: dict, values: dict, reporter) -> dict:
-    """Export the fp32 parts to `folder`, validate each part and each size's chain; per size the results."""
-    for p in staged.sizes:
-        reporter.stage(p, "onnx: export parts")
-    _export_parts(staged, req, folder, values)
+def _validate(req, sizes: list[int], p: int, folder: Path, sample: dict, values: dict, plan: dict, reporter) -> dict:
+    """Every part of size `p` and its chain (graphs in `folder`) against the traced torch values."""
+    reporter.stage(p, "onnx: validate parts and chain")
     tol = dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
-    results = {}
-    for p in staged.sizes:
-        reporter.stage(p, "onnx: validate parts and chain")
-        parts = {}
-        for part in ("embed", "head"):
-            module, _, _ = staged.part_callables(p)[part]
-            result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / onnx_name(part, p),
-                                   **tol)
-            parts[part] = require_valid(result, f"patch size {p} {part}").to_json()
-        trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
-        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, folder / onnx_name("trunk"), **tol),
-                                       f"patch size {p} trunk").to_json()
-        if req.first_block_split:
-            for part in SPLIT_PARTS:
-                module, names, _ = _split_module(staged, p, part)
-                parts[part] = require_valid(validate_trunk(module, {n: values[p][n] for n in names},
-                                                           folder / onnx_name(part), **tol),
-                                            f"patch size {p} {part}").to_json()
-        result = require_valid(validate_chain(staged, p, samples[p], folder, **tol), f"patch size {p} chain")
-        results[p] = {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32",
-                      "parts": parts}
-    return results
+    parts = {}
+    for part, (names, outputs) in plan.items():
+        inputs = {n: values[n] for n in names}
+        path = folder / (onnx_name(part, p) if part in ("embed", "head") else onnx_name(part))
+        if part in ("embed", "head"):
+            result = validate_onnx_reference(numpy_outputs(values, outputs), inputs, path, **tol)
+        else:
+            result = validate_trunk_reference(values, inputs, path, **tol)
+        parts[part] = require_valid(result, f"patch size {p} {part}").to_json()
+    result = require_valid(validate_chain_reference(sizes, p, sample, values["prediction"], folder, **tol),
+                           f"patch size {p} chain")
+    return {**result.to_json(), "validated_as": "fp32-twin" if folder.name == ".twin" else "fp32", "parts": parts}
 
 
-def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, validation: dict, started) -> dict:
-    fam, shape = staged.family, staged.latent_shape
+def _entry(req: ExportRequest, tmp: Path, patch: int, validation: dict) -> dict:
+    fam, shape = req.family_obj, req.latent_shape
     files = [onnx_relpath("embed", patch), TRUNK_ONNX, onnx_relpath("head", patch)]
     if req.first_block_split:  # after the three parts: readers that take files[:3] see the same folder
         files += [onnx_relpath(part) for part in SPLIT_PARTS]
@@ -246,5 +282,4 @@ def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, patch: int, valid
         "padded_grid": list(fam.padded_shape(shape, patch)[-2:]),
         "padding_tokens": round(fam.padding_tokens(shape, patch), 3),
         "validation": validation,
-        "export_seconds": round(time.perf_counter() - started, 3),
     }

@@ -15,7 +15,7 @@ from polygraphy.logger import G_LOGGER
 
 from ...artifacts.layouts import onnx_name
 from ...runtime.backends.staged.onnxruntime import OnnxStagedChain
-from ..validate import ValidationResult, compare_with_torch
+from ..validate import ValidationResult, _to_numpy, compare_with_reference, compare_with_torch
 
 
 def tensor_metadata(inputs: dict) -> TensorMetadata:
@@ -41,6 +41,26 @@ def validate_trunk(trunk, inputs: dict, path: Path, *, atol: float, rtol: float,
         outputs = [o.name for o in session.get_outputs()]
         return compare_with_torch(runner, trunk, inputs, _feed(inputs), outputs, backend,
                                   atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+def validate_trunk_reference(reference: dict, inputs: dict, path: Path, *, atol: float, rtol: float,
+                             min_cosine: float) -> ValidationResult:
+    """`validate_trunk` against torch's outputs computed before (the traced values): no torch trunk in memory."""
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        session = SessionFromOnnx(str(path), providers=["CPUExecutionProvider"])()
+        runner = OnnxrtRunner(session, name="onnxruntime")
+        backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
+        outputs = [o.name for o in session.get_outputs()]
+        try:
+            return compare_with_reference(runner, numpy_outputs(reference, outputs), inputs, _feed(inputs), backend,
+                                          atol=atol, rtol=rtol, min_cosine=min_cosine)
+        finally:
+            del runner, session
+
+
+def numpy_outputs(values: dict, names) -> OrderedDict:
+    """The named torch values as numpy arrays, in `names`' order (a reference for `compare_with_reference`)."""
+    return OrderedDict((n, _to_numpy(values[n])) for n in names)
 
 
 class StagedChainRunner(BaseRunner):
@@ -81,3 +101,20 @@ def validate_chain(staged, patch: int, inputs: dict, folder: Path, *, atol: floa
         backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider (embed -> trunk -> head)"
         return compare_with_torch(runner, reference, inputs, _feed(inputs), ["prediction"], backend,
                                   atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+def validate_chain_reference(sizes: list[int], patch: int, inputs: dict, prediction, folder: Path, *, atol: float,
+                             rtol: float, min_cosine: float) -> ValidationResult:
+    """`validate_chain` against the torch chain's prediction computed before: no torch model in memory."""
+    manifest = {"patch_sizes": list(sizes), "engines": [
+        {"patch_size": p, "backend": "onnx", "files": [onnx_name("embed", p), onnx_name("trunk"), onnx_name("head", p)],
+         "sha256": []} for p in sizes]}
+    chain = OnnxStagedChain(folder, manifest, verify=False)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        runner = StagedChainRunner(chain, patch, tensor_metadata(inputs))
+        backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider (embed -> trunk -> head)"
+        try:
+            return compare_with_reference(runner, numpy_outputs({"prediction": prediction}, ["prediction"]), inputs,
+                                          _feed(inputs), backend, atol=atol, rtol=rtol, min_cosine=min_cosine)
+        finally:
+            del runner, chain
