@@ -116,8 +116,9 @@ def summary_table(manifest: dict, out) -> Table:
     if manifest["dtype"] != "fp32":
         table.caption = ("* validated through the fp32 twin of the same merged module "
                          "(ONNX Runtime CPU has no half math)")
-    # Seven narrow columns fit an 80-column terminal; the file's folder names the backend (onnx/, aoti/, trt/).
-    for col in ("P", "tokens", "file", "size", "max|err|", "cosine", "export s"):
+    # Narrow columns; the file's folder names the backend (onnx/, aoti/, trt/). "peak" is the build's peak
+    # host memory (RSS), "+ GPU" where it ran on one (docs/export-memory.md); folders built before show "-".
+    for col in ("P", "tokens", "file", "size", "max|err|", "cosine", "export s", "peak"):
         table.add_column(col, justify="left" if col == "file" else "right")
     for e in manifest["engines"]:
         v = e["validation"]
@@ -132,8 +133,15 @@ def summary_table(manifest: dict, out) -> Table:
         file = (f"{e['backend']}: " + " + ".join(f.rsplit("/", 1)[-1] for f in e["files"][:3]) if staged_chain
                 else e["files"][0])
         table.add_row(str(e["patch_size"]), tokens, file, human_bytes(e["bytes"]), f"{v['max_abs_err']:.1e}",
-                      f"{v['cosine']:.5f}{twin}", seconds)
+                      f"{v['cosine']:.5f}{twin}", seconds, _peak(e))
     return table
+
+
+def _peak(entry: dict) -> str:
+    if entry.get("reused") or "peak_host_bytes" not in entry:
+        return "-"
+    gpu = f" + {human_bytes(entry['peak_gpu_bytes'])} GPU" if entry.get("peak_gpu_bytes") is not None else ""
+    return human_bytes(entry["peak_host_bytes"]) + gpu
 
 
 def human_bytes(n: int) -> str:
