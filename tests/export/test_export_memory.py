@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from ddit_export.commands.export_cmd import human_bytes
 from ddit_export.export.request import ExportRequest
 from ddit_export.export.resources import ResourceError, check_resources, disk_estimate, memory_estimate
 from ddit_export.util.memory import DISK_ENV, MEMORY_ENV, parse_bytes
@@ -54,15 +55,19 @@ def test_estimates_follow_dtype_layout_and_sizes():
         parse_bytes("lots")
 
 
-def test_every_engine_records_its_build_cost_and_inspect_shows_it(tiny_flux_engines, cli, capsys):
+def test_every_engine_records_its_build_cost_and_inspect_shows_it(tiny_flux_engines, capsys):
+    from ddit_export.cli import main
+
     manifest = json.loads((tiny_flux_engines / "manifest.json").read_text())
     for e in manifest["engines"]:
         assert e["export_seconds"] > 0
         assert 50 * 2**20 < e["peak_host_bytes"] < 64 * 2**30  # a process with torch loaded, in bytes
         assert ("peak_gpu_bytes" in e) == torch.cuda.is_available()
-    code, _ = cli("inspect", tiny_flux_engines)
-    assert code == 0
-    assert "peak" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["inspect", str(tiny_flux_engines)]) == 0
+    table = capsys.readouterr().out
+    peak = human_bytes(manifest["engines"][0]["peak_host_bytes"])
+    assert "peak" in table and peak in table
 
 
 # A model dominated by its weights (~125 M parameters, 0.5 GB in fp32) at a tiny resolution: a regression to
@@ -77,6 +82,7 @@ BOUND = 1.5
 _CHILD = r"""
 import resource, sys
 from ddit_export.export.build import export_engines
+from ddit_export.commands.export_cmd import human_bytes
 from ddit_export.export.request import ExportRequest
 import onnxruntime, polygraphy.backend.onnxrt  # everything the export imports, before the baseline is read
 print("BASELINE", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)
