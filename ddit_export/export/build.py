@@ -14,7 +14,6 @@ and a runtime session's copy of the same weights are never resident at once.
 
 from __future__ import annotations
 
-import gc
 import shutil
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..artifacts.manifest import (
 )
 from ..ddit.merge import adapter_merged_in_place, base_state_dict, build_engine
 from ..util.atomic import atomic_folder, output_lock
+from ..util.memory import release_freed_memory
 from .build_cost import BuildCost, record
 from .engine_folder import (
     Reporter,
@@ -104,7 +104,7 @@ def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
         # What the manifest needs of the model; then the model goes, before any runtime loads an artifact.
         facts = SimpleNamespace(config=dict(model.config), base_patch=model.base_patch)
         del model
-        gc.collect()
+        release_freed_memory()
         entries, specs = [], {}
         gpu = req.device.startswith("cuda") or "trt" in req.backends
         for patch in req.patch_sizes:

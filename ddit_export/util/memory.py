@@ -99,3 +99,16 @@ class PeakMemory:
             self.host_bytes = after  # a new high-water mark was set inside the block: that is its peak, exactly
         else:
             self.host_bytes = self._sampled
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by Python back to the system (glibc keeps freed heap pages otherwise, so a dropped
+    model would still count in RSS and in what the next step can allocate). No-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -15,7 +15,6 @@ resident at once. AOTInductor and TensorRT parts still validate against the torc
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 from pathlib import Path
@@ -34,6 +33,7 @@ from ...ddit.engine import PatchSizeEngine
 from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
+from ...util.memory import release_freed_memory
 from ..build_cost import BuildCost, record
 from ..engine_folder import (
     Reporter,
@@ -85,7 +85,7 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
                 del model  # the staged model holds the same tensors; it goes as a whole below
                 finish, compiled = _build_parts(staged, req, tmp, reporter, gpu)
                 del staged
-                gc.collect()
+                release_freed_memory()
             # Each size's entry: the shared build (every part, every size) plus its own validation.
             entries = [record(e, [cost, validation]) for e, validation in finish()] + compiled
         else:
