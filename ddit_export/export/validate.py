@@ -144,15 +144,9 @@ def validate_onnx(
     Passes when every element is within atol OR rtol (Polygraphy's elementwise check) and, if
     `min_cosine` is given, every output's cosine similarity to torch is at least that.
     """
-    spec = IOSpec.from_onnx(onnx_path)
-    feed = _numpy_feed(inputs, spec)
-    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.ERROR):
-        session = SessionFromOnnx(str(onnx_path), providers=list(providers))()
-        backend = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
-        candidate = OnnxrtRunner(session, name="onnxruntime")
-        return compare_with_torch(candidate, module, inputs, feed, spec.output_names, backend,
-                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
-
+    reference = reference_outputs(module, inputs, IOSpec.from_onnx(onnx_path).output_names)
+    return validate_onnx_reference(reference, inputs, onnx_path, atol=atol, rtol=rtol, min_cosine=min_cosine,
+                                   providers=providers, verbose=verbose)
 
 class ReferenceRunner(BaseRunner):
     """Polygraphy runner that answers with reference outputs computed earlier (`reference_outputs`).
@@ -221,13 +215,14 @@ def validate_onnx_reference(
     rtol: float = 1e-4,
     min_cosine: float | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    verbose: bool = False,
 ) -> ValidationResult:
     """`validate_onnx` against outputs computed earlier: no torch module needs to be in memory."""
     spec = IOSpec.from_onnx(onnx_path)
     feed = _numpy_feed(inputs, spec)
     if list(reference) != spec.output_names:
         raise ValueError(f"reference outputs {list(reference)} do not match the graph outputs {spec.output_names}")
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.ERROR):
         session = SessionFromOnnx(str(onnx_path), providers=list(providers))()
         backend = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
         candidate = OnnxrtRunner(session, name="onnxruntime")
