@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--first-block-split", action="store_true", default=None,
                    help="staged, ONNX: also export the trunk as block 0 + blocks 1..N, which first-block caching "
                         "(--cache fbcache) runs; costs 4-8%% per full step on ONNX Runtime CPU (docs/caching.md)")
+    p.add_argument("--skip-resource-check", action="store_true", default=None,
+                   help="build even when the free memory or disk is below the export's estimate "
+                        "(docs/export-memory.md)")
     p.add_argument("--tau", type=argtypes.tau, help="the engines' default DDiT threshold (default 0.001)")
     p.add_argument("--rho", type=argtypes.rho, help="the engines' default percentile as a fraction (default 0.4)")
     p.add_argument("--atol", type=argtypes.positive_float, help="validation absolute tolerance, fp32 (default 1e-4)")
@@ -70,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
                  "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
-                 "first_block_split", "variant", "kontext_reference", "resolutions")
+                 "first_block_split", "variant", "kontext_reference", "resolutions", "skip_resource_check")
 
 
 def request_settings(args, family: str) -> dict:
@@ -127,8 +130,9 @@ def summary_table(manifest: dict, out) -> Table:
     if manifest["dtype"] != "fp32":
         table.caption = ("* validated through the fp32 twin of the same merged module "
                          "(ONNX Runtime CPU has no half math)")
-    # Seven narrow columns fit an 80-column terminal; the file's folder names the backend (onnx/, aoti/, trt/).
-    columns = ("P", "tokens", "file", "size", "max|err|", "cosine", "export s")
+    # Narrow columns; the file's folder names the backend (onnx/, aoti/, trt/). "peak" is the build's peak
+    # host memory (RSS), "+ GPU" where it ran on one (docs/export-memory.md); folders built before show "-".
+    columns = ("P", "tokens", "file", "size", "max|err|", "cosine", "export s", "peak")
     if len(buckets) > 1:
         columns = ("bucket", *columns)
     for col in columns:
@@ -152,8 +156,15 @@ def _bucket_rows(table: Table, manifest: dict, bucket: str | None) -> None:
         file = (f"{e['backend']}: " + " + ".join(f.rsplit("/", 1)[-1] for f in e["files"][:3]) if staged_chain
                 else e["files"][0].rsplit("/", 1)[-1] if bucket else e["files"][0])
         row = (str(e["patch_size"]), tokens, file, human_bytes(e["bytes"]), f"{v['max_abs_err']:.1e}",
-               f"{v['cosine']:.5f}{twin}", seconds)
+               f"{v['cosine']:.5f}{twin}", seconds, _peak(e))
         table.add_row(*((bucket, *row) if bucket else row))
+
+
+def _peak(entry: dict) -> str:
+    if entry.get("reused") or "peak_host_bytes" not in entry:
+        return "-"
+    gpu = f" + {human_bytes(entry['peak_gpu_bytes'])} GPU" if entry.get("peak_gpu_bytes") is not None else ""
+    return human_bytes(entry["peak_host_bytes"]) + gpu
 
 
 def human_bytes(n: int) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +51,8 @@ def export_onnx(
     _check_inputs(inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program = _run_exporter(module, inputs, output_names, opset)
+    with linear_weights_pre_transposed(module):
+        program = _run_exporter(module, inputs, output_names, opset)
     _verify_graph(program.model, inputs, output_names, opset)
     _save(program, path, _use_external_data(program.model, external_data))
     _check_saved(path)
@@ -60,6 +63,37 @@ def external_data_path(path: str | Path) -> Path:
     """Where the weights of `path` go when saved as external data."""
     path = Path(path)
     return path.with_name(path.name + ".data")
+
+
+@contextmanager
+def linear_weights_pre_transposed(module: torch.nn.Module):
+    """During export, every `nn.Linear` on 3-D or wider inputs multiplies by a transposed *view* of its weight.
+
+    The exporter turns `linear(x, W)` on such inputs into `MatMul(x, Transpose(W))` and its optimiser folds
+    the transpose into a NEW initializer: a second copy of nearly every weight of a transformer, resident
+    with the model's own until the graph is saved (measured: 2x the weights at FLUX.1-dev widths,
+    docs/export-memory.md). Given `W.t()` as a constant, it stores the view instead, and saving writes
+    it tensor by tensor. The graph is the same (`MatMul` by the transposed weight, `Add` of the bias);
+    2-D inputs keep `linear` (a `Gemm` on the weight itself, whose name readers such as the step cache
+    rely on).
+    """
+    patched = [m for m in module.modules() if type(m) is torch.nn.Linear and not hasattr(m, "weight_t")]
+    for linear in patched:
+        linear.register_buffer("weight_t", linear.weight.detach().t(), persistent=False)
+        linear.forward = types.MethodType(_forward_pre_transposed, linear)
+    try:
+        yield
+    finally:
+        for linear in patched:
+            del linear.weight_t
+            del linear.forward  # the instance attribute: the class's forward again
+
+
+def _forward_pre_transposed(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() < 3:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    out = torch.matmul(x, self.weight_t)
+    return out if self.bias is None else out + self.bias
 
 
 def _check_opset(opset: int) -> None:

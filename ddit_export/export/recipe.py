@@ -14,7 +14,7 @@ import yaml
 
 from .request import ExportRequest
 
-NOT_IN_RECIPES = {"out", "force"}  # where and whether to overwrite is the caller's business
+NOT_IN_RECIPES = {"out", "force", "skip_resource_check"}  # where, whether to overwrite, the host: the caller's business
 
 
 def recipe_keys() -> list[str]:

@@ -60,6 +60,7 @@ class ExportRequest:
     # Resolution buckets ("1024x1024,768x1344" or ((h, w), ...)): one folder serves each; the first is the default
     # (and sets height/width). None or one bucket: the folder of --height/--width, as before buckets.
     resolutions: tuple[tuple[int, int], ...] | None = None
+    skip_resource_check: bool = False  # build even when free memory/disk is below the estimate (export/resources.py)
 
     def __post_init__(self):
         if isinstance(self.patch_sizes, (str, bytes)) or not hasattr(self.patch_sizes, "__iter__"):

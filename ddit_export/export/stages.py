@@ -1,14 +1,17 @@
 """One stage per backend: turn a size's merged engine module into a validated artifact + manifest entry.
 
-Each stage writes into the export's temporary folder and returns the entry it adds to the
-manifest. All stages validate against the same eager module on the same inputs; a failure raises
-`ValidationError` with the measured error.
+Each stage runs in two halves, so that the PyTorch model and a runtime's copy of the same weights are
+never in memory at once (docs/export-memory.md): called with the engine in memory, a stage computes
+torch's reference outputs and writes its artifact, and returns `finish`; the build calls `finish()`
+after it has dropped the model, and `finish` validates the artifact against those reference outputs
+(Polygraphy, same inputs, same tolerances) and returns the entry it adds to the manifest. A failure
+raises `ValidationError` with the measured error.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from ..ddit.engine import ENGINE_OUTPUT, PatchSizeEngine
 from ..ddit.merge import cast_engine
 from .onnx_export import export_onnx
 from .request import ExportRequest
-from .validate import require_valid, validate_callable, validate_onnx
+from .validate import reference_outputs, require_valid, validate_callable_reference, validate_onnx_reference
 
 # Half-precision engines are compared with relative metrics (docs/method.md, Validation).
 HALF_TOLERANCES = dict(atol=5e-2, rtol=5e-2, min_cosine=0.997)
@@ -31,7 +34,7 @@ class SizeJob:
 
     req: ExportRequest
     patch: int
-    engine: PatchSizeEngine  # fp32 until `to_product` casts it
+    engine: PatchSizeEngine | None  # fp32 until `to_product` casts it; None once the first halves are done
     inputs: dict  # fp32 sample inputs
     tmp: Path
     reporter: object
@@ -71,31 +74,44 @@ class SizeJob:
         }
 
 
-def onnx_stage(job: SizeJob) -> dict:
-    """fp32: export and validate. Half: validate the fp32 twin (ORT CPU has no half math), then export."""
+Finish = Callable[[], dict]  # the second half of a stage: validate, return the manifest entry
+
+
+def onnx_stage(job: SizeJob) -> Finish:
+    """fp32: export and validate. Half: validate the fp32 twin (ORT CPU has no half math), export the cast graph."""
     started, req = time.perf_counter(), job.req
     rel = f"onnx/p{job.patch}.onnx"
     path = job.tmp / rel
     twin = job.tmp / ".twin" / f"p{job.patch}.onnx" if job.half else path
     twin.parent.mkdir(parents=True, exist_ok=True)
     job.reporter.stage(job.patch, "onnx: export fp32" + (" twin" if job.half else ""))
-    export_onnx(job.engine, job.inputs, [ENGINE_OUTPUT], twin, opset=req.opset, external_data=req.external_data)
-    job.reporter.stage(job.patch, "onnx: validate")
-    result = validate_onnx(job.engine, job.inputs, twin, atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
-    require_valid(result, f"patch size {job.patch} ({'fp32 twin' if job.half else 'fp32'})")
-    validation = {**result.to_json(), "validated_as": "fp32-twin" if job.half else "fp32"}
+    inputs = job.inputs
+    reference = reference_outputs(job.engine, inputs, [ENGINE_OUTPUT])
+    export_onnx(job.engine, inputs, [ENGINE_OUTPUT], twin, opset=req.opset, external_data=req.external_data)
     if job.half:
-        shutil.rmtree(twin.parent, ignore_errors=True)
         job.reporter.stage(job.patch, f"onnx: export {req.dtype}")
         job.to_product()
         export_onnx(job.engine, job.inputs, [ENGINE_OUTPUT], path, opset=req.opset, external_data=req.external_data)
-    files = [rel] + ([f"{rel}.data"] if (job.tmp / f"{rel}.data").exists() else [])
-    return job.entry("onnx", files, validation, started)
+    first_half = time.perf_counter() - started
+
+    def finish() -> dict:
+        resumed = time.perf_counter()
+        job.reporter.stage(job.patch, "onnx: validate")
+        result = validate_onnx_reference(reference, inputs, twin, atol=req.atol, rtol=req.rtol,
+                                         min_cosine=req.min_cosine)
+        require_valid(result, f"patch size {job.patch} ({'fp32 twin' if job.half else 'fp32'})")
+        validation = {**result.to_json(), "validated_as": "fp32-twin" if job.half else "fp32"}
+        if job.half:
+            for f in (twin, twin.with_name(twin.name + ".data")):
+                f.unlink(missing_ok=True)
+        files = [rel] + ([f"{rel}.data"] if (job.tmp / f"{rel}.data").exists() else [])
+        return job.entry("onnx", files, validation, resumed - first_half)
+
+    return finish
 
 
-def aoti_stage(job: SizeJob) -> dict:
-    """AOTInductor package of the product-dtype engine, validated against the same eager module."""
-    from ..runtime.backends.aoti import load_aoti
+def aoti_stage(job: SizeJob) -> Finish:
+    """AOTInductor package of the product-dtype engine, validated against the same eager module's outputs."""
     from .aoti import export_aoti
 
     started = time.perf_counter()
@@ -103,30 +119,52 @@ def aoti_stage(job: SizeJob) -> dict:
     rel = f"aoti/p{job.patch}.pt2"
     device = next(job.engine.parameters()).device
     job.reporter.stage(job.patch, f"aoti: compile ({device.type})")
-    export_aoti(job.engine, job.inputs, job.tmp / rel)
-    job.reporter.stage(job.patch, "aoti: validate")
-    compiled = load_aoti(job.tmp / rel, device)
-    result = validate_callable(job.engine, job.inputs, compiled, f"aotinductor {torch.__version__} {device.type}",
-                               **job.tolerances())
-    require_valid(result, f"patch size {job.patch} (AOTInductor)")
-    validation = {**result.to_json(), "validated_as": job.req.dtype}
-    return job.entry("aoti", [rel], validation, started, device=device.type)
+    inputs = job.inputs
+    reference = reference_outputs(job.engine, inputs, [ENGINE_OUTPUT])
+    export_aoti(job.engine, inputs, job.tmp / rel)
+    first_half = time.perf_counter() - started
+
+    def finish() -> dict:
+        resumed = time.perf_counter()
+        from ..runtime.backends.aoti import load_aoti
+
+        job.reporter.stage(job.patch, "aoti: validate")
+        compiled = load_aoti(job.tmp / rel, device)
+        result = validate_callable_reference(reference, inputs, compiled,
+                                             f"aotinductor {torch.__version__} {device.type}", **job.tolerances())
+        del compiled
+        require_valid(result, f"patch size {job.patch} (AOTInductor)")
+        validation = {**result.to_json(), "validated_as": job.req.dtype}
+        return job.entry("aoti", [rel], validation, resumed - first_half, device=device.type)
+
+    return finish
 
 
-def trt_stage(job: SizeJob, onnx_entry: dict) -> dict:
-    """TensorRT plan from this size's validated ONNX graph, validated on the GPU against torch."""
+def trt_stage(job: SizeJob) -> Finish:
+    """TensorRT plan from this size's validated ONNX graph, validated on the GPU against torch's outputs there."""
     from ..artifacts.tensorrt_plans import TIMING_CACHE, device_signature, plan_relpath
     from .tensorrt import build_plan, validate_plan
 
     started = time.perf_counter()
     job.to_product()
-    signature = device_signature()
-    rel = plan_relpath(job.patch, signature["tensorrt"])
-    job.reporter.stage(job.patch, "trt: build")
-    build_plan(job.tmp / onnx_entry["files"][0], job.tmp / rel, job.tmp / TIMING_CACHE)
-    job.reporter.stage(job.patch, "trt: validate")
-    module = job.engine.cuda()
-    result = validate_plan(job.tmp / rel, module, job.inputs, **job.tolerances())
-    require_valid(result, f"patch size {job.patch} (TensorRT)")
-    validation = {**result.to_json(), "validated_as": job.req.dtype}
-    return job.entry("trt", [rel], validation, started, **signature)
+    # The reference on the GPU, where the plan runs: the engine's own copies go there, the model's stay put.
+    feed = {k: v.cuda() for k, v in job.inputs.items()}
+    reference = reference_outputs(job.engine.cuda(), feed, [ENGINE_OUTPUT])
+    first_half = time.perf_counter() - started
+
+    def finish() -> dict:
+        resumed = time.perf_counter()
+        signature = device_signature()
+        rel = plan_relpath(job.patch, signature["tensorrt"])
+        job.reporter.stage(job.patch, "trt: build")
+        build_plan(job.tmp / f"onnx/p{job.patch}.onnx", job.tmp / rel, job.tmp / TIMING_CACHE)
+        job.reporter.stage(job.patch, "trt: validate")
+        result = validate_plan(job.tmp / rel, reference, feed, **job.tolerances())
+        require_valid(result, f"patch size {job.patch} (TensorRT)")
+        validation = {**result.to_json(), "validated_as": job.req.dtype}
+        return job.entry("trt", [rel], validation, resumed - first_half, **signature)
+
+    return finish
+
+
+STAGES = {"onnx": onnx_stage, "aoti": aoti_stage, "trt": trt_stage}

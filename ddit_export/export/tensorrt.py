@@ -39,16 +39,17 @@ def build_plan(onnx_path, plan_path, timing_cache, *, opt_level: int = 3, worksp
     return plan_path
 
 
-def validate_plan(plan_path, module, inputs, **tolerances):
-    """Run the plan with Polygraphy's TrtRunner and the torch module (on CUDA) on the same inputs."""
+def validate_plan(plan_path, reference, feed, **tolerances):
+    """Run the plan with Polygraphy's TrtRunner on `feed` (torch CUDA tensors) and compare with `reference`,
+    torch's outputs on the same feed computed before (`validate.reference_outputs`)."""
     require_tensorrt()
     import tensorrt as trt
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from .validate import compare_with_torch
+    from .validate import compare_with_reference
 
-    feed = {k: v.cuda() for k, v in inputs.items()}  # TrtRunner takes torch CUDA tensors, bf16 included
+    # TrtRunner takes torch CUDA tensors, bf16 included
     runner = TrtRunner(EngineFromBytes(BytesFromPath(str(plan_path))), name="tensorrt")
     backend = f"tensorrt {trt.__version__}"
-    return compare_with_torch(runner, module, feed, feed, ["prediction"], backend, **tolerances)
+    return compare_with_reference(runner, reference, feed, feed, backend, **tolerances)

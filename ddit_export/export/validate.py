@@ -144,14 +144,93 @@ def validate_onnx(
     Passes when every element is within atol OR rtol (Polygraphy's elementwise check) and, if
     `min_cosine` is given, every output's cosine similarity to torch is at least that.
     """
+    reference = reference_outputs(module, inputs, IOSpec.from_onnx(onnx_path).output_names)
+    return validate_onnx_reference(reference, inputs, onnx_path, atol=atol, rtol=rtol, min_cosine=min_cosine,
+                                   providers=providers, verbose=verbose)
+
+class ReferenceRunner(BaseRunner):
+    """Polygraphy runner that answers with reference outputs computed earlier (`reference_outputs`).
+
+    The export computes torch's outputs while the model is in memory and drops the model before it
+    opens the runtime under test, so the two copies of the weights are never resident at once
+    (docs/export-memory.md). Comparing against the stored outputs is the same comparison: torch's
+    outputs on the same feed.
+    """
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], metadata: TensorMetadata, name: str = "torch"):
+        super().__init__(name=name, prefix="reference-runner")
+        self._outputs, self._metadata = OrderedDict(outputs), metadata
+        self.output_names = list(outputs)
+
+    def activate_impl(self) -> None: ...
+
+    def deactivate_impl(self) -> None: ...
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return self._metadata
+
+    def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
+        self.inference_time = 0.0
+        return OrderedDict(self._outputs)
+
+
+def reference_outputs(module, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str]) -> OrderedDict:
+    """`module(**inputs)` as numpy arrays named `output_names`: what `compare_with_reference` checks against."""
+    with torch.no_grad():
+        outputs = _flatten_outputs(module(**inputs))
+    if len(outputs) != len(output_names):
+        raise ValueError(f"module returned {len(outputs)} tensors, expected outputs {list(output_names)}")
+    return OrderedDict((name, _to_numpy(t)) for name, t in zip(output_names, outputs))
+
+
+def input_metadata(inputs: Mapping[str, torch.Tensor]) -> TensorMetadata:
+    meta = TensorMetadata()
+    for name, t in inputs.items():
+        meta.add(name, dtype=DataType.from_dtype(t.dtype, "torch"), shape=tuple(t.shape))
+    return meta
+
+
+def compare_with_reference(
+    candidate: BaseRunner,
+    reference: Mapping[str, np.ndarray],
+    inputs: Mapping[str, torch.Tensor],
+    feed: Mapping[str, Any],
+    backend: str,
+    *,
+    atol: float,
+    rtol: float,
+    min_cosine: float | None,
+) -> ValidationResult:
+    """Compare any Polygraphy runner with stored torch outputs (`reference_outputs`) on one feed."""
+    runner = ReferenceRunner(reference, input_metadata(inputs))
+    return _compare(candidate, runner, feed, list(reference), backend, atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+def validate_onnx_reference(
+    reference: Mapping[str, np.ndarray],
+    inputs: dict[str, torch.Tensor],
+    onnx_path: str | Path,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    min_cosine: float | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    verbose: bool = False,
+) -> ValidationResult:
+    """`validate_onnx` against outputs computed earlier: no torch module needs to be in memory."""
     spec = IOSpec.from_onnx(onnx_path)
     feed = _numpy_feed(inputs, spec)
+    if list(reference) != spec.output_names:
+        raise ValueError(f"reference outputs {list(reference)} do not match the graph outputs {spec.output_names}")
     with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.ERROR):
         session = SessionFromOnnx(str(onnx_path), providers=list(providers))()
         backend = f"onnxruntime {onnxruntime.__version__} {session.get_providers()[0]}"
         candidate = OnnxrtRunner(session, name="onnxruntime")
-        return compare_with_torch(candidate, module, inputs, feed, spec.output_names, backend,
-                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
+        try:
+            return compare_with_reference(candidate, reference, inputs, feed, backend,
+                                          atol=atol, rtol=rtol, min_cosine=min_cosine)
+        finally:
+            del candidate, session  # the session holds the graph's weights: gone before the next one opens
 
 
 def compare_with_torch(
@@ -170,6 +249,11 @@ def compare_with_torch(
     # Candidate first, torch second: Polygraphy's relative error divides by the second runner's
     # output, which should be the reference.
     torch_runner = TorchModuleRunner(module, inputs, output_names, name="torch")
+    return _compare(candidate, torch_runner, feed, output_names, backend, atol=atol, rtol=rtol, min_cosine=min_cosine)
+
+
+def _compare(candidate: BaseRunner, torch_runner: BaseRunner, feed, output_names, backend: str, *, atol: float,
+             rtol: float, min_cosine: float | None) -> ValidationResult:
     run_results = Comparator.run([candidate, torch_runner], data_loader=[feed])
     compare = SimpleCompareFunc(atol=atol, rtol=rtol)  # elementwise: |err| <= atol OR rel <= rtol
     accuracy = Comparator.compare_accuracy(run_results, compare_func=compare)
@@ -240,3 +324,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
         # Two all-zero outputs agree perfectly; one all-zero output does not.
         return 1.0 if not a.any() and not b.any() else 0.0
     return float(np.dot(a, b) / norm)
+
+
+def validate_callable_reference(reference: Mapping[str, np.ndarray], inputs: dict[str, torch.Tensor], candidate,
+                                backend: str, *, atol: float = 1e-4, rtol: float = 1e-4,
+                                min_cosine: float | None = None) -> ValidationResult:
+    """`validate_callable` against outputs computed earlier (`reference_outputs`)."""
+    feed = OrderedDict((k, v) for k, v in inputs.items())
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        runner = TorchModuleRunner(candidate, inputs, list(reference), name=backend.split()[0])
+        return compare_with_reference(runner, reference, inputs, feed, backend, atol=atol, rtol=rtol,
+                                      min_cosine=min_cosine)

@@ -6,14 +6,19 @@ the manifest, the folder is written atomically, and an unchanged build is reused
 the stacked adapters of every size, so a change of any size rebuilds all parts (reuse is all or
 nothing). The manifest lists one entry per size (`files`: embed, trunk, head), so tools that read
 per-size entries (inspect, bench) keep working; `layout: staged` routes backends to the chain.
+
+Memory (docs/export-memory.md): the torch chain is traced once per size and bucket (its named values
+are the reference outputs of every part), the graphs are written, and the model is dropped before ONNX
+Runtime opens them for validation, so the model and a session's copy of the trunk are never
+resident at once. AOTInductor and TensorRT parts still validate against the torch modules.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -28,7 +33,9 @@ from ...ddit.engine import PatchSizeEngine
 from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
+from ...util.memory import release_freed_memory
 from ..buckets import BucketReporter, bucket_label, bucket_table
+from ..build_cost import BuildCost, record
 from ..engine_folder import (
     ExportInputError,
     Reporter,
@@ -41,10 +48,11 @@ from ..engine_folder import (
 )
 from ..onnx_export import export_onnx
 from ..request import ExportRequest, bucket_name
+from ..resources import check_resources
 from ..stages import HALF_TOLERANCES
-from ..validate import require_valid, validate_onnx
+from ..validate import require_valid, validate_onnx_reference
 from .onnx_export import export_dynamic_trunk, graph_io
-from .validate import validate_chain, validate_trunk
+from .validate import numpy_outputs, validate_chain_reference, validate_trunk_reference
 
 # Measured on ONNX Runtime CPU (docs/staged.md): one dynamic-token trunk session beats per-size static
 # graphs sharing weights in memory and speed. The trunk is one session, so pre-packing copies nothing
@@ -69,6 +77,7 @@ def export_staged(req: ExportRequest, reporter: Reporter | None = None) -> dict:
 
 def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     old = previous_manifest(req)
+    check_resources(req, reporter)
     held = _HeldWarnings()  # the untrained-sizes warning only once the model is known to fit the layout
     req, model, adapters = load_for_export(req, held)
     grid = [name for name, _ in req.family_obj.grid_specs(model.config, req.latent_shape)]
@@ -84,21 +93,31 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     subs = [req.at(h, w) for h, w in req.buckets]
     keys = {(n, p, b): stage_key(key_base if n is None else {**key_base, "bucket": n}, p, b)
             for n in names for p in req.patch_sizes for b in req.backends}
+    facts = SimpleNamespace(config=dict(model.config), base_patch=model.base_patch)  # what the manifest needs
     reporter.begin([bucket_label(p, n) for n in names for p in req.patch_sizes])
     with atomic_folder(req.out_dir, replace=True) as tmp:
         found = [reuse(old, req.out_dir, key, tmp) for key in keys.values()] if old else []
         if found and all(e is not None for e in found):
             per_bucket = [[e for e in found if e["stage_key"] == keys[n, e["patch_size"], e["backend"]]]
                           for n in names]
+            del model
         else:
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
             shutil.rmtree(tmp / BUCKETS_DIR, ignore_errors=True)
-            # One staged model per bucket, all on the same modules: only the RoPE tables are the bucket's own.
-            first = build_staged(model, subs[0].latent_shape, req.text_len)
-            buckets = [(None, first, subs[0])] + [
-                (n, build_staged(model, sub.latent_shape, req.text_len, like=first), sub)
-                for n, sub in zip(names[1:], subs[1:])]
-            per_bucket = _build_parts(buckets, req, tmp, reporter)
+            gpu = req.device.startswith("cuda") or "trt" in req.backends
+            with BuildCost(gpu) as cost:
+                # One staged model per bucket, all on the same modules: only the RoPE tables are the bucket's own.
+                first = build_staged(model, subs[0].latent_shape, req.text_len)
+                buckets = [(None, first, subs[0])] + [
+                    (n, build_staged(model, sub.latent_shape, req.text_len, like=first), sub)
+                    for n, sub in zip(names[1:], subs[1:])]
+                del model, first  # the staged models hold the same tensors; they go as a whole below
+                finish, compiled = _build_parts(buckets, req, tmp, reporter, gpu)
+                del buckets
+                release_freed_memory()
+            # Each size's entry: the shared build (every part, every size) plus its own validation.
+            per_bucket = [[record(e, [cost, validation]) for e, validation in validated] + more
+                          for validated, more in zip(finish(), compiled)]
             per_bucket = [[{**e, "stage_key": keys[n, e["patch_size"], e["backend"]]} for e in entries]
                           for n, entries in zip(names, per_bucket)]
         for n, entries in zip(names, per_bucket):
@@ -106,7 +125,7 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
                 if e["backend"] == "onnx":
                     reporter.done(bucket_label(e["patch_size"], n), e)
         entries = per_bucket[0]
-        manifest = manifest_record(req, model, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
+        manifest = manifest_record(req, facts, adapters, weights_sha, old, "staged", entries[0]["io"], entries)
         manifest["buckets"] = bucket_table(list(zip(subs, per_bucket)))
         manifest["staged"] = {"size_index": {str(p): i for i, p in enumerate(req.patch_sizes)},
                               "onnxruntime": ORT_CHOICE, "shared_files": [TRUNK_ONNX],
@@ -121,19 +140,24 @@ def _sample_inputs(staged: StagedModel, patch: int) -> dict:
     return probe.sample_inputs(torch.float32, seed=patch)
 
 
-def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter) -> list[list[dict]]:
-    """fp32: export and validate every part and chain of every bucket. Half: the same on the fp32 twin, then
-    export cast. `buckets`: (name, staged model, request) per bucket, the default (name None) first; the trunk
-    is exported once, from the default bucket, and validated at every bucket's token counts."""
-    started = time.perf_counter()
+def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter, gpu: bool):
+    """Trace every bucket's chain, export its graphs (fp32, or the fp32 twin then the cast graphs), compile
+    the other artifact kinds. `buckets`: (name, staged model, request) per bucket, the default (name None)
+    first; the trunk is exported once, from the default bucket, and validated at every bucket's token counts.
+    Returns `finish()`, which validates the ONNX graphs against the traced values (call it once the model is
+    gone) and returns per bucket each size's onnx entry with its validation's cost; and per bucket the other
+    kinds' entries."""
     half = req.torch_dtype != torch.float32
+    split = req.first_block_split
     graphs = tmp / ".twin" if half else tmp
-    values, validation = {}, {}
+    samples, values, plans = {}, {}, {}
     for name, staged, _ in buckets:
-        samples = {p: _sample_inputs(staged, p) for p in staged.sizes}
-        values[name] = _traced_values(staged, samples, req.first_block_split)
-        validation[name] = _export_and_validate(staged, req, graphs, name, samples, values[name],
-                                                BucketReporter(reporter, name), half)
+        samples[name] = {p: _sample_inputs(staged, p) for p in staged.sizes}
+        values[name] = _traced_values(staged, samples[name], split)
+        plans[name] = _part_plan(staged, split)
+        for p in staged.sizes:
+            BucketReporter(reporter, name).stage(p, "onnx: export parts")
+        _export_parts(staged, req, graphs, name, values[name])
     product = values
     if half:
         product = {}
@@ -143,31 +167,55 @@ def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter) 
             cast_staged(staged, req.torch_dtype)
             keep = req.family_obj.float32_inputs
             cast_samples = {p: {k: v if k in keep else v.to(req.torch_dtype) for k, v in inputs.items()}
-                            for p, inputs in _samples_of(staged).items()}
+                            for p, inputs in samples[name].items()}
             # Traced again in the product dtype, so every value between parts has the dtype its producer
             # gives it (RoPE tables stay fp32, as in single engines).
-            product[name] = _traced_values(staged, cast_samples, req.first_block_split)
+            product[name] = _traced_values(staged, cast_samples, split)
             _export_parts(staged, req, tmp, name, product[name])
-        shutil.rmtree(graphs, ignore_errors=True)
-    per_bucket = [[_entry(staged, sub, tmp, name, p, validation[name][p], started) for p in staged.sizes]
-                  for name, staged, sub in buckets]
     tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
+    compiled = [[] for _ in buckets]
     if "aoti" in req.backends:
         from .aoti import aoti_stage
 
-        compiled = aoti_stage([(n, staged, product[n]) for n, staged, _ in buckets], req, tmp, tolerances, reporter)
-        per_bucket = [entries + more for entries, more in zip(per_bucket, compiled)]
+        with BuildCost(gpu) as cost:
+            made = aoti_stage([(n, staged, product[n]) for n, staged, _ in buckets], req, tmp, tolerances, reporter)
+        compiled = [done + [record(e, [cost]) for e in more] for done, more in zip(compiled, made)]
+    names, subs = [n for n, _, _ in buckets], [sub for _, _, sub in buckets]
+    sizes = list(buckets[0][1].sizes)
+
+    def validate_graphs() -> list[list[tuple[dict, BuildCost]]]:
+        per_bucket = []
+        for name, sub in zip(names, subs):
+            bucket_reporter, validated = BucketReporter(reporter, name), []
+            for p in sizes:
+                with BuildCost(gpu) as cost:
+                    validation = _validate(req, sizes, p, graphs, name, samples[name][p], values[name][p],
+                                           plans[name][p], bucket_reporter, half)
+                    entry = _entry(sub, tmp, name, p, validation)
+                validated.append((entry, cost))
+            per_bucket.append(validated)
+        if half:
+            shutil.rmtree(graphs, ignore_errors=True)
+        return per_bucket
+
     if "trt" in req.backends:
+        # TensorRT builds from the product graphs and validates on the GPU against the torch modules, so it runs
+        # with the model here; the ONNX graphs (the plans' source) are validated first, as before.
         from .tensorrt import trt_stage
 
-        plans = trt_stage([(n, staged, [e for e in entries if e["backend"] == "onnx"], product[n])
-                           for (n, staged, _), entries in zip(buckets, per_bucket)], req, tmp, tolerances, reporter)
-        per_bucket = [entries + more for entries, more in zip(per_bucket, plans)]
-    return per_bucket
+        validated = validate_graphs()
+        with BuildCost(gpu) as cost:
+            plans_made = trt_stage([(n, staged, [e for e, _ in v], product[n])
+                                    for (n, staged, _), v in zip(buckets, validated)], req, tmp, tolerances, reporter)
+        compiled = [done + [record(e, [cost]) for e in more] for done, more in zip(compiled, plans_made)]
+        return (lambda: validated), compiled
+    return validate_graphs, compiled
 
 
-def _samples_of(staged: StagedModel) -> dict:
-    return {p: _sample_inputs(staged, p) for p in staged.sizes}
+def _part_plan(staged: StagedModel, split: bool) -> dict:
+    """size -> part -> (input names, output names): what validation needs to know of the torch parts."""
+    parts = ("embed", "trunk", "head", *(SPLIT_PARTS if split else ()))
+    return {p: {part: tuple(staged.part_callables(p)[part][1:]) for part in parts} for p in staged.sizes}
 
 
 def _traced_values(staged: StagedModel, samples: dict, split: bool = False) -> dict:
@@ -246,46 +294,34 @@ def _split_module(staged, patch: int, part: str):
     return trunk_half(staged.trunk, part, names), names, outputs
 
 
-def _export_and_validate(staged, req, root: Path, bucket: str | None, samples: dict, values: dict, reporter,
-                         twin: bool) -> dict:
-    """Export one bucket's fp32 parts below `root`, validate each part and each size's chain (the trunk at the
-    bucket's token counts); per size the results."""
-    for p in staged.sizes:
-        reporter.stage(p, "onnx: export parts")
-    _export_parts(staged, req, root, bucket, values)
+def _validate(req, sizes: list[int], p: int, root: Path, bucket: str | None, sample: dict, values: dict, plan: dict,
+              reporter, twin: bool) -> dict:
+    """Every part of size `p` in `bucket` and its chain (graphs below `root`; the trunk at the bucket's token
+    counts) against the traced torch values."""
+    reporter.stage(p, "onnx: validate parts and chain")
     tol = dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
     folder, trunk = root / in_bucket(STAGED_DIR, bucket), root / TRUNK_ONNX
-    results = {}
-    for p in staged.sizes:
-        reporter.stage(p, "onnx: validate parts and chain")
-        parts = {}
-        for part in ("embed", "head"):
-            module, _, _ = staged.part_callables(p)[part]
-            result = validate_onnx(module, _part_inputs(staged, p, part, values[p]), folder / onnx_name(part, p),
-                                   **tol)
-            parts[part] = require_valid(result, f"{_where(p, bucket)} {part}").to_json()
-        trunk_inputs = _part_inputs(staged, p, "trunk", values[p])
-        parts["trunk"] = require_valid(validate_trunk(staged.trunk, trunk_inputs, trunk, **tol),
-                                       f"{_where(p, bucket)} trunk").to_json()
-        if req.first_block_split:
-            for part in SPLIT_PARTS:
-                module, names, _ = _split_module(staged, p, part)
-                parts[part] = require_valid(validate_trunk(module, {n: values[p][n] for n in names},
-                                                           root / onnx_relpath(part), **tol),
-                                            f"{_where(p, bucket)} {part}").to_json()
-        result = require_valid(validate_chain(staged, p, samples[p], folder, trunk=trunk, **tol),
-                               f"{_where(p, bucket)} chain")
-        results[p] = {**result.to_json(), "validated_as": "fp32-twin" if twin else "fp32", "parts": parts}
-    return results
+    parts = {}
+    for part, (names, outputs) in plan.items():
+        inputs = {n: values[n] for n in names}
+        if part in ("embed", "head"):
+            result = validate_onnx_reference(numpy_outputs(values, outputs), inputs, folder / onnx_name(part, p),
+                                             **tol)
+        else:
+            path = trunk if part == "trunk" else root / onnx_relpath(part)
+            result = validate_trunk_reference(values, inputs, path, **tol)
+        parts[part] = require_valid(result, f"{_where(p, bucket)} {part}").to_json()
+    result = require_valid(validate_chain_reference(sizes, p, sample, values["prediction"], folder, trunk=trunk,
+                                                    **tol), f"{_where(p, bucket)} chain")
+    return {**result.to_json(), "validated_as": "fp32-twin" if twin else "fp32", "parts": parts}
 
 
 def _where(patch: int, bucket: str | None) -> str:
     return f"patch size {patch}" + (f" at {bucket}" if bucket else "")
 
 
-def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, bucket: str | None, patch: int, validation: dict,
-           started) -> dict:
-    fam, shape = staged.family, staged.latent_shape
+def _entry(req: ExportRequest, tmp: Path, bucket: str | None, patch: int, validation: dict) -> dict:
+    fam, shape = req.family_obj, req.latent_shape
     files = [in_bucket(onnx_relpath("embed", patch), bucket), TRUNK_ONNX,
              in_bucket(onnx_relpath("head", patch), bucket)]
     if req.first_block_split:  # after the three parts: readers that take files[:3] see the same folder
@@ -307,5 +343,4 @@ def _entry(staged: StagedModel, req: ExportRequest, tmp: Path, bucket: str | Non
         "padded_grid": list(fam.padded_shape(shape, patch)[-2:]),
         "padding_tokens": round(fam.padding_tokens(shape, patch), 3),
         "validation": validation,
-        "export_seconds": round(time.perf_counter() - started, 3),
     }

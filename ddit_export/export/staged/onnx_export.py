@@ -14,7 +14,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from ..onnx_export import ExportError, _check_saved, _root_cause, _save, _use_external_data
+from ..onnx_export import (
+    ExportError,
+    _check_saved,
+    _root_cause,
+    _save,
+    _use_external_data,
+    linear_weights_pre_transposed,
+)
 
 TOKEN_AXIS = "tokens"
 
@@ -30,7 +37,7 @@ def export_dynamic_trunk(trunk, inputs: dict, output_names: list[str], path: Pat
         dynamic[name] = {axis: tokens + extra if extra else tokens for axis, extra in axes.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), linear_weights_pre_transposed(trunk):
             warnings.simplefilter("ignore")  # torch.export's FutureWarnings are about torch itself
             program = torch.onnx.export(
                 trunk, args=(), kwargs=inputs, dynamo=True, opset_version=opset, input_names=list(inputs),

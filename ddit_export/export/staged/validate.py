@@ -15,7 +15,7 @@ from polygraphy.logger import G_LOGGER
 
 from ...artifacts.layouts import onnx_name
 from ...runtime.backends.staged.onnxruntime import OnnxStagedChain
-from ..validate import ValidationResult, compare_with_torch
+from ..validate import ValidationResult, _to_numpy, compare_with_reference
 
 
 def tensor_metadata(inputs: dict) -> TensorMetadata:
@@ -32,15 +32,24 @@ def _feed(inputs: dict) -> OrderedDict:
     return OrderedDict((k, v.detach().cpu().numpy()) for k, v in inputs.items())
 
 
-def validate_trunk(trunk, inputs: dict, path: Path, *, atol: float, rtol: float, min_cosine: float) -> ValidationResult:
-    """The trunk graph at one size's token count against the torch trunk, on the same inputs."""
+def validate_trunk_reference(reference: dict, inputs: dict, path: Path, *, atol: float, rtol: float,
+                             min_cosine: float) -> ValidationResult:
+    """`validate_trunk` against torch's outputs computed before (the traced values): no torch trunk in memory."""
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         session = SessionFromOnnx(str(path), providers=["CPUExecutionProvider"])()
         runner = OnnxrtRunner(session, name="onnxruntime")
         backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
         outputs = [o.name for o in session.get_outputs()]
-        return compare_with_torch(runner, trunk, inputs, _feed(inputs), outputs, backend,
-                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
+        try:
+            return compare_with_reference(runner, numpy_outputs(reference, outputs), inputs, _feed(inputs), backend,
+                                          atol=atol, rtol=rtol, min_cosine=min_cosine)
+        finally:
+            del runner, session
+
+
+def numpy_outputs(values: dict, names) -> OrderedDict:
+    """The named torch values as numpy arrays, in `names`' order (a reference for `compare_with_reference`)."""
+    return OrderedDict((n, _to_numpy(values[n])) for n in names)
 
 
 class StagedChainRunner(BaseRunner):
@@ -64,22 +73,19 @@ class StagedChainRunner(BaseRunner):
         return OrderedDict([(self.output, values[self.output])])
 
 
-def validate_chain(staged, patch: int, inputs: dict, folder: Path, *, atol: float, rtol: float,
-                   min_cosine: float, trunk: Path | None = None) -> ValidationResult:
-    """The ONNX Runtime chain of `patch` (graphs in `folder`; the trunk there, or `trunk`) against the torch
-    staged model."""
+def validate_chain_reference(sizes: list[int], patch: int, inputs: dict, prediction, folder: Path, *, atol: float,
+                             rtol: float, min_cosine: float, trunk: Path | None = None) -> ValidationResult:
+    """`validate_chain` against the torch chain's prediction computed before: no torch model in memory."""
     trunk_file = str(Path(trunk).resolve()) if trunk else onnx_name("trunk")  # an absolute path joins as itself
-    manifest = {"patch_sizes": staged.sizes, "engines": [
+    manifest = {"patch_sizes": list(sizes), "engines": [
         {"patch_size": p, "backend": "onnx", "files": [onnx_name("embed", p), trunk_file, onnx_name("head", p)],
-         "sha256": []} for p in staged.sizes]}
+         "sha256": []} for p in sizes]}
     chain = OnnxStagedChain(folder, manifest, verify=False)
-    meta = tensor_metadata(inputs)
-
-    def reference(**kw):
-        return staged(patch, kw.pop("latent"), **kw)
-
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        runner = StagedChainRunner(chain, patch, meta)
+        runner = StagedChainRunner(chain, patch, tensor_metadata(inputs))
         backend = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider (embed -> trunk -> head)"
-        return compare_with_torch(runner, reference, inputs, _feed(inputs), ["prediction"], backend,
-                                  atol=atol, rtol=rtol, min_cosine=min_cosine)
+        try:
+            return compare_with_reference(runner, numpy_outputs({"prediction": prediction}, ["prediction"]), inputs,
+                                          _feed(inputs), backend, atol=atol, rtol=rtol, min_cosine=min_cosine)
+        finally:
+            del runner, chain
