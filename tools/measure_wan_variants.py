@@ -1,6 +1,6 @@
 """What the coarse patch sizes do to Wan image-to-video conditioning (docs/variants-wan.md, Measured).
 
-Tiny random-weight models (tests/wan_variant_models.py), UNTRAINED DDiT modules (PI-resized embedding,
+Tiny random-weight models (tests/wan_variants.py), UNTRAINED DDiT modules (PI-resized embedding,
 upsampled de-embedding, LoRA zero), eager torch on the CPU. For each size P it prints:
 - dev: ||f_P - f_2|| / ||f_2||, the coarse output's distance from the base output;
 - img: ||f_P(image a) - f_P(image b)|| / ||f_P(image a)||, how much the CLIP image embeddings move the output;
@@ -18,7 +18,7 @@ import torch
 from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.wan import WAN
-from tests.wan_variant_models import I2V_CONFIG, transformer
+from tests.wan_variants import I2V_CONFIG, transformer
 
 SHAPE = (1, 16, 3, 16, 24)
 SIZES = (2, 4, 8)

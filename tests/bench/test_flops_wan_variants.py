@@ -10,7 +10,7 @@ from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.families.wan import WAN
 from ddit_export.pipelines.registry import pipeline_by_family
-from tests.wan_variant_models import FLF2V_CONFIG, I2V_CONFIG, TI2V_CONFIG, transformer
+from tests.wan_variants import FLF2V_CONFIG, I2V_CONFIG, TI2V_CONFIG, transformer
 
 
 @pytest.mark.parametrize("config, shape", [(I2V_CONFIG, (1, 16, 2, 4, 6)), (FLF2V_CONFIG, (1, 16, 2, 4, 6)),

@@ -13,7 +13,7 @@ from ddit_export.ddit.merge import build_engine
 from ddit_export.ddit.model import DDiTModel
 from ddit_export.ddit.staged import build_staged
 from ddit_export.families.wan import WAN, WAN_TINY_CONFIG
-from tests.wan_variant_models import FLF2V_CONFIG, I2V_CONFIG, TI2V_CONFIG, relative, transformer
+from tests.wan_variants import FLF2V_CONFIG, I2V_CONFIG, TI2V_CONFIG, relative, transformer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 SHAPE = (1, 16, 2, 12, 20)

@@ -13,7 +13,7 @@ from ddit_export.pipelines.registry import generate, make_conditioning
 from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
-from tests.wan_variant_models import VIDEO, a14b_pipeline, relative
+from tests.wan_variants import VIDEO, a14b_pipeline, relative
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 STEPS = 6

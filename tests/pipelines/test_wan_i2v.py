@@ -12,7 +12,7 @@ import torch
 from ddit_export.pipelines.wan_dropin import DDiTWanTransformer
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config
-from tests.wan_variant_models import (
+from tests.wan_variants import (
     FLF2V_CONFIG,
     I2V_CONFIG,
     VIDEO,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.wan_variant_models import I2V_CONFIG, transformer
+from tests.wan_variants import I2V_CONFIG, transformer
 
 
 def test_image_to_video_wan_is_refused_in_one_line(tmp_path, cli):
