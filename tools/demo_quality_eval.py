@@ -57,14 +57,16 @@ def main(argv=None) -> int:
 
 def evaluate(args, console: Console) -> int:
     from ddit_export.demo.classifier import load_classifier
-    from ddit_export.demo.engines import export_demo_engines
+    from ddit_export.demo.engines import DEMO_PATCH_SIZES, export_demo_engines
     from ddit_export.demo.quality_eval import DEFAULT_BASE_EVERY, DEFAULT_COST_BAND, beaten_by, evaluate_rule_and_fixed
     from ddit_export.runtime.backends import get_backend
     from ddit_export.runtime.runner import schedule_config
-    from ddit_export.runtime.schedule_spec import parse_schedule
+    from ddit_export.runtime.schedule_spec import check_schedule, parse_schedule
     from ddit_export.util.atomic import check_writable, write_text_atomic
 
     fixed = {f"fixed {spec}": parse_schedule(spec, flag="--fixed") for spec in args.fixed}
+    for schedule in fixed.values():  # before any sampling: a wrong length would fail after the rule's run
+        check_schedule(schedule, DEMO_PATCH_SIZES, args.steps, flag="--fixed")
     band = DEFAULT_COST_BAND if args.cost_band is None else args.cost_band
     if not band >= 0:
         raise ValueError(f"--cost-band must be >= 0 (got {band})")
@@ -101,8 +103,7 @@ def print_table(console: Console, report: dict) -> None:
     rows = report["rows"]
     rule = rows[report["rule"]]
     n = report["samples"]
-    table = Table(title=f"{report['engines']}: {n} samples per row (seeds {report['seeds'][0]}-{report['seeds'][1]}), "
-                        f"{report['steps']} steps, ONNX Runtime CPU; [95% bootstrap interval]", title_justify="left")
+    table = Table(title=f"{report['engines']}, {report['steps']} steps, ONNX Runtime CPU", title_justify="left")
     for col in ("configuration", "speed-up", "token cost", "FD to real", "FD ratio", "accuracy", "PSNR vs base (dB)"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     table.add_row("static base", "1.00x", "1.000", with_ci(rule["fd_base"], rule["fd_base_ci"], ".1f"), "1",
@@ -113,6 +114,8 @@ def print_table(console: Console, report: dict) -> None:
                       with_ci(r["accuracy_ddit"], r["accuracy_ddit_ci"], ".1f", 100, "%"),
                       with_ci(r["psnr_db"], r["psnr_db_ci"], ".2f"), style="bold" if r["kind"] == "dynamic" else None)
     console.print(table)
+    console.print(f"{n} samples per row (seeds {report['seeds'][0]}-{report['seeds'][1]}, classes in turn); "
+                  "[95% intervals: bootstrap, 1000 resamples; docs/quality.md]", markup=False)
     halves = " and ".join(map(str, rule["fd_halves_samples"]))
     console.print(f"FD noise floor (the base against itself, disjoint seed halves of {halves}): "
                   f"{with_ci(rule['fd_noise_floor'], rule['fd_noise_floor_ci'], '.1f')}; {report['rule']} against "
