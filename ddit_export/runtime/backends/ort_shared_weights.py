@@ -18,6 +18,15 @@ import onnx
 from onnx import numpy_helper
 
 
+def ortvalue(array: np.ndarray):
+    """An OrtValue borrowing `array`'s memory; bfloat16 (ml_dtypes, which `ortvalue_from_numpy` refuses) as its bits."""
+    from onnxruntime import OrtValue
+
+    if array.dtype.name == "bfloat16":
+        return OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), onnx.TensorProto.BFLOAT16)
+    return OrtValue.ortvalue_from_numpy(array)
+
+
 def _content_key(array: np.ndarray) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(array).view(np.uint8).tobytes())
     return f"{array.dtype}:{array.shape}:{digest.hexdigest()}"
@@ -32,8 +41,6 @@ class SharedWeights:
     """Weights that occur in two or more of `paths`, each as ONE OrtValue, handed to every session."""
 
     def __init__(self, paths: list[Path], min_bytes: int = 1024):
-        from onnxruntime import OrtValue
-
         per_graph = {Path(p): _initializers(Path(p)) for p in paths}
         owners: dict[str, set[Path]] = {}
         arrays: dict[str, np.ndarray] = {}
@@ -50,7 +57,7 @@ class SharedWeights:
         shared = {k for k, o in owners.items() if len(o) > 1}
         # The arrays must outlive the sessions: OrtValues made from numpy borrow their memory.
         self._arrays = {k: np.ascontiguousarray(arrays[k]) for k in shared}
-        self._values = {k: OrtValue.ortvalue_from_numpy(a) for k, a in self._arrays.items()}
+        self._values = {k: ortvalue(a) for k, a in self._arrays.items()}
         self._names = {p: {n: k for n, k in m.items() if k in shared} for p, m in names.items()}
         uses = [k for m in self._names.values() for k in m.values()]
         # What the graphs' own copies would have cost beyond one each (what sharing saves).

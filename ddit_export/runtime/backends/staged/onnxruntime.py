@@ -21,7 +21,7 @@ from ....artifacts.manifest import engine_entries, verify_entry
 from ...loras.onnx_weights import OnnxLoraWeights
 from ..base import Backend, BackendError
 from ..onnxruntime import CPU_PROVIDER, from_numpy, to_numpy
-from ..ort_shared_weights import SharedWeights
+from ..ort_shared_weights import SharedWeights, ortvalue
 from .calls import SIGNAL_WEIGHTS, StagedCalls
 
 SPLIT_PARTS = ("first_block", "other_blocks")  # the trunk split after block 0 (export --first-block-split)
@@ -83,7 +83,7 @@ class OnnxStagedChain:
             self.shared.apply(options, path)
         elif not self._prepack:
             options.add_session_config_entry("session.disable_prepacking", "1")
-        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in (overrides or {}).items()}
+        values = {name: ortvalue(array) for name, array in (overrides or {}).items()}
         for name, value in values.items():
             options.add_initializer(name, value)
         session = ort.InferenceSession(str(path), options, providers=self._providers)
