@@ -3,7 +3,6 @@ tiny end-to-end sweep that stores tau, and bad input."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -12,12 +11,17 @@ import pytest
 
 from ddit_export.bench import calibrate
 from ddit_export.commands import calibrate_cmd
+from ddit_export.commands.argtypes import OneLineParser
 
 
 def cal(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
+    parser = OneLineParser(prog="ddit-export calibrate")  # the CLI's parser: its refusals are one line too
     calibrate_cmd.add_arguments(parser)
-    return calibrate_cmd.run(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as refused:  # a value argparse refuses (e.g. an unknown --backend)
+        return refused.code
+    return calibrate_cmd.run(args)
 
 
 def point(tau, rho, speed, psnr):
