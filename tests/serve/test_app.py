@@ -134,15 +134,18 @@ def test_concurrent_requests_share_engine_calls_and_keep_their_results(server, s
         t.start()
     for t in threads:
         t.join(120)
-    shared = 0
+    # the replica shares a call only where its own start-up timing (BatchedRunner.calibrate) says one batch-4 call
+    # beats three batch-1 calls; on a loaded machine that can flip at p8, the size all three warm up at together
+    call_ms = get(server["url"], "/healthz")["call_ms"]
+    pays = call_ms[f"b{VARIANT_BATCH}p8"] <= len(requests) * call_ms["b1p8"]
     for req, (status, body, headers) in zip(requests, answers):
         assert status == 200
         trace = json.loads(headers["x-ddit-trace"])
         alone = solo_run(solo, req["prompt"], req["seed"], req["steps"])
         assert trace["schedule"] == alone.trace.schedule
         assert np.array_equal(np.load(io.BytesIO(body)), alone.latent.numpy())
-        shared += max(trace["batch_sizes"]) > 1
-    assert shared == len(requests)  # all three were sampled in one lock-step run
+        at_8 = {n for p, n in zip(trace["schedule"], trace["batch_sizes"]) if p == 8}
+        assert max(at_8) == len(requests) if pays else at_8 == {1}, (call_ms, trace["batch_sizes"])
 
 
 @pytest.mark.parametrize("body, raw, status, words", [
