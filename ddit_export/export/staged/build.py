@@ -33,7 +33,7 @@ from ...ddit.engine import PatchSizeEngine
 from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
-from ...util.memory import release_freed_memory
+from ...util.memory import release_freed_memory, release_weights
 from ..build_cost import BuildCost, record
 from ..engine_folder import (
     Reporter,
@@ -82,9 +82,9 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
             gpu = req.device.startswith("cuda") or "trt" in req.backends
             with BuildCost(gpu) as cost:
                 staged = build_staged(model, req.latent_shape, req.text_len)
-                del model  # the staged model holds the same tensors; it goes as a whole below
                 finish, compiled = _build_parts(staged, req, tmp, reporter, gpu)
-                del staged
+                release_weights(staged, model)  # torch.onnx keeps references to them: `del` alone frees nothing
+                del staged, model
                 release_freed_memory()
             # Each size's entry: the shared build (every part, every size) plus its own validation.
             entries = [record(e, [cost, validation]) for e, validation in finish()] + compiled
