@@ -31,7 +31,7 @@ from ..artifacts.manifest import (
 )
 from ..ddit.merge import adapter_merged_in_place, base_state_dict, build_engine
 from ..util.atomic import atomic_folder, output_lock
-from ..util.memory import release_freed_memory
+from ..util.memory import release_freed_memory, release_weights
 from .buckets import BucketReporter, bucket_label, bucket_table
 from .build_cost import BuildCost, record
 from .engine_folder import (
@@ -129,6 +129,7 @@ def _export_locked(req: ExportRequest, reporter: Reporter) -> dict:
             started.append((sub, name, root, bucket_reporter, halves))
         # What the manifest needs of the model; then the model goes, before any runtime loads an artifact.
         facts = SimpleNamespace(config=dict(model.config), base_patch=model.base_patch)
+        release_weights(model)  # torch.onnx keeps references to them: `del` alone frees nothing
         del model
         release_freed_memory()
         per_bucket = []

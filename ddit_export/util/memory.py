@@ -101,6 +101,24 @@ class PeakMemory:
             self.host_bytes = self._sampled
 
 
+def release_weights(*modules) -> None:
+    """Free the storage of every parameter and buffer of `modules` now, whoever else still refers to it.
+
+    torch.onnx's dynamo exporter (torch 2.13) keeps references to the weights of a module it exported
+    after the program is gone (measured: every weight still alive after `del` of module and program,
+    referred to from outside Python), so dropping the model frees nothing and validation would hold
+    it beside the runtime's copy. The export calls this when it is done with the model for good: the
+    storages shrink to 0 bytes, any stale reference holds an empty tensor. Storages that cannot be
+    resized (memory borrowed from numpy or a file) are left as they are.
+    """
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            try:
+                t.untyped_storage().resize_(0)
+            except RuntimeError:
+                pass
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by Python back to the system (glibc keeps freed heap pages otherwise, so a dropped
     model would still count in RSS and in what the next step can allocate). No-op off glibc."""

@@ -33,7 +33,7 @@ from ...ddit.engine import PatchSizeEngine
 from ...ddit.merge import base_state_dict
 from ...ddit.staged import StagedModel, build_staged, cast_staged, family_parts
 from ...util.atomic import atomic_folder, output_lock
-from ...util.memory import release_freed_memory
+from ...util.memory import release_freed_memory, release_weights
 from ..buckets import BucketReporter, bucket_label, bucket_table
 from ..build_cost import BuildCost, record
 from ..engine_folder import (
@@ -111,9 +111,10 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
                 buckets = [(None, first, subs[0])] + [
                     (n, build_staged(model, sub.latent_shape, req.text_len, like=first), sub)
                     for n, sub in zip(names[1:], subs[1:])]
-                del model, first  # the staged models hold the same tensors; they go as a whole below
                 finish, compiled = _build_parts(buckets, req, tmp, reporter, gpu)
-                del buckets
+                # torch.onnx keeps references to the weights: `del` alone frees nothing
+                release_weights(*(staged for _, staged, _ in buckets), model)
+                del buckets, first, model
                 release_freed_memory()
             # Each size's entry: the shared build (every part, every size) plus its own validation.
             per_bucket = [[record(e, [cost, validation]) for e, validation in validated] + more
