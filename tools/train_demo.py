@@ -17,7 +17,8 @@ machine: base phase 1 1228 s and classifier 133 s (2026-11-22, 1 thread, shared 
 128 s (400 steps) and adapters 906 s (12000 steps, rank 64, 64 trajectories per class) with
 --threads 2 on 2026-12-02: 2395 s (40 min) in all; 8.1 MB shipped.
 
-The shipped weights of 2026-12-04 (1 thread, a machine shared with ~8 sessions, load 10-22 on 2 cores):
+A trial of 2026-12-04, not shipped (commit 39ed301 holds its weights; 1 thread, a machine shared with ~8
+sessions, load 10-22 on 2 cores):
     python tools/train_demo.py --stage base --extend --extend-steps 3000 --extend-stop 1000 \
         --extend-lr 5e-4 --extend-seed 3 --ema-decay 0.998                          # 2862 s
     python tools/train_demo.py --stage adapters --extend --adapter-steps 800 --adapter-batch 8 \
@@ -26,7 +27,8 @@ The shipped weights of 2026-12-04 (1 thread, a machine shared with ~8 sessions, 
 The base continues the shipped one (--extend) for 1000 steps of a 3000-step cosine schedule (cut for
 time; --extend-stop reproduces that checkpoint): class accuracy 88.1% on 480 held-out samples (seeds
 100000+, torch sampling of the runtime's sampler), not the 95% aimed at. The adapters continue the
-shipped ones on the new base through `ddit-export train` with student states (docs/method.md).
+shipped ones on the new base through `ddit-export train` with student states (docs/method.md): 800
+steps were too few (DDiT 22.7 dB, 81.7% at 480 samples), so the previous weights stay shipped.
 
 --lora-rank: 64 by default, not the paper's 32. Measured on 144 samples with every step after warm-up at
 size 4 (2026-12-02): rank 32 (18000 steps) 1.81x, 26.56 dB, accuracy 93.8% against the base's 95.8%,
