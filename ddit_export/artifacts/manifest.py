@@ -166,8 +166,10 @@ class Manifest(dict):
     def buckets(self) -> list[Bucket]:
         rows = self.get("buckets") or [{"height": self["request"]["height"], "width": self["request"]["width"],
                                         "latent_shape": self["latent_shape"]}]  # folders from before buckets
-        return [Bucket(i, int(r["height"]), int(r["width"]), tuple(int(n) for n in r["latent_shape"]))
-                for i, r in enumerate(rows)]
+        # The default bucket's shape is the top level's (a folder rewritten at another batch keeps its table).
+        shapes = [self.get("bucket_root", self)["latent_shape"]] + [r["latent_shape"] for r in rows[1:]]
+        return [Bucket(i, int(r["height"]), int(r["width"]), tuple(int(n) for n in shape))
+                for i, (r, shape) in enumerate(zip(rows, shapes))]
 
     @property
     def bucket(self) -> Bucket:
@@ -277,8 +279,6 @@ def _buckets_problem(data: dict) -> str | None:
         if not all(isinstance(row.get(k), int) and row[k] > 0 for k in ("height", "width")) or \
                 not isinstance(row.get("latent_shape"), list):
             return f"bucket {i} needs positive 'height', 'width' and a 'latent_shape'"
-    if rows[0]["latent_shape"] != data["latent_shape"]:
-        return f"bucket 0 has latent {rows[0]['latent_shape']} but the folder {data['latent_shape']}"
     kinds = sorted({e["backend"] for e in data["engines"]})
     for row in rows[1:]:
         engines = row.get("engines")
