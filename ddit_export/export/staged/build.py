@@ -83,7 +83,10 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
             with BuildCost(gpu) as cost:
                 staged = build_staged(model, req.latent_shape, req.text_len)
                 finish, compiled = _build_parts(staged, req, tmp, reporter, gpu)
-                release_weights(staged, model)  # torch.onnx keeps references to them: `del` alone frees nothing
+                # torch.onnx keeps references to the weights: `del` alone frees nothing. The embeds return their
+                # RoPE tables (buffers) as outputs, so traced values that are weights are copied first.
+                _own_values(finish.values, staged)
+                release_weights(staged, model)
                 del staged, model
                 release_freed_memory()
             # Each size's entry: the shared build (every part, every size) plus its own validation.
@@ -162,8 +165,24 @@ def _build_parts(staged: StagedModel, req: ExportRequest, tmp: Path, reporter, g
         with BuildCost(gpu) as cost:
             made = trt_stage(staged, req, tmp, [e for e, _ in validated], product, tolerances, reporter)
         compiled += [record(e, [cost]) for e in made]
-        return (lambda: validated), compiled
+
+        def validated_graphs() -> list[tuple[dict, BuildCost]]:
+            return validated
+
+        validated_graphs.values = []  # validated already: nothing traced is needed after this
+        return validated_graphs, compiled
+    validate_graphs.values = [values, product]
     return validate_graphs, compiled
+
+
+def _own_values(value_sets: list, *modules) -> None:
+    """Replace every traced value that shares storage with a weight of `modules` by a copy (in place)."""
+    weights = {t.untyped_storage().data_ptr() for m in modules for t in [*m.parameters(), *m.buffers()]}
+    for per_size in value_sets:
+        for values in per_size.values():
+            for name, v in values.items():
+                if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() in weights:
+                    values[name] = v.clone()
 
 
 def _part_plan(staged: StagedModel, split: bool) -> dict:
