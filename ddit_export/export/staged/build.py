@@ -112,7 +112,9 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
                     (n, build_staged(model, sub.latent_shape, req.text_len, like=first), sub)
                     for n, sub in zip(names[1:], subs[1:])]
                 finish, compiled = _build_parts(buckets, req, tmp, reporter, gpu)
-                # torch.onnx keeps references to the weights: `del` alone frees nothing
+                # torch.onnx keeps references to the weights: `del` alone frees nothing. The embeds return their
+                # RoPE tables (buffers) as outputs, so traced values that are weights are copied first.
+                _own_values(finish.values, *(staged for _, staged, _ in buckets))
                 release_weights(*(staged for _, staged, _ in buckets), model)
                 del buckets, first, model
                 release_freed_memory()
@@ -209,8 +211,25 @@ def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter, 
             plans_made = trt_stage([(n, staged, [e for e, _ in v], product[n])
                                     for (n, staged, _), v in zip(buckets, validated)], req, tmp, tolerances, reporter)
         compiled = [done + [record(e, [cost]) for e in more] for done, more in zip(compiled, plans_made)]
-        return (lambda: validated), compiled
+
+        def validated_graphs() -> list[list[tuple[dict, BuildCost]]]:
+            return validated
+
+        validated_graphs.values = []  # validated already: nothing traced is needed after this
+        return validated_graphs, compiled
+    # per bucket, per size: the traced values validation compares against (fp32, and the product dtype's)
+    validate_graphs.values = [values[n] for n in names] + ([product[n] for n in names] if half else [])
     return validate_graphs, compiled
+
+
+def _own_values(value_sets: list, *modules) -> None:
+    """Replace every traced value that shares storage with a weight of `modules` by a copy (in place)."""
+    weights = {t.untyped_storage().data_ptr() for m in modules for t in [*m.parameters(), *m.buffers()]}
+    for per_size in value_sets:
+        for values in per_size.values():
+            for name, v in values.items():
+                if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() in weights:
+                    values[name] = v.clone()
 
 
 def _part_plan(staged: StagedModel, split: bool) -> dict:
