@@ -88,7 +88,7 @@ def _memory_in_child(folder: Path, buckets: str) -> dict:
 
 def _inputs(backend, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    cond = {t.name: torch.randn(t.shape, generator=gen) for t in backend.input_metadata.inputs}
+    cond = {t.name: torch.randn(t.shape, generator=gen) for t in backend.io_spec.inputs}
     cond["timestep"] = torch.full(cond["timestep"].shape, 0.6)
     return cond.pop("latent"), cond
 

@@ -42,7 +42,7 @@ with get_backend("onnx", args.engines) as backend:
     for i in range(args.samples):
         cond = demo_conditioning(CLASS_NAMES[i % len(CLASS_NAMES)])
         run = generate(backend, cond, static, steps=args.steps, seed=i, return_trajectory=True)
-        feeds = cond.engine_inputs(backend.input_metadata, backend.device, backend.dtype)
+        feeds = cond.engine_inputs(backend.io_spec, backend.device, backend.dtype)
         sigmas = torch.cat([run.timesteps / 1000, torch.zeros(1)])
         z = run.trajectory
         for k in range(args.steps):

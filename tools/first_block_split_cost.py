@@ -26,7 +26,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     with get_backend(args.backend, args.engine_dir) as b:
-        cond = make_conditioning(b.manifest, args.prompt).engine_inputs(b.input_metadata, b.device, b.dtype)
+        cond = make_conditioning(b.manifest, args.prompt).engine_inputs(b.io_spec, b.device, b.dtype)
         latent = torch.randn(b.latent_shape)
         t = torch.full((b.latent_shape[0],), 0.5)
         for patch in b.patch_sizes:

@@ -46,7 +46,7 @@ def memory(folder: str, backend: str, sizes: str | None) -> dict:
 
 def _inputs(backend, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    cond = {t.name: torch.randn(t.shape, generator=gen) for t in backend.input_metadata.inputs}
+    cond = {t.name: torch.randn(t.shape, generator=gen) for t in backend.io_spec.inputs}
     cond["timestep"] = torch.full(cond["timestep"].shape, 0.6)
     return cond.pop("latent"), cond
 

@@ -54,7 +54,7 @@ def main() -> None:
         staged, manifest = b.staged, b.manifest
         fp = family_parts(staged.family)
         text_len = int(manifest["request"]["text_len"])
-        cond = make_conditioning(manifest, args.prompt).engine_inputs(b.input_metadata, b.device, b.dtype)
+        cond = make_conditioning(manifest, args.prompt).engine_inputs(b.io_spec, b.device, b.dtype)
         latent = torch.randn(b.latent_shape)
         t = torch.full((b.latent_shape[0],), 0.5)
         values = {}

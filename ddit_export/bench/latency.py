@@ -32,7 +32,7 @@ def bench_inputs(backend, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.
     gen = torch.Generator().manual_seed(seed)
     family = family_by_name(backend.manifest["family"])
     tensors = {}
-    for spec in backend.input_metadata.inputs:
+    for spec in backend.io_spec.inputs:
         if spec.name == "timestep":
             value = torch.full(spec.shape, 0.5 * family.timestep_scale)
         elif spec.name == "guidance":

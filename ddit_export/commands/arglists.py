@@ -92,7 +92,7 @@ def patch_list(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def engine_folder(engine_dir: str):
+def read_engine_folder(engine_dir: str):
     """ENGINE_DIR argument -> (folder, its checked manifest): every command that reads engines starts here."""
     from pathlib import Path
 

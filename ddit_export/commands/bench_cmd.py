@@ -24,7 +24,7 @@ from .arglists import (
     add_schedule_arguments,
     at_bucket,
     comma_list,
-    engine_folder,
+    read_engine_folder,
     schedule_from_args,
 )
 from .errors import run_guarded
@@ -112,7 +112,7 @@ def bench_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import latency, plots, report
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
-    folder, manifest = engine_folder(args.engine_dir)
+    folder, manifest = read_engine_folder(args.engine_dir)
     _check_args(args)
     device = check_device(args.device)
     if getattr(args, "cache", None) is not None and manifest.get("layout", "single") != "staged":

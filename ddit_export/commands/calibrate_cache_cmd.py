@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ..util import limits
 from ..util.atomic import check_writable
-from .arglists import at_bucket, comma_list, engine_folder
+from .arglists import at_bucket, comma_list, read_engine_folder
 from .bench_cmd import check_device
 from .progress import Counted
 from .prompts import prompts_for
@@ -22,22 +22,23 @@ from .prompts import prompts_for
 def calibrate_cache_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import report
     from ..bench.cache_fit import collect_pairs, fit_polynomial, store_cache_fit
-    from ..pipelines import make_conditioning
+    from ..pipelines import pipeline_for
     from ..runtime.backends import get_backend
     from ..runtime.cache import require_staged
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     if args.steps < 3:
         raise ValueError(f"--cache needs at least 3 steps per trajectory (got {args.steps})")
-    folder, manifest = engine_folder(args.engine_dir)
+    folder, manifest = read_engine_folder(args.engine_dir)
     manifest, bucket = at_bucket(manifest, args.height, args.width)  # fitted per resolution bucket
     device = check_device(args.device)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-cache-{folder.resolve().name}"
     check_writable(out)
     prompts = prompts_for(args.prompt, manifest)
-    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend:
+    pipeline = pipeline_for(manifest)
+    with get_backend(args.backend, folder, device=device, bucket=bucket, manifest=manifest) as backend:
         require_staged(backend)
-        conds = [make_conditioning(manifest, p, device=device) for p in prompts]
+        conds = [pipeline.conditioning(manifest, p, device=device) for p in prompts]
         runs = len(backend.patch_sizes) * len(conds) * len(seeds)
         console.print(f"fitting TeaCache's polynomial: {runs} static trajectories ({len(backend.patch_sizes)} sizes x "
                       f"{len(conds)} prompts x {len(seeds)} seeds), {args.steps} steps, backend {args.backend}")

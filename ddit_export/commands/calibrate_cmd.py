@@ -16,7 +16,7 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable, check_writable_file, staged_files, write_text_atomic
 from . import argtypes
-from .arglists import add_backend_argument, add_bucket_arguments, at_bucket, comma_list, engine_folder
+from .arglists import add_backend_argument, add_bucket_arguments, at_bucket, comma_list, read_engine_folder
 from .bench_cmd import check_device
 from .errors import EXIT_FAILED, fail, run_guarded
 from .progress import Counted
@@ -87,7 +87,7 @@ def calibrate_command(args: argparse.Namespace, console: Console) -> int:
 
     taus, rhos = _grid(args)  # flags first: refused before any file is read
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
-    folder, manifest = engine_folder(args.engine_dir)
+    folder, manifest = read_engine_folder(args.engine_dir)
     manifest, bucket = at_bucket(manifest, args.height, args.width)  # fitted per resolution bucket
     samples = [calibrate.Sample(p, s) for p in (args.prompt or [DEFAULT_PROMPT]) for s in seeds]
     device = check_device(args.device)
@@ -155,23 +155,25 @@ def error_model_command(args: argparse.Namespace, console: Console) -> int:
     from ..artifacts.manifest import update_scheduler
     from ..bench import report
     from ..bench.error_model import fit_error_model
-    from ..pipelines import make_conditioning
+    from ..pipelines import pipeline_for
     from ..runtime.backends import backend_class, get_backend
 
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
     tau = comma_list(args.taus, "--taus", float, check=limits.check_tau) if args.taus else None
     if tau is not None and len(tau) != 1:
         raise ValueError(f"--error-model stores one tau: give --taus a single value (got {len(tau)})")
-    folder, manifest = engine_folder(args.engine_dir)
+    folder, manifest = read_engine_folder(args.engine_dir)
     manifest, bucket = at_bucket(manifest, args.height, args.width)  # fitted per resolution bucket
     device = check_device(args.device)
     backend_class(args.backend)
     prompts = prompts_for(args.prompt, manifest)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"calibrate-{folder.resolve().name}"
     check_writable(out)
-    with get_backend(args.backend, folder, device=device, bucket=bucket) as backend, \
+    pipeline = pipeline_for(manifest)
+    with get_backend(args.backend, folder, device=device, bucket=bucket, manifest=manifest) as backend, \
             Counted(console, len(prompts) * len(seeds), "fitting the error model", unit="sample") as bar:
-        samples = [(make_conditioning(manifest, prompt, device=device), seed) for seed in seeds for prompt in prompts]
+        conds = {prompt: pipeline.conditioning(manifest, prompt, device=device) for prompt in prompts}  # once each
+        samples = [(conds[prompt], seed) for seed in seeds for prompt in prompts]
         model, record = fit_error_model(backend, samples, args.steps, progress=lambda: bar.advance())
     record = {**record, "backend": args.backend, "device": str(device), "seeds": seeds, "prompts": len(prompts)}
     sizes = manifest.get("scheduler", {}).get("patch_sizes") or [int(e["patch_size"]) for e in manifest["engines"]]

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU  # the demo's tuned schedule
+from ..demo.tuning import DEMO_RULE, DEMO_SIZES, DEMO_TAU  # the demo's tuned schedule
 from ..util.atomic import check_writable, check_writable_file, write_text_atomic
 from . import argtypes
 from .arglists import add_cache_argument, add_schedule_arguments, patch_list, schedule_from_args
@@ -36,9 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"images per configuration, classes in turn (default {DEFAULT_SAMPLES})")
     p.add_argument("--steps", type=argtypes.steps,
                    help=f"denoising steps (default {DEFAULT_STEPS}, or the length of --schedule)")
-    p.add_argument("--tau", type=argtypes.tau, help=f"DDiT threshold (default {DEFAULT_TAU:g})")
+    p.add_argument("--tau", type=argtypes.tau, help=f"DDiT threshold (default {DEMO_TAU:g})")
     p.add_argument("--sizes", type=patch_list, metavar="2,4,8",
-                   help=f"patch sizes DDiT may pick, the base included (default {','.join(map(str, DEFAULT_SIZES))}; "
+                   help=f"patch sizes DDiT may pick, the base included (default {','.join(map(str, DEMO_SIZES))}; "
                         "the engines have 2,4,8)")
     p.add_argument("--settle-steps", type=argtypes.non_negative_int, metavar="N",
                    help="keep a newly chosen size N more steps (default: the rule's; see ddit-export generate)")
@@ -69,9 +69,9 @@ def _check(args) -> None:
         check_schedule(args.fixed, DEMO_PATCH_SIZES, None)
     if args.steps is None:
         args.steps = len(args.fixed) if args.fixed else DEFAULT_STEPS
-    args.sizes = args.sizes or DEFAULT_SIZES
-    args.tau = DEFAULT_TAU if args.tau is None else args.tau
-    args.rule = args.rule or DEFAULT_RULE
+    args.sizes = args.sizes or DEMO_SIZES
+    args.tau = DEMO_TAU if args.tau is None else args.tau
+    args.rule = args.rule or DEMO_RULE
 
     if DEMO_PATCH_SIZES[0] not in args.sizes or not set(args.sizes) <= set(DEMO_PATCH_SIZES):
         raise ValueError(f"--sizes must be some of the demo's engine sizes {','.join(map(str, DEMO_PATCH_SIZES))}, "

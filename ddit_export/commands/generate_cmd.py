@@ -29,8 +29,8 @@ from .arglists import (
     add_cache_argument,
     add_schedule_arguments,
     at_bucket,
-    engine_folder,
     patch_list,
+    read_engine_folder,
     schedule_from_args,
 )
 from .errors import run_guarded
@@ -100,17 +100,22 @@ def _checked_prompt(prompt: str | None, pipeline) -> str:
     return pipeline.check_prompt(prompt)
 
 
-def _check_args(args, manifest: dict):
-    """Everything that can be refused before loading engines and that argparse could not (it already bounded
-    each number, commands/argtypes.py); returns the device."""
+def _pipeline(args, manifest):
+    """The one pipeline lookup of a `generate` run."""
     from ..pipelines.registry import FAMILY_PIPELINES, pipeline_for
-    from ..runtime.backends import backend_class
 
     if manifest.get("family") not in FAMILY_PIPELINES:
         family = manifest.get("family")
         raise ValueError(f"generate runs {' and '.join(sorted(FAMILY_PIPELINES))} engines; {args.engine_dir} "
                          f"holds {family} engines")
-    pipeline = pipeline_for(manifest)
+    return pipeline_for(manifest)
+
+
+def _check_args(args, manifest: dict, pipeline):
+    """Everything that can be refused before loading engines and that argparse could not (it already bounded
+    each number, commands/argtypes.py); returns the device."""
+    from ..runtime.backends import backend_class
+
     args.prompt = _checked_prompt(args.prompt, pipeline)
     if pipeline.teacher.guidance == "cfg" and args.guidance is not None and not args.guidance > 0:
         raise ValueError(f"--guidance is Wan's CFG scale and must be > 0 (1 disables CFG); got {args.guidance}")
@@ -159,19 +164,20 @@ def _checked_loras(values: list[str], manifest) -> list:
 
 
 def generate_command(args: argparse.Namespace, console: Console) -> int:
-    from ..pipelines.registry import generate, make_conditioning, pipeline_for
     from ..runtime.backends import get_backend
     from ..runtime.runner import schedule_config
 
-    folder, manifest = engine_folder(args.engine_dir)
+    folder, manifest = read_engine_folder(args.engine_dir)
     manifest, bucket = at_bucket(manifest, args.height, args.width)
-    device = _check_args(args, manifest)
+    pipeline = _pipeline(args, manifest)
+    device = _check_args(args, manifest, pipeline)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"{folder.resolve().name}-seed{args.seed}"
     check_writable(out)  # before sampling: a read-only or missing disk is refused at once
     if args.save_trajectory:
         check_writable_file(Path(args.save_trajectory).expanduser(), "--save-trajectory")
 
-    with get_backend(args.backend, folder, device=device, bucket=bucket, loras=args.loras) as backend:
+    with get_backend(args.backend, folder, device=device, bucket=bucket, manifest=manifest,
+                     loras=args.loras) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
             base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
@@ -185,13 +191,14 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
         if args.loras:
             console.print("LoRAs: " + ", ".join(f"{s.name} x{s.scale:g}" for s in args.loras)
                           + f" (applied in {backend.lora_swap_seconds:.2f} s)")
-        images = {"image": args.image, "mask": args.mask, "last_image": args.last_image}
-        images = {**images, "seed": args.seed} if any(images.values()) else {}
-        conditioning = make_conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt, **images)
+        images = {k: v for k, v in (("image", args.image), ("mask", args.mask), ("last_image", args.last_image)) if v}
+        images = {**images, "seed": args.seed} if images else {}
+        conditioning = pipeline.conditioning(manifest, args.prompt, args.guidance, device, args.negative_prompt,
+                                             **images)
         style = "yellow" if conditioning.synthetic else "green"
         console.print(f"conditioning: [{style}]{conditioning.source}[/]")
         with Counted(console, args.steps, "sampling", unit="step") as bar:
-            result = generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
+            result = pipeline.generate(backend, conditioning, config, steps=args.steps, seed=args.seed,
                               return_trajectory=bool(args.save_trajectory),
                               on_step=lambda _, patch: bar.advance(status=f"p{patch}"), cache=cache)
         if result.cfg is not None:  # Wan: say how the guidance passes ran (one call or two per step)
@@ -201,7 +208,7 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
     trajectory = Path(args.save_trajectory).expanduser() if args.save_trajectory else None
     # every output or none: a full disk leaves no half-written folder, and no --out without its trajectory
     with _trajectory_file(trajectory, result), staged_files(out) as staging:
-        written = pipeline_for(manifest).write_outputs(manifest, result.latent, staging, device)
+        written = pipeline.write_outputs(manifest, result.latent, staging, device)
         record = {
             "engine_dir": str(folder), "backend": args.backend, "device": str(device), "dtype": manifest.dtype,
             "resolution": manifest.bucket.name,

@@ -20,7 +20,7 @@ from rich.console import Console
 from ..util import limits
 from ..util.atomic import check_writable
 from . import argtypes
-from .arglists import add_backend_argument, comma_list, engine_folder
+from .arglists import add_backend_argument, comma_list, read_engine_folder
 from .errors import run_guarded
 from .progress import Counted
 from .prompts import evaluation_hooks, prompts_for
@@ -70,13 +70,13 @@ def parse_dynamic(text: str) -> tuple[str, float]:
 def schedules_command(args: argparse.Namespace, console: Console) -> int:
     from ..bench import schedules as sch
     from ..bench.flops import flops_table
-    from ..pipelines.registry import make_conditioning
+    from ..pipelines.registry import pipeline_for
     from ..runtime.backends import backend_class, get_backend
     from ..runtime.runner import schedule_config
     from ..runtime.scheduler import DEFAULT_RULE
     from .bench_cmd import check_device
 
-    folder, manifest = engine_folder(args.engine_dir)
+    folder, manifest = read_engine_folder(args.engine_dir)
     if args.steps < 4:
         raise ValueError(f"--steps must be at least 4: a dynamic rule needs 3 warm-up steps (got {args.steps})")
     seeds = comma_list(args.seeds, "--seeds", check=limits.check_seed)
@@ -93,7 +93,8 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out).expanduser() if args.out else Path("outputs") / f"schedules-{folder.resolve().name}"
     check_writable(out)  # before any sampling
 
-    with get_backend(args.backend, folder, device=device) as backend:
+    pipeline = pipeline_for(manifest)
+    with get_backend(args.backend, folder, device=device, manifest=manifest) as backend:
         sizes = sorted(comma_list(args.sizes, "--sizes")) if args.sizes else list(backend.patch_sizes)
         if backend.base_patch not in sizes or not set(sizes) <= set(backend.patch_sizes):
             raise ValueError(f"--sizes must be some of the engines' sizes {list(backend.patch_sizes)}, the base "
@@ -113,7 +114,7 @@ def schedules_command(args: argparse.Namespace, console: Console) -> int:
         with Counted(console, len(configs), "schedules", unit="schedule") as bar:  # after the static base
             points = sch.evaluate(
                 backend, samples, configs, args.steps, tokens=tokens, flops=flops_table(manifest),
-                conditioning=lambda prompt: make_conditioning(manifest, prompt, device=device),
+                conditioning=lambda prompt: pipeline.conditioning(manifest, prompt, device=device),
                 to_images=hooks.get("to_images"), score=hooks.get("score"),
                 progress=lambda message: bar.advance(status=message))
     sch.mark_front(points, args.front_metric)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..serve.requests import DRAIN_TIMEOUT_S
 from . import argtypes
-from .arglists import add_backend_argument, add_cache_argument, engine_folder
+from .arglists import add_backend_argument, add_cache_argument, read_engine_folder
 from .errors import run_guarded
 
 DEFAULT_MAX_BATCH = 8
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args) -> tuple[Path, dict]:
-    folder, manifest = engine_folder(args.engine_dir)  # before the heavy imports: a typo answers at once
+    folder, manifest = read_engine_folder(args.engine_dir)  # before the heavy imports: a typo answers at once
     from ..runtime.backends import backend_class
 
     if manifest.get("family") != "flux":

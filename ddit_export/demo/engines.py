@@ -8,7 +8,7 @@ from ..export.build import export_engines
 from ..export.engine_folder import Reporter
 from ..export.request import ExportRequest
 from .model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
-from .tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, demo_error_model
+from .tuning import DEMO_RULE, DEMO_SIZES, DEMO_TAU, demo_error_model
 
 DEMO_PATCH_SIZES = (2, 4, 8)
 DEFAULT_ENGINE_DIR = Path("engines") / "demo"
@@ -21,7 +21,7 @@ def demo_request(out: Path, force: bool = False, layout: str = "single",
         family="flux", model=DEMO_MODEL_ID, patch_sizes=DEMO_PATCH_SIZES, adapters=str(require(ADAPTERS_DIR)),
         height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN, dtype="fp32", out=str(out), force=force,
         # the demo's tuned schedule, so `generate` on these engines schedules as `ddit-export demo` does
-        backends=("onnx",), tau=DEFAULT_TAU, scheduler_sizes=DEFAULT_SIZES, rule=DEFAULT_RULE, layout=layout,
+        backends=("onnx",), tau=DEMO_TAU, scheduler_sizes=DEMO_SIZES, rule=DEMO_RULE, layout=layout,
         error_model=demo_error_model(), first_block_split=first_block_split,
     )
 

@@ -13,9 +13,9 @@ from pathlib import Path
 #   predicted-error tau 1.2e-4 : 0.287, 24.89 dB (front 24.66), 100%
 #   coarse-to-fine  tau 0.003  : 0.234, 23.71 dB (front 24.38, below), 100%
 #   paper           tau 0.003  : 0.382, 21.89 dB (front 25.52, below), 94.4%
-DEFAULT_TAU = 1e-4
-DEFAULT_SIZES = (2, 4, 8)
-DEFAULT_RULE = "predicted-error"
+DEMO_TAU = 1e-4  # not the scheduler's DEFAULT_TAU (1e-3, the paper's): the demo's own tuning
+DEMO_SIZES = (2, 4, 8)
+DEMO_RULE = "predicted-error"
 # Fitted by tools/fit_demo_error_model.py on the demo engines. The path is spelled out (demo/model.py's
 # ASSETS folder) because the command line imports this module for its defaults, and model.py imports torch.
 ERROR_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo" / "error_model.json"

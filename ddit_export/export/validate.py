@@ -183,7 +183,8 @@ def reference_outputs(module, inputs: Mapping[str, torch.Tensor], output_names: 
     return OrderedDict((name, _to_numpy(t)) for name, t in zip(output_names, outputs))
 
 
-def input_metadata(inputs: Mapping[str, torch.Tensor]) -> TensorMetadata:
+def tensor_metadata(inputs: Mapping[str, torch.Tensor]) -> TensorMetadata:
+    """Polygraphy's description of torch inputs (names, dtypes, shapes)."""
     meta = TensorMetadata()
     for name, t in inputs.items():
         meta.add(name, dtype=DataType.from_dtype(t.dtype, "torch"), shape=tuple(t.shape))
@@ -202,7 +203,7 @@ def compare_with_reference(
     min_cosine: float | None,
 ) -> ValidationResult:
     """Compare any Polygraphy runner with stored torch outputs (`reference_outputs`) on one feed."""
-    runner = ReferenceRunner(reference, input_metadata(inputs))
+    runner = ReferenceRunner(reference, tensor_metadata(inputs))
     return _compare(candidate, runner, feed, list(reference), backend, atol=atol, rtol=rtol, min_cosine=min_cosine)
 
 

@@ -13,7 +13,7 @@ import torch
 from ..demo.class_table import demo_conditioning
 from ..demo.classes import CLASS_NAMES, class_index
 from ..demo.model import DEMO_MODEL_ID
-from .flux import Flux, flux_conditioning
+from .flux import Flux
 
 
 class Demo(Flux):
@@ -30,7 +30,7 @@ class Demo(Flux):
         if prompt in CLASS_NAMES:  # a class name -> the demo's class table; other text stays synthetic
             batch = int(manifest["latent_shape"][0])
             return demo_conditioning(prompt, batch=batch)
-        return flux_conditioning(manifest, prompt, guidance, device)
+        return super().conditioning(manifest, prompt, guidance, device)
 
     def image_decoder(self, manifest, device):
         from ..demo.codec import decode

@@ -65,7 +65,7 @@ def flux_timesteps(sampler, steps: int, image_seq_len: int, device) -> torch.Ten
 
 @dataclass
 class FluxSampling:
-    """One request's sampler set-up, as FluxPipeline makes it: `generate_flux` and lock-step serving
+    """One request's sampler set-up, as FluxPipeline makes it: `Flux.generate` and lock-step serving
     (serve/batched_runner.py) both start from it, so a served request is its solo run."""
 
     steps: int
@@ -97,45 +97,6 @@ def flux_sampling(backend: Backend, steps: int, seed: int = 0, latents: torch.Te
 DEFAULT_GUIDANCE = 3.5  # FLUX-dev's embedded guidance, when the engines take a guidance input
 FILL_GUIDANCE = 30.0  # FluxFillPipeline's default guidance_scale
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")  # CLIP + T5
-
-
-def generate_flux(
-    backend: Backend,
-    conditioning: Conditioning,
-    schedule: ScheduleConfig,
-    *,
-    steps: int = 50,
-    seed: int = 0,
-    latents: torch.Tensor | None = None,
-    return_trajectory: bool = False,
-    on_step=None,
-    cache=None,
-) -> GenerationResult:
-    """Sample one batch of FLUX images with DDiT patch scheduling on ``backend``'s engines.
-
-    ``on_step(step_index, patch_size)`` is called after each step (progress display).
-    ``cache`` (a `runtime.cache.StepCache` on a staged backend) serves steps from TeaCache / first-block caching.
-    ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
-    backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
-    """
-    setup = flux_sampling(backend, steps, seed, latents)
-    device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
-    latent, sampler, timesteps, engine_timesteps = setup.latent, setup.sampler, setup.timesteps, setup.engine_timesteps
-    static_inputs = conditioning.engine_inputs(backend.input_metadata, device, dtype)
-
-    trajectory = torch.empty((setup.steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
-    runner = DDiTRunner(backend, schedule, total_steps=setup.steps, cache=cache)
-    sigmas = setup.sigmas
-    for i, t in enumerate(timesteps):
-        if trajectory is not None:
-            trajectory[i].copy_(latent)
-        pred = runner.step(latent, i, sigmas[i], timestep=engine_timesteps[i], **static_inputs)
-        latent = sampler.step(pred, t, latent, return_dict=False)[0]
-        if on_step is not None:
-            on_step(i, runner.decision.patch_size)
-    if trajectory is not None:
-        trajectory[setup.steps].copy_(latent)
-    return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps)
 
 
 def weights_variant(manifest: dict) -> str | None:
@@ -175,21 +136,6 @@ def encoded_conditioning(folder: Path, prompt: str, io: IOSpec, guidance: float 
     return Conditioning(states, pooled, guidance, source=f"text encoders of {folder}")
 
 
-def flux_conditioning(manifest: dict, prompt: str, guidance: float | None = None, device="cpu",
-                      image: str | None = None, mask: str | None = None, seed: int = 0) -> Conditioning:
-    """Conditioning for ``prompt`` on FLUX engines (the pipeline folder's encoders on ``device``, else synthetic);
-    Control/Fill/Kontext engines also get ``image`` (and ``mask``) encoded with the folder's VAE."""
-    io = IOSpec.from_json(manifest["io"])
-    grid = _grid_inputs(manifest, io, prompt, image, mask, seed, device)
-    conditioning = _text_conditioning(manifest, io, prompt, guidance, device)
-    conditioning.grid_inputs = grid
-    if grid and image is not None:
-        conditioning.source += f"; {', '.join(grid)} from {image} through the folder's VAE"
-    elif grid and not conditioning.synthetic:
-        conditioning.source += f"; {', '.join(grid)} synthetic (seeded from the prompt)"
-    return conditioning
-
-
 def _grid_inputs(manifest: dict, io: IOSpec, prompt: str, image, mask, seed: int, device) -> dict:
     """Control/Fill/Kontext engines' inputs on the latent grid (pipelines/flux_images.py)."""
     from ..families.flux import FLUX
@@ -207,11 +153,6 @@ def _grid_inputs(manifest: dict, io: IOSpec, prompt: str, image, mask, seed: int
 
 
 def _text_conditioning(manifest: dict, io: IOSpec, prompt: str, guidance: float | None, device) -> Conditioning:
-    if manifest["model"]["id"] == "demo":
-        from ..demo.class_table import CLASS_NAMES, demo_conditioning
-
-        if prompt in CLASS_NAMES:  # a class name -> the demo's class table; other text stays synthetic
-            return demo_conditioning(prompt, batch=next(t.shape[0] for t in io.inputs if t.name == "latent"))
     if guidance is None and "guidance" in io.input_names:
         from ..families.flux import variant_of
 
@@ -227,83 +168,36 @@ def flux_teacher_sampler(model_id: str | None):
     """The pipeline folder's own scheduler when there is one, else FLUX.1's configuration."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from .flux import flux_sampler
-
     folder = Path(model_id or "").expanduser()
     if model_id and (folder / "scheduler" / "scheduler_config.json").is_file():
         return FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     return flux_sampler()
 
 
-def flux_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
-    from .flux import flux_timesteps
-
-    return flux_timesteps(sampler, steps, base_tokens, device)
-
-
-def flux_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
-    """FLUX text encoders of a pipeline folder, loaded once for all prompts."""
-    from diffusers import FluxPipeline
-
-    pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
-    states, pooled = [], []
-    with torch.no_grad():
-        for prompt in prompts:
-            s, p, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=torch.device(device),
-                                         num_images_per_prompt=1, max_sequence_length=text_len)
-            states.append(s.float().cpu())
-            pooled.append(p.float().cpu())
-    del pipe
-    return {"encoder_hidden_states": torch.cat(states), "pooled_projections": torch.cat(pooled)}
-
-
-def flux_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bool, batch: int = 1) -> dict:
-    """Per-part FLOPs of one FLUX engine call; ``total`` is their sum."""
-    d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    n, t, f = tokens, text_len, int(config["in_channels"]) // 4 * patch * patch  # FLUX tokens hold 2x2 pixels
-    seq, hidden = n + t, FLUX_MLP_RATIO * d
-    embedders = 2 if config.get("guidance_embeds") else 1
-    double = (2 * lin(1, d, 6 * d) + lin(seq, d, 3 * d) + lin(seq, d, d) + attention(seq, seq, d)
-              + lin(seq, d, hidden) + lin(seq, hidden, d))
-    single = (lin(1, d, 3 * d) + lin(seq, d, 3 * d) + lin(seq, d, hidden) + attention(seq, seq, d)
-              + lin(seq, d + hidden, d))
-    parts = {
-        "embed": lin(n, f, d) + lin(t, int(config["joint_attention_dim"]), d),
-        "conditioning": embedders * (lin(1, FLUX_TIME_FREQS, d) + lin(1, d, d))
-        + lin(1, int(config["pooled_projection_dim"]), d) + lin(1, d, d),
-        "double_blocks": int(config["num_layers"]) * double,
-        "single_blocks": int(config["num_single_layers"]) * single,
-        "output": lin(1, d, 2 * d) + lin(n, d, f),
-        "ddit_residual": lin(n, f, f) if residual else 0,
-    }
-    return scaled(parts, batch)
-
-
-def write_images(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
-    """PNG images when the model folder has a VAE, else the latent (`latent.npy`)."""
-    folder = vae_folder(manifest)
-    if folder is None:
-        return [save_latent(latent, out)]
-    images = decode_images(folder, latent, device, weights_variant(manifest))
-    paths = [out / ("image.png" if len(images) == 1 else f"image_{i}.png") for i in range(len(images))]
-    for image, path in zip(images, paths):
-        image.save(path)
-    return paths[:1]
-
-
 class Flux(Pipeline):
     """FLUX.1 as `FluxPipeline` samples it (module docstring)."""
 
     family = "flux"
-    teacher = TeacherPipeline(flux_teacher_sampler, flux_schedule, keeps_fp32_latent=False, guidance="embedded",
+    teacher = TeacherPipeline(flux_teacher_sampler, flux_timesteps, keeps_fp32_latent=False, guidance="embedded",
                               default_guidance=DEFAULT_GUIDANCE, default_steps=28,  # FluxPipeline's defaults
                               trains_on_images=True)
     text_encoder_folders = TEXT_ENCODER_FOLDERS
     lock_step_sampling = staticmethod(flux_sampling)
 
-    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt="", image=None, mask=None,
-                     seed=0):
-        return flux_conditioning(manifest, prompt, guidance, device, image, mask, seed)
+    def conditioning(self, manifest: dict, prompt: str, guidance: float | None = None, device="cpu",
+                     negative_prompt: str = "", image: str | None = None, mask: str | None = None,
+                     seed: int = 0) -> Conditioning:
+        """Conditioning for ``prompt`` on FLUX engines (the pipeline folder's encoders on ``device``, else synthetic);
+        Control/Fill/Kontext engines also get ``image`` (and ``mask``) encoded with the folder's VAE."""
+        io = IOSpec.from_json(manifest["io"])
+        grid = _grid_inputs(manifest, io, prompt, image, mask, seed, device)
+        conditioning = _text_conditioning(manifest, io, prompt, guidance, device)
+        conditioning.grid_inputs = grid
+        if grid and image is not None:
+            conditioning.source += f"; {', '.join(grid)} from {image} through the folder's VAE"
+        elif grid and not conditioning.synthetic:
+            conditioning.source += f"; {', '.join(grid)} synthetic (seeded from the prompt)"
+        return conditioning
 
     def check_images(self, manifest, image=None, mask=None):
         """Refuse image flags the engines' model does not take, or lacks (before the engines load)."""
@@ -311,8 +205,45 @@ class Flux(Pipeline):
 
         check_images(manifest["model"]["config"], image, mask, vae_folder(manifest) is not None)
 
-    def generate(self, backend, conditioning, schedule, **options):
-        return generate_flux(backend, conditioning, schedule, **options)
+    def generate(
+        self,
+        backend: Backend,
+        conditioning: Conditioning,
+        schedule: ScheduleConfig,
+        *,
+        steps: int = 50,
+        seed: int = 0,
+        latents: torch.Tensor | None = None,
+        return_trajectory: bool = False,
+        on_step=None,
+        cache=None,
+    ) -> GenerationResult:
+        """Sample one batch of FLUX images with DDiT patch scheduling on ``backend``'s engines.
+
+        ``on_step(step_index, patch_size)`` is called after each step (progress display).
+        ``cache`` (a `runtime.cache.StepCache` on a staged backend) serves steps from TeaCache / first-block caching.
+        ``latents`` replaces the seeded noise. The latent is kept in the engines' dtype on the
+        backend's device, as FluxPipeline keeps it in the prompt embeddings' dtype.
+        """
+        setup = flux_sampling(backend, steps, seed, latents)
+        device, dtype, shape = backend.device, backend.dtype, backend.latent_shape
+        latent, sampler, timesteps = setup.latent, setup.sampler, setup.timesteps
+        engine_timesteps = setup.engine_timesteps
+        static_inputs = conditioning.engine_inputs(backend.io_spec, device, dtype)
+
+        trajectory = torch.empty((setup.steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
+        runner = DDiTRunner(backend, schedule, total_steps=setup.steps, cache=cache)
+        sigmas = setup.sigmas
+        for i, t in enumerate(timesteps):
+            if trajectory is not None:
+                trajectory[i].copy_(latent)
+            pred = runner.step(latent, i, sigmas[i], timestep=engine_timesteps[i], **static_inputs)
+            latent = sampler.step(pred, t, latent, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i, runner.decision.patch_size)
+        if trajectory is not None:
+            trajectory[setup.steps].copy_(latent)
+        return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps)
 
     def image_decoder(self, manifest, device):
         folder = vae_folder(manifest)
@@ -328,14 +259,54 @@ class Flux(Pipeline):
 
         return decode_vae
 
-    def write_outputs(self, manifest, latent, out, device):
-        return write_images(manifest, latent, out, device)
+    def write_outputs(self, manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
+        """PNG images when the model folder has a VAE, else the latent (`latent.npy`)."""
+        folder = vae_folder(manifest)
+        if folder is None:
+            return [save_latent(latent, out)]
+        images = decode_images(folder, latent, device, weights_variant(manifest))
+        paths = [out / ("image.png" if len(images) == 1 else f"image_{i}.png") for i in range(len(images))]
+        for image, path in zip(images, paths):
+            image.save(path)
+        return paths[:1]
 
-    def encode_prompts(self, folder, prompts, text_len, device):
-        return flux_encoded(folder, prompts, text_len, device)
+    def encode_prompts(self, folder: Path, prompts: list[str], text_len: int,
+                       device) -> dict[str, torch.Tensor]:
+        """FLUX text encoders of a pipeline folder, loaded once for all prompts."""
+        from diffusers import FluxPipeline
 
-    def flops(self, config, tokens, text_len, patch, residual, batch=1):
-        return flux_flops(config, tokens, text_len, patch, residual, batch)
+        pipe = FluxPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+        states, pooled = [], []
+        with torch.no_grad():
+            for prompt in prompts:
+                s, p, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=torch.device(device),
+                                             num_images_per_prompt=1, max_sequence_length=text_len)
+                states.append(s.float().cpu())
+                pooled.append(p.float().cpu())
+        del pipe
+        return {"encoder_hidden_states": torch.cat(states), "pooled_projections": torch.cat(pooled)}
+
+    def flops(self, config: dict, tokens: int, text_len: int, patch: int, residual: bool,
+              batch: int = 1) -> dict:
+        """Per-part FLOPs of one FLUX engine call; ``total`` is their sum."""
+        d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        n, t, f = tokens, text_len, int(config["in_channels"]) // 4 * patch * patch  # FLUX tokens hold 2x2 pixels
+        seq, hidden = n + t, FLUX_MLP_RATIO * d
+        embedders = 2 if config.get("guidance_embeds") else 1
+        double = (2 * lin(1, d, 6 * d) + lin(seq, d, 3 * d) + lin(seq, d, d) + attention(seq, seq, d)
+                  + lin(seq, d, hidden) + lin(seq, hidden, d))
+        single = (lin(1, d, 3 * d) + lin(seq, d, 3 * d) + lin(seq, d, hidden) + attention(seq, seq, d)
+                  + lin(seq, d + hidden, d))
+        parts = {
+            "embed": lin(n, f, d) + lin(t, int(config["joint_attention_dim"]), d),
+            "conditioning": embedders * (lin(1, FLUX_TIME_FREQS, d) + lin(1, d, d))
+            + lin(1, int(config["pooled_projection_dim"]), d) + lin(1, d, d),
+            "double_blocks": int(config["num_layers"]) * double,
+            "single_blocks": int(config["num_single_layers"]) * single,
+            "output": lin(1, d, 2 * d) + lin(n, d, f),
+            "ddit_residual": lin(n, f, f) if residual else 0,
+        }
+        return scaled(parts, batch)
 
 
 FLUX_PIPELINE = Flux()

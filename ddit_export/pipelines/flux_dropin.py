@@ -39,7 +39,7 @@ class DDiTFluxTransformer(DropInTransformer):
                  cache=None):
         super().__init__(backend, schedule, total_steps, cache)
         self._bucket_changed()
-        self._inputs = frozenset(backend.input_metadata.input_names)
+        self._inputs = frozenset(backend.io_spec.input_names)
 
     def _bucket_changed(self) -> None:
         request = self.backend.manifest["request"]
@@ -48,7 +48,7 @@ class DDiTFluxTransformer(DropInTransformer):
         self._reference = has_reference(self.config)
         if self._reference:
             self._img_ids = torch.cat([self._img_ids, FLUX.reference_ids(FLUX.base_patch, self.latent_shape).float()])
-        shapes = {t.name: t.shape for t in self.backend.input_metadata.inputs}
+        shapes = {t.name: t.shape for t in self.backend.io_spec.inputs}
         self._condition_shape = shapes.get(CONDITION_LATENT)
 
     def forward(

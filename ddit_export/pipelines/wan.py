@@ -96,82 +96,6 @@ def wan_sampler(manifest: dict | None = None):
     return UniPCMultistepScheduler(**WAN_UNIPC)
 
 
-def generate_wan(
-    backend: Backend,
-    conditioning: Conditioning,
-    schedule: ScheduleConfig,
-    *,
-    steps: int = 50,
-    seed: int = 0,
-    latents: torch.Tensor | None = None,
-    return_trajectory: bool = False,
-    batched_cfg: bool | None = None,
-    on_step=None,
-    cache=None,
-) -> GenerationResult:
-    """Sample one batch of Wan videos with DDiT patch scheduling; see the module docstring.
-
-    ``conditioning.guidance`` is the CFG scale (None or <= 1: no guidance); its embeddings have
-    the video batch. ``batched_cfg`` None picks one-call CFG when the engine batch allows it.
-    """
-    steps = limits.check_steps(steps)  # from Python too: a typo (steps=10**9) is refused before any allocation
-    device, dtype, engine_shape = backend.device, backend.dtype, backend.latent_shape
-    layout = cfg_layout(engine_shape[0], conditioning.guidance, batched_cfg)
-    shape = (layout.video_batch, *engine_shape[1:])
-    if latents is None:
-        latent = initial_noise(shape, seed, device, torch.float32)
-    else:
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}; these engines sample {shape}")
-        latent = latents.to(device=device, dtype=torch.float32)
-    cond, uncond = _embeddings(conditioning, layout, device, dtype)
-
-    sampler = wan_sampler(backend.manifest)
-    sampler.set_timesteps(steps, device=device)
-    sampler.set_begin_index(0)  # as WanPipeline: no timestep lookup (a host sync) per step
-    timesteps = sampler.timesteps
-    # Every step's engine timestep made up front, so the loop only takes views.
-    engine_timesteps = timesteps.float().unsqueeze(1).expand(-1, engine_shape[0]).contiguous()
-    # One-call CFG: cond and uncond halves of one input, filled in place each step (no allocation).
-    doubled = torch.empty(engine_shape, dtype=dtype, device=device) if layout.batched else None
-    both = torch.cat([cond, uncond]) if layout.batched else None
-    scale = float(conditioning.guidance) if layout.guided else 1.0
-
-    trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
-    runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
-    sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
-    select = getattr(backend, "select", None)  # two experts (Wan 2.2 A14B): WanPipeline's boundary rule per step
-    host_timesteps = timesteps.tolist() if select is not None else None
-    extra = _extra_inputs(conditioning, layout, device, dtype)  # I2V: condition latent, image embeddings
-    for i, t in enumerate(timesteps):
-        if trajectory is not None:
-            trajectory[i].copy_(latent)
-        x = latent.to(dtype)  # what WanPipeline hands the transformer (and so what DDiT observes)
-        if select is not None:
-            select(host_timesteps[i])
-        runner.decide(x, i, sigmas[i])
-        ts = engine_timesteps[i]
-        if not layout.guided:
-            pred = runner.run(x, encoder_hidden_states=cond, timestep=ts, **extra)
-        elif layout.batched:
-            b = layout.video_batch
-            doubled[:b].copy_(x)
-            doubled[b:].copy_(x)
-            pred_cond, pred_uncond = runner.run(doubled, encoder_hidden_states=both, timestep=ts, **extra).chunk(2)
-            pred = pred_uncond + scale * (pred_cond - pred_uncond)
-        else:
-            # The backend may reuse its output storage on the next call: keep the cond pass.
-            pred_cond = runner.run(x, "cond", encoder_hidden_states=cond, timestep=ts, **extra).clone()
-            pred_uncond = runner.run(x, "uncond", encoder_hidden_states=uncond, timestep=ts, **extra)
-            pred = pred_uncond + scale * (pred_cond - pred_uncond)
-        latent = sampler.step(pred, t, latent, return_dict=False)[0]
-        if on_step is not None:
-            on_step(i, runner.decision.patch_size)
-    if trajectory is not None:
-        trajectory[steps].copy_(latent)
-    return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps,
-                            cfg=layout.mode)
-
 
 def _extra_inputs(conditioning: Conditioning, layout: CfgLayout, device, dtype) -> dict[str, torch.Tensor]:
     """Image-to-video inputs (the same for cond and uncond, as WanImageToVideoPipeline): doubled for one-call CFG."""
@@ -210,40 +134,6 @@ def decode_video(folder: Path, latent: torch.Tensor, device="cpu") -> list[list]
     return VideoProcessor(vae_scale_factor=cfg.scale_factor_spatial).postprocess_video(video, output_type="pil")
 
 
-def wan_conditioning(manifest: dict, prompt: str, guidance: float | None, device, negative_prompt: str = "",
-                     image: str | None = None, last_image: str | None = None):
-    """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch; image-to-video engines also
-    get their image inputs (pipelines/wan_images.py) in ``grid_inputs``."""
-    from .wan import DEFAULT_CFG, cfg_layout
-
-    guidance = DEFAULT_CFG if guidance is None else float(guidance)
-    io = IOSpec.from_json(manifest["io"])
-    shapes = {t.name: tuple(t.shape) for t in io.inputs}
-    engine_batch, text_len, dim = shapes["encoder_hidden_states"]
-    layout = cfg_layout(engine_batch, guidance)
-    images = _image_inputs(manifest, shapes, layout, prompt, image, last_image, device)
-    folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
-    if folder is not None:
-        from diffusers import WanPipeline
-
-        # Only the text side is loaded; the engines replace the transformer(s).
-        pipe = WanPipeline.from_pretrained(folder, transformer=None, transformer_2=None, vae=None).to(device)
-        with torch.no_grad():
-            cond, neg = pipe.encode_prompt(
-                prompt=prompt, negative_prompt=negative_prompt if layout.guided else None,
-                do_classifier_free_guidance=layout.guided, num_videos_per_prompt=layout.video_batch,
-                max_sequence_length=text_len, device=torch.device(device),
-            )
-        return Conditioning(cond, None, guidance, f"text encoder of {folder}{images[1]}", neg, grid_inputs=images[0])
-
-    def draw(text: str) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(prompt_seed(text))
-        return torch.randn((1, text_len, dim), generator=gen).expand(layout.video_batch, -1, -1)
-
-    neg = draw(negative_prompt) if layout.guided else None
-    source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)}){images[1]}"
-    return Conditioning(draw(prompt), None, guidance, source, neg, grid_inputs=images[0])
-
 
 def _image_inputs(manifest, shapes, layout, prompt, image, last_image, device) -> tuple[dict, str]:
     """Image-to-video engine inputs of the VIDEO batch (one-call CFG doubles them) and a note for the source."""
@@ -261,8 +151,6 @@ def _image_inputs(manifest, shapes, layout, prompt, image, last_image, device) -
 
 
 def wan_teacher_sampler(model_id: str | None):
-    from .wan import wan_sampler
-
     return wan_sampler({"model": {"id": model_id}} if model_id else None)  # the folder's scheduler/, else UniPC
 
 
@@ -272,59 +160,6 @@ def wan_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
     return sampler.timesteps
 
 
-def wan_encoded(folder: Path, prompts: list[str], text_len: int, device) -> dict[str, torch.Tensor]:
-    """Wan's UMT5 through WanPipeline.encode_prompt (as `wan_conditioning`)."""
-    from diffusers import WanPipeline
-
-    pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
-    with torch.no_grad():
-        states, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
-                                       max_sequence_length=text_len, device=torch.device(device))
-    del pipe
-    return {"encoder_hidden_states": states.float().cpu()}
-
-
-def wan_flops(config: dict, tokens: int, text_len: int, patch: int, residual: bool, batch: int = 1) -> dict:
-    """Per-part FLOPs of one Wan engine call; ``total`` is their sum. Image-to-video adds the condition channels
-    to the embedding and, with CLIP image embeddings, their embedder and every block's added K/V attention."""
-    from ..families.wan import IMAGE_TOKENS, WAN
-
-    d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    out_channels = WAN.latent_channels_of(config)
-    n, t, ffn = tokens, text_len, int(config["ffn_dim"])
-    f_in, f_out = int(config["in_channels"]) * patch * patch, out_channels * patch * patch
-    images = WAN.image_embeds(config)
-    m = images[0] * IMAGE_TOKENS if images else 0  # image tokens per video
-    block = (lin(n, d, 3 * d) + attention(n, n, d) + lin(n, d, d)  # self-attention
-             + lin(n, d, d) + lin(t, d, 2 * d) + attention(n, t, d) + lin(n, d, d)  # cross-attention
-             + lin(n, d, ffn) + lin(n, ffn, d))
-    if m:  # the image tokens' added K/V and their attention (same queries, output summed)
-        block += lin(m, d, 2 * d) + attention(n, m, d)
-    conditioning = (lin(1, int(config["freq_dim"]), d) + lin(1, d, d) + lin(1, d, 6 * d)
-                    + lin(t, int(config["text_dim"]), d) + lin(t, d, d))
-    if m:  # WanImageEmbedding: FeedForward(image_dim -> image_dim -> d)
-        conditioning += lin(m, images[1], images[1]) + lin(m, images[1], d)
-    parts = {
-        "embed": lin(n, f_in, d),
-        "conditioning": conditioning,
-        "blocks": int(config["num_layers"]) * block,
-        "output": lin(n, d, f_out),
-        "ddit_residual": lin(n, f_out, f_out) if residual else 0,
-    }
-    return scaled(parts, batch)
-
-
-def write_video(manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
-    """The video latent always; a GIF per video when the model folder has Wan's VAE."""
-    written = [save_latent(latent, out)]
-    folder = vae_folder(manifest)
-    if folder is not None:
-        videos = decode_video(folder, latent, device)
-        for i, frames in enumerate(videos):
-            gif = out / ("video.gif" if len(videos) == 1 else f"video_{i}.gif")
-            frames[0].save(gif, save_all=True, append_images=frames[1:], duration=62, loop=0)  # 16 fps, Wan's rate
-            written.append(gif)
-    return written
 
 
 class Wan(Pipeline):
@@ -336,10 +171,40 @@ class Wan(Pipeline):
                               default_guidance=1.0, default_steps=50)  # WanPipeline's 50 steps
     text_encoder_folders = TEXT_ENCODER_FOLDERS
 
-    def conditioning(self, manifest, prompt, guidance=None, device="cpu", negative_prompt="", image=None,
-                     last_image=None, seed=0):
-        # seed: the noise's, drawn by generate (the image inputs need none: the VAE's mode, as the pipeline)
-        return wan_conditioning(manifest, prompt, guidance, device, negative_prompt, image, last_image)
+    def conditioning(self, manifest: dict, prompt: str, guidance: float | None = None, device="cpu",
+                     negative_prompt: str = "", image: str | None = None, last_image: str | None = None,
+                     seed: int = 0) -> Conditioning:
+        """Wan: prompt (and, with CFG, negative prompt) embeddings of the video batch; image-to-video engines also
+        get their image inputs (pipelines/wan_images.py) in ``grid_inputs``. ``seed`` is the noise's, drawn by
+        generate (the image inputs need none: the VAE's mode, as the pipeline)."""
+        guidance = DEFAULT_CFG if guidance is None else float(guidance)
+        io = IOSpec.from_json(manifest["io"])
+        shapes = {t.name: tuple(t.shape) for t in io.inputs}
+        engine_batch, text_len, dim = shapes["encoder_hidden_states"]
+        layout = cfg_layout(engine_batch, guidance)
+        images = _image_inputs(manifest, shapes, layout, prompt, image, last_image, device)
+        folder = pipeline_folder_with_text_encoders(manifest["model"]["id"], TEXT_ENCODER_FOLDERS)
+        if folder is not None:
+            from diffusers import WanPipeline
+
+            # Only the text side is loaded; the engines replace the transformer(s).
+            pipe = WanPipeline.from_pretrained(folder, transformer=None, transformer_2=None, vae=None).to(device)
+            with torch.no_grad():
+                cond, neg = pipe.encode_prompt(
+                    prompt=prompt, negative_prompt=negative_prompt if layout.guided else None,
+                    do_classifier_free_guidance=layout.guided, num_videos_per_prompt=layout.video_batch,
+                    max_sequence_length=text_len, device=torch.device(device),
+                )
+            source = f"text encoder of {folder}{images[1]}"
+            return Conditioning(cond, None, guidance, source, neg, grid_inputs=images[0])
+
+        def draw(text: str) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(prompt_seed(text))
+            return torch.randn((1, text_len, dim), generator=gen).expand(layout.video_batch, -1, -1)
+
+        neg = draw(negative_prompt) if layout.guided else None
+        source = f"synthetic (seeded from sha256 of the prompt: {prompt_seed(prompt)}){images[1]}"
+        return Conditioning(draw(prompt), None, guidance, source, neg, grid_inputs=images[0])
 
     def check_images(self, manifest, image=None, mask=None, last_image=None):
         """Refuse image flags the engines' model does not take, or lacks (before the engines load)."""
@@ -347,17 +212,136 @@ class Wan(Pipeline):
 
         check_images(manifest, image, last_image, vae_folder(manifest))
 
-    def generate(self, backend, conditioning, schedule, **options):
-        return generate_wan(backend, conditioning, schedule, **options)
+    def generate(
+        self,
+        backend: Backend,
+        conditioning: Conditioning,
+        schedule: ScheduleConfig,
+        *,
+        steps: int = 50,
+        seed: int = 0,
+        latents: torch.Tensor | None = None,
+        return_trajectory: bool = False,
+        batched_cfg: bool | None = None,
+        on_step=None,
+        cache=None,
+    ) -> GenerationResult:
+        """Sample one batch of Wan videos with DDiT patch scheduling; see the module docstring.
 
-    def write_outputs(self, manifest, latent, out, device):
-        return write_video(manifest, latent, out, device)
+        ``conditioning.guidance`` is the CFG scale (None or <= 1: no guidance); its embeddings have
+        the video batch. ``batched_cfg`` None picks one-call CFG when the engine batch allows it.
+        """
+        steps = limits.check_steps(steps)  # from Python too: a typo (steps=10**9) is refused before any allocation
+        device, dtype, engine_shape = backend.device, backend.dtype, backend.latent_shape
+        layout = cfg_layout(engine_shape[0], conditioning.guidance, batched_cfg)
+        shape = (layout.video_batch, *engine_shape[1:])
+        if latents is None:
+            latent = initial_noise(shape, seed, device, torch.float32)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}; these engines sample {shape}")
+            latent = latents.to(device=device, dtype=torch.float32)
+        cond, uncond = _embeddings(conditioning, layout, device, dtype)
 
-    def encode_prompts(self, folder, prompts, text_len, device):
-        return wan_encoded(folder, prompts, text_len, device)
+        sampler = wan_sampler(backend.manifest)
+        sampler.set_timesteps(steps, device=device)
+        sampler.set_begin_index(0)  # as WanPipeline: no timestep lookup (a host sync) per step
+        timesteps = sampler.timesteps
+        # Every step's engine timestep made up front, so the loop only takes views.
+        engine_timesteps = timesteps.float().unsqueeze(1).expand(-1, engine_shape[0]).contiguous()
+        # One-call CFG: cond and uncond halves of one input, filled in place each step (no allocation).
+        doubled = torch.empty(engine_shape, dtype=dtype, device=device) if layout.batched else None
+        both = torch.cat([cond, uncond]) if layout.batched else None
+        scale = float(conditioning.guidance) if layout.guided else 1.0
 
-    def flops(self, config, tokens, text_len, patch, residual, batch=1):
-        return wan_flops(config, tokens, text_len, patch, residual, batch)
+        trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
+        runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
+        sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
+        select = getattr(backend, "select", None)  # two experts (Wan 2.2 A14B): WanPipeline's boundary rule per step
+        host_timesteps = timesteps.tolist() if select is not None else None
+        extra = _extra_inputs(conditioning, layout, device, dtype)  # I2V: condition latent, image embeddings
+        for i, t in enumerate(timesteps):
+            if trajectory is not None:
+                trajectory[i].copy_(latent)
+            x = latent.to(dtype)  # what WanPipeline hands the transformer (and so what DDiT observes)
+            if select is not None:
+                select(host_timesteps[i])
+            runner.decide(x, i, sigmas[i])
+            ts = engine_timesteps[i]
+            if not layout.guided:
+                pred = runner.run(x, encoder_hidden_states=cond, timestep=ts, **extra)
+            elif layout.batched:
+                b = layout.video_batch
+                doubled[:b].copy_(x)
+                doubled[b:].copy_(x)
+                pred_cond, pred_uncond = runner.run(doubled, encoder_hidden_states=both, timestep=ts, **extra).chunk(2)
+                pred = pred_uncond + scale * (pred_cond - pred_uncond)
+            else:
+                # The backend may reuse its output storage on the next call: keep the cond pass.
+                pred_cond = runner.run(x, "cond", encoder_hidden_states=cond, timestep=ts, **extra).clone()
+                pred_uncond = runner.run(x, "uncond", encoder_hidden_states=uncond, timestep=ts, **extra)
+                pred = pred_uncond + scale * (pred_cond - pred_uncond)
+            latent = sampler.step(pred, t, latent, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i, runner.decision.patch_size)
+        if trajectory is not None:
+            trajectory[steps].copy_(latent)
+        return GenerationResult(latent=latent, trace=runner.finish(), trajectory=trajectory, timesteps=timesteps,
+                                cfg=layout.mode)
+
+    def write_outputs(self, manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
+        """The video latent always; a GIF per video when the model folder has Wan's VAE."""
+        written = [save_latent(latent, out)]
+        folder = vae_folder(manifest)
+        if folder is not None:
+            videos = decode_video(folder, latent, device)
+            for i, frames in enumerate(videos):
+                gif = out / ("video.gif" if len(videos) == 1 else f"video_{i}.gif")
+                frames[0].save(gif, save_all=True, append_images=frames[1:], duration=62, loop=0)  # 16 fps, Wan's rate
+                written.append(gif)
+        return written
+
+    def encode_prompts(self, folder: Path, prompts: list[str], text_len: int,
+                       device) -> dict[str, torch.Tensor]:
+        """Wan's UMT5 through WanPipeline.encode_prompt (as `Wan.conditioning`)."""
+        from diffusers import WanPipeline
+
+        pipe = WanPipeline.from_pretrained(folder, transformer=None, vae=None).to(device)
+        with torch.no_grad():
+            states, _ = pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+                                           max_sequence_length=text_len, device=torch.device(device))
+        del pipe
+        return {"encoder_hidden_states": states.float().cpu()}
+
+    def flops(self, config: dict, tokens: int, text_len: int, patch: int, residual: bool,
+              batch: int = 1) -> dict:
+        """Per-part FLOPs of one Wan engine call; ``total`` is their sum. Image-to-video adds the condition channels
+        to the embedding and, with CLIP image embeddings, their embedder and every block's added K/V attention."""
+        from ..families.wan import IMAGE_TOKENS, WAN
+
+        d = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        out_channels = WAN.latent_channels_of(config)
+        n, t, ffn = tokens, text_len, int(config["ffn_dim"])
+        f_in, f_out = int(config["in_channels"]) * patch * patch, out_channels * patch * patch
+        images = WAN.image_embeds(config)
+        m = images[0] * IMAGE_TOKENS if images else 0  # image tokens per video
+        block = (lin(n, d, 3 * d) + attention(n, n, d) + lin(n, d, d)  # self-attention
+                 + lin(n, d, d) + lin(t, d, 2 * d) + attention(n, t, d) + lin(n, d, d)  # cross-attention
+                 + lin(n, d, ffn) + lin(n, ffn, d))
+        if m:  # the image tokens' added K/V and their attention (same queries, output summed)
+            block += lin(m, d, 2 * d) + attention(n, m, d)
+        conditioning = (lin(1, int(config["freq_dim"]), d) + lin(1, d, d) + lin(1, d, 6 * d)
+                        + lin(t, int(config["text_dim"]), d) + lin(t, d, d))
+        if m:  # WanImageEmbedding: FeedForward(image_dim -> image_dim -> d)
+            conditioning += lin(m, images[1], images[1]) + lin(m, images[1], d)
+        parts = {
+            "embed": lin(n, f_in, d),
+            "conditioning": conditioning,
+            "blocks": int(config["num_layers"]) * block,
+            "output": lin(n, d, f_out),
+            "ddit_residual": lin(n, f_out, f_out) if residual else 0,
+        }
+        return scaled(parts, batch)
 
 
 WAN_PIPELINE = Wan()

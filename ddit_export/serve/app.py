@@ -205,13 +205,11 @@ class DDiTServer:
         return cond
 
     def _prompt_conditioning(self, prompt: str, guidance):
-        from ..pipelines import make_conditioning, pipeline_for
-
         try:  # a pipeline that knows only some prompts (the demo: its class names) refuses the others
-            prompt = pipeline_for(self.manifest).check_prompt(prompt)
+            prompt = self._pipeline.check_prompt(prompt)
         except ValueError as err:
             raise RequestError(f"unknown prompt: {err}", 422) from None
-        return make_conditioning(self.manifest, prompt, guidance, self.device)
+        return self._pipeline.conditioning(self.manifest, prompt, guidance, self.device)
 
     def _stored_embeddings(self, embeds_id: str, guidance):
         """`<embeds_dir>/<id>.safetensors` with `encoder_hidden_states` (and `pooled_projections`), batch 1."""
@@ -225,7 +223,7 @@ class DDiTServer:
             where = "this server has no --embeds-dir" if path is None else f"no {path.name} in the embeddings folder"
             raise RequestError(f"unknown prompt_embeds_id {embeds_id!r}: {where}", 422)
         tensors = load_file(str(path))
-        shapes = {t.name: t.shape for t in self.solo.input_metadata.inputs}
+        shapes = {t.name: t.shape for t in self.solo.io_spec.inputs}
         for name in ("encoder_hidden_states", "pooled_projections"):
             if name in shapes and (name not in tensors or tuple(tensors[name].shape) != tuple(shapes[name])):
                 got = tuple(tensors[name].shape) if name in tensors else "missing"

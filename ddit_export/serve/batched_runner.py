@@ -84,7 +84,7 @@ class ActiveRequest:
         setup = (sampling or lock_step_sampling(solo))(solo, job.steps, job.seed)  # refuses bad steps
         self.latent, self.sampler, self.timesteps = setup.latent, setup.sampler, setup.timesteps
         self.engine_timesteps, self.sigmas = setup.engine_timesteps, setup.sigmas
-        self.inputs = job.conditioning.engine_inputs(solo.input_metadata, solo.device, solo.dtype)
+        self.inputs = job.conditioning.engine_inputs(solo.io_spec, solo.device, solo.dtype)
         # a request's step cache holds its own residuals and signal: never shared, never batched
         cache = StepCache(solo, job.cache) if job.cache is not None else None
         self.runner = DDiTRunner(solo, job.config, total_steps=job.steps, cache=cache)
@@ -131,7 +131,7 @@ class BatchedRunner:
         cost less than 8 batch-1 calls at p8 and more at p2 and p4 (docs/serving.md)."""
         for batch, backend in self.backends.items():
             feeds = {t.name: torch.zeros(t.shape, dtype=backend.dtype, device=backend.device)
-                     for t in backend.input_metadata.inputs}
+                     for t in backend.io_spec.inputs}
             latent = feeds.pop("latent")
             for patch in self.solo.patch_sizes:
                 times = []

@@ -13,7 +13,9 @@ import torch
 
 from ddit_export.bench.timing import percentile, rotated, summarize
 from ddit_export.commands import bench_cmd
-from ddit_export.pipelines.flux import flux_flops
+from ddit_export.pipelines.flux import FLUX_PIPELINE
+
+flux_flops = FLUX_PIPELINE.flops
 
 ENGINE_KEYS = {"backend", "patch_size", "tokens", "flops", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms",
                "std_ms", "iters", "flops_per_s", "speedup_vs_base"}

@@ -14,7 +14,7 @@ from ddit_export.demo.class_table import demo_conditioning, load_class_table
 from ddit_export.demo.classes import CLASS_NAMES, class_index
 from ddit_export.demo.codec import PADDED_CHANNELS, decode, encode
 from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN, build_padded_transformer, narrow_to_pixel_channels
-from ddit_export.demo.tuning import DEFAULT_RULE, DEFAULT_SIZES, DEFAULT_TAU, demo_error_model
+from ddit_export.demo.tuning import DEMO_RULE, DEMO_SIZES, DEMO_TAU, demo_error_model
 from ddit_export.families.flux import FLUX
 
 REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "token_cost",
@@ -128,12 +128,12 @@ def test_demo_command_writes_the_report(tmp_path, capsys):
                  "--out", str(tmp_path / "gen")]) == 0
     assert Image.open(tmp_path / "gen" / "image.png").size == (256, 256)  # 32 x 32 pixels, shown 8x
     trace = json.loads((tmp_path / "gen" / "trace.json").read_text())
-    assert (trace["tau"], trace["patch_sizes"]) == (DEFAULT_TAU, list(DEFAULT_SIZES))  # scheduled as the demo is
+    assert (trace["tau"], trace["patch_sizes"]) == (DEMO_TAU, list(DEMO_SIZES))  # scheduled as the demo is
     assert main(["generate", str(tmp_path / "engines"), "--prompt", "a red fox", "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no").exists()
     manifest = json.loads((tmp_path / "engines" / "manifest.json").read_text())
-    assert manifest["scheduler"]["tau"] == DEFAULT_TAU and manifest["scheduler"]["patch_sizes"] == list(DEFAULT_SIZES) \
-        and manifest["scheduler"]["rule"] == DEFAULT_RULE == "predicted-error"
+    assert manifest["scheduler"]["tau"] == DEMO_TAU and manifest["scheduler"]["patch_sizes"] == list(DEMO_SIZES) \
+        and manifest["scheduler"]["rule"] == DEMO_RULE == "predicted-error"
     assert manifest["scheduler"]["error_model"] == demo_error_model()  # the fit shipped with the demo
     assert manifest["latent_shape"] == [1, 3, 32, 32]  # the model's own 3 channels, not FLUX's 16
     assert manifest["adapters"]["trained"] is True

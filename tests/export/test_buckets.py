@@ -112,7 +112,7 @@ def test_wan_buckets_share_one_trunk_and_match_torch(tmp_path, cli):
     for bucket in ((96, 160), (160, 96)):
         with get_backend("onnx", out, bucket=bucket) as onnx, get_backend("torch", out, bucket=bucket) as eager:
             gen = torch.Generator().manual_seed(0)
-            cond = {t.name: torch.randn(t.shape, generator=gen) for t in onnx.input_metadata.inputs}
+            cond = {t.name: torch.randn(t.shape, generator=gen) for t in onnx.io_spec.inputs}
             cond["timestep"] = torch.full(cond["timestep"].shape, 500.0)
             latent = cond.pop("latent")
             for p in (2, 4):

@@ -81,7 +81,7 @@ def flux_folders(tmp_path_factory, flux_pack):
 
 def _inputs(backend, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    cond = {t.name: torch.randn(t.shape, generator=gen) for t in backend.input_metadata.inputs}
+    cond = {t.name: torch.randn(t.shape, generator=gen) for t in backend.io_spec.inputs}
     cond["timestep"] = torch.full(cond["timestep"].shape, 0.6)
     return cond.pop("latent"), cond
 

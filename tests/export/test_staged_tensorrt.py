@@ -56,7 +56,7 @@ def test_staged_trt_plans_match_the_onnx_chain(tmp_path):
     with get_backend("onnx", out) as ref, get_backend("trt", out, device="cuda") as trt:
         assert trt.patch_sizes == ref.patch_sizes == (2, 4, 8)
         gen = torch.Generator().manual_seed(0)
-        cond = {t.name: torch.randn(t.shape, generator=gen) for t in ref.input_metadata.inputs}
+        cond = {t.name: torch.randn(t.shape, generator=gen) for t in ref.io_spec.inputs}
         latent = cond.pop("latent")
         for patch in (2, 4, 8):
             want = ref(patch, latent, **cond)
@@ -81,7 +81,7 @@ def test_staged_trt_buckets_share_one_trunk_plan(tmp_path):
     for bucket in ((64, 64), (48, 96), (96, 48)):
         with get_backend("onnx", out, bucket=bucket) as ref, get_backend("trt", out, "cuda", bucket=bucket) as trt:
             gen = torch.Generator().manual_seed(0)
-            cond = {t.name: torch.randn(t.shape, generator=gen) for t in ref.input_metadata.inputs}
+            cond = {t.name: torch.randn(t.shape, generator=gen) for t in ref.io_spec.inputs}
             latent = cond.pop("latent")
             for patch in (2, 4):
                 want = ref(patch, latent, **cond)

@@ -22,7 +22,7 @@ def engine_inputs(backend, seed: int = 0, device="cpu") -> tuple[torch.Tensor, d
     gen = torch.Generator().manual_seed(seed)
     latent = torch.randn(backend.latent_shape, generator=gen)
     cond = make_conditioning(backend.manifest, "a lighthouse")
-    cond = cond.engine_inputs(backend.input_metadata, device, torch.float32)
+    cond = cond.engine_inputs(backend.io_spec, device, torch.float32)
     return latent.to(device), {**cond, "timestep": torch.full((backend.latent_shape[0],), 0.6, device=device)}
 
 
@@ -40,7 +40,7 @@ def test_backends_expose_the_manifest_interface(tiny_flux_backends, tiny_flux_en
         backend = tiny_flux_backends[name]
         assert isinstance(backend, cls) and backend.name == name
         assert backend.patch_sizes == (2, 4, 8)
-        assert backend.input_metadata == IOSpec.from_json(manifest["io"])
+        assert backend.io_spec == IOSpec.from_json(manifest["io"])
         assert backend.latent_shape == (1, 16, 16, 16)
 
 

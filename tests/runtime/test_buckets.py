@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 def _inputs(backend, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    feeds = {t.name: torch.randn(t.shape, generator=gen) for t in backend.input_metadata.inputs}
+    feeds = {t.name: torch.randn(t.shape, generator=gen) for t in backend.io_spec.inputs}
     feeds["timestep"] = torch.full(feeds["timestep"].shape, 0.7)
     return feeds.pop("latent"), feeds
 

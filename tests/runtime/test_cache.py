@@ -113,7 +113,7 @@ def test_threshold_zero_equals_the_uncached_run_bit_for_bit(folders, backend_nam
 def test_a_cached_step_is_the_head_on_new_tokens_plus_the_stored_residual(folders, spec, torch_single_thread):
     with get_backend("torch", folders["flux"]) as backend:
         cache = StepCache(backend, parse_cache(f"{spec}:{HUGE}"), coefficients=FLUX_DEV)
-        cond = make_conditioning(backend.manifest, "a fox").engine_inputs(backend.input_metadata, "cpu", torch.float32)
+        cond = make_conditioning(backend.manifest, "a fox").engine_inputs(backend.io_spec, "cpu", torch.float32)
         x0, x1 = torch.randn(backend.latent_shape), torch.randn(backend.latent_shape)
         t0, t1 = torch.tensor([0.9]), torch.tensor([0.85])
         _, cached = cache(4, x0, step=0, total_steps=10, timestep=t0, **cond)

@@ -41,7 +41,7 @@ def test_backend_times_every_mode_and_every_mode_predicts_the_same(tiny_flux_eng
             assert set(timings) == set(MODES) and auto.cpu_threading[patch] in timings
     assert sum(mode == "pool+spin" for mode in auto.cpu_threading.values()) <= 1
     latent = torch.randn(auto.latent_shape, generator=torch.Generator().manual_seed(0))
-    cond = make_conditioning(auto.manifest, "a lighthouse").engine_inputs(auto.input_metadata, "cpu", torch.float32)
+    cond = make_conditioning(auto.manifest, "a lighthouse").engine_inputs(auto.io_spec, "cpu", torch.float32)
     cond["timestep"] = torch.full((auto.latent_shape[0],), 0.6)
     for mode in MODES:
         with get_backend("onnx", tiny_flux_engines, cpu_threading=mode) as fixed:

@@ -143,7 +143,7 @@ def test_fit_measures_each_coarse_engines_error_on_the_base_trajectory(tiny_flux
     # By hand at one step: the base trajectory, both engines on its latent, the ratio to the statistic.
     ref = generate(backend, cond, schedule_config(backend, static_patch=2), steps=steps, seed=0, return_trajectory=True)
     sigmas, k = (ref.timesteps / 1000).tolist(), WARMUP_STEPS + 1
-    z, inputs = ref.trajectory, cond.engine_inputs(backend.input_metadata, backend.device, backend.dtype)
+    z, inputs = ref.trajectory, cond.engine_inputs(backend.io_spec, backend.device, backend.dtype)
     timestep = torch.full((1,), float(ref.timesteps[k]) / 1000)
     base = backend(2, z[k], timestep=timestep, **inputs).clone()
     coarse = backend(8, z[k], timestep=timestep, **inputs)

@@ -94,7 +94,7 @@ def test_seed_and_prompt_change_the_result(tiny_flux_backends):
 def test_runner_cfg_passes_share_one_decision(tiny_flux_backends):
     backend = tiny_flux_backends["onnx"]
     runner = DDiTRunner(backend, schedule_config(backend, tau=HUGE_TAU), total_steps=6)
-    cond = make_conditioning(backend.manifest, "p").engine_inputs(backend.input_metadata, "cpu", torch.float32)
+    cond = make_conditioning(backend.manifest, "p").engine_inputs(backend.io_spec, "cpu", torch.float32)
     latent = torch.randn(backend.latent_shape, generator=torch.Generator().manual_seed(0))
     for i in range(6):
         runner.decide(latent, i)

@@ -15,17 +15,7 @@ from polygraphy.logger import G_LOGGER
 
 from ...artifacts.layouts import onnx_name
 from ...runtime.backends.staged.onnxruntime import OnnxStagedChain
-from ..validate import ValidationResult, _to_numpy, compare_with_reference
-
-
-def tensor_metadata(inputs: dict) -> TensorMetadata:
-    """Polygraphy's description of torch inputs (names, dtypes, shapes)."""
-    from polygraphy.datatype import DataType
-
-    meta = TensorMetadata()
-    for name, value in inputs.items():
-        meta.add(name, dtype=DataType.from_dtype(value.dtype, "torch"), shape=tuple(value.shape))
-    return meta
+from ..validate import ValidationResult, _to_numpy, compare_with_reference, tensor_metadata
 
 
 def _feed(inputs: dict) -> OrderedDict:

@@ -33,15 +33,16 @@ STAGED_BACKENDS = {
 
 
 def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu", *,
-                bucket: tuple[int, int] | None = None, **options) -> Backend:
+                bucket: tuple[int, int] | None = None, manifest=None, **options) -> Backend:
     """Load the engines in ``folder`` (a manifest folder) with the backend called ``name``.
 
     ``bucket``: the (height, width) resolution bucket whose engines to run (None: the folder's default,
     its first); a resolution the folder has no engines for is refused in one line listing its buckets.
     ``loras=[(file, scale), ...]``: run with those user LoRAs (staged folders; docs/loras.md).
+    ``manifest``: the folder's `Manifest` when the caller has read it already (a command reads it once).
     """
     loras = options.pop("loras", None)
-    backend = _load(name, folder, device, bucket, **options)
+    backend = _load(name, folder, device, bucket, manifest, **options)
     if loras:
         try:
             backend.set_loras(loras)
@@ -51,11 +52,11 @@ def get_backend(name: str, folder: str | Path, device: str | torch.device = "cpu
     return backend
 
 
-def _load(name: str, folder, device, bucket, **options) -> Backend:
+def _load(name: str, folder, device, bucket, manifest, **options) -> Backend:
     from ...artifacts.manifest import read_manifest
 
     single = backend_class(name)  # refuses unknown names before touching the folder
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder) if manifest is None else manifest
     try:
         manifest = manifest.at_bucket(*(bucket or (None, None)))
     except BucketError as err:

@@ -54,12 +54,12 @@ class Backend(ABC):
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             # An explicit index, so device comparisons (and preallocated buffers) are stable.
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.input_metadata = self.manifest.io
+        self.io_spec = self.manifest.io
         self.latent_shape = self.manifest.latent_shape
         self.dtype = DTYPES[self.manifest.dtype]
         self.base_patch = self.manifest.base_patch
         # name -> (shape, torch dtype): checked and cast against on every call, in graph order.
-        self._inputs = {t.name: (t.shape, torch_dtype(t.dtype)) for t in self.input_metadata.inputs}
+        self._inputs = {t.name: (t.shape, torch_dtype(t.dtype)) for t in self.io_spec.inputs}
         if LATENT_INPUT not in self._inputs:
             raise BackendError(f"{self.folder}: the manifest's engines have no '{LATENT_INPUT}' input")
 

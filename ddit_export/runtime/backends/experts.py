@@ -17,7 +17,7 @@ class ExpertsBackend(Backend):
 
     def __init__(self, high: Backend, low: Backend, boundary_timestep: float):
         super().__init__(high.folder, dict(high.manifest), high.device)
-        if tuple(high.patch_sizes) != tuple(low.patch_sizes) or high.input_metadata != low.input_metadata:
+        if tuple(high.patch_sizes) != tuple(low.patch_sizes) or high.io_spec != low.io_spec:
             raise BackendError(f"{high.folder}: the two experts' engines differ in sizes or inputs "
                                f"({list(high.patch_sizes)} vs {list(low.patch_sizes)}); re-export the folder")
         self.name = high.name

@@ -117,7 +117,7 @@ class OnnxRuntimeBackend(Backend):
             raise
         except Exception as err:  # ORT's own exception types derive from Exception only
             raise self._load_failure(err) from None
-        self._output_name = self.input_metadata.output_names[0]
+        self._output_name = self.io_spec.output_names[0]
         self._bindings = {p: s.io_binding() for p, s in self._sessions.items()} if self.io_binding else {}
         self._out: torch.Tensor | None = None  # the shared bound output, allocated on first use
 
@@ -149,14 +149,14 @@ class OnnxRuntimeBackend(Backend):
 
     def _zero_feeds(self) -> dict:
         """Inputs of the spec's shapes and dtypes, for timing a session (values do not matter)."""
-        return {t.name: to_numpy(torch.zeros(t.shape, dtype=torch_dtype(t.dtype))) for t in self.input_metadata.inputs}
+        return {t.name: to_numpy(torch.zeros(t.shape, dtype=torch_dtype(t.dtype))) for t in self.io_spec.inputs}
 
     def _check_signature(self, patch: int, session) -> None:
         names = [i.name for i in session.get_inputs()]
-        if names != self.input_metadata.input_names:
+        if names != self.io_spec.input_names:
             raise BackendError(
                 f"{self.folder}: engine p{patch} takes inputs {names}, the manifest says "
-                f"{self.input_metadata.input_names}; rebuild with --force"
+                f"{self.io_spec.input_names}; rebuild with --force"
             )
 
     @property
@@ -209,7 +209,7 @@ class OnnxRuntimeBackend(Backend):
     def _output_buffer(self, device: torch.device) -> torch.Tensor:
         out = self._out
         if out is None or out.device != device:
-            spec = self.input_metadata.outputs[0]
+            spec = self.io_spec.outputs[0]
             out = self._out = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype), device=device)
         return out
 

@@ -57,7 +57,7 @@ class TensorRTBackend(Backend):
     def _allocate_and_bind(self, trt) -> None:
         self.activation_bytes = shared_activation_bytes(e.device_memory_size_v2 for e in self._engines.values())
         self._activations = torch.empty(self.activation_bytes, dtype=torch.uint8, device=self.device)
-        spec = self.input_metadata
+        spec = self.io_spec
         self._inputs_buf = {t.name: torch.empty(t.shape, dtype=torch_dtype(t.dtype), device=self.device)
                             for t in spec.inputs}
         out = spec.outputs[0]

@@ -174,7 +174,7 @@ class OnnxStagedBackend(OnnxLoraWeights, StagedCalls, Backend):
         self._chain_key, self.chain = shared_chain(self.folder, self.manifest, prepack_trunk)
         self.bucket = self.manifest.bucket.index
         self.first_block_split = self.chain.first_block_split
-        self._output = self.input_metadata.output_names[0]
+        self._output = self.io_spec.output_names[0]
 
     @property
     def patch_sizes(self) -> tuple[int, ...]:

@@ -115,7 +115,7 @@ class TensorRTStagedBackend(OnnxLoraWeights, StagedCalls, Backend):
         for part, context in zip(PARTS, self._contexts[patch]):
             if not context.execute_async_v3(stream.cuda_stream):
                 raise BackendError(f"TensorRT failed to enqueue the {part} of p{patch}")
-        return buffers[self.input_metadata.output_names[0]].clone().to(out_device, non_blocking=True)
+        return buffers[self.io_spec.output_names[0]].clone().to(out_device, non_blocking=True)
 
     # -- the parts one at a time (step caching: calls.py) ----------------------------------
     def _start(self, patch, feeds):
