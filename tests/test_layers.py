@@ -15,8 +15,14 @@ FORBIDDEN = {
     "artifacts": {"export", "runtime", "pipelines", "serve", "train", "bench", "demo", "commands"},
     "runtime": {"export", "pipelines", "serve", "train", "bench", "demo", "commands"},
     "families": {"export", "runtime", "pipelines", "serve", "train", "bench", "demo", "commands"},
-    "ddit": {"export", "runtime", "pipelines", "serve", "train", "bench", "commands"},
-    "export": {"serve", "train", "bench", "commands"},
+    "ddit": {"export", "runtime", "pipelines", "serve", "train", "bench", "demo", "commands"},
+    "export": {"serve", "train", "bench", "demo", "commands"},
+    # the demo model's runtime half is pipelines/demo/; demo/ (its application) sits a layer above
+    "pipelines": {"export", "serve", "train", "bench", "demo", "commands"},
+    # siblings of one layer use the layers below, never each other (bench/ is shared by demo/, see the doc)
+    "train": {"serve", "bench", "demo", "commands"},
+    "demo": {"serve", "train", "commands"},
+    "bench": {"serve", "train", "demo", "commands"},
     "util": {"artifacts", "ddit", "families", "runtime", "export", "pipelines", "serve", "train", "bench", "demo",
              "commands"},
 }

@@ -17,9 +17,9 @@ import json
 
 import torch
 
-from ddit_export.demo.class_table import demo_conditioning
-from ddit_export.demo.classes import CLASS_NAMES
 from ddit_export.demo.engines import DEFAULT_ENGINE_DIR, export_demo_engines
+from ddit_export.pipelines.demo.class_table import demo_conditioning
+from ddit_export.pipelines.demo.classes import CLASS_NAMES
 from ddit_export.pipelines.registry import generate
 from ddit_export.runtime.backends import get_backend
 from ddit_export.runtime.runner import schedule_config

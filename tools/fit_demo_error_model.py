@@ -20,10 +20,10 @@ import torch
 
 def main() -> int:
     from ddit_export.bench.error_model import fit_error_model
-    from ddit_export.demo.class_table import demo_conditioning
-    from ddit_export.demo.classes import CLASS_NAMES
     from ddit_export.demo.engines import export_demo_engines
     from ddit_export.demo.tuning import ERROR_MODEL
+    from ddit_export.pipelines.demo.class_table import demo_conditioning
+    from ddit_export.pipelines.demo.classes import CLASS_NAMES
     from ddit_export.runtime.backends import get_backend
     from ddit_export.util.atomic import write_text_atomic
 

@@ -50,10 +50,10 @@ def swap_figures(folder: Path, lora: Path, backend_name: str) -> dict:
 
 def psnr_figures(folder: Path, lora: Path, seeds: int, steps: int) -> dict:
     from ddit_export.bench.quality import psnr
-    from ddit_export.demo.class_table import demo_conditioning
-    from ddit_export.demo.classes import CLASS_NAMES
-    from ddit_export.demo.codec import decode
     from ddit_export.pipelines import generate
+    from ddit_export.pipelines.demo.class_table import demo_conditioning
+    from ddit_export.pipelines.demo.classes import CLASS_NAMES
+    from ddit_export.pipelines.demo.codec import decode
     from ddit_export.runtime.backends import get_backend
     from ddit_export.runtime.runner import schedule_config
 

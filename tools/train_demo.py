@@ -6,7 +6,7 @@
 Stages, each deterministic from --seed:
   base        class table + FluxTransformer2DModel (rectified flow on procedural 32x32 shapes), in two
               phases: --base-steps on FLUX's 16-channel layout (pixels in channels 0-2, the rest zero),
-              then narrowed to the 3 pixel channels and fine-tuned --narrow-steps (demo/model.py says why).
+              then narrowed to the 3 pixel channels and fine-tuned --narrow-steps (pipelines/demo/model.py says why).
               --padded-model DIR starts from a trained 16-channel model instead (the shipped one was
               narrowed from the 16-channel demo of commit ef8e6f6, `git show ef8e6f6:ddit_export/assets/...`)
   classifier  the CNN that scores samples (class accuracy, features for the Frechet distance)
@@ -52,8 +52,8 @@ from pathlib import Path
 
 import torch
 
-from ddit_export.demo.classes import CLASS_NAMES
-from ddit_export.demo.model import (
+from ddit_export.pipelines.demo.classes import CLASS_NAMES
+from ddit_export.pipelines.demo.model import (
     ADAPTERS_DIR,
     ASSETS,
     CLASSIFIER,
@@ -83,19 +83,19 @@ def save_transformer(model) -> None:
 
 
 def stage_base(args) -> dict:
-    from ddit_export.demo.class_table import make_class_table, save_class_table
-    from ddit_export.demo.codec import PADDED_CHANNELS
-    from ddit_export.demo.model import narrow_to_pixel_channels
     from ddit_export.demo.training import train_base
+    from ddit_export.pipelines.demo.class_table import make_class_table, save_class_table
+    from ddit_export.pipelines.demo.codec import PADDED_CHANNELS
+    from ddit_export.pipelines.demo.model import narrow_to_pixel_channels
 
     table = make_class_table(args.seed)
     save_class_table(table)
     # Phase 1 on FLUX's 16-channel layout, phase 2 narrowed to the 3 pixel channels and fine-tuned:
-    # trained from scratch on 3 channels the model reached only 77-85% class accuracy (demo/model.py).
+    # trained from scratch on 3 channels the model reached only 77-85% class accuracy (pipelines/demo/model.py).
     if args.extend:
         # Extend the shipped model to classes added since (the textured ones): fine-tune it on all classes. The
         # first classes' table rows are unchanged (demo/conditioning.make_class_table), so it keeps what it knew.
-        from ddit_export.demo.model import load_demo_transformer
+        from ddit_export.pipelines.demo.model import load_demo_transformer
 
         start = time.perf_counter()
         previous = json.loads(TRAIN_REPORT.read_text()).get("base") if TRAIN_REPORT.exists() else None
@@ -173,7 +173,7 @@ def stage_adapters(args) -> dict:
 
     from ddit_export.cli import build_parser
     from ddit_export.commands.train_cmd import config_from_args
-    from ddit_export.demo.class_table import load_class_table
+    from ddit_export.pipelines.demo.class_table import load_class_table
     from ddit_export.train import train
 
     _, table = load_class_table()

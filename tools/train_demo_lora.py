@@ -32,7 +32,7 @@ def swap_red_blue(images: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> int:
-    from ddit_export.demo.model import DEMO_MODEL_ID
+    from ddit_export.pipelines.demo.model import DEMO_MODEL_ID
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEMO_MODEL_ID, help="base transformer (default: the shipped demo model)")
@@ -51,12 +51,12 @@ def main() -> int:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from ddit_export.demo.class_table import class_conditions, load_class_table
-    from ddit_export.demo.codec import encode
     from ddit_export.demo.data import sample_batch
     from ddit_export.demo.training import sampler_mu
     from ddit_export.families.flux import FLUX
-    from ddit_export.train.data import flow_sigma
+    from ddit_export.pipelines.demo.class_table import class_conditions, load_class_table
+    from ddit_export.pipelines.demo.codec import encode
+    from ddit_export.pipelines.flux import flow_sigma
     from ddit_export.util.atomic import atomic_file
 
     model = FLUX.load(args.model)

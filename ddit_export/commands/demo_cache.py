@@ -26,8 +26,8 @@ FIT_STEPS = 28
 def _fit_if_missing(folder: Path, manifest: dict, console) -> dict:
     from ..artifacts.manifest import read_manifest
     from ..bench.cache_fit import collect_pairs, fit_polynomial, store_cache_fit
-    from ..demo.class_table import demo_conditioning
-    from ..demo.classes import CLASS_NAMES
+    from ..pipelines.demo.class_table import demo_conditioning
+    from ..pipelines.demo.classes import CLASS_NAMES
     from ..runtime.backends import get_backend
 
     if manifest.get("cache", {}).get("teacache", {}).get("coefficients"):

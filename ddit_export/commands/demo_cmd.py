@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args) -> None:
-    from ..demo.classes import CLASS_NAMES
     from ..demo.engines import DEMO_PATCH_SIZES
+    from ..pipelines.demo.classes import CLASS_NAMES
     from ..runtime.schedule_spec import check_schedule
 
     args.fixed = schedule_from_args(args, args.steps)

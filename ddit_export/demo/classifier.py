@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .classes import CLASS_NAMES
-from .model import CLASSIFIER, require
+from ..pipelines.demo.classes import CLASS_NAMES
+from ..pipelines.demo.model import CLASSIFIER, require
 
 FEATURES = 64
 

@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from .classes import CLASS_NAMES, CLASSES
-from .codec import IMAGE_SIZE
+from ..pipelines.demo.classes import CLASS_NAMES, CLASSES
+from ..pipelines.demo.codec import IMAGE_SIZE
 
 
 def _signed_distance(shape: str, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

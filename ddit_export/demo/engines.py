@@ -7,7 +7,7 @@ from pathlib import Path
 from ..export.build import export_engines
 from ..export.engine_folder import Reporter
 from ..export.request import ExportRequest
-from .model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
+from ..pipelines.demo.model import ADAPTERS_DIR, DEMO_HEIGHT, DEMO_MODEL_ID, DEMO_TEXT_LEN, DEMO_WIDTH, require
 from .tuning import DEMO_RULE, DEMO_SIZES, DEMO_TAU, demo_error_model
 
 DEMO_PATCH_SIZES = (2, 4, 8)

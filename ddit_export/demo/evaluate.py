@@ -15,12 +15,12 @@ import torch
 
 from ..bench.end_to_end import schedule_cost
 from ..bench.quality import frechet_distance, ssim
+from ..pipelines.demo.class_table import demo_conditioning
+from ..pipelines.demo.classes import CLASS_NAMES, FLAT_CLASSES, TEXTURED_CLASSES
+from ..pipelines.demo.codec import decode
 from ..pipelines.registry import generate
 from ..runtime.runner import schedule_config
-from .class_table import demo_conditioning
-from .classes import CLASS_NAMES, FLAT_CLASSES, TEXTURED_CLASSES
 from .classifier import DemoClassifier, load_classifier, score
-from .codec import decode
 from .data import sample_batch
 from .quality_figures import accuracy_figures, fd_figures, psnr_figures, speed_figures
 
@@ -148,7 +148,7 @@ def schedule_hooks(manifest: dict) -> dict | None:
 
     None for engines of any other model.
     """
-    from .model import DEMO_MODEL_ID
+    from ..pipelines.demo.model import DEMO_MODEL_ID
 
     if manifest["model"]["id"] != DEMO_MODEL_ID:
         return None

@@ -7,15 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classes import CLASS_NAMES
-
-
-def to_pil(image: torch.Tensor, scale: int = 8):
-    """A 3 x H x W image in [0, 1] as a PIL image, upscaled (nearest) so the 32x32 pixels stay visible."""
-    from PIL import Image
-
-    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+from ..pipelines.demo.classes import CLASS_NAMES
+from ..pipelines.demo.codec import to_pil
 
 
 def write_grid(base: list[torch.Tensor], ddit: list[torch.Tensor], labels, path: Path, scale: int = 4) -> Path:

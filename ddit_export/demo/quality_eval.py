@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ..bench.end_to_end import schedule_cost
 from ..bench.schedules import fixed_families
+from ..pipelines.demo.class_table import demo_conditioning
+from ..pipelines.demo.classes import CLASS_NAMES
 from ..runtime.schedule_spec import format_schedule
-from .class_table import demo_conditioning
-from .classes import CLASS_NAMES
 from .evaluate import Run, correct, figures, real_features, sample_labels, timed_generate, warm_up
 
 DEFAULT_COST_BAND = 0.05  # "equal cost": fixed schedules up to 0.05 dearer than the rule (1.4 of 28 base steps)

@@ -3,7 +3,7 @@
 The flow-matching objective is FLUX's: z_s = (1 - s) x0 + s * noise, the model predicts
 noise - x0 at timestep s (passed as s in [0, 1]; the transformer scales it by 1000 itself). Noise
 levels s are drawn exactly as the runtime's sampler visits them: uniform u shifted by FLUX's
-resolution-dependent mu for 256 base tokens (`train.data.flow_sigma`), so training and sampling agree.
+resolution-dependent mu for 256 base tokens (`pipelines.flux.flow_sigma`), so training and sampling agree.
 The model is called through `FLUX.predict`, the same packing and positions the engines use.
 """
 
@@ -16,18 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from ..families.flux import FLUX
-from ..train.data import flow_sigma
-from ..train.trajectories import shift_mu
-from .class_table import class_conditions
+from ..pipelines.demo.class_table import class_conditions
+from ..pipelines.demo.codec import LATENT_CHANNELS, encode
+from ..pipelines.flux import flow_sigma, flux_sampler, shift_mu
 from .classifier import DemoClassifier
-from .codec import LATENT_CHANNELS, encode
 from .data import sample_batch
 
 
 def sampler_mu(latent_hw: int = 32) -> float:
     """The shift the runtime sampler applies for this latent grid (base tokens = (hw / 2)^2)."""
-    from ..pipelines.flux import flux_sampler
-
     return shift_mu(flux_sampler(), (latent_hw // FLUX.base_patch) ** 2)
 
 

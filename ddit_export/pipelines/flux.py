@@ -16,6 +16,7 @@ mask) on the latent grid: pipelines/flux_images.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +46,23 @@ def flux_sampler():
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, **FLUX_SHIFT)
 
 
-def flux_timesteps(sampler, steps: int, image_seq_len: int, device) -> torch.Tensor:
-    """Set FLUX's shifted schedule on ``sampler``; ``image_seq_len`` is the base-patch token count."""
+def shift_mu(sampler, image_seq_len: int) -> float:
+    """The resolution-dependent shift FluxPipeline applies (training draws its noise levels with it too)."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     cfg = sampler.config
-    mu = calculate_shift(
-        image_seq_len,
-        cfg.get("base_image_seq_len", 256),
-        cfg.get("max_image_seq_len", 4096),
-        cfg.get("base_shift", 0.5),
-        cfg.get("max_shift", 1.15),
-    )
+    return float(calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)))
+
+
+def flow_sigma(u: torch.Tensor, mu: float) -> torch.Tensor:
+    """FLUX's shifted sigma for uniform u (FlowMatchEulerDiscreteScheduler.time_shift, exponential)."""
+    return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+
+
+def flux_timesteps(sampler, steps: int, image_seq_len: int, device) -> torch.Tensor:
+    """Set FLUX's shifted schedule on ``sampler``; ``image_seq_len`` is the base-patch token count."""
+    mu = shift_mu(sampler, image_seq_len)
     sampler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=device)
     # Step indices from 0 without the timestep lookup (a host sync), as FluxPipeline does.
     sampler.set_begin_index(0)

@@ -11,11 +11,12 @@ processes. That is what makes `--resume` reproduce an uninterrupted run exactly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
+
+from ..pipelines.flux import flow_sigma
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads (seed, index) pairs over the seed space
 
@@ -78,11 +79,6 @@ class SampleStream(Dataset):
         item = self.samples.item(int(self.order(epoch)[offset]))
         item["position"] = torch.tensor(position)
         return item
-
-
-def flow_sigma(u: torch.Tensor, mu: float) -> torch.Tensor:
-    """FLUX's shifted sigma for uniform u (FlowMatchEulerDiscreteScheduler.time_shift, exponential)."""
-    return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
 
 
 def model_inputs(batch: dict, seed: int, mu: float, timestep_scale: float) -> tuple[torch.Tensor, torch.Tensor]:

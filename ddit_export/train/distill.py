@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..ddit.loading import LoadedModel, load_ddit_model
 from ..ddit.model import DDiTModel
+from ..pipelines.flux import shift_mu  # clean latents are the FLUX image path (`train --images`)
 from ..pipelines.registry import teacher_pipeline
 from .checkpoint import load_checkpoint, newest_checkpoint, read_state, save_checkpoint
 from .config import TrainConfig
@@ -30,7 +31,7 @@ from .outputs import prepare_out, publish_pack, write_train_log
 from .recompute import enable_gradient_checkpointing
 from .rollouts import mix_states
 from .sources import build_samples, guidance_for, student_samples
-from .trajectories import base_tokens, call_conditions, shift_mu, timestep_like_pipeline
+from .trajectories import base_tokens, call_conditions, timestep_like_pipeline
 
 
 @dataclass

@@ -22,15 +22,6 @@ import torch
 from .data import SampleSet
 
 
-def shift_mu(sampler, image_seq_len: int) -> float:
-    """The resolution-dependent shift FluxPipeline applies (also used to draw training noise levels)."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    cfg = sampler.config
-    return float(calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)))
-
-
 def base_tokens(family, latent_shape) -> int:
     return family.tokens(latent_shape, family.base_patch)
 

@@ -10,12 +10,17 @@ import json
 import pytest
 import torch
 
-from ddit_export.demo.class_table import demo_conditioning, load_class_table
-from ddit_export.demo.classes import CLASS_NAMES, class_index
-from ddit_export.demo.codec import PADDED_CHANNELS, decode, encode
-from ddit_export.demo.model import DEMO_CONFIG, DEMO_TEXT_LEN, build_padded_transformer, narrow_to_pixel_channels
 from ddit_export.demo.tuning import DEMO_RULE, DEMO_SIZES, DEMO_TAU, demo_error_model
 from ddit_export.families.flux import FLUX
+from ddit_export.pipelines.demo.class_table import demo_conditioning, load_class_table
+from ddit_export.pipelines.demo.classes import CLASS_NAMES, class_index
+from ddit_export.pipelines.demo.codec import PADDED_CHANNELS, decode, encode
+from ddit_export.pipelines.demo.model import (
+    DEMO_CONFIG,
+    DEMO_TEXT_LEN,
+    build_padded_transformer,
+    narrow_to_pixel_channels,
+)
 
 REPORT_KEYS = {"speedup", "psnr_db", "accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "token_cost",
                "schedules", "distinct_schedules", "token_cost_per_class", "token_cost_flat", "token_cost_textured",

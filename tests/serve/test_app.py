@@ -36,7 +36,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     from safetensors.torch import save_file
 
-    from ddit_export.demo.class_table import demo_conditioning
+    from ddit_export.pipelines.demo.class_table import demo_conditioning
     from ddit_export.serve.app import bind_app, deployment_options
 
     solo_dir, batch_dir = demo_engine_folders()

@@ -43,7 +43,7 @@ DEMO_TEXT_LEN = 4  # class "prompt" tokens per class
 DEMO_HEIGHT = DEMO_WIDTH = 256  # what the FLUX family calls the image size: latent 32x32 = 256 / vae_scale 8
 DEMO_MODEL_ID = "demo"
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo"
 TRANSFORMER_DIR = ASSETS / "transformer"
 CLASS_TABLE = ASSETS / "class_embeddings.safetensors"
 ADAPTERS_DIR = ASSETS / "adapters"
@@ -93,7 +93,7 @@ def narrow_to_pixel_channels(padded):
 def load_demo_transformer(dtype: torch.dtype = torch.float32):
     """The shipped, trained demo transformer, as `--model demo` loads it (a model shipped with the package:
     families/base.py `Family.load`)."""
-    from ..families.flux import FLUX
+    from ...families.flux import FLUX
 
     require(TRANSFORMER_DIR)
     return FLUX.load(DEMO_MODEL_ID, dtype)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..demo.class_table import demo_conditioning
-from ..demo.classes import CLASS_NAMES, class_index
-from ..demo.model import DEMO_MODEL_ID
-from .flux import Flux
+from ..flux import Flux
+from .class_table import demo_conditioning
+from .classes import CLASS_NAMES, class_index
+from .model import DEMO_MODEL_ID
 
 
 class Demo(Flux):
@@ -33,12 +33,12 @@ class Demo(Flux):
         return super().conditioning(manifest, prompt, guidance, device)
 
     def image_decoder(self, manifest, device):
-        from ..demo.codec import decode
+        from .codec import decode
 
         return lambda latent: decode(latent.float().cpu())  # the demo's latent is the pixels: its exact codec
 
     def write_outputs(self, manifest: dict, latent: torch.Tensor, out: Path, device) -> list[Path]:
-        from ..demo.plots import to_pil
+        from .codec import to_pil
 
         path = out / "image.png"
         to_pil(self.image_decoder(manifest, device)(latent)[0]).save(path)

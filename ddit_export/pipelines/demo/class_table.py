@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.conditioning import Conditioning
+from ...runtime.conditioning import Conditioning
 from .classes import CLASS_NAMES, class_index
 from .model import CLASS_TABLE, DEMO_CONFIG, DEMO_TEXT_LEN, require
 

@@ -13,6 +13,7 @@ token against a hidden width of 128. The shipped model is narrowed to the three 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 IMAGE_SIZE = 32
@@ -35,3 +36,11 @@ def encode(images: torch.Tensor, channels: int = LATENT_CHANNELS) -> torch.Tenso
 def decode(latent: torch.Tensor) -> torch.Tensor:
     """B x C x H x W latent (its first 3 channels are the pixels) -> B x 3 x H x W image in [0, 1]."""
     return ((latent[:, :3].float() + 1) / 2).clamp(0, 1)
+
+
+def to_pil(image: torch.Tensor, scale: int = 8):
+    """A 3 x H x W image in [0, 1] as a PIL image, upscaled (nearest) so the 32x32 pixels stay visible."""
+    from PIL import Image
+
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
