@@ -53,7 +53,7 @@ def tiny_flux_bucket_engines(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     try:
         export_engines(ExportRequest(model="tiny", patch_sizes=(2, 4), resolutions=TINY_BUCKETS, text_len=8,
-                                     dtype="fp32", layout="staged", backends=("onnx",), out=str(out)))
+                                     dtype="fp32", layout="staged", artifacts=("onnx",), out=str(out)))
     finally:
         torch.set_num_threads(before)
     return out

@@ -51,7 +51,7 @@ def build(args) -> dict:
     request = ExportRequest(
         family="flux", model="smoke", patch_sizes=tuple(int(p) for p in args.sizes.split(",")),
         height=args.height, width=args.width, text_len=512, dtype=args.dtype, out=args.out,
-        backends=tuple(backends), device="cuda", layout=args.layout,
+        artifacts=tuple(backends), device="cuda", layout=args.layout,
     )
     return export_engines(request)
 

@@ -53,8 +53,10 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if --out holds engines from other inputs")
     p.add_argument("--external-data", action="store_true", default=None,
                    help="store weights in one .onnx.data file beside each graph (automatic beyond 1.5 GiB)")
-    p.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
-                   help="comma list of onnx, aoti, trt (default: onnx, plus trt where TensorRT and CUDA are present)")
+    p.add_argument("--artifacts", "--backends", dest="artifacts",  # --backends: the name before 2026-12
+                   type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
+                   help="artifact kinds to write, comma list of onnx, aoti, trt (default: onnx, plus trt where "
+                        "TensorRT and CUDA are present; --backends is the old name)")
     p.add_argument("--device", help="where to trace and compile: cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--layout",  # checked by the request: a bad value gets one line, not argparse's usage
                    help="single: one merged engine per size (default); staged: per size an embed and a head, "
@@ -72,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser, family: str = "flux") -> None:
 
 
 REQUEST_FLAGS = ("model", "patch_sizes", "adapters", "height", "width", "frames", "batch", "text_len", "dtype",
-                 "opset", "out", "force", "external_data", "backends", "device", "tau", "rho", "atol", "rtol", "layout",
-                 "first_block_split", "variant", "kontext_reference", "resolutions", "skip_resource_check")
+                 "opset", "out", "force", "external_data", "artifacts", "device", "tau", "rho", "atol", "rtol",
+                 "layout", "first_block_split", "variant", "kontext_reference", "resolutions", "skip_resource_check")
 
 
 def request_settings(args, family: str) -> dict:

@@ -21,7 +21,7 @@ def demo_request(out: Path, force: bool = False, layout: str = "single",
         family="flux", model=DEMO_MODEL_ID, patch_sizes=DEMO_PATCH_SIZES, adapters=str(require(ADAPTERS_DIR)),
         height=DEMO_HEIGHT, width=DEMO_WIDTH, text_len=DEMO_TEXT_LEN, dtype="fp32", out=str(out), force=force,
         # the demo's tuned schedule, so `generate` on these engines schedules as `ddit-export demo` does
-        backends=("onnx",), tau=DEMO_TAU, scheduler_sizes=DEMO_SIZES, rule=DEMO_RULE, layout=layout,
+        artifacts=("onnx",), tau=DEMO_TAU, scheduler_sizes=DEMO_SIZES, rule=DEMO_RULE, layout=layout,
         error_model=demo_error_model(), first_block_split=first_block_split,
     )
 

@@ -58,8 +58,8 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base
     per artifact kind to build, its `finish` with the cost so far."""
     # Compiled artifacts are bound to the device they were built on; ONNX graphs are not.
     keys = {b: stage_key({**key_base, "device": None if b == "onnx" else req.device}, patch, b)
-            for b in req.backends}
-    entries = {b: reuse(old, old_dir or req.out_dir, keys[b], tmp) for b in req.backends}
+            for b in req.artifacts}
+    entries = {b: reuse(old, old_dir or req.out_dir, keys[b], tmp) for b in req.artifacts}
     pending = {}
     if any(e is None for e in entries.values()):
         gpu = _on_gpu(req)
@@ -71,7 +71,7 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base
                 job = SizeJob(req, patch, engine, engine.sample_inputs(torch.float32, seed=patch), tmp, reporter)
                 del engine
             with torch.no_grad():
-                for b in req.backends:
+                for b in req.artifacts:
                     if entries[b] is None:
                         with BuildCost(gpu) as cost:
                             pending[b] = (STAGES[b](job), [cost])
@@ -85,7 +85,7 @@ def _export_size(model, req: ExportRequest, patch: int, tmp: Path, old, key_base
 
 
 def _on_gpu(req: ExportRequest) -> bool:
-    return req.device.startswith("cuda") or "trt" in req.backends
+    return req.device.startswith("cuda") or "trt" in req.artifacts
 
 
 def export_engines(req: ExportRequest, reporter: Reporter | None = None) -> dict:
@@ -158,7 +158,7 @@ def _finish_bucket(req: ExportRequest, root: Path, name: str | None, halves: dic
             with BuildCost(gpu) as cost:
                 entry = finish()
             done[b] = {**record(entry, [*costs, cost]), "stage_key": key}
-        size_entries = [done[b] for b in req.backends]
+        size_entries = [done[b] for b in req.artifacts]
         onnx_entry = done["onnx"]
         specs[patch] = IOSpec.from_onnx(root / onnx_entry["files"][0])
         entries.extend({**e, "files": [in_bucket(f, name) for f in e["files"]]} for e in size_entries)

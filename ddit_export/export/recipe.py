@@ -15,6 +15,7 @@ import yaml
 from .request import ExportRequest
 
 NOT_IN_RECIPES = {"out", "force", "skip_resource_check"}  # where, whether to overwrite, the host: the caller's business
+LEGACY_KEYS = {"backends": "artifacts"}  # recipes written before the artifact kinds had their own name
 
 
 def recipe_keys() -> list[str]:
@@ -43,18 +44,23 @@ def load_recipe(path, family: str) -> dict:
     if not isinstance(scheduler, dict):
         raise ValueError(f"recipe {path}: 'scheduler' must be a mapping like {{tau: 0.001, rho: 0.4}}")
     data.update({k: scheduler[k] for k in ("tau", "rho") if k in scheduler})
+    for old, new in LEGACY_KEYS.items():
+        if old in data:
+            if new in data:
+                raise ValueError(f"recipe {path} gives both '{old}' and '{new}' (the same setting): keep '{new}'")
+            data[new] = data.pop(old)
     unknown = sorted(set(data) - set(recipe_keys()))
     if unknown:
         raise ValueError(f"recipe {path} has unknown key(s) {unknown}; known: {', '.join(recipe_keys())}")
-    for key in ("patch_sizes", "backends"):
+    for key in ("patch_sizes", "artifacts"):
         if key in data and isinstance(data[key], str):
             data[key] = [part.strip() for part in data[key].split(",")]
     for key, value in data.items():
         _check_type(path, key, value)
     if "patch_sizes" in data:
         data["patch_sizes"] = tuple(int(p) for p in data["patch_sizes"])
-    if "backends" in data:
-        data["backends"] = tuple(data["backends"])
+    if "artifacts" in data:
+        data["artifacts"] = tuple(data["artifacts"])
     return data
 
 

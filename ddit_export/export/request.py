@@ -15,7 +15,7 @@ from ..util import limits
 from ..util.atomic import check_writable
 from ..util.devices import parse_device
 
-# ARTIFACT KINDS an export writes (the manifest entries' "backend" key and --backends, kept for compatibility),
+# ARTIFACT KINDS an export writes (--artifacts; the manifest entries' "backend" key, kept for compatibility),
 # in the order stages run: trt builds from the onnx graph. Not to be confused with the runtime backends that
 # run them (runtime/backends: torch, torch-compile, onnx, onnx-trt, aoti, trt).
 ARTIFACT_KINDS = ("onnx", "aoti", "trt")
@@ -45,7 +45,7 @@ class ExportRequest:
     atol: float = 1e-4
     rtol: float = 1e-3
     min_cosine: float = 0.9999
-    backends: tuple[str, ...] | None = None  # artifact kinds; None: onnx, plus trt where TensorRT and CUDA are present
+    artifacts: tuple[str, ...] | None = None  # artifact kinds; None: onnx, plus trt where TensorRT and CUDA are present
     device: str = "auto"  # where the model is traced and AOTInductor compiles: auto = cuda when present
     tau: float | None = None  # the engines' default schedule; None keeps a calibrated one, else 1e-3
     rho: float | None = None  # None: as tau, else 0.4
@@ -110,9 +110,9 @@ class ExportRequest:
             if not set(self.scheduler_sizes) <= set(self.patch_sizes) or fam.base_patch not in self.scheduler_sizes:
                 raise ValueError(f"scheduler sizes {list(self.scheduler_sizes)} must be some of --patch-sizes "
                                  f"{list(self.patch_sizes)}, the base {fam.base_patch} included")
-        self.backends = self._checked_backends()
-        if self.first_block_split and set(self.backends) - {"onnx"}:
-            raise ValueError("--first-block-split is built for ONNX Runtime only so far: export with --backends onnx")
+        self.artifacts = self._checked_artifacts()
+        if self.first_block_split and set(self.artifacts) - {"onnx"}:
+            raise ValueError("--first-block-split is built for ONNX Runtime only so far: export with --artifacts onnx")
         self.device = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
         self.device = "cpu" if self.device == "auto" else str(parse_device(self.device))
         if self.dtype is None:  # what the export device can run: ONNX Runtime's CPU kernels have no bf16 math
@@ -138,23 +138,23 @@ class ExportRequest:
         return list(self.resolutions) if self.resolutions else [(self.height, self.width)]
 
     def at(self, height: int, width: int) -> ExportRequest:
-        """This request for one bucket alone (same model, sizes, backends; the bucket's geometry)."""
+        """This request for one bucket alone (same model, sizes, artifact kinds; the bucket's geometry)."""
         return replace(self, height=height, width=width, resolutions=None)
 
-    def _checked_backends(self) -> tuple[str, ...]:
+    def _checked_artifacts(self) -> tuple[str, ...]:
         from ..artifacts.tensorrt_plans import unavailable_reason
 
-        if self.backends is None:
+        if self.artifacts is None:
             return ("onnx",) if unavailable_reason() else ("onnx", "trt")
-        backends = tuple(dict.fromkeys(self.backends))  # de-duplicated, order kept
-        unknown = set(backends) - set(ARTIFACT_KINDS)
+        kinds = tuple(dict.fromkeys(self.artifacts))  # de-duplicated, order kept
+        unknown = set(kinds) - set(ARTIFACT_KINDS)
         if unknown:
-            raise ValueError(f"unknown backend(s) {sorted(unknown)}; available: {', '.join(ARTIFACT_KINDS)}")
-        if "onnx" not in backends:
-            raise ValueError("--backends must include onnx: the I/O spec and TensorRT plans are made from it")
-        if "trt" in backends and unavailable_reason():
-            raise ValueError(f"--backends trt: {unavailable_reason()}")
-        return tuple(b for b in ARTIFACT_KINDS if b in backends)
+            raise ValueError(f"unknown artifact kind(s) {sorted(unknown)}; available: {', '.join(ARTIFACT_KINDS)}")
+        if "onnx" not in kinds:
+            raise ValueError("--artifacts must include onnx: the I/O spec and TensorRT plans are made from it")
+        if "trt" in kinds and unavailable_reason():
+            raise ValueError(f"--artifacts trt: {unavailable_reason()}")
+        return tuple(b for b in ARTIFACT_KINDS if b in kinds)
 
     @property
     def family_obj(self):

@@ -66,7 +66,7 @@ def disk_estimate(req: ExportRequest, params: int, layout: str | None = None) ->
     """Artifacts, plus what lives beside them until the build ends (fp32 twins of half graphs, the merge spill)."""
     product = params * DTYPES[req.dtype].itemsize
     copies = 1 if (layout or req.layout) == "staged" else len(req.patch_sizes)
-    kinds = len(req.backends)  # each artifact kind holds the weights once per copy
+    kinds = len(req.artifacts)  # each artifact kind holds the weights once per copy
     twins = copies * params * 4 if req.dtype != "fp32" else 0
     spill = params * 4 // 2 if (layout or req.layout) == "single" and len(req.patch_sizes) > 1 else 0
     return product * copies * kinds + twins + spill
@@ -83,8 +83,8 @@ def check_resources(req: ExportRequest, reporter=None) -> None:
     override = "--skip-resource-check to try anyway"
     if have < need:
         lower = ""
-        if "aoti" in req.backends:
-            lower = " or export ONNX first (--backends onnx) and compile AOTInductor on its own,"
+        if "aoti" in req.artifacts:
+            lower = " or export ONNX first (--artifacts onnx) and compile AOTInductor on its own,"
         raise ResourceError(
             f"not enough free memory for this export: it needs about {gib(need)} (the model's {params / 1e9:.2f} B "
             f"parameters held once in fp32{' plus the ' + req.dtype + ' engine' if req.dtype != 'fp32' else ''}, "
@@ -98,12 +98,12 @@ def check_resources(req: ExportRequest, reporter=None) -> None:
         hints = []
         if req.layout == "single" and len(req.patch_sizes) > 1:
             hints.append(f"--layout staged stores the weights once ({gib(disk_estimate(req, params, 'staged'))})")
-        if len(req.backends) > 1:
-            hints.append("fewer --backends")
+        if len(req.artifacts) > 1:
+            hints.append("fewer --artifacts")
         lower = f"; {' or '.join(hints)}" if hints else ""
         raise ResourceError(
             f"not enough free disk beside {out} for this export: it writes about {gib(need)} "
-            f"({len(req.patch_sizes)} size(s), {', '.join(req.backends)}, {req.dtype}), {gib(have)} is free"
+            f"({len(req.patch_sizes)} size(s), {', '.join(req.artifacts)}, {req.dtype}), {gib(have)} is free"
             f"{f' (${DISK_ENV})' if _env(DISK_ENV) else ''}{lower}; or pass {override}")
 
 

@@ -1,6 +1,6 @@
 """TensorRT plans from validated ONNX graphs, built with Polygraphy's loaders.
 
-TensorRT is imported lazily: nothing here is needed unless `--backends` names `trt`. Engines are
+TensorRT is imported lazily: nothing here is needed unless `--artifacts` names `trt`. Engines are
 strongly typed (TensorRT 10+/11 take precision from the ONNX dtypes; no fp16/bf16 builder flags),
 built at optimisation level 3, and every size shares one timing cache. Plan names and the
 compatibility check live in artifacts/tensorrt_plans.py (the runtime reads them too).

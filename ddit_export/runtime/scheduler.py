@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +120,12 @@ class ScheduleConfig:
     monotone: bool = False
     size_scaled_tau: bool = False
     error_model: ErrorModel | None = None
+
+    def to_json(self) -> dict:
+        """The settings a run records (generate's trace.json): every field but the error model's coefficients
+        (the manifest holds those), tuples as lists."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in fields(self) if f.name != "error_model" for v in [getattr(self, f.name)]}
 
     def __post_init__(self) -> None:
         sizes = tuple(self.patch_sizes)

@@ -40,7 +40,7 @@ def batch_variant(folder: str | Path, batch: int, backend: str = "onnx", reporte
         **{**manifest["request"], "batch": batch},
         patch_sizes=tuple(manifest["patch_sizes"]), adapters=adapters.get("path") if adapters.get("sha256") else None,
         opset=int(manifest.get("opset", 20)), out=str(variant_path(folder, batch)),
-        backends=tuple(sorted({"onnx", EXPORTED_FOR.get(backend, "onnx")})),
+        artifacts=tuple(sorted({"onnx", EXPORTED_FOR.get(backend, "onnx")})),
         tau=scheduler.get("tau"), rho=scheduler.get("rho"), rule=scheduler.get("rule"),
         scheduler_sizes=tuple(scheduler["patch_sizes"]) if scheduler.get("patch_sizes") else None,
         error_model=scheduler.get("error_model"),  # the predicted-error rule's fit does not depend on the batch

@@ -63,7 +63,7 @@ def test_flop_formula_matches_torch_flop_counter(family, geometry, torch_single_
     from ddit_export.pipelines.registry import pipeline_by_family
 
     req = ExportRequest(family=family, model="tiny", patch_sizes=(2, 4), text_len=8, dtype="fp32",
-                        backends=("onnx",), **geometry)
+                        artifacts=("onnx",), **geometry)
     model = load_ddit_model(req.family_obj, req.model, req.patch_sizes).model
     for patch in (2, 4):
         engine = build_engine(model, patch, req.latent_shape, req.text_len)
@@ -126,7 +126,7 @@ def wan_engines(request, tmp_path_factory):
     torch.set_num_threads(1)
     try:
         export_engines(ExportRequest(family="wan", model="tiny", patch_sizes=(2, 4), frames=5, height=32, width=32,
-                                     text_len=8, dtype="fp32", out=str(out), backends=("onnx",)))
+                                     text_len=8, dtype="fp32", out=str(out), artifacts=("onnx",)))
     finally:
         torch.set_num_threads(before)
     return out

@@ -47,16 +47,16 @@ def test_aoti_package_runs_from_the_manifest_and_sizes_differ(engines):
 
 def test_backends_must_include_onnx_and_be_known():
     with pytest.raises(ValueError, match="must include onnx"):
-        ExportRequest(model="tiny", height=128, width=128, backends=("aoti",))
-    with pytest.raises(ValueError, match="unknown backend"):
-        ExportRequest(model="tiny", height=128, width=128, backends=("onnx", "tvm"))
+        ExportRequest(model="tiny", height=128, width=128, artifacts=("aoti",))
+    with pytest.raises(ValueError, match="unknown artifact kind"):
+        ExportRequest(model="tiny", height=128, width=128, artifacts=("onnx", "tvm"))
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and CUDA are present: refusal does not apply")
 def test_trt_is_refused_with_the_reason_where_absent(capsys, tmp_path):
     assert main(["flux", "--model", "tiny", "--backends", "onnx,trt", "--out", str(tmp_path / "x")]) == 2
     assert unavailable_reason() in capsys.readouterr().err
-    assert ExportRequest(model="tiny", height=128, width=128).backends == ("onnx",)
+    assert ExportRequest(model="tiny", height=128, width=128).artifacts == ("onnx",)
 
 
 def test_plan_names_carry_size_and_tensorrt_version():

@@ -34,11 +34,11 @@ def test_too_little_disk_is_refused_with_what_lowers_it(cli, tmp_path, monkeypat
 
 
 def test_the_override_flag_and_a_roomy_host_pass_the_check(tmp_path, monkeypatch):
-    req = ExportRequest(model="tiny", out=str(tmp_path / "o"), backends=("onnx",))
+    req = ExportRequest(model="tiny", out=str(tmp_path / "o"), artifacts=("onnx",))
     monkeypatch.setenv(MEMORY_ENV, "1MiB")
     with pytest.raises(ResourceError):
         check_resources(req)
-    check_resources(ExportRequest(model="tiny", out=str(tmp_path / "o"), backends=("onnx",), skip_resource_check=True))
+    check_resources(ExportRequest(model="tiny", out=str(tmp_path / "o"), artifacts=("onnx",), skip_resource_check=True))
     monkeypatch.setenv(MEMORY_ENV, "1TiB")
     monkeypatch.setenv(DISK_ENV, "1TiB")
     check_resources(req)
@@ -46,8 +46,8 @@ def test_the_override_flag_and_a_roomy_host_pass_the_check(tmp_path, monkeypatch
 
 def test_estimates_follow_dtype_layout_and_sizes():
     params = 10**9
-    fp32 = ExportRequest(model="tiny", patch_sizes=(2, 4, 8), dtype="fp32", backends=("onnx",))
-    bf16 = ExportRequest(model="tiny", patch_sizes=(2, 4, 8), dtype="bf16", backends=("onnx",))
+    fp32 = ExportRequest(model="tiny", patch_sizes=(2, 4, 8), dtype="fp32", artifacts=("onnx",))
+    bf16 = ExportRequest(model="tiny", patch_sizes=(2, 4, 8), dtype="bf16", artifacts=("onnx",))
     assert memory_estimate(bf16, params) > memory_estimate(fp32, params)  # the cast engine beside the fp32 model
     assert disk_estimate(fp32, params, "staged") < disk_estimate(fp32, params)  # weights once, not per size
     assert parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes("500 MB") == 500 * 10**6
@@ -89,7 +89,7 @@ from ddit_export.export.request import ExportRequest
 import onnxruntime, polygraphy.backend.onnxrt  # everything the export imports, before the baseline is read
 print("BASELINE", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)
 export_engines(ExportRequest(model=sys.argv[1], height=128, width=128, text_len=16, patch_sizes=(2, 4), dtype="fp32",
-                             backends=("onnx",), device="cpu", out=sys.argv[2], external_data=True))
+                             artifacts=("onnx",), device="cpu", out=sys.argv[2], external_data=True))
 """
 
 

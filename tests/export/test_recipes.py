@@ -18,7 +18,7 @@ def test_shipped_recipes_are_valid_requests(path):
 
     family = yaml.safe_load(path.read_text())["family"]
     settings = load_recipe(path, family)
-    settings.pop("backends", None)  # trt is not installed here; the rest must validate
+    settings.pop("artifacts", None)  # trt is not installed here; the rest must validate
     req = ExportRequest(family=family, **settings)
     assert req.latent_shape[0] == req.batch
 
@@ -44,6 +44,7 @@ def test_flags_override_the_recipe_and_scheduler_defaults_reach_the_manifest(tmp
     ("patch_sizes: [2, four]\n", "'patch_sizes' must be a list of ints"),
     ("scheduler: [0.001]\n", "'scheduler' must be a mapping"),
     ("external_data: 3\n", "'external_data' must be bool"),
+    ("backends: [onnx]\nartifacts: [onnx]\n", "gives both 'backends' and 'artifacts'"),
 ])
 def test_bad_recipes_are_one_line_exit_2(tmp_path, capsys, text, message):
     recipe = tmp_path / "r.yaml"
@@ -52,3 +53,9 @@ def test_bad_recipes_are_one_line_exit_2(tmp_path, capsys, text, message):
     err = capsys.readouterr().err.strip()
     assert message in err and str(recipe) in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_recipe_with_the_old_backends_key_still_loads_as_artifact_kinds(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("family: flux\nmodel: tiny\nbackends: [onnx]\n")
+    assert load_recipe(recipe, "flux") == {"model": "tiny", "artifacts": ("onnx",)}

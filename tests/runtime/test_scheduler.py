@@ -338,3 +338,16 @@ def test_config_accepts_list_and_orders_candidates():
     cfg = ScheduleConfig([2, 8, 4])
     assert cfg.patch_sizes == (2, 8, 4)
     assert cfg.candidates == (8, 4)
+
+
+def test_schedule_settings_serialise_every_field_and_round_trip():
+    """generate's trace.json records `ScheduleConfig.to_json()`: every setting, readable back into the same config."""
+    import json
+
+    config = ScheduleConfig(patch_sizes=(2, 4, 8), tau=2e-3, rho=0.5, warmup_patch=8, base_last_steps=2,
+                            settle_steps=1, statistic="detail", monotone=True, size_scaled_tau=True)
+    settings = json.loads(json.dumps(config.to_json()))
+    assert settings["patch_sizes"] == [2, 4, 8] and settings["settle_steps"] == 1 and "error_model" not in settings
+    assert ScheduleConfig(**settings) == config
+    fixed = ScheduleConfig(patch_sizes=(2, 4), fixed=(4, 4, 2))
+    assert ScheduleConfig(**fixed.to_json()) == fixed

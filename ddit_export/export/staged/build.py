@@ -92,7 +92,7 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
     names = [None] + [bucket_name(h, w) for h, w in req.buckets[1:]]  # None: the default bucket, at the top
     subs = [req.at(h, w) for h, w in req.buckets]
     keys = {(n, p, b): stage_key(key_base if n is None else {**key_base, "bucket": n}, p, b)
-            for n in names for p in req.patch_sizes for b in req.backends}
+            for n in names for p in req.patch_sizes for b in req.artifacts}
     facts = SimpleNamespace(config=dict(model.config), base_patch=model.base_patch)  # what the manifest needs
     reporter.begin([bucket_label(p, n) for n in names for p in req.patch_sizes])
     with atomic_folder(req.out_dir, replace=True) as tmp:
@@ -104,7 +104,7 @@ def _export_staged_locked(req: ExportRequest, reporter: Reporter) -> dict:
         else:
             shutil.rmtree(tmp / STAGED_DIR, ignore_errors=True)
             shutil.rmtree(tmp / BUCKETS_DIR, ignore_errors=True)
-            gpu = req.device.startswith("cuda") or "trt" in req.backends
+            gpu = req.device.startswith("cuda") or "trt" in req.artifacts
             with BuildCost(gpu) as cost:
                 # One staged model per bucket, all on the same modules: only the RoPE tables are the bucket's own.
                 first = build_staged(model, subs[0].latent_shape, req.text_len)
@@ -177,7 +177,7 @@ def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter, 
             _export_parts(staged, req, tmp, name, product[name])
     tolerances = dict(HALF_TOLERANCES) if half else dict(atol=req.atol, rtol=req.rtol, min_cosine=req.min_cosine)
     compiled = [[] for _ in buckets]
-    if "aoti" in req.backends:
+    if "aoti" in req.artifacts:
         from .aoti import aoti_stage
 
         with BuildCost(gpu) as cost:
@@ -201,7 +201,7 @@ def _build_parts(buckets: list[tuple], req: ExportRequest, tmp: Path, reporter, 
             shutil.rmtree(graphs, ignore_errors=True)
         return per_bucket
 
-    if "trt" in req.backends:
+    if "trt" in req.artifacts:
         # TensorRT builds from the product graphs and validates on the GPU against the torch modules, so it runs
         # with the model here; the ONNX graphs (the plans' source) are validated first, as before.
         from .tensorrt import trt_stage
