@@ -39,7 +39,7 @@ class GenerationResult:
 @dataclass(frozen=True)
 class TeacherPipeline:
     sampler: Callable[[str | None], object]  # model id (None: the family's defaults) -> a fresh sampler
-    schedule: Callable[[object, int, int, object], torch.Tensor]  # (sampler, steps, base tokens, device)
+    timesteps: Callable[[object, int, int, object], torch.Tensor]  # (sampler, steps, base tokens, device): set, return
     keeps_fp32_latent: bool  # the sampler latent stays fp32 whatever the model dtype (Wan)
     guidance: str  # what --guidance means: "embedded" (a transformer input) or "cfg"
     default_guidance: float
@@ -71,7 +71,7 @@ class Pipeline:
                      negative_prompt: str = "") -> Conditioning:
         raise NotImplementedError
 
-    def generate(self, backend, conditioning: Conditioning, schedule, **options) -> GenerationResult:
+    def generate(self, backend, conditioning: Conditioning, config, **options) -> GenerationResult:
         raise NotImplementedError
 
     def image_decoder(self, manifest: dict, device) -> Callable[[torch.Tensor], torch.Tensor] | None:

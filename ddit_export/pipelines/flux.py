@@ -215,7 +215,7 @@ class Flux(Pipeline):
         self,
         backend: Backend,
         conditioning: Conditioning,
-        schedule: ScheduleConfig,
+        config: ScheduleConfig,
         *,
         steps: int = 50,
         seed: int = 0,
@@ -238,7 +238,7 @@ class Flux(Pipeline):
         static_inputs = conditioning.engine_inputs(backend.io_spec, device, dtype)
 
         trajectory = torch.empty((setup.steps + 1, *shape), dtype=dtype, device=device) if return_trajectory else None
-        runner = DDiTRunner(backend, schedule, total_steps=setup.steps, cache=cache)
+        runner = DDiTRunner(backend, config, total_steps=setup.steps, cache=cache)
         sigmas = setup.sigmas
         for i, t in enumerate(timesteps):
             if trajectory is not None:

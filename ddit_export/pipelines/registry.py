@@ -53,6 +53,6 @@ def make_conditioning(manifest: dict, prompt: str, guidance: float | None = None
     return pipeline_for(manifest).conditioning(manifest, prompt, guidance, device, negative_prompt, **given)
 
 
-def generate(backend, conditioning, schedule, **options):
+def generate(backend, conditioning, config, **options):
     """Sample one batch on ``backend``'s engines with the pipeline of its manifest (see `Pipeline.generate`)."""
-    return pipeline_for(backend.manifest).generate(backend, conditioning, schedule, **options)
+    return pipeline_for(backend.manifest).generate(backend, conditioning, config, **options)

@@ -154,7 +154,7 @@ def wan_teacher_sampler(model_id: str | None):
     return wan_sampler({"model": {"id": model_id}} if model_id else None)  # the folder's scheduler/, else UniPC
 
 
-def wan_schedule(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
+def wan_timesteps(sampler, steps: int, base_tokens: int, device) -> torch.Tensor:
     sampler.set_timesteps(steps, device=device)  # resets UniPC's multistep history too
     sampler.set_begin_index(0)  # as WanPipeline
     return sampler.timesteps
@@ -167,7 +167,7 @@ class Wan(Pipeline):
 
     family = "wan"
     # CFG-free trajectories by default: the student only learns the conditional velocity (train/trajectories.py)
-    teacher = TeacherPipeline(wan_teacher_sampler, wan_schedule, keeps_fp32_latent=True, guidance="cfg",
+    teacher = TeacherPipeline(wan_teacher_sampler, wan_timesteps, keeps_fp32_latent=True, guidance="cfg",
                               default_guidance=1.0, default_steps=50)  # WanPipeline's 50 steps
     text_encoder_folders = TEXT_ENCODER_FOLDERS
 
@@ -216,7 +216,7 @@ class Wan(Pipeline):
         self,
         backend: Backend,
         conditioning: Conditioning,
-        schedule: ScheduleConfig,
+        config: ScheduleConfig,
         *,
         steps: int = 50,
         seed: int = 0,
@@ -255,7 +255,7 @@ class Wan(Pipeline):
         scale = float(conditioning.guidance) if layout.guided else 1.0
 
         trajectory = torch.empty((steps + 1, *shape), dtype=torch.float32, device=device) if return_trajectory else None
-        runner = DDiTRunner(backend, schedule, total_steps=steps, cache=cache)
+        runner = DDiTRunner(backend, config, total_steps=steps, cache=cache)
         sigmas = sampler.sigmas.tolist()  # host floats for the scheduler, read once
         select = getattr(backend, "select", None)  # two experts (Wan 2.2 A14B): WanPipeline's boundary rule per step
         host_timesteps = timesteps.tolist() if select is not None else None

@@ -99,8 +99,7 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
         latent = torch.cat([initial_noise((1, *latent_shape[1:]), seed + i, device, latent_dtype) for i in rows])
         cond = call_conditions({k: v[rows] for k, v in conditions.items()}, guidance, b, dtype, device)
         uncond = call_conditions(negative_rows(negative, rows), guidance, b, dtype, device) if guided else None
-        schedule = pipeline.schedule(sampler, steps, base_tokens(family, latent_shape), device)  # resets it
-        for t in schedule:
+        for t in pipeline.timesteps(sampler, steps, base_tokens(family, latent_shape), device):  # resets it
             timestep = pipeline_timestep(t, b, latent.dtype, family)
             latents.append(latent.cpu())
             timesteps.append(timestep.cpu())
