@@ -6,10 +6,12 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from ddit_export.artifacts.layouts import TRUNK_ONNX
 from ddit_export.artifacts.manifest import read_manifest
 from ddit_export.export.request import ExportRequest
+from ddit_export.runtime.backends import get_backend
 from tests.conftest import TINY_BUCKETS
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -117,3 +119,28 @@ def test_wan_buckets_share_one_trunk_and_match_torch(tmp_path, cli):
             latent = cond.pop("latent")
             for p in (2, 4):
                 assert (onnx(p, latent, **cond) - eager(p, latent, **cond)).abs().max() < 1e-4, (bucket, p)
+
+
+def test_staged_aoti_buckets_compile_per_bucket_on_one_weights_file_and_match_onnx(tmp_path, cli):
+    """AOTInductor on a bucketed staged folder: one package per (bucket, part) shape, every package reading the
+    one `staged/weights.safetensors`, each bucket's chain equal to ONNX Runtime's at that bucket."""
+    from ddit_export.bench.memory import weight_bytes
+
+    out = tmp_path / "aoti"
+    code, err = cli("flux", "--model", "tiny", "--patch-sizes", "2,4", "--resolutions", "64x64,48x96", "--text-len",
+                    "8", "--dtype", "fp32", "--layout", "staged", "--artifacts", "onnx,aoti", "--out", out)
+    assert code == 0, err
+    manifest = read_manifest(out)
+    for h, w in ((64, 64), (48, 96)):
+        entries = [e for e in manifest.at_bucket(h, w)["engines"] if e["backend"] == "aoti"]
+        assert len(entries) == 2 and all(e["validation"]["passed"] for e in entries), (h, w)
+        assert all(e["files"][-1] == "staged/weights.safetensors" for e in entries)
+        with get_backend("onnx", out, bucket=(h, w)) as ref, get_backend("aoti", out, bucket=(h, w)) as aoti, \
+                get_backend("torch", out, bucket=(h, w)) as eager:
+            assert weight_bytes(aoti) == weight_bytes(eager), "every package must read the one set of weights"
+            gen = torch.Generator().manual_seed(0)
+            feeds = {t.name: torch.randn(t.shape, generator=gen) for t in ref.io_spec.inputs}
+            latent = feeds.pop("latent")
+            assert latent.shape[-2:] == (h // 8, w // 8)
+            for patch in (2, 4):
+                assert (aoti(patch, latent, **feeds) - ref(patch, latent, **feeds)).abs().max() < 1e-4
