@@ -75,13 +75,12 @@ class DDiTFluxTransformer(DropInTransformer):
                 f"the prompt embeddings have {encoder_hidden_states.shape[1]} tokens, the engines were built for "
                 f"{self._text_len}: call the pipeline with max_sequence_length={self._text_len}"
             )
-        b, c, h, w = self.latent_shape
-        tokens, features = (h // FLUX.base_patch) * (w // FLUX.base_patch), FLUX.patch_features(FLUX.base_patch, c)
         latent = self._track(
             hidden_states, timestep,
-            to_latent=lambda packed: FLUX.unpack(packed[:, :tokens, :features], FLUX.base_patch, self.latent_shape),
+            to_latent=lambda packed: self._unpack_latent(packed),
             check_geometry=lambda: self._check_geometry(hidden_states, img_ids),
         )
+        tokens, features = self._latent_tokens()  # of the bucket the geometry check picked for this call
         conditioning = {"encoder_hidden_states": encoder_hidden_states, "timestep": timestep}
         if self._condition_shape is not None:  # Control / Fill: the features after the latent's
             conditioning[CONDITION_LATENT] = FLUX.unpack(hidden_states[:, :tokens, features:], FLUX.base_patch,
@@ -97,6 +96,15 @@ class DDiTFluxTransformer(DropInTransformer):
         pred = self.runner.run(latent, self._branch, **conditioning)
         # Kontext's pipeline keeps only the latent's tokens of the output, so the latent's tokens are enough.
         return self._output(FLUX.pack(pred, FLUX.base_patch).to(hidden_states.dtype), pred, return_dict)
+
+    def _latent_tokens(self) -> tuple[int, int]:
+        """(tokens, features per token) of the latent at the base patch, at the current bucket."""
+        _, c, h, w = self.latent_shape
+        return (h // FLUX.base_patch) * (w // FLUX.base_patch), FLUX.patch_features(FLUX.base_patch, c)
+
+    def _unpack_latent(self, packed: torch.Tensor) -> torch.Tensor:
+        tokens, features = self._latent_tokens()  # read when called: a new call may have switched the bucket
+        return FLUX.unpack(packed[:, :tokens, :features], FLUX.base_patch, self.latent_shape)
 
     def _check_geometry(self, hidden_states: torch.Tensor, img_ids: torch.Tensor | None) -> None:
         """Once per pipeline call: the pipeline's image must be one of the engines' resolution buckets."""

@@ -48,6 +48,7 @@ class DropInTransformer(nn.Module):
         # Resolution buckets: the pipeline's height/width pick the folder's bucket at each new pipeline call;
         # another bucket's engines are loaded on first use (the staged ONNX Runtime ones share one trunk).
         self._bucket_backends = {backend.manifest.bucket.name: backend}
+        self._given = backend  # the caller's to close; the other buckets' backends are this drop-in's
         self._bucket_settings = (asked, total_steps, cache)
         self.runner = self._runner(backend, schedule, total_steps, cache)
         self._branch: str | None = None  # the pipeline's `cache_context` name ("cond" / "uncond"), for the cache
@@ -95,6 +96,16 @@ class DropInTransformer(nn.Module):
 
     def _bucket_changed(self) -> None:
         """For subclasses: refresh what they keep of the engines' geometry."""
+
+    def close(self) -> None:
+        """Close the backends this drop-in opened for other resolution buckets (the one it was given stays open:
+        its caller closes it) and go back to that one."""
+        if self.backend is not self._given:
+            self._use_grid(self._given.latent_shape[-2:])
+        for backend in self._bucket_backends.values():
+            if backend is not self._given:
+                backend.close()
+        self._bucket_backends = {self._given.manifest.bucket.name: self._given}
 
     def buckets_line(self) -> str:
         names = ", ".join(b.name for b in self.backend.manifest.buckets)

@@ -158,16 +158,28 @@ def test_the_drop_in_equals_stock_at_the_static_base_at_every_bucket(tiny_flux_b
     from ddit_export.runtime.backends import get_backend
     from tests.conftest import TINY_BUCKETS
 
-    backend = get_backend("onnx", tiny_flux_bucket_engines)
+    with get_backend("onnx", tiny_flux_bucket_engines) as backend:
+        _equal_to_stock_at_every_bucket(tiny_flux_bucket_engines, tiny_flux_vae, backend, TINY_BUCKETS)
+
+
+def _equal_to_stock_at_every_bucket(folder, vae, backend, buckets):
     dropin = DDiTFluxTransformer(backend, schedule_config(backend, static_patch=2))
-    stock = _stock_transformer(tiny_flux_bucket_engines)
-    embeds = make_conditioning(backend.manifest, "a red bicycle")
-    for height, width in [*TINY_BUCKETS, TINY_BUCKETS[0]]:  # and back: the first bucket's engines are kept
+    try:
+        _compare_at_every_bucket(folder, vae, dropin, buckets)
+    finally:
+        dropin.close()
+    assert dropin.backend is backend and list(dropin._bucket_backends.values()) == [backend]
+
+
+def _compare_at_every_bucket(folder, vae, dropin, buckets):
+    stock = _stock_transformer(folder)
+    embeds = make_conditioning(dropin.backend.manifest, "a red bicycle")
+    for height, width in [*buckets, buckets[0]]:  # and back: the first bucket's engines are kept
         latents = {}
         for name, transformer in (("stock", stock), ("drop-in", dropin)):
             pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
                                                                           **FLUX_SHIFT),
-                                vae=tiny_flux_vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
                                 tokenizer_2=None, transformer=None)
             pipe.transformer = transformer
             pipe.set_progress_bar_config(disable=True)
@@ -184,7 +196,11 @@ def test_the_drop_in_equals_stock_at_the_static_base_at_every_bucket(tiny_flux_b
 def test_a_resolution_without_a_bucket_is_refused_listing_them(tiny_flux_bucket_engines, tiny_flux_vae):
     from ddit_export.runtime.backends import get_backend
 
-    backend = get_backend("onnx", tiny_flux_bucket_engines)
+    with get_backend("onnx", tiny_flux_bucket_engines) as backend:
+        _refused_listing_the_buckets(tiny_flux_vae, backend)
+
+
+def _refused_listing_the_buckets(tiny_flux_vae, backend):
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, **FLUX_SHIFT),
                         vae=tiny_flux_vae, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                         transformer=None)

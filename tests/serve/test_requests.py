@@ -34,7 +34,7 @@ def test_height_and_width_pick_a_bucket_together():
 @pytest.mark.parametrize("body, status, words", [
     ({"prompt": "a", "height": 512}, 422, "'height' and 'width' together"),
     ({"prompt": "a", "height": 512, "width": "512"}, 422, "'width' must be an integer"),
-    ({"prompt": "a", "height": 0, "width": 512}, 422, "'height' must be from 1"),
+    ({"prompt": "a", "height": 0, "width": 512}, 422, "'height' must be an integer from 1 to 4096 (got 0)"),
     (b'{"prompt": "red', 400, "not valid JSON"),
     (b"\xff\xfe", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
