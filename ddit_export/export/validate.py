@@ -125,7 +125,9 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     # numpy has no bfloat16; float32 holds every bf16 value exactly, so nothing is lost.
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
-    return tensor.detach().cpu().numpy()
+    # C-contiguous: Polygraphy's comparison views the arrays, and a head that crops its padding (a bucket whose
+    # grid does not divide by the patch size) returns a strided view.
+    return tensor.detach().cpu().contiguous().numpy()
 
 
 def validate_onnx(
