@@ -131,13 +131,17 @@ def test_staged_aoti_buckets_compile_per_bucket_on_one_weights_file_and_match_on
                     "8", "--dtype", "fp32", "--layout", "staged", "--artifacts", "onnx,aoti", "--out", out)
     assert code == 0, err
     manifest = read_manifest(out)
-    for h, w in ((64, 64), (48, 96)):
+    with get_backend("aoti", out, bucket=TINY_BUCKETS[0]) as first, get_backend("aoti", out, bucket=TINY_BUCKETS[1]) \
+            as second:
+        assert first.weights is second.weights, "every bucket's packages read one set of tensors"
+    for h, w in TINY_BUCKETS:
         entries = [e for e in manifest.at_bucket(h, w)["engines"] if e["backend"] == "aoti"]
         assert len(entries) == 2 and all(e["validation"]["passed"] for e in entries), (h, w)
         assert all(e["files"][-1] == "staged/weights.safetensors" for e in entries)
         with get_backend("onnx", out, bucket=(h, w)) as ref, get_backend("aoti", out, bucket=(h, w)) as aoti, \
                 get_backend("torch", out, bucket=(h, w)) as eager:
-            assert weight_bytes(aoti) == weight_bytes(eager), "every package must read the one set of weights"
+            # one model's weights, plus the other bucket's RoPE tables (the file holds every bucket's)
+            assert weight_bytes(eager) <= weight_bytes(aoti) < 1.01 * weight_bytes(eager)
             gen = torch.Generator().manual_seed(0)
             feeds = {t.name: torch.randn(t.shape, generator=gen) for t in ref.io_spec.inputs}
             latent = feeds.pop("latent")
