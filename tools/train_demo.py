@@ -230,8 +230,9 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=64, help="LoRA rank of the adapters (the paper's 32: see below)")
     p.add_argument("--adapter-batch", type=int, default=8)
     p.add_argument("--adapter-lr", type=float, default=2e-3)
-    p.add_argument("--student-states", type=float, default=0.5,
-                   help="`ddit-export train --student-states`: share of student-rollout states (docs/method.md)")
+    p.add_argument("--student-states", type=float, default=0.0,
+                   help="`ddit-export train --student-states`: share of student-rollout states (default 0: 0.5 "
+                        "measured worse than teacher states only, docs/quality.md, Student states ablation)")
     p.add_argument("--rollout-every", type=int, default=None, help="`ddit-export train --rollout-every`")
     p.add_argument("--size-weights", default=None, help="`ddit-export train --size-weights`, e.g. 4=1,8=2")
     args = p.parse_args()
