@@ -76,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="--student-states: roll the current student out again every N steps "
                              "(default --steps / 4; the first rollouts after N steps)")
     recipe.add_argument("--size-weights", type=size_weights, default=None, metavar="P=W,...",
-                        help="loss weight per trained size, e.g. 4=1,8=2 (default 1 each)")
+                        help="loss weight per trained size, e.g. 4=1,8=2 (default 1 each; with adamw only 0 changes "
+                             "anything: docs/method.md)")
     run_group = p.add_argument_group("run")
     run_group.add_argument("--checkpoint-every", type=argtypes.non_negative_int, default=500, metavar="N",
                            help="save a resumable checkpoint every N steps, 0 = never (default 500)")
