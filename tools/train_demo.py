@@ -31,7 +31,8 @@ shipped ones on the new base through `ddit-export train` with student states (do
 steps were too few (DDiT 22.7 dB, 81.7% at 480 samples), so the previous weights stay shipped.
 A clean ablation on the shipped base (2026-12-04, not shipped either; commands and figures in docs/quality.md,
 Student states ablation): 3000 continued adapter steps with teacher states only improved FD a little on two
-held-out seed sets (not beyond the intervals), --student-states 0.5 made it worse, --size-weights changed nothing.
+held-out seed sets (not beyond the intervals), --student-states 0.5 made it worse, 0.2 was level, and
+--size-weights changed nothing (AdamW).
 
 --lora-rank: 64 by default, not the paper's 32. Measured on 144 samples with every step after warm-up at
 size 4 (2026-12-02): rank 32 (18000 steps) 1.81x, 26.56 dB, accuracy 93.8% against the base's 95.8%,
