@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from ..util.atomic import write_text_atomic
+from ..util.memory import byte_chunks
 from .iospec import IOSpec
 
 MANIFEST = "manifest.json"
@@ -67,9 +66,10 @@ def sha256_tensors(state_dict) -> str:
     """Content hash of a state dict (keys, dtypes, shapes and bytes), whatever its source format."""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
-        tensor = state_dict[key].detach().contiguous().cpu()
+        tensor = state_dict[key]
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        for block in byte_chunks(tensor):  # copies: `.numpy()` on the weights would pin them in memory
+            digest.update(block)
     return digest.hexdigest()
 
 

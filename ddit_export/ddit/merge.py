@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..util.memory import byte_chunks
 from .engine import PatchSizeEngine
 from .model import DDiTModel, adapter_name
 from .modules import FoldedRope
@@ -133,7 +134,8 @@ def adapter_merged_in_place(model: DDiTModel, patch: int, spill_dir: Path):
         with torch.no_grad(), open(spill, "wb") as f:
             for layer in layers.values():
                 weight = layer.get_base_layer().weight
-                f.write(_raw_bytes(weight))
+                for block in byte_chunks(weight):  # copies: `.numpy()` on the weight would pin it in memory
+                    f.write(block)
                 merged = (weight.float() + layer.get_delta_weight(name).float()).to(weight.dtype)
                 done.append(weight)  # from here on, this layer needs restoring
                 weight.copy_(merged)
@@ -147,10 +149,3 @@ def adapter_merged_in_place(model: DDiTModel, patch: int, spill_dir: Path):
                     raise RuntimeError(f"the spill file {spill} is short: the model's weights cannot be restored")
                 weight.copy_(raw.view(weight.dtype).reshape(weight.shape))
         spill.unlink(missing_ok=True)
-
-
-def _raw_bytes(t: torch.Tensor):
-    """The tensor's bytes through a uint8 view (numpy has no bfloat16); no copy for a contiguous CPU tensor."""
-    t = t.detach().contiguous().cpu()
-    return t.view(torch.uint8).numpy().data if t.numel() else b""
-

@@ -119,6 +119,20 @@ def release_weights(*modules) -> None:
                 pass
 
 
+def byte_chunks(tensor, chunk: int = 1 << 26):
+    """A tensor's bytes in order, as numpy arrays of at most `chunk` bytes, each made from a COPY of its slice.
+
+    `.numpy()` on the tensor itself would pin its storage (torch refuses to resize a storage numpy has seen),
+    and `release_weights` could then not free the model before validation: hashing the weights that way kept
+    a whole second copy alive through every export's validation (docs/export-memory.md). A copy per chunk
+    costs one chunk of memory."""
+    import torch
+
+    flat = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+    for start in range(0, flat.numel(), chunk):
+        yield flat[start:start + chunk].clone().numpy()
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by Python back to the system (glibc keeps freed heap pages otherwise, so a dropped
     model would still count in RSS and in what the next step can allocate). No-op off glibc."""

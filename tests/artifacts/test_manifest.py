@@ -115,3 +115,24 @@ def test_verify_entry_refuses_a_missing_or_altered_file(folder):
     graph.unlink()
     with pytest.raises(ManifestError, match="named in the manifest is missing"):
         verify_entry(folder, entry)
+
+
+def test_hashing_the_weights_does_not_pin_them_in_memory():
+    """`sha256_tensors` reads copies: `.numpy()` on a weight makes torch refuse to resize its storage, and the
+    export could not free the model before validation (a second copy of the weights, docs/export-memory.md).
+    The digest is the one of the plain bytes, so stage keys of existing folders are unchanged."""
+    import hashlib
+
+    import torch
+
+    from ddit_export.artifacts.manifest import sha256_tensors
+
+    weights = {"w": torch.randn(300, 70), "h": torch.arange(5, dtype=torch.bfloat16)}
+    digest = sha256_tensors(weights)
+    assert all(t.untyped_storage().resizable() for t in weights.values())
+    plain = hashlib.sha256()
+    for key in sorted(weights):
+        t = weights[key]
+        plain.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        plain.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    assert digest == plain.hexdigest()
