@@ -77,7 +77,10 @@ def schedule_config(
     sizes = tuple(backend.patch_sizes if patch_sizes is None else sorted(patch_sizes))
     if warmup_patch is None:  # the rule's own warm-up, unless the manifest was calibrated for this rule
         own = max(sizes) if preset["warmup"] == "coarsest" else None
-        warmup_patch = defaults.get("warmup_patch") if defaults.get("rule", DEFAULT_RULE) == rule else own
+        calibrated = defaults.get("warmup_patch") if defaults.get("rule", DEFAULT_RULE) == rule else None
+        # a calibrated warm-up size outside the sizes asked for (`--sizes 2,4` on a 2,4,8 folder) gives way
+        # to the rule's own warm-up among those sizes, rather than a refusal the user cannot act on
+        warmup_patch = calibrated if calibrated in sizes else own
     return ScheduleConfig(
         patch_sizes=sizes,
         base_patch=backend.base_patch,

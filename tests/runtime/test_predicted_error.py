@@ -176,6 +176,9 @@ def test_calibrate_error_model_then_generate_and_the_pipeline_agree(tiny_flux_en
         cond = make_conditioning(backend.manifest, "a red bicycle")
         ref = generate(backend, cond, schedule_config(backend), steps=8, seed=0)
         assert ref.trace.schedule[:WARMUP_STEPS] == [8] * WARMUP_STEPS
+        # asked for sizes without the calibrated warm-up size, the rule warms up at the coarsest size asked for
+        narrowed = generate(backend, cond, schedule_config(backend, patch_sizes=(2, 4)), steps=8, seed=0)
+        assert narrowed.trace.schedule[:WARMUP_STEPS] == [4] * WARMUP_STEPS and 8 not in narrowed.trace.schedule
         assert all(s.stats is not None for s in ref.trace.steps[WARMUP_STEPS:])
         # The drop-in reads sigma from FluxPipeline's timestep: the same decisions, the same latent.
         pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
