@@ -29,6 +29,11 @@ time; --extend-stop reproduces that checkpoint): class accuracy 88.1% on 480 hel
 100000+, torch sampling of the runtime's sampler), not the 95% aimed at. The adapters continue the
 shipped ones on the new base through `ddit-export train` with student states (docs/method.md): 800
 steps were too few (DDiT 22.7 dB, 81.7% at 480 samples), so the previous weights stay shipped.
+The same evening the trial base was continued with a fresh schedule (its weights from 39ed301 as the shipped
+base, then `--stage base --extend --extend-steps 2000 --extend-lr 3e-4 --extend-seed 4 --ema-decay 0.998`,
+1658 s): 88.1% / 88.8% class accuracy on two held-out seed sets of 480, but the shipped students carried
+over to it (3000 steps, then 6000 more with 288 or 576 trajectories) kept a worse FD than the shipped pack
+(docs/quality.md, A longer-trained base), so the shipped weights stay.
 A clean ablation on the shipped base (2026-12-04, not shipped either; commands and figures in docs/quality.md,
 Student states ablation): 3000 continued adapter steps with teacher states only improved FD a little on two
 held-out seed sets (not beyond the intervals), --student-states 0.5 made it worse, 0.2 was level, and
