@@ -78,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--size-weights", type=size_weights, default=None, metavar="P=W,...",
                         help="loss weight per trained size, e.g. 4=1,8=2 (default 1 each; with adamw only 0 changes "
                              "anything: docs/method.md)")
+    recipe.add_argument("--validation-share", type=argtypes.non_negative_float, default=0.0, metavar="F",
+                        help="hold this share of the prompts (their whole trajectories) out of training and log the "
+                             "students' loss on them: held-out loss says whether a lower training loss generalises "
+                             "(default 0: none held out)")
     run_group = p.add_argument_group("run")
     run_group.add_argument("--checkpoint-every", type=argtypes.non_negative_int, default=500, metavar="N",
                            help="save a resumable checkpoint every N steps, 0 = never (default 500)")
@@ -100,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         student_states=args.student_states, rollout_every=args.rollout_every, size_weights=args.size_weights,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        validation_share=args.validation_share, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, overwrite=args.overwrite,
     )
 
@@ -120,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         if result.log:
             last = result.log[-1]
             sizes = ", ".join(f"p{p} {v:.4g}" for p, v in last["loss_per_size"].items())
-            console.print(f"step {last['step']}: loss {last['loss']:.4g} ({sizes}); {result.seconds:.1f} s")
+            held = last.get("held_out_loss_per_size")
+            held = "; held out " + ", ".join(f"p{p} {v:.4g}" for p, v in held.items()) if held else ""
+            console.print(f"step {last['step']}: loss {last['loss']:.4g} ({sizes}{held}); {result.seconds:.1f} s")
         console.print(f"adapter pack: {result.out} (use: ddit-export {config.family} --adapters {result.out})")
 
     return run_guarded(body)

@@ -59,6 +59,7 @@ class TrainConfig:
     student_states: float = 0.0  # share of samples from the student's own DDiT rollouts (rollouts.py); 0 = teacher only
     rollout_every: int | None = None  # refresh the student rollouts every N steps (None: --steps // 4)
     size_weights: dict[int, float] | None = None  # loss weight per extra size (None: 1 each)
+    validation_share: float = 0.0  # share of the prompts held out of training, their loss logged (validation.py)
     # run management
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -106,6 +107,8 @@ class TrainConfig:
                 raise ValueError(f"{flag} must be at least 1 (got {value})")
         if not 0.0 <= self.student_states < 1.0:
             raise ValueError(f"--student-states is a share of the samples, 0 <= F < 1 (got {self.student_states})")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ValueError(f"--validation-share is a share of the prompts, 0 <= F < 1 (got {self.validation_share})")
         if self.rollout_every < 1:
             raise ValueError(f"--rollout-every must be at least 1 (got {self.rollout_every})")
         if self.student_states and self.images:
@@ -160,6 +163,11 @@ class TrainConfig:
                             ("--vae", self.vae)):
             if value and not Path(value).expanduser().exists():
                 raise ValueError(f"{flag} {value} does not exist")
+        if self.validation_share and self.prompts:  # refused here, before the model loads and the teacher samples
+            from .prompts import read_prompts
+            from .validation import held_out_count
+
+            held_out_count(len(read_prompts(self.prompts)), self.validation_share)
 
     @property
     def family_obj(self):
@@ -185,6 +193,8 @@ class TrainConfig:
         # The recipe options only when used, so checkpoints from before they existed still resume.
         if self.student_states:
             ident.update(student_states=self.student_states, rollout_every=self.rollout_every)
+        if self.validation_share:
+            ident["validation_share"] = self.validation_share
         if self.size_weights is not None:  # JSON keys are strings: compare like a saved checkpoint's
             ident["size_weights"] = {str(k): v for k, v in sorted(self.size_weights.items())}
         ident["patch_sizes"] = list(self.patch_sizes)

@@ -28,6 +28,7 @@ from .data import SampleSet, SampleStream, model_inputs
 from .objective import DistillationObjective, freeze_for_distillation
 from .optim import lr_factor, make_optimizer
 from .outputs import prepare_out, publish_pack, write_train_log
+from .validation import held_out_loss, split_by_prompt
 from .recompute import enable_gradient_checkpointing
 from .rollouts import mix_states
 from .sources import build_samples, guidance_for, student_samples
@@ -122,6 +123,7 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     show = main and sys.stderr.isatty()
     with tqdm(total=None, desc="teacher data", disable=not show, leave=False) as bar:
         samples = build_samples(config, model, device, autocast, progress=bar.update)
+    samples, held = split_by_prompt(samples, config.validation_share, config.seed)
     status(f"data: {len(samples)} samples: {samples.source}")
 
     optimizer = make_optimizer(config.optimizer, trainable, config.lr, config.weight_decay)
@@ -189,11 +191,19 @@ def train(config: TrainConfig, status=say) -> TrainResult:
             log.append({"step": step, "loss": sum(per_size),
                         "loss_per_size": {str(p): v for p, v in zip(sizes, per_size)},
                         "seconds": round(time.perf_counter() - tick, 4)})
+            report = step % every == 0 or step == config.steps
+            held_text = ""
+            if held is not None and report:  # --validation-share: the same held-out samples at every check
+                held_loss = held_out_loss(objective, held, inputs, config.batch_size, autocast, config.seed)
+                log[-1]["held_out_loss_per_size"] = {str(p): v for p, v in zip(sizes, held_loss)}
+                held_text = ", held out " + " ".join(f"p{p} {v:.4g}" for p, v in zip(sizes, held_loss))
             bar.update()
             bar.set_postfix(loss=f"{sum(per_size):.4g}")
-            if not show and (step % every == 0 or step == config.steps):  # logs and pipes get lines, not a bar
-                status(f"step {step}/{config.steps}: loss {sum(per_size):.4g} "
+            if not show and report:  # logs and pipes get lines, not a bar
+                status(f"step {step}/{config.steps}: loss {sum(per_size):.4g}{held_text} "
                        f"({time.perf_counter() - started:.0f} s since start)")
+            elif held_text:
+                bar.write(f"step {step}: loss {sum(per_size):.4g}{held_text}")
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save(step)
     if config.checkpoint_every and config.steps > start and config.steps % config.checkpoint_every:
