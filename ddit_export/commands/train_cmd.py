@@ -104,7 +104,8 @@ def config_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         student_states=args.student_states, rollout_every=args.rollout_every, size_weights=args.size_weights,
-        validation_share=args.validation_share, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        validation_share=args.validation_share,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, overwrite=args.overwrite,
     )
 

@@ -23,7 +23,9 @@ from ..util.memory import DISK_ENV, MEMORY_ENV, available_disk, available_memory
 from .request import ExportRequest
 
 TOOLS_BYTES = 3 * 2**29  # torch, exporter, ONNX Runtime: 1.5 GiB (0.95-1.1 GiB measured after imports)
-HELD_FACTOR = 1.4  # peak / the fp32 weights beyond the tools: measured 1.01-1.05 on smoke, 4 runs (docs/export-memory.md); margin for other models
+# peak / the fp32 weights beyond the tools: measured 1.01-1.05 on smoke over 4 runs (docs/export-memory.md);
+# 1.4 leaves a margin for models and dtypes not measured
+HELD_FACTOR = 1.4
 
 
 class ResourceError(ValueError):

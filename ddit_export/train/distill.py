@@ -28,11 +28,11 @@ from .data import SampleSet, SampleStream, model_inputs
 from .objective import DistillationObjective, freeze_for_distillation
 from .optim import lr_factor, make_optimizer
 from .outputs import prepare_out, publish_pack, write_train_log
-from .validation import held_out_loss, split_by_prompt
 from .recompute import enable_gradient_checkpointing
 from .rollouts import mix_states
 from .sources import build_samples, guidance_for, student_samples
 from .trajectories import base_tokens, call_conditions, timestep_like_pipeline
+from .validation import held_out_loss, split_by_prompt
 
 
 @dataclass
