@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "also negative_encoder_hidden_states [1 or N,T,D])")
     data.add_argument("--teacher-steps", type=argtypes.steps, default=None,
                       help="sampling steps per trajectory (default: the pipeline's, 28 FLUX, 50 Wan)")
+    data.add_argument("--draws-per-prompt", type=argtypes.positive_int, default=1, metavar="K",
+                      help="teacher trajectories per prompt, each from its own noise seed: K times the samples "
+                           "from the same prompts (default 1; docs/method.md, Distillation recipe)")
     data.add_argument("--guidance", type=argtypes.non_negative_float, default=None,
                       help="FLUX: embedded guidance scale (default 3.5); Wan: classifier-free guidance of the "
                            "teacher's trajectories with the negative prompt '' (default 1 = off; 5 as WanPipeline)")
@@ -97,7 +100,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         out=args.out, family=args.family, model=args.model, patch_sizes=args.patch_sizes,
         images=args.images, vae=args.vae, prompts=args.prompts, prompt_embeds=args.prompt_embeds,
-        teacher_steps=args.teacher_steps, guidance=args.guidance, height=args.height, width=args.width,
+        teacher_steps=args.teacher_steps, draws_per_prompt=args.draws_per_prompt, guidance=args.guidance,
+        height=args.height, width=args.width,
         frames=args.frames, text_len=args.text_len, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         lora_rank=args.lora_rank, init_adapters=args.init_adapters,
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,

@@ -38,6 +38,7 @@ class TrainConfig:
     prompts: str | None = None
     prompt_embeds: str | None = None
     teacher_steps: int | None = None  # None: the family pipeline's default steps
+    draws_per_prompt: int = 1  # trajectories per prompt, each from its own noise seed (trajectories.py)
     guidance: float | None = None  # FLUX: embedded guidance (3.5); Wan: CFG scale of the trajectories (1 = off)
     height: int | None = None  # None: the family's default size
     width: int | None = None
@@ -101,7 +102,7 @@ class TrainConfig:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer})")
         positive = {"--steps": self.steps, "--batch-size": self.batch_size, "--lora-rank": self.lora_rank,
                     "--teacher-steps": self.teacher_steps, "--text-len": self.text_len,
-                    "--keep-checkpoints": self.keep_checkpoints}
+                    "--keep-checkpoints": self.keep_checkpoints, "--draws-per-prompt": self.draws_per_prompt}
         for flag, value in positive.items():
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1 (got {value})")
@@ -111,6 +112,9 @@ class TrainConfig:
             raise ValueError(f"--validation-share is a share of the prompts, 0 <= F < 1 (got {self.validation_share})")
         if self.rollout_every < 1:
             raise ValueError(f"--rollout-every must be at least 1 (got {self.rollout_every})")
+        if self.draws_per_prompt > 1 and self.images:
+            raise ValueError("--draws-per-prompt samples the teacher again from new noise: it needs --prompts or "
+                             "--prompt-embeds (an image folder's latents are the images')")
         if self.student_states and self.images:
             raise ValueError("--student-states needs trajectories (--prompts or --prompt-embeds): an image folder "
                              "has no sampling trajectory for the student to roll out")
@@ -195,6 +199,8 @@ class TrainConfig:
             ident.update(student_states=self.student_states, rollout_every=self.rollout_every)
         if self.validation_share:
             ident["validation_share"] = self.validation_share
+        if self.draws_per_prompt > 1:
+            ident["draws_per_prompt"] = self.draws_per_prompt
         if self.size_weights is not None:  # JSON keys are strings: compare like a saved checkpoint's
             ident["size_weights"] = {str(k): v for k, v in sorted(self.size_weights.items())}
         ident["patch_sizes"] = list(self.patch_sizes)

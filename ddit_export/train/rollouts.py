@@ -25,8 +25,9 @@ from .trajectories import collect_trajectories
 
 
 def student_rollouts(model, teacher: SampleSet, latent_shape, steps: int, seed: int, guidance, sampler,
-                     batch_size: int, device, dtype, autocast=None, cfg=None, negative=None) -> SampleSet:
-    """The student's own trajectories, one per prompt and extra size, from the teacher's noise seeds."""
+                     batch_size: int, device, dtype, autocast=None, cfg=None, negative=None,
+                     draws: int = 1) -> SampleSet:
+    """The student's own trajectories, one per prompt, draw and extra size, from the teacher's noise seeds."""
     parts = []
     was_training = model.training
     model.eval()
@@ -37,7 +38,7 @@ def student_rollouts(model, teacher: SampleSet, latent_shape, steps: int, seed: 
                 parts.append(collect_trajectories(
                     model, teacher.conditions, latent_shape, steps, seed, guidance, batch_size=batch_size,
                     sampler=sampler, device=device, dtype=dtype, autocast=autocast, cfg=cfg, negative=negative,
-                    patch=patch))
+                    patch=patch, draws=draws))
     finally:
         model.train(was_training)
     return SampleSet(latents=torch.cat([p.latents for p in parts]),

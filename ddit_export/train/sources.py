@@ -71,6 +71,7 @@ def trajectory_samples(config: TrainConfig, model, device, autocast=None, progre
         model, conditions, latent_shape, config.teacher_steps, config.seed, guidance_for(model, config),
         batch_size=config.batch_size, sampler=teacher_pipeline(fam).sampler(config.model), device=device,
         dtype=config.torch_dtype, autocast=autocast, progress=progress, cfg=cfg, negative=negative,
+        draws=config.draws_per_prompt,
     )
     samples.source += f" (conditioning: {source}{f'; CFG {cfg}' if cfg else ''})"
     samples.negative = negative
@@ -83,7 +84,8 @@ def student_samples(config: TrainConfig, model, teacher: SampleSet, device, auto
     return student_rollouts(model, teacher, config.latent_shape(fam.latent_channels_of(model.config)),
                             config.teacher_steps, config.seed, guidance_for(model, config),
                             teacher_pipeline(fam).sampler(config.model), config.batch_size, device,
-                            config.torch_dtype, autocast, cfg_for(model, config), teacher.negative)
+                            config.torch_dtype, autocast, cfg_for(model, config), teacher.negative,
+                            draws=config.draws_per_prompt)
 
 
 def build_samples(config: TrainConfig, model, device, autocast=None, progress=None) -> SampleSet:

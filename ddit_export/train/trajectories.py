@@ -5,14 +5,16 @@ seeded noise exactly as its family's runtime loop does (`pipelines.py`: FLUX's s
 the model dtype, Wan's UniPC with a float32 latent; `randn_tensor` noise; timesteps as the pipeline
 passes them: FLUX t/1000 in the latent dtype, Wan the sampler's 0..1000 values in float32). Every
 (z_t, t) the teacher sees becomes one training sample. Prompt i uses noise seed `seed + i`, so its
-trajectory is the one `ddit-export generate --seed seed+i` starts from.
+trajectory is the one `ddit-export generate --seed seed+i` starts from. With `draws` > 1 every prompt is
+sampled again from new noise: draw d of prompt i (of P) uses seed `seed + d*P + i` (draw 0 is the above), so
+a few prompts still give many distinct trajectories (`--draws-per-prompt`; docs/quality.md, Data scale).
 
 Classifier-free guidance (`cfg`, Wan) mixes a second, negative-prompt teacher call into the
 SAMPLER's velocity only: the samples keep the prompt's conditioning, which is what the student is
 trained to match.
 
 All samples are held in memory (CPU): a 480x832, 81-frame Wan latent is 8.4 MB in fp32, so
-prompts x steps x 8.4 MB (50 steps x 20 prompts = 8.4 GB); fewer --teacher-steps or prompts keep it small.
+prompts x draws x steps x 8.4 MB (50 steps x 20 trajectories = 8.4 GB); fewer --teacher-steps or prompts keep it small.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
                          guidance: float | None, batch_size: int = 1, sampler=None, device="cpu",
                          dtype: torch.dtype = torch.float32, autocast=None, progress=None,
                          cfg: float | None = None, negative: dict[str, torch.Tensor] | None = None,
-                         patch: int | None = None) -> SampleSet:
-    """`steps x prompts` samples (z_t, t, prompt) along the teacher's trajectories, kept on the CPU.
+                         patch: int | None = None, draws: int = 1) -> SampleSet:
+    """`steps x prompts x draws` samples (z_t, t, prompt) along the teacher's trajectories, kept on the CPU.
 
     `patch` (default the base size) is the size the sampler steps with: an extra size gives the
     student's own DDiT trajectories instead (`rollouts.py`), whose states drift from the teacher's.
@@ -92,11 +94,13 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
     if guided and negative is None:
         raise ValueError("classifier-free guidance needs negative embeddings")
     prompts = next(iter(conditions.values())).shape[0]
-    latents, timesteps, prompt_index = [], [], []
-    for start in range(0, prompts, batch_size):
-        rows = list(range(start, min(start + batch_size, prompts)))
+    trajectories = prompts * draws
+    latents, timesteps, prompt_index, run_index = [], [], [], []
+    for start in range(0, trajectories, batch_size):
+        runs = range(start, min(start + batch_size, trajectories))  # trajectory r: prompt r % P, noise seed + r
+        rows = [r % prompts for r in runs]
         b = len(rows)
-        latent = torch.cat([initial_noise((1, *latent_shape[1:]), seed + i, device, latent_dtype) for i in rows])
+        latent = torch.cat([initial_noise((1, *latent_shape[1:]), seed + r, device, latent_dtype) for r in runs])
         cond = call_conditions({k: v[rows] for k, v in conditions.items()}, guidance, b, dtype, device)
         uncond = call_conditions(negative_rows(negative, rows), guidance, b, dtype, device) if guided else None
         for t in pipeline.timesteps(sampler, steps, base_tokens(family, latent_shape), device):  # resets it
@@ -104,18 +108,21 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
             latents.append(latent.cpu())
             timesteps.append(timestep.cpu())
             prompt_index.append(torch.tensor(rows))
+            run_index.append(torch.tensor(list(runs)))
             with autocast() if autocast else nullcontext():
                 pred = teacher_velocity(model, latent.to(dtype), timestep, cond, uncond, cfg, patch)
             latent = sampler.step(pred, t, latent, return_dict=False)[0]
             if progress:
                 progress()
-    # Ordered prompt-major (all steps of prompt 0, then prompt 1, ...): easy to read back in tests.
-    order = torch.cat(prompt_index).argsort(stable=True)
+    # Ordered prompt-major (every step of prompt 0's first draw, its next draw, ..., then prompt 1): easy to read
+    # back in tests.
+    order = (torch.cat(prompt_index) * trajectories + torch.cat(run_index)).argsort(stable=True)
+    count = f"{prompts} prompt(s) x {draws} draw(s)" if draws > 1 else f"{prompts} prompt(s)"
     return SampleSet(
         latents=torch.cat(latents)[order],
         prompt_index=torch.cat(prompt_index)[order],
         conditions={k: v.cpu() for k, v in conditions.items()},
         timesteps=torch.cat(timesteps)[order],
-        source=(f"teacher trajectories: {prompts} prompt(s) x {steps} step(s)" if patch in (None, family.base_patch)
-                else f"student (size {patch}) trajectories: {prompts} prompt(s) x {steps} step(s)"),
+        source=(f"teacher trajectories: {count} x {steps} step(s)" if patch in (None, family.base_patch)
+                else f"student (size {patch}) trajectories: {count} x {steps} step(s)"),
     )
