@@ -55,7 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--steps", type=argtypes.positive_int, default=1000, help="optimisation steps (default 1000)")
     opt.add_argument("--batch-size", type=argtypes.batch, default=1, help="samples per step and process (default 1)")
-    opt.add_argument("--seed", type=argtypes.seed, default=0)
+    opt.add_argument("--seed", type=argtypes.seed, default=0,
+                     help="seeds the sample order and the teacher's noise: trajectory r starts from noise seed "
+                          "SEED + r (as `generate --seed`), so a run meant to see NEW trajectories needs a seed "
+                          "at least prompts x draws away from the last run's (default 0)")
     opt.add_argument("--lora-rank", type=argtypes.positive_int, default=32)
     opt.add_argument("--init-adapters", metavar="PACK", help="start from this adapter pack (same rank and sizes), "
                      "e.g. after fine-tuning the base model")
