@@ -17,12 +17,15 @@ machine: base phase 1 1228 s and classifier 133 s (2026-11-22, 1 thread, shared 
 128 s (400 steps) and adapters 906 s (12000 steps, rank 64, 64 trajectories per class) with
 --threads 2 on 2026-12-02: 2395 s (40 min) in all; 8.1 MB shipped.
 
-The shipped adapters (2026-12-04 night, issue 22) are the ones above continued twice with `--extend`, last
-on 2304 teacher trajectories, which bought FD ratio 1.51/1.62 -> 1.35/1.41 and +0.86 dB on two held-out
-seed sets of 480 (docs/quality.md, Data scale):
+The shipped adapters (2026-12-04 night, issue 22) are the ones above continued with `--extend`, last twice
+on 2304 teacher trajectories, which bought FD ratio 1.51/1.62 -> 1.26/1.32 and +0.94/+0.99 dB on two
+held-out seed sets of 480 (docs/quality.md, Data scale):
     python tools/train_demo.py --stage adapters --extend --trajectories-per-class 256 --adapter-steps 5000 \
         --adapter-batch 16 --adapter-lr 1e-3 --seed 9 --validation-share 0.05            # ~2000 s, 1 thread
+    python tools/train_demo.py --stage adapters --extend ... the same ... --seed 10      # 1442 s, --threads 2
     python tools/fit_demo_error_model.py
+(--seed 10 re-draws nearly seed 9's trajectories: noise seed = seed + row; the second run is more steps on
+about the same data.)
 (`train_report.json` keeps each continuation's settings under `adapters.continued_from`.)
 
 A trial of 2026-12-04, not shipped (commit 39ed301 holds its weights; 1 thread, a machine shared with ~8
