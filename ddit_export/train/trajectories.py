@@ -95,7 +95,7 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
         raise ValueError("classifier-free guidance needs negative embeddings")
     prompts = next(iter(conditions.values())).shape[0]
     trajectories = prompts * draws
-    latents, timesteps, prompt_index, run_index = [], [], [], []
+    latents, timesteps, run_index = [], [], []
     for start in range(0, trajectories, batch_size):
         runs = range(start, min(start + batch_size, trajectories))  # trajectory r: prompt r % P, noise seed + r
         rows = [r % prompts for r in runs]
@@ -107,8 +107,7 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
             timestep = pipeline_timestep(t, b, latent.dtype, family)
             latents.append(latent.cpu())
             timesteps.append(timestep.cpu())
-            prompt_index.append(torch.tensor(rows))
-            run_index.append(torch.tensor(list(runs)))
+            run_index.append(torch.tensor(runs))
             with autocast() if autocast else nullcontext():
                 pred = teacher_velocity(model, latent.to(dtype), timestep, cond, uncond, cfg, patch)
             latent = sampler.step(pred, t, latent, return_dict=False)[0]
@@ -116,11 +115,13 @@ def collect_trajectories(model, conditions: dict[str, torch.Tensor], latent_shap
                 progress()
     # Ordered prompt-major (every step of prompt 0's first draw, its next draw, ..., then prompt 1): easy to read
     # back in tests.
-    order = (torch.cat(prompt_index) * trajectories + torch.cat(run_index)).argsort(stable=True)
+    runs_of_samples = torch.cat(run_index)
+    prompt_index = runs_of_samples % prompts
+    order = (prompt_index * trajectories + runs_of_samples).argsort(stable=True)
     count = f"{prompts} prompt(s) x {draws} draw(s)" if draws > 1 else f"{prompts} prompt(s)"
     return SampleSet(
         latents=torch.cat(latents)[order],
-        prompt_index=torch.cat(prompt_index)[order],
+        prompt_index=prompt_index[order],
         conditions={k: v.cpu() for k, v in conditions.items()},
         timesteps=torch.cat(timesteps)[order],
         source=(f"teacher trajectories: {count} x {steps} step(s)" if patch in (None, family.base_patch)
