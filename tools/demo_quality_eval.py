@@ -2,13 +2,16 @@
 
     python tools/demo_quality_eval.py [ENGINE_DIR] [--samples 480] [--seed 10000] [--steps 28]
         [--rule RULE] [--tau TAU] [--sizes 2,4,8] [--fixed SPEC ...] [--cost-band 0.05] [--base-every 16]
-        [--json FILE]
+        [--json FILE] [--scores FILE.npz]
 
 ENGINE_DIR defaults to engines/demo (exported from the shipped demo model when missing or stale, as
 `ddit-export demo` does); any folder of demo engines works (e.g. one exported from retrained adapters).
 The rule defaults to the folder's manifest (rule, tau, sizes, error model). Prints one table (speed-up,
 token cost, FD, FD ratio, accuracy, PSNR, each with its 95% bootstrap interval) and writes every figure
-as JSON. What is measured and how: ddit_export/demo/quality_eval.py, docs/quality.md.
+as JSON; every fixed row also carries its paired difference from the rule on the same seeds (`vs_rule`:
+the interval that says whether it really beats the rule). `--scores` keeps each row's per-sample scores
+for tools/compare_quality_runs.py (two runs, e.g. two adapter packs, compared pair by pair). What is
+measured and how: ddit_export/demo/quality_eval.py, docs/quality.md.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base-every", type=argtypes.positive_int, default=None,
                    help="time a static-base run before every K-th sample of each fixed schedule (default 16)")
     p.add_argument("--json", help="write every figure here (default outputs/quality-<seed>.json)")
+    p.add_argument("--scores", metavar="FILE.npz",
+                   help="also write every row's per-sample scores (classifier features, correctness, MSE to the "
+                        "base) here, for tools/compare_quality_runs.py")
     return p.parse_args(argv)
 
 
@@ -75,6 +81,9 @@ def evaluate(args, console: Console) -> int:
     band = None if args.only_fixed else band
     out = Path(args.json or f"outputs/quality-{args.seed}.json").expanduser()
     check_writable(out.parent, "--json's folder")
+    scores = Path(args.scores).expanduser() if args.scores else None
+    if scores is not None:
+        check_writable(scores.parent, "--scores' folder")
     folder = Path(args.engine_dir).expanduser()
     if folder == DEFAULT_ENGINE_DIR:
         export_demo_engines(folder)
@@ -91,8 +100,9 @@ def evaluate(args, console: Console) -> int:
             rule_label=label, fixed=fixed, cost_band=band,
             base_every=args.base_every or DEFAULT_BASE_EVERY, progress=lambda m: console.print(m, markup=False),
             # what is measured so far, rewritten whole after each row: a stopped run keeps it
-            partial=lambda r: write_text_atomic(out, json.dumps(r, indent=1) + "\n"))
+            partial=lambda r: write_text_atomic(out, json.dumps(r, indent=1) + "\n"), scores_path=scores)
     report["beaten_by"] = beaten_by(report["rows"], label)
+    report["beaten_beyond_interval_by"] = beaten_by(report["rows"], label, beyond_interval=True)
     print_table(console, report)
     write_text_atomic(out, json.dumps(report, indent=1) + "\n")
     console.print(f"wrote {out}")
@@ -121,9 +131,18 @@ def print_table(console: Console, report: dict) -> None:
                   f"{with_ci(rule['fd_noise_floor'], rule['fd_noise_floor_ci'], '.1f')}; {report['rule']} against "
                   f"the base on the same halves: {with_ci(rule['fd_ddit_vs_base'], rule['fd_ddit_vs_base_ci'], '.1f')}",
                   markup=False)
+    for name, r in rows.items():
+        if "vs_rule" in r:
+            d = r["vs_rule"]
+            console.print(f"{name} minus the rule, paired: FD {with_ci(d['fd_ddit'], d['fd_ddit_ci'], '+.1f')}, "
+                          f"accuracy {with_ci(d['accuracy_ddit'], d['accuracy_ddit_ci'], '+.1f', 100)} points, "
+                          f"PSNR {with_ci(d['psnr_db'], d['psnr_db_ci'], '+.2f')} dB", markup=False)
     for key, names in report["beaten_by"].items():
+        sure = report["beaten_beyond_interval_by"][key]
         console.print(f"{key}: rule beaten by {len(names)} of {len(rows) - 1} fixed schedules"
-                      + (f" ({', '.join(names)})" if names else ""), markup=False)
+                      + (f" ({', '.join(names)})" if names else "")
+                      + f"; beyond the paired 95% interval by {len(sure)}" + (f" ({', '.join(sure)})" if sure else ""),
+                      markup=False)
 
 
 if __name__ == "__main__":

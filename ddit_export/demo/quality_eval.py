@@ -23,6 +23,7 @@ from ..pipelines.demo.class_table import demo_conditioning
 from ..pipelines.demo.classes import CLASS_NAMES
 from ..runtime.schedule_spec import format_schedule
 from .evaluate import Run, correct, figures, real_features, sample_labels, timed_generate, warm_up
+from .paired_comparison import HIGHER_IS_BETTER, paired_difference, save_scores, score
 
 DEFAULT_COST_BAND = 0.05  # "equal cost": fixed schedules up to 0.05 dearer than the rule (1.4 of 28 base steps)
 DEFAULT_BASE_EVERY = 16  # static-base timing runs: one per 16 samples of each fixed schedule
@@ -45,11 +46,15 @@ def _sample(backend, config, label: int, steps: int, seed: int, run: Run) -> Non
 def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, steps: int, rule_config,
                             rule_label: str, fixed: dict[str, tuple[int, ...]] | None = None,
                             cost_band: float | None = DEFAULT_COST_BAND, base_every: int = DEFAULT_BASE_EVERY,
-                            progress: Progress | None = None, partial: Callable[[dict], None] | None = None) -> dict:
+                            progress: Progress | None = None, partial: Callable[[dict], None] | None = None,
+                            scores_path: Path | None = None) -> dict:
     """Rows for the rule and the fixed schedules (see the module docstring); ``fixed`` adds named ones.
+    Every fixed row has ``vs_rule``: its paired difference from the rule on the same seeds
+    (demo/paired_comparison.py), so "beats the rule" can be told from noise.
 
     ``partial(report)`` gets the report so far (``complete`` False) after each row: a long run keeps what
-    it measured if it is stopped."""
+    it measured if it is stopped. ``scores_path``: every row's per-sample scores go there too (.npz, rewritten
+    after each row), for tools/compare_quality_runs.py."""
     from ..runtime.runner import schedule_config
 
     if samples < len(CLASS_NAMES):
@@ -75,6 +80,15 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
     rows = {rule_label: {"kind": "dynamic", **figures(base, rule, labels, classifier, real, sizes, tokens,
                                                       base_scored=base_scored)}}
     rule_cost = rows[rule_label]["token_cost"]
+    base_scores = score(classifier, base.batch, labels, base.batch)
+    scores = {rule_label: score(classifier, rule.batch, labels, base.batch)}
+
+    def save():
+        if scores_path is not None:
+            save_scores(scores_path, seeds=list(range(seed, seed + samples)), labels=labels.numpy(), base=base_scores,
+                        rows=scores, real=real.double().numpy())
+
+    save()
 
     chosen = {} if cost_band is None else fixed_candidates(steps, sizes, base_patch, tokens, rule_cost,
                                                            rule_cost + cost_band)
@@ -93,6 +107,9 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
             _sample(backend, config, label, steps, seed + i, run)
         rows[name] = {"kind": "fixed", **figures(base, run, labels, classifier, real, sizes, tokens,
                                                  base_seconds=base_timing.seconds, base_scored=base_scored)}
+        scores[name] = score(classifier, run.batch, labels, base.batch)
+        rows[name]["vs_rule"] = paired_difference(scores[rule_label], scores[name], real)
+        save()
         if progress:
             r = rows[name]
             progress(f"{name}: cost {r['token_cost']:.3f}, FD {r['fd_ddit']:.1f}, PSNR {r['psnr_db']:.2f} dB")
@@ -115,9 +132,14 @@ def _report(backend, rows, chosen, samples, seed, steps, rule_label, cost_band, 
             "rows": {name: compact(row) for name, row in rows.items()}}
 
 
-def beaten_by(rows: dict, rule_label: str) -> dict[str, list[str]]:
-    """Per figure, the fixed rows of equal or higher token cost whose point estimate beats the rule's."""
+def beaten_by(rows: dict, rule_label: str, beyond_interval: bool = False) -> dict[str, list[str]]:
+    """Per figure, the fixed rows of equal or higher token cost whose point estimate beats the rule's;
+    ``beyond_interval``: only those whose paired difference from the rule (``vs_rule``) has its whole
+    95% interval on the better side."""
     rule = rows[rule_label]
-    better = {"fd_ddit": lambda a, b: a < b, "accuracy_ddit": lambda a, b: a > b, "psnr_db": lambda a, b: a > b}
-    return {key: [name for name, r in rows.items() if r["kind"] == "fixed" and r["token_cost"] >= rule["token_cost"]
-                  and cmp(r[key], rule[key])] for key, cmp in better.items()}
+    dearer = {name: r for name, r in rows.items() if r["kind"] == "fixed" and r["token_cost"] >= rule["token_cost"]}
+    if beyond_interval:
+        return {key: [name for name, r in dearer.items() if r["vs_rule"]["better"][key] == "b"]
+                for key in HIGHER_IS_BETTER}
+    return {key: [name for name, r in dearer.items() if (r[key] > rule[key]) == higher and r[key] != rule[key]]
+            for key, higher in HIGHER_IS_BETTER.items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ddit_export.bench.end_to_end import schedule_cost
+from ddit_export.demo.paired_comparison import load_scores, paired_difference
 from ddit_export.demo.quality_eval import fixed_candidates
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "demo_quality_eval.py"
@@ -52,7 +53,7 @@ def _tool(*argv) -> int:
 def test_tool_evaluates_the_rule_and_named_fixed_schedules_with_intervals(demo_engines, tmp_path, capsys):
     out = tmp_path / "q.json"
     assert _tool(str(demo_engines), "--samples", "9", "--steps", "6", "--seed", "500", "--only-fixed",
-                 "--fixed", "4x5,2", "--base-every", "4", "--json", str(out)) == 0
+                 "--fixed", "4x5,2", "--base-every", "4", "--json", str(out), "--scores", str(tmp_path / "s.npz")) == 0
     report = json.loads(out.read_text())
     assert report["complete"] and report["samples"] == 9 and report["seeds"] == [500, 508]
     rule, fixed = report["rows"][report["rule"]], report["rows"]["coarse-then-base 4x5,2"]
@@ -63,8 +64,20 @@ def test_tool_evaluates_the_rule_and_named_fixed_schedules_with_intervals(demo_e
     for row in (rule, fixed):
         for key in ("fd_ddit", "fd_ratio", "accuracy_ddit", "psnr_db", "speedup"):
             assert row[f"{key}_ci"][0] <= row[key] <= row[f"{key}_ci"][1], key
+    # the fixed row against the rule, paired by seed, and the same figures from the saved per-sample scores
+    vs = fixed["vs_rule"]
+    assert vs["samples"] == 9 and vs["accuracy_ddit"] == pytest.approx(fixed["accuracy_ddit"] - rule["accuracy_ddit"])
+    assert vs["fd_ddit"] == pytest.approx(fixed["fd_ddit"] - rule["fd_ddit"])
+    assert vs["psnr_db"] == pytest.approx(fixed["psnr_db"] - rule["psnr_db"])
+    assert set(report["beaten_beyond_interval_by"]) == {"fd_ddit", "accuracy_ddit", "psnr_db"}
+    scores = load_scores(tmp_path / "s.npz")
+    assert list(scores["rows"]) == [report["rule"], "coarse-then-base 4x5,2"]
+    assert scores["seeds"] == list(range(500, 509))
+    again = paired_difference(scores["rows"][report["rule"]], scores["rows"]["coarse-then-base 4x5,2"], scores["real"])
+    assert again["fd_ddit"] == pytest.approx(vs["fd_ddit"]) and again["fd_ddit_ci"] == pytest.approx(vs["fd_ddit_ci"])
     printed = capsys.readouterr().out
     assert "9 samples per row" in printed and "FD noise floor" in printed
+    assert "minus the rule, paired" in printed and "beyond the paired 95% interval" in printed
     # bad input: one line, nothing written
     assert _tool(str(demo_engines), "--only-fixed", "--json", str(tmp_path / "no.json")) == 2
     assert "--only-fixed evaluates the --fixed schedules" in capsys.readouterr().err
