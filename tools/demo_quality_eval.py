@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rule", help="dynamic rule (default: the manifest's)")
     p.add_argument("--tau", type=argtypes.tau, help="the rule's threshold (default: the manifest's)")
     p.add_argument("--sizes", type=patch_list, help="sizes the rule may pick (default: the manifest's)")
+    p.add_argument("--base-first-steps", type=argtypes.non_negative_int, metavar="N",
+                   help="the rule runs the first N steps at the base (default: the manifest's, else 0)")
     p.add_argument("--fixed", action="append", metavar="SPEC", default=[],
                    help="also evaluate this fixed schedule (e.g. 4x25,2x3; repeat; with --cost-band 0: only these)")
     p.add_argument("--cost-band", type=float, default=None,
@@ -88,9 +90,11 @@ def evaluate(args, console: Console) -> int:
     if folder == DEFAULT_ENGINE_DIR:
         export_demo_engines(folder)
     with get_backend("onnx", folder) as backend:
-        config = schedule_config(backend, tau=args.tau, rule=args.rule,
+        config = schedule_config(backend, tau=args.tau, rule=args.rule, base_first_steps=args.base_first_steps,
                                  patch_sizes=tuple(args.sizes) if args.sizes else None)
         label = f"{args.rule or backend.manifest.get('scheduler', {}).get('rule', 'rule')}@{config.tau:g}"
+        if config.base_first_steps:
+            label += f", base first {config.base_first_steps}"
         what = "the --fixed schedules" if band is None else f"fixed schedules of token cost [rule, rule + {band:g}]"
         console.print(f"{folder}: {label} and {what}, "
                       f"{args.samples} samples (seeds {args.seed}-{args.seed + args.samples - 1}), {args.steps} steps",

@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="size for the first 3 steps (default: the base)")
     p.add_argument("--base-last-steps", type=argtypes.non_negative_int, default=0, metavar="N",
                    help="force the base size for the last N steps")
+    p.add_argument("--base-first-steps", type=argtypes.non_negative_int, metavar="N",
+                   help="force the base size for the first N steps, then the rule (default: the manifest's, "
+                        "else 0; docs/quality.md: a base opening keeps the distribution)")
     p.add_argument("--settle-steps", type=argtypes.non_negative_int, metavar="N",
                    help="keep a newly chosen size N more steps, so decisions never read a third difference "
                         "spanning an engine switch (default: the manifest's, else 0 = the paper's rule)")
@@ -130,6 +133,9 @@ def _check_args(args, manifest: dict, pipeline):
             raise ValueError(f"{flag} {value} is not a patch size of these engines (they have {sizes})")
     if not 0 <= args.base_last_steps <= args.steps:
         raise ValueError(f"--base-last-steps must be between 0 and --steps ({args.steps}), got {args.base_last_steps}")
+    if args.base_first_steps is not None and args.base_first_steps > args.steps:
+        raise ValueError(f"--base-first-steps must be between 0 and --steps ({args.steps}), "
+                         f"got {args.base_first_steps}")
     args.loras = _checked_loras(args.lora, manifest)
     return parse_device(args.device)
 
@@ -180,7 +186,8 @@ def generate_command(args: argparse.Namespace, console: Console) -> int:
                      loras=args.loras) as backend:
         config = schedule_config(
             backend, tau=args.tau, rho=args.rho, static_patch=args.static, warmup_patch=args.warmup_patch,
-            base_last_steps=args.base_last_steps, settle_steps=args.settle_steps, patch_sizes=args.sizes,
+            base_last_steps=args.base_last_steps, base_first_steps=args.base_first_steps,
+            settle_steps=args.settle_steps, patch_sizes=args.sizes,
             schedule=args.fixed, rule=args.rule,
         )
         cache = None

@@ -45,6 +45,7 @@ def schedule_config(
     static_patch: int | None = None,
     warmup_patch: int | None = None,
     base_last_steps: int = 0,
+    base_first_steps: int | None = None,
     settle_steps: int | None = None,
     patch_sizes: tuple[int, ...] | None = None,
     schedule: tuple[int, ...] | None = None,
@@ -55,6 +56,7 @@ def schedule_config(
     `patch_sizes` limits the sizes the scheduler may pick to some of the engines (the base among them).
     `schedule` pins one size per step (a fixed schedule; `schedule_spec.parse_schedule`).
     `rule` names a preset of the dynamic rule (`scheduler.RULES`: statistic, warm-up, ratchet).
+    `base_first_steps` defaults to the manifest's (`scheduler.base_first_steps`), else 0.
     """
     defaults = backend.manifest.get("scheduler", {})
     if schedule is not None:
@@ -88,6 +90,7 @@ def schedule_config(
         rho=float(_default_rho(defaults, rule, preset) if rho is None else rho),
         warmup_patch=warmup_patch,
         base_last_steps=base_last_steps,
+        base_first_steps=int(defaults.get("base_first_steps", 0) if base_first_steps is None else base_first_steps),
         settle_steps=int(defaults.get("settle_steps", preset.get("settle", 0)) if settle_steps is None
                          else settle_steps),
         static_patch=static_patch,

@@ -91,6 +91,9 @@ class ScheduleConfig:
     rho: quantile as a fraction (0.4 = 40th percentile, the paper default).
     warmup_patch: size used before four latents exist; ``None`` means the base.
     base_last_steps: force the base for the last N steps (needs ``total_steps``).
+    base_first_steps: force the base for the first N steps, the composition-forming ones: on the demo a
+        base opening keeps the distribution (FD, accuracy) better than a coarse one (docs/quality.md). They
+        do not arm the ratchet: the rule's own warm-up and choices start after them.
     settle_steps: after the size changes, keep the new size this many more steps (0: every step
         decides on its own, the paper's rule). A switch changes the velocity, and the third
         differences of the next steps measure that change, not the latent's smoothness; with 2 every
@@ -113,6 +116,7 @@ class ScheduleConfig:
     rho: float = DEFAULT_RHO
     warmup_patch: int | None = None
     base_last_steps: int = 0
+    base_first_steps: int = 0
     static_patch: int | None = None
     settle_steps: int = 0
     fixed: tuple[int, ...] | None = None
@@ -156,6 +160,10 @@ class ScheduleConfig:
         if not (_is_int(self.base_last_steps) and self.base_last_steps >= 0):
             raise ValueError(
                 f"ScheduleConfig.base_last_steps must be an int >= 0, got {self.base_last_steps!r}"
+            )
+        if not (_is_int(self.base_first_steps) and self.base_first_steps >= 0):
+            raise ValueError(
+                f"ScheduleConfig.base_first_steps must be an int >= 0, got {self.base_first_steps!r}"
             )
         if not (_is_int(self.settle_steps) and self.settle_steps >= 0):
             raise ValueError(f"ScheduleConfig.settle_steps must be an int >= 0, got {self.settle_steps!r}")
@@ -329,6 +337,8 @@ class AccelerationScheduler:
             stats = self._observe_x0(latent, sigma, measure=not hold)
         else:
             stats = self._observe(latent, measure=not hold)
+        if step_index < cfg.base_first_steps:  # observed as history; the ratchet is armed only after them
+            return Decision(cfg.base_patch, stats)
         if hold and not force_base:
             return Decision(self._patch, None)
         if stats is None:

@@ -77,6 +77,21 @@ def test_rule_matches_a_loop_reference(seed):
     assert {2, 4, 8} <= set(picked)  # the taus reach every size: the comparison is not vacuous
 
 
+def test_base_first_steps_open_at_the_base_without_arming_the_ratchet():
+    latents, sigmas = _trajectory(0)
+    kwargs = dict(tau=1.0, warmup_patch=8, monotone=True, statistic="x0-detail", error_model=MODEL)
+    plain = AccelerationScheduler(ScheduleConfig((2, 4, 8), **kwargs))
+    plain_sizes = [plain.step(z, i, s).patch_size for i, (z, s) in enumerate(zip(latents, sigmas))]
+    opened = AccelerationScheduler(ScheduleConfig((2, 4, 8), base_first_steps=3, **kwargs))
+    got = [opened.step(z, i, s).patch_size for i, (z, s) in enumerate(zip(latents, sigmas))]
+    # three base steps, then exactly the rule's own decisions: the warm-up at 8, coarse again after the base
+    assert got[:3] == [2, 2, 2] and got[3:] == plain_sizes[3:] and 8 in got[3:]
+    opened.reset()
+    assert [opened.step(z, i, s).patch_size for i, (z, s) in enumerate(zip(latents, sigmas))] == got
+    with pytest.raises(ValueError, match="base_first_steps"):
+        ScheduleConfig((2, 4, 8), base_first_steps=-1)
+
+
 def test_block_detail_matches_loops_and_ignores_a_uniform_block():
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     got = block_detail(x, (4, 8)).tolist()

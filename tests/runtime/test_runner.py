@@ -53,6 +53,8 @@ def test_onnx_and_torch_agree_on_schedule_and_latents(tiny_flux_backends):
 def test_warmup_patch_and_base_last_steps(tiny_flux_backends):
     result = run(tiny_flux_backends["onnx"], tau=HUGE_TAU, warmup_patch=4, base_last_steps=2)
     assert result.trace.schedule == [4, 4, 4] + [8] * (STEPS - 5) + [2, 2]
+    opened = run(tiny_flux_backends["onnx"], tau=HUGE_TAU, warmup_patch=4, base_first_steps=2)
+    assert opened.trace.schedule == [2, 2, 4] + [8] * (STEPS - 3)  # base opening, then the rule's own steps
 
 
 def test_trace_records_statistics_and_time_split(tiny_flux_backends):
