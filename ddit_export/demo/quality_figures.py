@@ -8,11 +8,10 @@ and of one DDiT configuration; base and DDiT sample i share class and noise seed
   fd_*             Frechet distance of the classifier's penultimate features to REAL procedural images
                    (N generated against `real`; both resampled for the interval)
   fd_ratio         fd_ddit / fd_base (on the same resamples, so its interval is the ratio's own)
-  fd_noise_floor   FD of the base against itself on two disjoint seed sets: the base's even-indexed
-                   samples against its odd-indexed ones (N/2 each, every class in both halves when N is
-                   a multiple of 18). What FD reads between two seed sets of one model, at this N. Its
-                   interval: over random splits of each class's samples into halves (bench/bootstrap.split_ci).
-  fd_ddit_vs_base  the same split with DDiT on one half and the base on the other (both ways, averaged):
+  fd_noise_floor   FD of the base against itself on two disjoint seed sets of N/2 samples, every class
+                   split in half: the median (and 95% range) over 1000 random such splits
+                   (bench/bootstrap.split_figure). What FD reads between two seed sets of one model, at this N.
+  fd_ddit_vs_base  the same splits with DDiT on one half and the base on the other (both ways, averaged):
                    directly comparable with fd_noise_floor (same sizes, same disjoint seeds)
   psnr_db          DDiT against the base image by image: 10 log10(1 / mean MSE) over all N
 """
@@ -22,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..bench.bootstrap import bootstrap_ci, mean_ci, psnr_of_mse, split_ci
+from ..bench.bootstrap import bootstrap_ci, mean_ci, psnr_of_mse, split_figure
 from ..bench.quality import frechet_distance
 
 QUALITY_KEYS = ("accuracy_base", "accuracy_ddit", "fd_base", "fd_ddit", "fd_ratio", "fd_noise_floor",
@@ -68,12 +67,14 @@ def fd_figures(feats_base, feats_ddit, real, labels=None, **options) -> dict:
     def across(x, y):  # DDiT on one half against the base on the other, both ways
         return (frechet_distance(fdd[x], fb[y]) + frechet_distance(fdd[y], fb[x])) / 2
 
+    # between two disjoint sets of this run: median and range over random splits (bench/bootstrap.split_figure)
+    floor_median, floor_ci = split_figure(floor, n, strata=labels, **options)
+    across_median, across_ci = split_figure(across, n, strata=labels, **options)
     return {
         "fd_base": point[0], "fd_base_ci": intervals[0], "fd_ddit": point[1], "fd_ddit_ci": intervals[1],
         "fd_ratio": point[2], "fd_ratio_ci": intervals[2],
-        # between two disjoint sets of this run: intervals over random splits (bench/bootstrap.split_ci says why)
-        "fd_noise_floor": floor(a, b), "fd_noise_floor_ci": split_ci(floor, n, strata=labels, **options),
-        "fd_ddit_vs_base": across(a, b), "fd_ddit_vs_base_ci": split_ci(across, n, strata=labels, **options),
+        "fd_noise_floor": floor_median, "fd_noise_floor_ci": floor_ci,
+        "fd_ddit_vs_base": across_median, "fd_ddit_vs_base_ci": across_ci,
         "fd_halves_samples": [len(a), len(b)], "fd_real_samples": len(fr),
     }
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddit_export.bench.bootstrap import split_figure
 from ddit_export.bench.quality import frechet_distance, psnr
 from ddit_export.demo.quality_figures import (
     accuracy_figures,
@@ -26,10 +27,12 @@ def test_noise_floor_is_the_base_against_itself_on_the_two_halves():
     rng = np.random.default_rng(0)
     base, ddit, real = rng.standard_normal((144, 6)), rng.standard_normal((144, 6)) + 0.3, rng.standard_normal((512, 6))
     f = fd_figures(torch.tensor(base), torch.tensor(ddit), torch.tensor(real), resamples=200)
-    a, b = halves(144)
-    assert f["fd_noise_floor"] == pytest.approx(frechet_distance(base[a], base[b]))
-    assert f["fd_ddit_vs_base"] == pytest.approx(
-        (frechet_distance(ddit[a], base[b]) + frechet_distance(ddit[b], base[a])) / 2)
+    # the floor is the median over the same random splits its interval comes from (bench/bootstrap.split_figure)
+    floor, floor_ci = split_figure(lambda x, y: frechet_distance(base[x], base[y]), 144, resamples=200)
+    assert f["fd_noise_floor"] == pytest.approx(floor) and f["fd_noise_floor_ci"] == pytest.approx(floor_ci)
+    across, _ = split_figure(lambda x, y: (frechet_distance(ddit[x], base[y]) + frechet_distance(ddit[y], base[x])) / 2,
+                             144, resamples=200)
+    assert f["fd_ddit_vs_base"] == pytest.approx(across)
     assert f["fd_ddit_vs_base"] > f["fd_noise_floor"]  # shifted by 0.3 in every dimension: visible at N = 144
     assert f["fd_ratio"] == pytest.approx(f["fd_ddit"] / f["fd_base"]) and f["fd_ratio"] > 1
     assert f["fd_halves_samples"] == [72, 72] and f["fd_real_samples"] == 512
