@@ -99,3 +99,24 @@ def test_schedules_front_on_fd_on_the_demo(demo_engines, tmp_path):
     dynamic = points["paper@1000"]
     assert dynamic["front_metric"] == "fd" and dynamic["front_psnr_at_cost"] is None
     assert isinstance(dynamic["above_front"], bool) and "front on fd" in report["title"]
+
+
+def test_step_sensitivity_probes_one_coarse_step_at_a_time(demo_engines, tmp_path, capsys):
+    tool = TOOL.parent / "demo_step_sensitivity.py"
+    out = tmp_path / "sens.json"
+    old = sys.argv
+    sys.argv = [str(tool), str(demo_engines), "--samples", "2", "--steps", "4", "--json", str(out)]
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(tool), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert done.value.code == 0
+    report = json.loads(out.read_text())
+    assert report["size"] == 4 and [(r["sample"], r["step"]) for r in report["rows"]] == [
+        (i, k) for i in range(2) for k in range(4)]
+    for r in report["rows"]:
+        assert r["step_err"] > 0 and r["final_latent"] > 0 and r["features"] > 0  # the coarse step moved the image
+    last = [r for r in report["rows"] if r["step"] == 3]
+    assert all(r["final_latent"] == pytest.approx(r["step_err"]) for r in last)  # the last step's error is final
+    assert "amplification" in capsys.readouterr().out
