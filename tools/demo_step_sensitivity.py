@@ -10,6 +10,9 @@ that one step at --size and every other step at the base. Per k, averaged over t
   amplification  final_latent / step_err
   features       L2 distance of the demo classifier's features of the two final images
   features/err   features per unit of step_err: how much a unit of step error moves what the classifier sees
+  bias           L2 norm of the MEAN feature difference over the samples: the part of the move every sample
+                 shares, which is what shifts a distribution (FD); a per-sample move in random directions
+                 mostly makes another plausible sample (noise level of this column: features / sqrt(N))
 The predicted-error rule (docs/method.md) weighs every step's predicted latent error alike; this says how
 far that is from what the final image, and its classifier, see (docs/quality.md has the measured table).
 """
@@ -86,14 +89,16 @@ def probe(args) -> int:
                 rows.append({"sample": i, "seed": seed, "step": k,
                              "step_err": _rms(probed.trajectory[k + 1] - base.trajectory[k + 1]),
                              "final_latent": _rms(probed.latent - base.latent),
-                             "features": float((features - base_features).norm())})
+                             "features": float((features - base_features).norm()),
+                             "feature_shift": (features - base_features).flatten().tolist()})
     print(f"one step at size {args.size}, every other at the base; mean over {args.samples} samples "
           f"(seeds {args.seed}-{args.seed + args.samples - 1}), {args.steps} steps")
-    print(" step  step_err  final_latent  amplification  features  features/err")
+    print(" step  step_err  final_latent  amplification  features  features/err    bias")
     for k in range(args.steps):
         at = [r for r in rows if r["step"] == k]
         err, final, feats = (sum(r[key] for r in at) / len(at) for key in ("step_err", "final_latent", "features"))
-        print(f"{k:5d}  {err:8.4f}  {final:12.4f}  {final / err:13.2f}  {feats:8.3f}  {feats / err:12.1f}")
+        bias = float(torch.tensor([r["feature_shift"] for r in at]).mean(0).norm())
+        print(f"{k:5d}  {err:8.4f}  {final:12.4f}  {final / err:13.2f}  {feats:8.3f}  {feats / err:12.1f}  {bias:6.3f}")
     if out is not None:
         write_text_atomic(out, json.dumps({"size": args.size, "samples": args.samples, "seed": args.seed,
                                            "steps": args.steps, "rows": rows}, indent=1) + "\n")

@@ -117,6 +117,7 @@ def test_step_sensitivity_probes_one_coarse_step_at_a_time(demo_engines, tmp_pat
         (i, k) for i in range(2) for k in range(4)]
     for r in report["rows"]:
         assert r["step_err"] > 0 and r["final_latent"] > 0 and r["features"] > 0  # the coarse step moved the image
+        assert sum(x * x for x in r["feature_shift"]) ** 0.5 == pytest.approx(r["features"], rel=1e-5)
     last = [r for r in report["rows"] if r["step"] == 3]
     assert all(r["final_latent"] == pytest.approx(r["step_err"]) for r in last)  # the last step's error is final
     assert "amplification" in capsys.readouterr().out
