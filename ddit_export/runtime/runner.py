@@ -67,8 +67,9 @@ def schedule_config(
     if rule not in RULES:
         raise ValueError(f"unknown scheduler rule {rule!r}: choose one of {', '.join(RULES)}")
     preset = RULES[rule]
+    default_sizes = tuple(sorted(int(p) for p in defaults.get("patch_sizes") or backend.patch_sizes))
     if patch_sizes is None and static_patch is None and defaults.get("patch_sizes"):  # tuned subset (demo: 2,4)
-        patch_sizes = tuple(int(p) for p in defaults["patch_sizes"])
+        patch_sizes = default_sizes
     if patch_sizes is not None:
         unknown = sorted(set(patch_sizes) - set(backend.patch_sizes))
         if unknown or backend.base_patch not in patch_sizes:
@@ -80,9 +81,10 @@ def schedule_config(
     if warmup_patch is None:  # the rule's own warm-up, unless the manifest was calibrated for this rule
         own = max(sizes) if preset["warmup"] == "coarsest" else None
         calibrated = defaults.get("warmup_patch") if defaults.get("rule", DEFAULT_RULE) == rule else None
-        # a calibrated warm-up size outside the sizes asked for (`--sizes 2,4` on a 2,4,8 folder) gives way
-        # to the rule's own warm-up among those sizes, rather than a refusal the user cannot act on
-        warmup_patch = calibrated if calibrated in sizes else own
+        # the manifest's warm-up was chosen for its own sizes: asked for others (`--sizes 2,4` on a 2,4,8
+        # folder, or `--sizes 2,4,8` on one whose default is 2,4) the rule warms up its own way among those,
+        # rather than refusing, or keeping a warm-up whose ratchet would shut out a size asked for
+        warmup_patch = calibrated if calibrated in sizes and sizes == default_sizes else own
     return ScheduleConfig(
         patch_sizes=sizes,
         base_patch=backend.base_patch,

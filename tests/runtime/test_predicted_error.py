@@ -194,6 +194,13 @@ def test_calibrate_error_model_then_generate_and_the_pipeline_agree(tiny_flux_en
         # asked for sizes without the calibrated warm-up size, the rule warms up at the coarsest size asked for
         narrowed = generate(backend, cond, schedule_config(backend, patch_sizes=(2, 4)), steps=8, seed=0)
         assert narrowed.trace.schedule[:WARMUP_STEPS] == [4] * WARMUP_STEPS and 8 not in narrowed.trace.schedule
+        # a folder whose default is 2,4 (the demo's): its warm-up (4) is for those sizes; asked for 2,4,8 the
+        # rule warms up at 8 again, or its ratchet would never let size 8 run
+        manifest = backend.manifest
+        manifest["scheduler"] |= {"patch_sizes": [2, 4], "warmup_patch": 4}
+        assert schedule_config(backend).warmup_patch == 4
+        assert schedule_config(backend, patch_sizes=(2, 4, 8)).warmup_patch == 8
+        manifest["scheduler"] |= {"patch_sizes": None, "warmup_patch": 8}
         assert all(s.stats is not None for s in ref.trace.steps[WARMUP_STEPS:])
         # The drop-in reads sigma from FluxPipeline's timestep: the same decisions, the same latent.
         pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
