@@ -2,9 +2,6 @@
 tools/compare_quality_runs.py on saved per-sample scores."""
 
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +9,7 @@ import pytest
 from ddit_export.bench.bootstrap import mean_ci, psnr_of_mse
 from ddit_export.bench.quality import frechet_distance
 from ddit_export.demo.paired_comparison import Scored, load_scores, paired_difference, save_scores
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "compare_quality_runs.py"
+from tests.tool_runner import run_tool
 
 
 def _pair(shift: float, flips: int, n: int = 240, seed: int = 0):
@@ -53,15 +49,7 @@ def _save(path, rows, base, real, seeds=range(100, 340)):
 
 
 def _tool(*argv) -> int:
-    old = sys.argv
-    sys.argv = [str(TOOL), *argv]
-    try:
-        runpy.run_path(str(TOOL), run_name="__main__")
-    except SystemExit as done:
-        return done.code
-    finally:
-        sys.argv = old
-    return 0
+    return run_tool("compare_quality_runs.py", *argv)
 
 
 def test_scores_round_trip_and_the_tool_compares_two_runs(tmp_path, capsys):

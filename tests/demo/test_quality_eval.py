@@ -2,8 +2,6 @@
 and `ddit-export schedules --front-metric fd` on the demo engines."""
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +9,8 @@ import pytest
 from ddit_export.bench.end_to_end import schedule_cost
 from ddit_export.demo.paired_comparison import load_scores, paired_difference
 from ddit_export.demo.quality_eval import fixed_candidates
+from tests.tool_runner import run_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "demo_quality_eval.py"
 TOKENS = {2: 256, 4: 64, 8: 16}
 
 
@@ -39,15 +37,7 @@ def test_fixed_candidates_lie_in_the_cost_band_cheapest_first():
 
 
 def _tool(*argv) -> int:
-    old = sys.argv
-    sys.argv = [str(TOOL), *argv]
-    try:
-        runpy.run_path(str(TOOL), run_name="__main__")
-    except SystemExit as done:
-        return done.code
-    finally:
-        sys.argv = old
-    return 0
+    return run_tool("demo_quality_eval.py", *argv)
 
 
 def test_tool_evaluates_the_rule_and_named_fixed_schedules_with_intervals(demo_engines, tmp_path, capsys):
@@ -102,16 +92,9 @@ def test_schedules_front_on_fd_on_the_demo(demo_engines, tmp_path):
 
 
 def test_step_sensitivity_probes_one_coarse_step_at_a_time(demo_engines, tmp_path, capsys):
-    tool = TOOL.parent / "demo_step_sensitivity.py"
     out = tmp_path / "sens.json"
-    old = sys.argv
-    sys.argv = [str(tool), str(demo_engines), "--samples", "2", "--steps", "4", "--json", str(out)]
-    try:
-        with pytest.raises(SystemExit) as done:
-            runpy.run_path(str(tool), run_name="__main__")
-    finally:
-        sys.argv = old
-    assert done.value.code == 0
+    assert run_tool("demo_step_sensitivity.py", str(demo_engines), "--samples", "2", "--steps", "4",
+                    "--json", str(out)) == 0
     report = json.loads(out.read_text())
     assert report["size"] == 4 and [(r["sample"], r["step"]) for r in report["rows"]] == [
         (i, k) for i in range(2) for k in range(4)]
