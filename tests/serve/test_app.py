@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddit_export.demo.tuning import DEMO_SIZES
 from tests.serve.helpers import VARIANT_BATCH, demo_engine_folders
 
 ray = pytest.importorskip("ray")
@@ -135,17 +136,19 @@ def test_concurrent_requests_share_engine_calls_and_keep_their_results(server, s
     for t in threads:
         t.join(120)
     # the replica shares a call only where its own start-up timing (BatchedRunner.calibrate) says one batch-4 call
-    # beats three batch-1 calls; on a loaded machine that can flip at p8, the size all three warm up at together
+    # beats three batch-1 calls; on a loaded machine that can flip at the size all three warm up at together (the
+    # coarsest of the demo's default sizes)
+    warm = max(DEMO_SIZES)
     call_ms = get(server["url"], "/healthz")["call_ms"]
-    pays = call_ms[f"b{VARIANT_BATCH}p8"] <= len(requests) * call_ms["b1p8"]
+    pays = call_ms[f"b{VARIANT_BATCH}p{warm}"] <= len(requests) * call_ms[f"b1p{warm}"]
     for req, (status, body, headers) in zip(requests, answers):
         assert status == 200
         trace = json.loads(headers["x-ddit-trace"])
         alone = solo_run(solo, req["prompt"], req["seed"], req["steps"])
         assert trace["schedule"] == alone.trace.schedule
         assert np.array_equal(np.load(io.BytesIO(body)), alone.latent.numpy())
-        at_8 = {n for p, n in zip(trace["schedule"], trace["batch_sizes"]) if p == 8}
-        assert max(at_8) == len(requests) if pays else at_8 == {1}, (call_ms, trace["batch_sizes"])
+        at_warm = {n for p, n in zip(trace["schedule"], trace["batch_sizes"]) if p == warm}
+        assert max(at_warm) == len(requests) if pays else at_warm == {1}, (call_ms, trace["batch_sizes"])
 
 
 @pytest.mark.parametrize("body, raw, status, words", [
@@ -175,7 +178,7 @@ def test_unknown_route_and_method(server):
 def test_prometheus_metrics(server):
     """Ray's metrics agent exports the replica's metrics (every 0.5 s here); the earlier tests fed them."""
     wanted = ("ray_ddit_requests", "ray_ddit_errors", "ray_ddit_request_latency_seconds_bucket", "ray_ddit_steps",
-              "ray_ddit_tokens_saved", 'patch_size="8"', 'status="422"', 'kind="http_413"')
+              "ray_ddit_tokens_saved", f'patch_size="{max(DEMO_SIZES)}"', 'status="422"', 'kind="http_413"')
     deadline, text = time.time() + 30, ""
     while time.time() < deadline and not all(w in text for w in wanted):
         time.sleep(0.5)
