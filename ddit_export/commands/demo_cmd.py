@@ -185,7 +185,7 @@ def _print_table(console: Console, r: dict, sizes) -> None:
     console.print(table)
     console.print(f"{r['samples']} samples behind every figure (seeds {r['seed']}-{r['seed'] + r['samples'] - 1}, "
                   f"classes in turn); [95% bootstrap intervals, {RESAMPLES} resamples]; FD against "
-                  f"{r['fd_real_samples']} procedural real images; noise floor: FD of the base's even- vs odd-indexed "
-                  "samples (two disjoint seed sets); docs/quality.md", markup=False)
+                  f"{r['fd_real_samples']} procedural real images; noise floor: FD of the base against itself on two "
+                  "disjoint seed halves (median over 1000 class-balanced splits); docs/quality.md", markup=False)
     per_class = ", ".join(f"{name} {cost:.2f}" for name, cost in r["token_cost_per_class"].items())
     console.print(f"token cost per class: {per_class}", soft_wrap=False)
