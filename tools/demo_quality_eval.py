@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
 def evaluate(args, console: Console) -> int:
     from ddit_export.demo.classifier import load_classifier
-    from ddit_export.demo.engines import DEMO_PATCH_SIZES, export_demo_engines
+    from ddit_export.demo.engines import DEMO_PATCH_SIZES, demo_engine_folder
     from ddit_export.demo.quality_eval import DEFAULT_BASE_EVERY, DEFAULT_COST_BAND, beaten_by, evaluate_rule_and_fixed
     from ddit_export.runtime.backends import get_backend
     from ddit_export.runtime.runner import schedule_config
@@ -86,9 +86,7 @@ def evaluate(args, console: Console) -> int:
     scores = Path(args.scores).expanduser() if args.scores else None
     if scores is not None:
         check_writable(scores.parent, "--scores' folder")
-    folder = Path(args.engine_dir).expanduser()
-    if folder == DEFAULT_ENGINE_DIR:
-        export_demo_engines(folder)
+    folder = demo_engine_folder(args.engine_dir)
     with get_backend("onnx", folder) as backend:
         config = schedule_config(backend, tau=args.tau, rule=args.rule, base_first_steps=args.base_first_steps,
                                  patch_sizes=tuple(args.sizes) if args.sizes else None)

@@ -50,7 +50,7 @@ def probe(args) -> int:
     from tqdm import tqdm
 
     from ddit_export.demo.classifier import load_classifier
-    from ddit_export.demo.engines import export_demo_engines
+    from ddit_export.demo.engines import demo_engine_folder
     from ddit_export.pipelines.demo.class_table import demo_conditioning
     from ddit_export.pipelines.demo.classes import CLASS_NAMES
     from ddit_export.pipelines.demo.codec import decode
@@ -62,9 +62,7 @@ def probe(args) -> int:
     out = Path(args.json).expanduser() if args.json else None
     if out is not None:
         check_writable(out.parent, "--json's folder")
-    folder = Path(args.engine_dir).expanduser()
-    if folder == DEFAULT_ENGINE_DIR:
-        export_demo_engines(folder)
+    folder = demo_engine_folder(args.engine_dir)
     classifier = load_classifier()
     rows = []
     with get_backend("onnx", folder) as backend:

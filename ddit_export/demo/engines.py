@@ -30,3 +30,12 @@ def export_demo_engines(out: Path = DEFAULT_ENGINE_DIR, force: bool = False, rep
                         layout: str = "single", first_block_split: bool = False) -> dict:
     """Build (or reuse, when unchanged) the demo engines in `out`; returns the manifest."""
     return export_engines(demo_request(Path(out), force, layout, first_block_split), reporter)
+
+
+def demo_engine_folder(path) -> Path:
+    """An engine folder a demo tool was given; the default one (engines/demo) is built, or refreshed when the
+    shipped model changed, as `ddit-export demo` does; any other folder is used as it is."""
+    folder = Path(path).expanduser()
+    if folder == DEFAULT_ENGINE_DIR:
+        export_demo_engines(folder)
+    return folder
