@@ -112,15 +112,16 @@ def correct(classifier: DemoClassifier, images: torch.Tensor, labels: torch.Tens
 
 def figures(base: Run, ddit: Run, labels: torch.Tensor, classifier: DemoClassifier, real: torch.Tensor,
             sizes, tokens: dict[int, int], base_seconds: list[float] | None = None,
-            base_scored: tuple | None = None) -> dict:
+            base_scored: tuple | None = None, ddit_scored: tuple | None = None) -> dict:
     """Every number the demo reports for one DDiT configuration against the static base, the quality
     figures with 95% bootstrap intervals (`*_ci`; demo/quality_figures.py says how each is computed).
 
     ``base_seconds``: the base's timings when they were taken apart from ``base`` (default its own);
-    ``base_scored``: ``correct(classifier, base.batch, labels)`` when several configurations share one base.
+    ``base_scored``: ``correct(classifier, base.batch, labels)`` when several configurations share one base;
+    ``ddit_scored``: the same for ``ddit`` when the caller has scored it already.
     """
     right_base, feats_base = base_scored or correct(classifier, base.batch, labels)
-    right_ddit, feats_ddit = correct(classifier, ddit.batch, labels)
+    right_ddit, feats_ddit = ddit_scored or correct(classifier, ddit.batch, labels)
     costs = token_costs(ddit.schedules, tokens)
     per_class = {name: [c for c, lab in zip(costs, labels.tolist()) if lab == i] for i, name in enumerate(CLASS_NAMES)}
     per_class = {name: sum(v) / len(v) for name, v in per_class.items() if v}

@@ -22,7 +22,7 @@ from ..bench.schedules import fixed_families
 from ..pipelines.demo.class_table import demo_conditioning
 from ..pipelines.demo.classes import CLASS_NAMES
 from ..runtime.schedule_spec import format_schedule
-from .evaluate import Run, correct, figures, real_features, sample_labels, timed_generate, warm_up
+from .evaluate import Run, figures, real_features, sample_labels, timed_generate, warm_up
 from .paired_comparison import HIGHER_IS_BETTER, paired_difference, save_scores, score
 
 DEFAULT_COST_BAND = 0.05  # "equal cost": fixed schedules up to 0.05 dearer than the rule (1.4 of 28 base steps)
@@ -76,12 +76,15 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
         if progress and (i + 1) % max(1, samples // 10) == 0:
             progress(f"static base + {rule_label}: {i + 1}/{samples} samples, {time.perf_counter() - started:.0f} s")
     real = real_features(classifier)
-    base_scored = correct(classifier, base.batch, labels)
-    rows = {rule_label: {"kind": "dynamic", **figures(base, rule, labels, classifier, real, sizes, tokens,
-                                                      base_scored=base_scored)}}
-    rule_cost = rows[rule_label]["token_cost"]
+    # each configuration through the classifier once: its scores serve the figures and the paired comparisons
     base_scores = score(classifier, base.batch, labels, base.batch)
     scores = {rule_label: score(classifier, rule.batch, labels, base.batch)}
+    base_scored = (base_scores.right, base_scores.feats)
+    rows = {rule_label: {"kind": "dynamic", **figures(base, rule, labels, classifier, real, sizes, tokens,
+                                                      base_scored=base_scored,
+                                                      ddit_scored=(scores[rule_label].right,
+                                                                   scores[rule_label].feats))}}
+    rule_cost = rows[rule_label]["token_cost"]
 
     def save():
         if scores_path is not None:
@@ -105,9 +108,10 @@ def evaluate_rule_and_fixed(backend, classifier, *, samples: int, seed: int, ste
             if i % base_every == 0:
                 _sample(backend, static, label, steps, seed + i, base_timing)
             _sample(backend, config, label, steps, seed + i, run)
-        rows[name] = {"kind": "fixed", **figures(base, run, labels, classifier, real, sizes, tokens,
-                                                 base_seconds=base_timing.seconds, base_scored=base_scored)}
         scores[name] = score(classifier, run.batch, labels, base.batch)
+        rows[name] = {"kind": "fixed", **figures(base, run, labels, classifier, real, sizes, tokens,
+                                                 base_seconds=base_timing.seconds, base_scored=base_scored,
+                                                 ddit_scored=(scores[name].right, scores[name].feats))}
         rows[name]["vs_rule"] = paired_difference(scores[rule_label], scores[name], real)
         save()
         if progress:
