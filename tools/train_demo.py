@@ -185,6 +185,8 @@ def adapter_command(args, embeds: Path, out: Path) -> list[str]:
         argv += ["--size-weights", args.size_weights]
     if args.validation_share:
         argv += ["--validation-share", str(args.validation_share)]
+    if args.spectral_weight:
+        argv += ["--spectral-weight", str(args.spectral_weight)]
     if args.extend:
         argv += ["--init-adapters", str(ADAPTERS_DIR)]
     return argv
@@ -220,7 +222,7 @@ def stage_adapters(args) -> dict:
     return {"steps": args.adapter_steps, "batch": args.adapter_batch, "lr": args.adapter_lr, "lr_schedule": "cosine",
             "lora_rank": args.lora_rank, "student_states": args.student_states,
             "rollout_every": args.rollout_every, "size_weights": args.size_weights,
-            "validation_share": args.validation_share,
+            "validation_share": args.validation_share, "spectral_weight": args.spectral_weight,
             "init_adapters": "the shipped adapters" if args.extend else None,
             "teacher_steps": args.steps, "trajectories": args.trajectories_per_class * len(CLASS_NAMES),
             "final_loss_per_size": per_size, "samples": len(result.samples)}
@@ -258,6 +260,7 @@ def main() -> None:
                         "measured worse than teacher states only, docs/quality.md, Student states ablation)")
     p.add_argument("--rollout-every", type=int, default=None, help="`ddit-export train --rollout-every`")
     p.add_argument("--size-weights", default=None, help="`ddit-export train --size-weights`, e.g. 4=1,8=2")
+    p.add_argument("--spectral-weight", type=float, default=0.0, help="`ddit-export train --spectral-weight`")
     p.add_argument("--validation-share", type=float, default=0.0,
                    help="`ddit-export train --validation-share`: trajectories held out, their loss logged")
     args = p.parse_args()

@@ -84,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--size-weights", type=size_weights, default=None, metavar="P=W,...",
                         help="loss weight per trained size, e.g. 4=1,8=2 (default 1 each; with adamw only 0 changes "
                              "anything: docs/method.md)")
+    recipe.add_argument("--spectral-weight", type=argtypes.non_negative_float, default=0.0, metavar="W",
+                        help="add W x the log distance between the radial power spectra of the student's and the "
+                             "teacher's predicted clean latents: asks the coarse sizes for the teacher's amount of "
+                             "fine detail, which velocity MSE smooths away (default 0: MSE only; docs/method.md)")
     recipe.add_argument("--validation-share", type=argtypes.non_negative_float, default=0.0, metavar="F",
                         help="hold this share of the prompts (their whole trajectories) out of training and log the "
                              "students' loss on them: held-out loss says whether a lower training loss generalises "
@@ -111,7 +115,7 @@ def config_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay,
         dtype=args.dtype, gradient_checkpointing=args.gradient_checkpointing,
         student_states=args.student_states, rollout_every=args.rollout_every, size_weights=args.size_weights,
-        validation_share=args.validation_share,
+        spectral_weight=args.spectral_weight, validation_share=args.validation_share,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         resume=args.resume, overwrite=args.overwrite,
     )

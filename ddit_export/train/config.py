@@ -60,6 +60,7 @@ class TrainConfig:
     student_states: float = 0.0  # share of samples from the student's own DDiT rollouts (rollouts.py); 0 = teacher only
     rollout_every: int | None = None  # refresh the student rollouts every N steps (None: --steps // 4)
     size_weights: dict[int, float] | None = None  # loss weight per extra size (None: 1 each)
+    spectral_weight: float = 0.0  # weight of the spectral term (spectrum.py); 0 = velocity MSE only
     validation_share: float = 0.0  # share of the prompts held out of training, their loss logged (validation.py)
     # run management
     checkpoint_every: int = 500
@@ -108,6 +109,8 @@ class TrainConfig:
                 raise ValueError(f"{flag} must be at least 1 (got {value})")
         if not 0.0 <= self.student_states < 1.0:
             raise ValueError(f"--student-states is a share of the samples, 0 <= F < 1 (got {self.student_states})")
+        if not 0.0 <= self.spectral_weight < float("inf"):
+            raise ValueError(f"--spectral-weight must be a finite number >= 0 (got {self.spectral_weight})")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"--validation-share is a share of the prompts, 0 <= F < 1 (got {self.validation_share})")
         if self.rollout_every < 1:
@@ -199,6 +202,8 @@ class TrainConfig:
             ident.update(student_states=self.student_states, rollout_every=self.rollout_every)
         if self.validation_share:
             ident["validation_share"] = self.validation_share
+        if self.spectral_weight:
+            ident["spectral_weight"] = self.spectral_weight
         if self.draws_per_prompt > 1:
             ident["draws_per_prompt"] = self.draws_per_prompt
         if self.size_weights is not None:  # JSON keys are strings: compare like a saved checkpoint's

@@ -142,7 +142,8 @@ def train(config: TrainConfig, status=say) -> TrainResult:
     global_batch = config.batch_size * accelerator.num_processes
     stream = SampleStream(samples, config.seed, length=position + max(0, config.steps - start) * global_batch)
     loader = DataLoader(stream, batch_size=config.batch_size, sampler=range(position, len(stream)))
-    objective, optimizer, loader = accelerator.prepare(DistillationObjective(model), optimizer, loader)
+    objective = DistillationObjective(model, spectral_weight=config.spectral_weight)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     inputs = partial(step_inputs, seed=config.seed, mu=noise_shift(config, samples),
                      guidance=guidance_for(model, config), names=list(samples.conditions), family=model.family,
                      dtype=config.torch_dtype, device=device)
@@ -181,20 +182,27 @@ def train(config: TrainConfig, status=say) -> TrainResult:
             latent, conditioning = inputs(next(batches))
             with autocast():
                 losses = objective(latent, conditioning)
-            accelerator.backward((losses * weights).sum())  # per-size weights (--size-weights)
+            # per-size weights (--size-weights), the spectral term (--spectral-weight)
+            accelerator.backward(accelerator.unwrap_model(objective).training_loss(losses, weights))
             factor = lr_factor(config.lr_schedule, step, config.steps)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            per_size = accelerator.reduce(losses.detach(), reduction="mean").tolist()
+            reduced = accelerator.reduce(losses.detach(), reduction="mean").tolist()
+            per_size, spectral = (reduced, None) if losses.dim() == 1 else reduced
             log.append({"step": step, "loss": sum(per_size),
                         "loss_per_size": {str(p): v for p, v in zip(sizes, per_size)},
                         "seconds": round(time.perf_counter() - tick, 4)})
+            if spectral is not None:
+                log[-1]["spectral_per_size"] = {str(p): v for p, v in zip(sizes, spectral)}
             report = step % every == 0 or step == config.steps
             held_text = ""
             if held is not None and report:  # --validation-share: the same held-out samples at every check
                 held_loss = held_out_loss(objective, held, inputs, config.batch_size, autocast, config.seed)
+                if config.spectral_weight:
+                    held_loss, held_spectral = held_loss
+                    log[-1]["held_out_spectral_per_size"] = {str(p): v for p, v in zip(sizes, held_spectral)}
                 log[-1]["held_out_loss_per_size"] = {str(p): v for p, v in zip(sizes, held_loss)}
                 held_text = ", held out " + " ".join(f"p{p} {v:.4g}" for p, v in zip(sizes, held_loss))
             bar.update()

@@ -6,6 +6,13 @@ Every optimisation step trains EVERY extra size on the same batch: one teacher c
 call per size, the per-size losses summed into one backward. One forward/backward per step is
 also what DistributedDataParallel (accelerate) expects, and each size's parameters only receive
 gradient from their own term.
+
+With a spectral weight (`train --spectral-weight`, spectrum.py) each size also gets
+
+    spectral_P = mean (log Pow_student(r) - log Pow_teacher(r))^2   over rings r of the spatial spectrum
+
+of the predicted clean latents x0 = z_t - sigma * v (flow matching), and the forward returns both
+terms so the velocity MSE stays comparable across runs in the logs.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .spectrum import spectral_distance
 
 
 @contextmanager
@@ -57,12 +66,14 @@ def freeze_for_distillation(model, sizes=None) -> list[nn.Parameter]:
 
 
 class DistillationObjective(nn.Module):
-    """forward(z_t, conditioning) -> per-size losses [len(sizes)] (fp32)."""
+    """forward(z_t, conditioning) -> per-size velocity MSE [len(sizes)] (fp32); with `spectral_weight` > 0,
+    [2, len(sizes)]: the velocity MSE and the spectral term (`training_loss` combines them)."""
 
-    def __init__(self, model, sizes=None):
+    def __init__(self, model, sizes=None, spectral_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.sizes = model.extra_sizes if sizes is None else list(sizes)
+        self.spectral_weight = float(spectral_weight)
 
     def teacher(self, latent: torch.Tensor, conditioning: dict) -> torch.Tensor:
         # Autograd stays on: if any weight the base path uses were trainable, the prediction would
@@ -75,9 +86,29 @@ class DistillationObjective(nn.Module):
 
     def forward(self, latent: torch.Tensor, conditioning: dict) -> torch.Tensor:
         target = self.teacher(latent, conditioning)
-        losses = []
+        sigma = self.sigma(conditioning, latent) if self.spectral_weight else None
+        losses, spectral = [], []
         for patch in self.sizes:
             with requires_grad_kept(self.model):
-                prediction = self.model(latent, patch, **conditioning)
-            losses.append(F.mse_loss(prediction.float(), target))
-        return torch.stack(losses)
+                prediction = self.model(latent, patch, **conditioning).float()
+            losses.append(F.mse_loss(prediction, target))
+            if sigma is not None:  # the clean latents the two predictions point to
+                spectral.append(spectral_distance(latent.float() - sigma * prediction, latent.float() - sigma * target))
+        if sigma is None:
+            return torch.stack(losses)
+        return torch.stack([torch.stack(losses), torch.stack(spectral)])
+
+    def sigma(self, conditioning: dict, latent: torch.Tensor) -> torch.Tensor:
+        """The noise level of each sample, shaped to broadcast over `latent` (flow matching: z = (1-s) x0 + s n)."""
+        timestep = conditioning["timestep"].float()
+        if timestep.dim() != 1:
+            raise ValueError("--spectral-weight needs one timestep per sample (this model passes "
+                             f"{tuple(timestep.shape)}); train without it")
+        sigma = timestep / self.model.family.timestep_scale
+        return sigma.view(-1, *([1] * (latent.dim() - 1)))
+
+    def training_loss(self, losses: torch.Tensor, size_weights: torch.Tensor) -> torch.Tensor:
+        """The scalar a step minimises: per-size weighted velocity MSE (+ weighted spectral term)."""
+        if losses.dim() == 1:
+            return (losses * size_weights).sum()
+        return ((losses[0] + self.spectral_weight * losses[1]) * size_weights).sum()

@@ -50,7 +50,8 @@ def _subset(samples: SampleSet, mask: torch.Tensor, source: str) -> SampleSet:
 
 @torch.no_grad()
 def held_out_loss(objective, held: SampleSet, inputs, batch_size: int, autocast, seed: int) -> list[float]:
-    """Mean per-size loss over (at most MAX_HELD_SAMPLES of) the held-out samples, the same ones every call.
+    """Mean per-size loss over (at most MAX_HELD_SAMPLES of) the held-out samples, the same ones every call:
+    [sizes] of velocity MSE, or [2][sizes] (velocity MSE, spectral term) when the objective has a spectral weight.
 
     `inputs` turns a collated batch into (z_t, conditioning) as the training steps do; clean latents are
     noised from their index in the held-out set, so every check sees the same noise.
