@@ -104,3 +104,25 @@ def test_step_sensitivity_probes_one_coarse_step_at_a_time(demo_engines, tmp_pat
     last = [r for r in report["rows"] if r["step"] == 3]
     assert all(r["final_latent"] == pytest.approx(r["step_err"]) for r in last)  # the last step's error is final
     assert "amplification" in capsys.readouterr().out
+
+
+def test_spectrum_tool_reads_one_for_the_base_schedule_and_less_for_a_blur(demo_engines, tmp_path, capsys):
+    import runpy
+
+    import torch
+
+    out = tmp_path / "spectrum.json"
+    assert run_tool("demo_spectrum.py", str(demo_engines), "--samples", "2", "--steps", "4", "--fixed", "2x4",
+                    "--fixed", "4x4", "--json", str(out)) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"rule", "fixed 2x4", "fixed 4x4"}
+    assert rows["fixed 2x4"]["ratio"] == pytest.approx([1.0] * 4)  # the base's own schedule: the base's power
+    for row in rows.values():
+        assert all(lo <= r * 1.0001 and r <= hi * 1.0001 for r, lo, hi in zip(row["ratio"], row["ci_low"],
+                                                                             row["ci_high"]))
+    assert "low -> high" in capsys.readouterr().out
+    tool = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tools" / "demo_spectrum.py"))
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    smooth = (images + images.roll(1, -1) + images.roll(1, -2) + images.roll((1, 1), (-2, -1))) / 4
+    sharp, soft = tool["band_powers"](images), tool["band_powers"](smooth)
+    assert sharp.shape == (3, 4) and (soft[:, -1] < 0.3 * sharp[:, -1]).all()
