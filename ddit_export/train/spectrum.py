@@ -3,7 +3,7 @@
 Velocity MSE at a coarse size is minimised by a smooth prediction wherever the coarse tokens cannot
 place fine detail exactly (the mean of the plausible details), and every coarse step mixes that
 smooth prediction into the latent. Measured on the demo (docs/quality.md, "The spectral term"): DDiT's
-images held ~80% of the base's power at the highest spatial frequencies. The term below compares the
+images held 61% of the base's power in the top quarter of the frequency rings. The term below compares the
 radially binned power spectra of the student's and the teacher's predicted clean latents in log space:
 it asks for the right AMOUNT of detail per frequency band, which a smooth prediction misses, without
 asking for its exact placement (MSE still does that).
