@@ -87,13 +87,16 @@ class DistillationObjective(nn.Module):
     def forward(self, latent: torch.Tensor, conditioning: dict) -> torch.Tensor:
         target = self.teacher(latent, conditioning)
         sigma = self.sigma(conditioning, latent) if self.spectral_weight else None
+        if sigma is not None:  # the clean latent the teacher points to, once for every size
+            noisy = latent.float()
+            teacher_clean = noisy - sigma * target
         losses, spectral = [], []
         for patch in self.sizes:
             with requires_grad_kept(self.model):
                 prediction = self.model(latent, patch, **conditioning).float()
             losses.append(F.mse_loss(prediction, target))
-            if sigma is not None:  # the clean latents the two predictions point to
-                spectral.append(spectral_distance(latent.float() - sigma * prediction, latent.float() - sigma * target))
+            if sigma is not None:
+                spectral.append(spectral_distance(noisy - sigma * prediction, teacher_clean))
         if sigma is None:
             return torch.stack(losses)
         return torch.stack([torch.stack(losses), torch.stack(spectral)])
